@@ -1,0 +1,51 @@
+"""Reading the failed-events store (a Redis stream, newest entries last)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+from redis import RedisError
+
+from app.streams import FAILED_EVENTS_KEY
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class FailedEventOut(BaseModel):
+    id: str
+    received_at: int
+    reason: str
+    source: str
+    raw: str
+
+
+class FailedEventPage(BaseModel):
+    items: list[FailedEventOut]
+    next_cursor: str | None
+
+
+async def page(client: aioredis.Redis, *, limit: int, cursor: str | None) -> FailedEventPage:
+    """Newest first; ``cursor`` is the id of the last item of the previous page."""
+    upper = f"({cursor}" if cursor else "+"
+    try:
+        rows: list[Any] = await client.xrevrange(  # type: ignore[assignment]
+            FAILED_EVENTS_KEY, max=upper, min="-", count=limit + 1
+        )
+    except (RedisError, OSError) as error:
+        raise StoreError(str(error)) from error
+    items = [
+        FailedEventOut(
+            id=entry_id.decode(),
+            received_at=int(fields[b"received_at"]),
+            reason=fields[b"reason"].decode(),
+            source=fields[b"source"].decode(),
+            raw=fields[b"raw"].decode(),
+        )
+        for entry_id, fields in rows[:limit]
+    ]
+    next_cursor = items[-1].id if len(rows) > limit else None
+    return FailedEventPage(items=items, next_cursor=next_cursor)

@@ -1,0 +1,253 @@
+"""The ``segflow`` command: each subcommand calls one function of the package."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+import httpx
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlmodel import Session
+
+from app import bootstrap, migrate
+from app.credentials import DuplicateNameError, create_admin_token, create_write_key
+from app.db import make_engine
+from app.redis_server import EmbeddedRedis, EmbeddedRedisError
+from app.replay import FORMATS, ReplayError, replay_file
+from app.settings import Settings, get_settings
+from app.supervisor import ProcessSpec, Supervisor
+
+err = Console(stderr=True)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
+        raise click.ClickException(f"bad environment setting: {error}") from None
+
+
+@click.group()
+@click.version_option(package_name="segflow")
+def main() -> None:
+    """Segflow: real-time customer segmentation."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--demo", is_flag=True, help="Also run the simulated shop.")
+def up(host: str, port: int, demo: bool) -> None:
+    """Start the API (and the stages that exist) and keep them running until Ctrl-C."""
+    _configure_logging()
+    settings = _settings()
+    data_dir = settings.data_dir.resolve()
+    env = {"SEGFLOW_DATA_DIR": str(data_dir)}
+    embedded: EmbeddedRedis | None = None
+    try:
+        if not settings.redis_url:
+            embedded = EmbeddedRedis.ensure(data_dir)
+            env["REDIS_URL"] = embedded.url
+        first = bootstrap.prepare(settings)
+        metrics_dir = data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the processes
+        metrics_dir.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        api = ProcessSpec(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:create_app",
+                "--factory",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--workers",
+                str(settings.effective_api_workers),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+        )
+        specs = [api]
+        if demo:
+            specs.append(
+                ProcessSpec(
+                    "demo-shop",
+                    [sys.executable, "-m", "app.demo", "--url", f"http://{host}:{port}"],
+                    {"SEGFLOW_DEMO_WRITE_KEY": first.demo_write_key or ""},
+                )
+            )
+        supervisor = Supervisor(specs, base_env={**os.environ, **env})
+
+        def announce() -> None:
+            base = f"http://{_display_host(host)}:{port}"
+            _wait_until_up(f"{base}/healthz")
+            click.echo(f"Segflow is up at {base}")
+            click.echo(f"  admin:      {base}/admin    API docs: {base}/docs")
+            if first.admin_token:
+                click.echo(f"  admin token (shown once, keep it): {first.admin_token}")
+            elif settings.admin_token is None:
+                click.echo("  admin token: the one printed at first start (`segflow token create`)")
+            if first.demo_write_key:
+                click.echo(f"  demo write key (shown once): {first.demo_write_key}")
+            click.echo("Press Ctrl-C to stop.")
+
+        supervisor.run(on_started=announce)
+    except EmbeddedRedisError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - display only
+
+
+def _wait_until_up(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    err.print(f"[yellow]the API did not answer {url} within {timeout_s:.0f} s; still trying[/]")
+
+
+@main.command(name="migrate")
+def migrate_command() -> None:
+    """Create or upgrade the SQL tables."""
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings)
+    click.echo("database is up to date")
+
+
+@main.group()
+def writekey() -> None:
+    """Write keys: what the SDKs send to prove which source they are."""
+
+
+@writekey.command(name="create")
+@click.argument("name")
+def writekey_create(name: str) -> None:
+    """Create a write key called NAME and print it (alone on the last line)."""
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings)
+    engine = make_engine(settings)
+    try:
+        with Session(engine) as session:
+            key = create_write_key(session=session, name=name)
+            session.commit()
+    except (DuplicateNameError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        engine.dispose()
+    click.echo(f"write key for source {name!r} (shown once; only its hash is stored):")
+    click.echo(key)
+
+
+@main.group()
+def token() -> None:
+    """Admin tokens for the admin API and UI."""
+
+
+@token.command(name="create")
+@click.argument("name")
+def token_create(name: str) -> None:
+    """Create an admin token called NAME and print it (alone on the last line)."""
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings)
+    engine = make_engine(settings)
+    try:
+        with Session(engine) as session:
+            value = create_admin_token(session=session, name=name)
+            session.commit()
+    finally:
+        engine.dispose()
+    click.echo(f"admin token {name!r} (shown once; only its hash is stored):")
+    click.echo(value)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="The file's layout; by default told from its name or CSV header.",
+)
+def replay(file: Path, file_format: str | None) -> None:
+    """Replay FILE's events into Segflow in event-time order."""
+    settings = _settings()
+    embedded = None if settings.redis_url else EmbeddedRedis.ensure(settings.data_dir)
+    url = settings.redis_url or (embedded.url if embedded else "")
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    progress = Progress(
+        TextColumn("[bold]replay[/] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,} rows"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+    try:
+        with progress:
+            task = progress.add_task(file.name, total=None)
+            summary = replay_file(
+                file,
+                client=client,
+                partitions=settings.partitions,
+                dedup_ttl_s=settings.dedup_window_s,
+                file_format=file_format,  # type: ignore[arg-type]
+                on_progress=lambda rows: progress.update(task, completed=rows),
+            )
+    except ReplayError as error:
+        raise click.ClickException(str(error)) from None
+    except redis.RedisError as error:
+        raise click.ClickException(f"Redis is unreachable at {url}: {error}") from None
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.stop()
+    table = Table(title=f"replay of {file}")
+    table.add_column("rows read", justify="right")
+    table.add_column("accepted", justify="right")
+    table.add_column("duplicate", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_row(
+        *(f"{n:,}" for n in (summary.rows, summary.accepted, summary.duplicates, summary.failed))
+    )
+    Console().print(table)
+    for reason, count in summary.reasons.most_common(10):
+        click.echo(f"  failed {count:,} x {reason}")
+    click.echo(
+        f"accepted={summary.accepted} duplicates={summary.duplicates} failed={summary.failed}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Secrets that authenticate callers: sources' write keys and admin bearer tokens.
+
+Both are random, high-entropy strings, so a plain SHA-256 is a safe way to store them: the
+plaintext is returned once, when created, and never stored or logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlmodel import Session, select
+
+from app.models import AdminToken, WriteKey
+
+
+class DuplicateNameError(ValueError):
+    """A write key with that name exists already."""
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def create_write_key(*, session: Session, name: str) -> str:
+    """Create a write key called ``name`` and return it; only its hash is stored."""
+    name = name.strip()
+    if not name:
+        raise ValueError("a write key needs a name")
+    if session.exec(select(WriteKey).where(WriteKey.name == name)).first() is not None:
+        raise DuplicateNameError(f"a write key named {name!r} exists already")
+    key = "sk_" + secrets.token_urlsafe(24)
+    session.add(WriteKey(name=name, key_hash=hash_secret(key), key_prefix=key[:10]))
+    session.flush()
+    return key
+
+
+def list_write_keys(*, session: Session) -> list[WriteKey]:
+    return list(session.exec(select(WriteKey).order_by(WriteKey.id)))  # type: ignore[arg-type]
+
+
+def active_write_key_hashes(*, session: Session) -> dict[str, str]:
+    """``{key_hash: source name}`` for every key that is not disabled."""
+    rows = session.exec(select(WriteKey).where(WriteKey.disabled_at == None))  # noqa: E711
+    return {row.key_hash: row.name for row in rows}
+
+
+def create_admin_token(*, session: Session, name: str) -> str:
+    token = "sfa_" + secrets.token_urlsafe(32)
+    session.add(AdminToken(name=name, token_hash=hash_secret(token)))
+    session.flush()
+    return token
+
+
+def has_admin_tokens(*, session: Session) -> bool:
+    return session.exec(select(AdminToken.id)).first() is not None
+
+
+def admin_token_is_valid(*, session: Session, token: str, bootstrap: str | None) -> bool:
+    """True for the bootstrap token from the environment or any stored token."""
+    if bootstrap is not None and hmac.compare_digest(token.encode(), bootstrap.encode()):
+        return True
+    digest = hash_secret(token)
+    query = select(AdminToken.id).where(AdminToken.token_hash == digest)
+    return session.exec(query).first() is not None

@@ -1,0 +1,86 @@
+"""What the views depend on, in one place: the process-wide state and the admin check."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from app.credentials import admin_token_is_valid, hash_secret
+from app.ingest.auth import WriteKeyCache
+from app.ingest.service import EventStore
+from app.redis_server import EmbeddedRedis
+from app.settings import Settings
+
+_ADMIN_CACHE_S = 5.0
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    redis: aioredis.Redis
+    engine: Engine
+    store: EventStore
+    write_keys: WriteKeyCache
+    embedded_redis: EmbeddedRedis | None = None
+    # token hash -> monotonic time it was last confirmed, so admin calls skip a SQL lookup
+    admin_tokens_seen: dict[str, float] = field(default_factory=dict)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.segflow
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    with Session(state.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="The admin token `segflow up` printed.")
+
+
+def require_admin(
+    state: StateDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="admin API: send the admin token as 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    token = credentials.credentials
+    digest = hash_secret(token)
+    seen = state.admin_tokens_seen.get(digest)
+    if seen is not None and time.monotonic() - seen < _ADMIN_CACHE_S:
+        return
+    bootstrap = state.settings.admin_token
+    with Session(state.engine) as session:
+        valid = admin_token_is_valid(
+            session=session,
+            token=token,
+            bootstrap=bootstrap.get_secret_value() if bootstrap else None,
+        )
+    if not valid:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="admin API: the bearer token is not valid",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    state.admin_tokens_seen[digest] = time.monotonic()
+
+
+AdminDep = Depends(require_admin)

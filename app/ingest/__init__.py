@@ -1,0 +1,1 @@
+"""The collector: Segment-compatible HTTP endpoints that validate, dedup and append events."""

@@ -1,0 +1,185 @@
+"""Validate messages, append the good ones to their partitions, keep the bad ones with reasons.
+
+Nothing is claimed before Redis has it: ``ingest`` returns only after the append script ran;
+if Redis cannot be reached it raises ``StoreUnavailable`` and the caller answers 503.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis import RedisError
+from redis.exceptions import NoScriptError
+
+from app.events import MAX_MESSAGE_BYTES, Event, InvalidMessage, validate_message
+from app.streams import (
+    APPEND_SCRIPT,
+    EVENT_FIELD,
+    FAILED_EVENTS_KEY,
+    PartitionAppend,
+    SerializedEvent,
+    plan_appends,
+    stored_flags,
+)
+
+APPEND_SCRIPT_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's id
+MAX_FAILED_RAW_CHARS = 600 * 1024  # a whole request body fits; nothing the collector read is cut
+
+
+class StoreUnavailable(RuntimeError):
+    """Redis did not take the write; nothing of this request may be reported as stored."""
+
+
+@dataclass
+class MessageError:
+    index: int
+    message_id: str | None
+    error: str
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    errors: list[MessageError] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedEvent:
+    received_at: int
+    reason: str
+    source: str
+    raw: str
+
+    def fields(self) -> dict[str, str | int]:
+        return {
+            "received_at": self.received_at,
+            "reason": self.reason,
+            "source": self.source,
+            "raw": self.raw[:MAX_FAILED_RAW_CHARS],
+        }
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def raw_text(raw: Any) -> str:
+    """The message as JSON text for the failed-events store, whatever it was."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return orjson.dumps(raw).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(raw)
+
+
+@dataclass
+class ValidatedBatch:
+    """A request's messages split into storable events and failures (pure, no I/O)."""
+
+    events: list[Event]
+    serialized: list[SerializedEvent]
+    errors: list[MessageError]
+    failed: list[FailedEvent]
+
+
+def validate_batch(
+    messages: Sequence[Any],
+    *,
+    source: str,
+    received_at: int,
+    forced_type: str | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> ValidatedBatch:
+    batch = ValidatedBatch([], [], [], [])
+    for index, raw in enumerate(messages):
+        try:
+            event = validate_message(
+                raw,
+                received_at=received_at,
+                source=source,
+                forced_type=forced_type,
+                defaults=defaults,
+            )
+            payload = event.to_json()
+            if len(payload) > MAX_MESSAGE_BYTES:
+                raise InvalidMessage(f"message is larger than {MAX_MESSAGE_BYTES // 1024} KB")
+        except InvalidMessage as error:
+            message_id = raw.get("messageId") if isinstance(raw, dict) else None
+            batch.errors.append(
+                MessageError(index, message_id if isinstance(message_id, str) else None, str(error))
+            )
+            batch.failed.append(FailedEvent(received_at, str(error), source, raw_text(raw)))
+            continue
+        batch.events.append(event)
+        batch.serialized.append(SerializedEvent(event.customer_id, event.message_id, payload))
+    return batch
+
+
+class EventStore:
+    """The async writer the API uses: one round trip to Redis per request."""
+
+    def __init__(self, client: aioredis.Redis, *, partitions: int, dedup_ttl_s: int) -> None:
+        self._client = client
+        self._partitions = partitions
+        self._dedup_ttl_s = dedup_ttl_s
+
+    async def store(self, batch: ValidatedBatch) -> IngestResult:
+        plans = plan_appends(
+            batch.serialized, partitions=self._partitions, dedup_ttl_s=self._dedup_ttl_s
+        )
+        try:
+            try:
+                results = await self._execute(plans, batch.failed)
+            except NoScriptError:
+                # Redis restarted and forgot the script; the append is idempotent, so run it
+                # again. The failed-events entries went through the first time: not twice.
+                await self._client.script_load(APPEND_SCRIPT)
+                results = await self._execute(plans, [])
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(str(error)) from error
+        flags = stored_flags(plans, results, len(batch.events))
+        accepted = sum(flags)
+        return IngestResult(
+            accepted=accepted,
+            duplicates=len(flags) - accepted,
+            errors=batch.errors,
+            events=[event for event, stored in zip(batch.events, flags, strict=True) if stored],
+        )
+
+    async def _execute(
+        self, plans: list[PartitionAppend], failed: list[FailedEvent]
+    ) -> list[list[int]]:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for plan in plans:
+                pipe.evalsha(APPEND_SCRIPT_SHA, len(plan.keys), *plan.keys, *plan.args)
+            for item in failed:
+                pipe.xadd(FAILED_EVENTS_KEY, item.fields())  # type: ignore[arg-type]
+            replies = await pipe.execute()
+        except (RedisError, OSError) as error:
+            if isinstance(error, NoScriptError) or "NOSCRIPT" in str(error):
+                raise NoScriptError(str(error)) from error
+            raise
+        return [list(reply) for reply in replies[: len(plans)]]
+
+    async def record_failed(self, item: FailedEvent) -> None:
+        try:
+            await self._client.xadd(FAILED_EVENTS_KEY, item.fields())  # type: ignore[arg-type]
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(str(error)) from error
+
+    async def prepare(self) -> None:
+        await self._client.script_load(APPEND_SCRIPT)
+
+
+def decode_stream_event(fields: dict[bytes, bytes]) -> Event:
+    return Event.from_json(fields[EVENT_FIELD.encode()])

@@ -1,0 +1,263 @@
+"""The Segment HTTP Tracking API: ``/v1/batch`` and the single-message calls.
+
+Bodies are read by hand (not by FastAPI's parser) to enforce Segment's size limits while reading,
+accept gzip, and answer every error in Segment's ``{"success", "code", "message"}`` shape.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from app.deps import StateDep
+from app.errors import CollectorError
+from app.events import MAX_REQUEST_BYTES, SegmentMessage
+from app.ingest.auth import write_key_from_authorization
+from app.ingest.service import (
+    FailedEvent,
+    IngestResult,
+    StoreUnavailable,
+    ValidatedBatch,
+    now_ms,
+    validate_batch,
+)
+from app.metrics import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_FAILED, REQUEST_LATENCY
+
+router = APIRouter(prefix="/v1", tags=["collector"])
+
+
+class MessageErrorOut(BaseModel):
+    index: int
+    messageId: str | None
+    error: str
+
+
+class CollectorAnswer(BaseModel):
+    success: Literal[True] = True
+    accepted: int = Field(description="Messages stored now.")
+    duplicates: int = Field(description="Messages whose messageId was stored before.")
+    errors: list[MessageErrorOut] = Field(description="Messages refused, kept in failed events.")
+
+
+class CollectorErrorBody(BaseModel):
+    success: Literal[False] = False
+    code: str
+    message: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": CollectorErrorBody, "description": text}
+    for status, text in {
+        400: "Body not JSON, bad gzip, or (single-message calls) an invalid message.",
+        401: "Missing or unknown write key.",
+        413: "Message over 32 KB or request over 500 KB.",
+        503: "The event store is unreachable: nothing was stored, retry.",
+    }.items()
+}
+_MESSAGE_SCHEMA = SegmentMessage.model_json_schema()
+
+
+def _body_doc(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+def _single_doc() -> dict[str, Any]:
+    properties = dict(_MESSAGE_SCHEMA["properties"])
+    properties.pop("type", None)
+    properties["writeKey"] = {"type": "string"}
+    return _body_doc({"type": "object", "properties": properties})
+
+
+_BATCH_DOC = _body_doc(
+    {
+        "type": "object",
+        "required": ["batch"],
+        "properties": {
+            "batch": {"type": "array", "items": _MESSAGE_SCHEMA},
+            "writeKey": {"type": "string"},
+            "sentAt": {"type": "string", "format": "date-time"},
+            "context": {"type": "object"},
+        },
+    }
+)
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+        raise CollectorError(413, "request_too_large", "request body is larger than 500 KB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            raise CollectorError(413, "request_too_large", "request body is larger than 500 KB")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if "gzip" in request.headers.get("content-encoding", "").lower():
+        body = _gunzip(body)
+    return body
+
+
+def _gunzip(body: bytes) -> bytes:
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+    try:
+        plain = inflater.decompress(body, MAX_REQUEST_BYTES + 1)
+    except zlib.error as error:
+        raise CollectorError(
+            400, "invalid_gzip", f"Content-Encoding is gzip but the body is not gzip data ({error})"
+        ) from None
+    if len(plain) > MAX_REQUEST_BYTES or inflater.unconsumed_tail:
+        raise CollectorError(
+            413, "request_too_large", "request body is larger than 500 KB unzipped"
+        )
+    if not inflater.eof:
+        raise CollectorError(400, "invalid_gzip", "the gzip body is truncated")
+    return plain
+
+
+async def _authenticate(request: Request, state: StateDep, body_key: Any) -> str:
+    key = write_key_from_authorization(request.headers.get("authorization"))
+    if key is None and isinstance(body_key, str) and body_key:
+        key = body_key
+    if key is None:
+        raise CollectorError(
+            401,
+            "unauthorized",
+            "no write key: send it as the HTTP basic-auth user or as writeKey in the body",
+        )
+    source = await state.write_keys.source_for(key)
+    if source is None:
+        raise CollectorError(401, "unauthorized", "the write key is not valid")
+    return source
+
+
+async def _parse(request: Request, state: StateDep) -> tuple[dict[str, Any], str, int]:
+    """Read, unzip, parse and authenticate: the body, its source and the receive time."""
+    received_at = now_ms()
+    body = await _read_body(request)
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        # Keep what a known source sent, so nothing it meant to send is lost without trace.
+        key = write_key_from_authorization(request.headers.get("authorization"))
+        source = await state.write_keys.source_for(key) if key else None
+        if source is not None:
+            await _record(
+                state,
+                FailedEvent(
+                    received_at,
+                    f"body is not JSON: {error}",
+                    source,
+                    body.decode("utf-8", "replace"),
+                ),
+            )
+        raise CollectorError(400, "invalid_json", f"body is not valid JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise CollectorError(400, "invalid_json", "body must be a JSON object")
+    source = await _authenticate(request, state, payload.get("writeKey"))
+    return payload, source, received_at
+
+
+def _store_unavailable() -> CollectorError:
+    return CollectorError(
+        503,
+        "store_unavailable",
+        "the event store is unreachable; nothing was stored, retry",
+        retry_after_s=1,
+    )
+
+
+async def _record(state: StateDep, item: FailedEvent) -> None:
+    try:
+        await state.store.record_failed(item)
+    except StoreUnavailable:
+        raise _store_unavailable() from None
+    EVENTS_FAILED.inc()
+
+
+async def _store(state: StateDep, batch: ValidatedBatch) -> IngestResult:
+    try:
+        result = await state.store.store(batch)
+    except StoreUnavailable:
+        raise _store_unavailable() from None
+    EVENTS_ACCEPTED.inc(result.accepted)
+    EVENTS_DUPLICATE.inc(result.duplicates)
+    EVENTS_FAILED.inc(len(result.errors))
+    return result
+
+
+def _answer(result: IngestResult) -> Response:
+    body = {
+        "success": True,
+        "accepted": result.accepted,
+        "duplicates": result.duplicates,
+        "errors": [
+            {"index": e.index, "messageId": e.message_id, "error": e.error} for e in result.errors
+        ],
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.post(
+    "/batch",
+    response_model=CollectorAnswer,
+    responses=_ERRORS,
+    openapi_extra=_BATCH_DOC,
+    summary="Send many messages (Segment's batch call)",
+)
+async def batch(request: Request, state: StateDep) -> Response:
+    started = time.perf_counter()
+    payload, source, received_at = await _parse(request, state)
+    messages = payload.get("batch")
+    if not isinstance(messages, list):
+        raise CollectorError(400, "invalid_batch", "batch: must be an array of messages")
+    defaults = {"context": payload.get("context"), "sentAt": payload.get("sentAt")}
+    validated = validate_batch(messages, source=source, received_at=received_at, defaults=defaults)
+    result = await _store(state, validated)
+    REQUEST_LATENCY.labels("batch").observe(time.perf_counter() - started)
+    return _answer(result)
+
+
+def _single(message_type: str) -> Any:
+    async def handler(request: Request, state: StateDep) -> Response:
+        started = time.perf_counter()
+        payload, source, received_at = await _parse(request, state)
+        payload.pop("writeKey", None)
+        validated = validate_batch(
+            [payload], source=source, received_at=received_at, forced_type=message_type
+        )
+        if validated.errors:
+            await _store(state, validated)  # keeps the message in failed events
+            error = validated.errors[0].error
+            if error.startswith("message is larger than"):
+                raise CollectorError(413, "message_too_large", error)
+            raise CollectorError(400, "invalid_message", error)
+        result = await _store(state, validated)
+        REQUEST_LATENCY.labels(message_type).observe(time.perf_counter() - started)
+        return _answer(result)
+
+    handler.__name__ = message_type
+    return handler
+
+
+for _type in ("track", "identify", "page", "screen", "alias", "group"):
+    router.add_api_route(
+        f"/{_type}",
+        _single(_type),
+        methods=["POST"],
+        response_model=CollectorAnswer,
+        responses=_ERRORS,
+        openapi_extra=_single_doc(),
+        summary=f"Send one {_type} message",
+    )

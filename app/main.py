@@ -1,0 +1,94 @@
+"""``create_app()``: routers, lifespan and error handlers; nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import health
+from app.admin import views as admin_views
+from app.db import make_engine
+from app.deps import AppState
+from app.errors import CollectorError
+from app.ingest import views as ingest_views
+from app.ingest.auth import WriteKeyCache
+from app.ingest.service import EventStore
+from app.redis_server import EmbeddedRedis
+from app.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded = None if settings.redis_url else EmbeddedRedis.ensure(settings.data_dir)
+        url = settings.redis_url or (embedded.url if embedded else "")
+        client = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
+        )
+        engine = make_engine(settings)
+        store = EventStore(
+            client, partitions=settings.partitions, dedup_ttl_s=settings.dedup_window_s
+        )
+        app.state.segflow = AppState(
+            settings=settings,
+            redis=client,
+            engine=engine,
+            store=store,
+            write_keys=WriteKeyCache(engine),
+            embedded_redis=embedded,
+        )
+        try:
+            yield
+        finally:
+            await client.aclose()
+            engine.dispose()
+            if embedded is not None:
+                embedded.stop()
+
+    app = FastAPI(
+        title="Segflow",
+        summary="Real-time customer segmentation: Segment-compatible collector and admin API.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(ingest_views.router)
+    app.include_router(admin_views.router)
+    app.include_router(health.router)
+    app.add_exception_handler(CollectorError, _collector_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    return app
+
+
+def _collector_body(
+    status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    body = {"success": False, "code": code, "message": message}
+    return Response(
+        orjson.dumps(body),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _collector_error(_request: Request, error: CollectorError) -> Response:
+    headers = None
+    if error.retry_after_s is not None:
+        headers = {"Retry-After": str(error.retry_after_s)}
+    return _collector_body(error.status_code, error.code, error.message, headers)
+
+
+async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+    # The SDKs read `code` and `message` from any non-200 answer and crash without them.
+    if request.url.path.startswith("/v1/"):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")
+        return _collector_body(error.status_code, code, str(error.detail))
+    return await http_exception_handler(request, error)

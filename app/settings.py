@@ -1,0 +1,64 @@
+"""The one ``Settings`` object: every knob Segflow reads from the environment."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.durations import parse_duration_ms
+
+DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
+
+
+class Settings(BaseSettings):
+    """Read from the environment (names as in the contract of DESIGN.md).
+
+    ``REDIS_URL`` and ``DATABASE_URL`` unset mean the embedded defaults: a real redis-server
+    started by Segflow and a SQLite file, both under ``SEGFLOW_DATA_DIR``.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    data_dir: Path = Field(default=Path(".segflow"), alias="SEGFLOW_DATA_DIR")
+    admin_token: SecretStr | None = Field(default=None, alias="SEGFLOW_ADMIN_TOKEN")
+    partitions: int = Field(default=4, ge=1, le=4096, alias="SEGFLOW_PARTITIONS")
+    allowed_lateness_ms: DurationMs = Field(default=300_000, alias="SEGFLOW_ALLOWED_LATENESS")
+    allow_private_destinations: bool = Field(
+        default=False, alias="SEGFLOW_ALLOW_PRIVATE_DESTINATIONS"
+    )
+    # How long a messageId is remembered to acknowledge SDK retries without storing twice.
+    dedup_window_s: int = Field(default=86_400, ge=60, alias="SEGFLOW_DEDUP_WINDOW_S")
+    api_workers: int = Field(default=0, ge=0, alias="SEGFLOW_API_WORKERS")
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "segflow.db"
+
+    @property
+    def effective_database_url(self) -> str:
+        """The SQLAlchemy URL: ``DATABASE_URL`` with a driver named, else the SQLite file."""
+        if not self.database_url:
+            return f"sqlite:///{self.sqlite_path.resolve()}"
+        url = self.database_url
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url[len(plain) :]
+        return url
+
+    @property
+    def effective_api_workers(self) -> int:
+        if self.api_workers:
+            return self.api_workers
+        return max(1, min(os.cpu_count() or 1, 4))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

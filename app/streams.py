@@ -1,0 +1,108 @@
+"""Redis key names shared by every stage, and the atomic append of events to their partition.
+
+Every key of one partition carries the hash tag ``{p}`` (``events:{3}``, ``dedup:{3}:<id>``,
+``stats:{3}``), so a Redis Cluster keeps each partition's keys in one slot and the append script
+can touch them together.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from app.events import Event
+
+FAILED_EVENTS_KEY = "failed-events"
+EVENT_FIELD = "e"
+
+
+def stream_key(partition: int) -> str:
+    return f"events:{{{partition}}}"
+
+
+def stats_key(partition: int) -> str:
+    return f"stats:{{{partition}}}"
+
+
+def dedup_key(partition: int, message_id: str) -> str:
+    return f"dedup:{{{partition}}}:{message_id}"
+
+
+def partition_of(customer_id: str, partitions: int) -> int:
+    """Stable across processes and machines (``hash()`` is not): crc32 of the customer id."""
+    return zlib.crc32(customer_id.encode("utf-8", "surrogatepass")) % partitions
+
+
+# Marks each messageId and appends its event in one step, so a crash can never leave an id
+# marked as seen whose event was not stored (a retry would then be lost as a "duplicate").
+# KEYS: stream, stats, dedup keys...; ARGV: dedup TTL in seconds, payloads... (one per dedup key)
+APPEND_SCRIPT = """
+local accepted = 0
+local out = {}
+for i = 3, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i - 1])
+    accepted = accepted + 1
+    out[i - 2] = 1
+  else
+    out[i - 2] = 0
+  end
+end
+if accepted > 0 then redis.call('HINCRBY', KEYS[2], 'accepted', accepted) end
+if accepted < #KEYS - 2 then redis.call('HINCRBY', KEYS[2], 'duplicates', #KEYS - 2 - accepted) end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionAppend:
+    """One script call: the events of one partition, and their positions in the caller's list."""
+
+    keys: list[str]
+    args: list[bytes | int]
+    positions: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class SerializedEvent:
+    """What the append needs of an event: where it goes, its id, and its JSON."""
+
+    customer_id: str
+    message_id: str
+    payload: bytes
+
+    @classmethod
+    def of(cls, event: Event) -> SerializedEvent:
+        return cls(event.customer_id, event.message_id, event.to_json())
+
+
+def plan_appends(
+    events: Sequence[SerializedEvent], *, partitions: int, dedup_ttl_s: int
+) -> list[PartitionAppend]:
+    """Group events by partition into one script call each (pure: no I/O)."""
+    groups: dict[int, PartitionAppend] = {}
+    for position, event in enumerate(events):
+        partition = partition_of(event.customer_id, partitions)
+        group = groups.get(partition)
+        if group is None:
+            group = groups[partition] = PartitionAppend(
+                keys=[stream_key(partition), stats_key(partition)],
+                args=[dedup_ttl_s],
+                positions=[],
+            )
+        group.keys.append(dedup_key(partition, event.message_id))
+        group.args.append(event.payload)
+        group.positions.append(position)
+    return list(groups.values())
+
+
+def stored_flags(
+    plans: Sequence[PartitionAppend], results: Sequence[Sequence[int]], total: int
+) -> list[bool]:
+    """Per event, in the caller's order: True if appended, False if it was a duplicate."""
+    flags = [False] * total
+    for plan, result in zip(plans, results, strict=True):
+        for position, stored in zip(plan.positions, result, strict=True):
+            flags[position] = bool(stored)
+    return flags
