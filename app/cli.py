@@ -60,7 +60,7 @@ def up(host: str, port: int, demo: bool) -> None:
     embedded: EmbeddedRedis | None = None
     try:
         if not settings.redis_url:
-            embedded = EmbeddedRedis.ensure(data_dir)
+            embedded = EmbeddedRedis.ensure(data_dir, adopt=True)
             env["REDIS_URL"] = embedded.url
         first = bootstrap.prepare(settings)
         metrics_dir = data_dir / "metrics"
@@ -95,7 +95,9 @@ def up(host: str, port: int, demo: bool) -> None:
                     {"SEGFLOW_DEMO_WRITE_KEY": first.demo_write_key or ""},
                 )
             )
-        supervisor = Supervisor(specs, base_env={**os.environ, **env})
+        supervisor = Supervisor(
+            specs, base_env={**os.environ, **env}, state_file=data_dir / "processes.json"
+        )
 
         def announce() -> None:
             base = f"http://{_display_host(host)}:{port}"

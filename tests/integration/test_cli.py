@@ -1,0 +1,289 @@
+"""The ``segflow`` command as a user runs it: real processes, real Redis and SQL."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.redis_server import pid_is_redis
+from tests.conftest import Services
+from tests.factories import stored_events
+from tests.helpers import free_port
+
+SEGFLOW = [sys.executable, "-m", "app.cli"]
+
+
+def run(services: Services, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "SEGFLOW_DATA_DIR": str(services.data_dir),
+        "REDIS_URL": services.redis_url,
+    }
+    env.pop("DATABASE_URL", None)
+    if services.database_url:
+        env["DATABASE_URL"] = services.database_url
+    return subprocess.run(
+        [*SEGFLOW, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_writekey_create_prints_a_working_key_on_its_last_line(services, api, redis_client):
+    name = f"cli-{time.monotonic_ns()}"
+    done = run(services, "writekey", "create", name)
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"sk_[A-Za-z0-9_-]{20,}", key)
+
+    time.sleep(1.1)  # the collector reloads unknown keys at most once a second
+    response = httpx.post(
+        f"{api.url}/v1/track", auth=(key, ""), json={"userId": "u", "event": "Signed Up"}
+    )
+    assert response.json()["accepted"] == 1
+    assert stored_events(redis_client)[0].source == name
+
+    again = run(services, "writekey", "create", name)
+    assert again.returncode != 0
+    assert "exists already" in again.stderr
+
+
+def write_jsonl(path: Path, messages: list[dict[str, object]], junk: str = "") -> Path:
+    lines = [json.dumps(m) for m in messages]
+    if junk:
+        lines.insert(1, junk)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_replay_segment_jsonl_in_event_time_order_and_idempotent(services, redis_client, tmp_path):
+    messages = [
+        {
+            "type": "track",
+            "userId": f"u{i % 7}",
+            "event": "Product Viewed",
+            "timestamp": f"2024-05-01T10:{59 - i:02d}:00Z",
+            "properties": {"n": i},
+        }
+        for i in range(60)
+    ]
+    messages.append({"type": "track", "event": "Product Viewed"})  # no user: fails
+    path = write_jsonl(tmp_path / "history.jsonl", messages, junk="{broken")
+
+    done = run(services, "replay", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "accepted=60 duplicates=0 failed=2" in done.stdout
+    assert "userId or anonymousId is required" in done.stdout
+
+    events = stored_events(redis_client)
+    assert len(events) == 60
+    by_partition: dict[int, list[int]] = {}
+    client_streams = [k.decode() for k in redis_client.keys("events:*")]
+    for key in client_streams:
+        times = [json.loads(f[b"e"])["timestamp"] for _, f in redis_client.xrange(key)]
+        by_partition[len(by_partition)] = times
+    assert all(times == sorted(times) for times in by_partition.values())
+    assert {e.source for e in events} == {"replay:history.jsonl"}
+    failed = redis_client.xrange("failed-events")
+    assert len(failed) == 2
+    assert b"not JSON" in failed[0][1][b"reason"]
+
+    again = run(services, "replay", str(path))
+    assert "accepted=0 duplicates=60 failed=2" in again.stdout
+    assert len(stored_events(redis_client)) == 60
+
+
+def test_replay_retailrocket_csv(services, redis_client, tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "timestamp,visitorid,event,itemid,transactionid\n"
+        "1433221332117,257597,view,355908,\n"
+        "1433224214164,992329,addtocart,248676,\n"
+        "1433221999827,111016,transaction,7943,1001\n"
+        "1433221999827,111016,transaction,7944,1001\n"
+        "1433221999900,111016,purchase,1,\n"
+    )
+    done = run(services, "replay", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "accepted=3 duplicates=1 failed=1" in done.stdout
+    events = {e.event: e for e in stored_events(redis_client)}
+    assert events["Product Viewed"].customer_id == "257597"
+    assert events["Product Viewed"].timestamp == 1433221332117
+    assert events["Product Added"].properties == {"product_id": "248676"}
+    assert events["Order Completed"].properties["order_id"] == "1001"
+
+
+def test_replay_rees46_gzipped_csv(services, redis_client, tmp_path):
+    path = tmp_path / "2019-Oct.csv.gz"
+    rows = (
+        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,"
+        "user_session\n"
+        "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,"
+        "72d76fde-8bb3-4e00-8c23-a032dfed738c\n"
+        "2019-10-01 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.environment."
+        "water_heater,aqua,33.20,554748717,9333dfbd-b87a-4708-9857-6336556b0fcc\n"
+        "2019-10-01 00:00:02 UTC,remove_from_cart,3900821,2053013552326770905,,aqua,33.20,"
+        "554748717,9333dfbd-b87a-4708-9857-6336556b0fcc\n"
+        "2019-10-01 00:00:03 UTC,purchase,3900821,2053013552326770905,,aqua,33.20,554748717,"
+        "9333dfbd-b87a-4708-9857-6336556b0fcc\n"
+    )
+    path.write_bytes(gzip.compress(rows.encode()))
+    done = run(services, "replay", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "accepted=4 duplicates=0 failed=0" in done.stdout
+    events = {e.event: e for e in stored_events(redis_client)}
+    assert set(events) == {"Product Viewed", "Product Added", "Product Removed", "Order Completed"}
+    added = events["Product Added"]
+    assert added.timestamp == 1569888001000
+    assert added.properties["price"] == 33.2
+    assert added.properties["category"] == "appliances.environment.water_heater"
+    assert events["Order Completed"].properties["revenue"] == 33.2
+    assert events["Product Viewed"].context["session_id"].startswith("72d76fde")
+
+
+def test_replay_of_a_missing_file_fails_with_a_message(services, redis_client, tmp_path):
+    done = run(services, "replay", str(tmp_path / "nope.jsonl"))
+    assert done.returncode != 0
+    assert "no such file" in done.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_for_line(process: subprocess.Popen[str], pattern: str, seen: list[str]) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if re.search(pattern, line):
+            return line
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
+
+
+@pytest.mark.parametrize("services", ["embedded"], indirect=True)
+def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["SEGFLOW_DATA_DIR"] = str(tmp_path / "data")
+    env["SEGFLOW_API_WORKERS"] = "2"
+    port = free_port()
+    process = subprocess.Popen(
+        [*SEGFLOW, "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        token = _wait_for_line(process, r"^\s+admin token", seen).split()[-1]
+        key = _wait_for_line(process, r"^\s+demo write key", seen).split()[-1]
+        _wait_for_line(process, r"Ctrl-C", seen)
+        base = f"http://127.0.0.1:{port}"
+        sent = httpx.post(
+            f"{base}/v1/track", auth=(key, ""), json={"userId": "u", "event": "Product Viewed"}
+        )
+        assert sent.json()["accepted"] == 1
+        assert (
+            httpx.get(
+                f"{base}/api/failed-events", headers={"Authorization": f"Bearer {token}"}
+            ).status_code
+            == 200
+        )
+
+        (api_pid,) = [
+            p
+            for p in _children(process.pid)
+            if b"uvicorn" in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
+        os.kill(api_pid, signal.SIGKILL)
+        _wait_for_line(process, r"api exited with code -9 .*restarting", seen)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the API was not restarted"
+            time.sleep(0.1)
+        again = httpx.post(
+            f"{base}/v1/track", auth=(key, ""), json={"userId": "u", "event": "Product Added"}
+        )
+        assert again.json()["accepted"] == 1
+        state = json.loads((tmp_path / "data" / "redis" / "server.json").read_text())
+        stored = redis.Redis(port=state["port"]).xlen  # the embedded server the API writes to
+        assert sum(stored(f"events:{{{p}}}") for p in range(4)) == 2
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=30)
+        seen.append(out)
+    assert process.returncode == 0, "".join(seen)
+    assert not (tmp_path / "data" / "redis" / "server.json").exists()
+    assert (tmp_path / "data" / "segflow.db").exists()
+
+    # A second start finds the data, prints no secret again; killed with SIGKILL, it leaves its
+    # processes behind, and a third start ends them and serves on the same port.
+    second = subprocess.Popen(
+        [*SEGFLOW, "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    line = _wait_for_line(second, r"^\s+admin token", seen)
+    assert "sfa_" not in line
+    _wait_for_line(second, r"Ctrl-C", seen)
+    assert not any("demo write key" in s for s in seen)
+    second.kill()
+    second.wait(timeout=30)  # its children still hold the pipe: do not wait for its end
+    assert second.stdout is not None
+    second.stdout.close()
+
+    third = subprocess.Popen(
+        [*SEGFLOW, "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    try:
+        _wait_for_line(third, r"ending api .* left by an earlier run", seen)
+        _wait_for_line(third, r"Ctrl-C", seen)
+        sent = httpx.post(
+            f"http://127.0.0.1:{port}/v1/track",
+            auth=(key, ""),
+            json={"userId": "u", "event": "Order Completed"},
+        )
+        assert sent.json()["accepted"] == 1
+        state = json.loads((tmp_path / "data" / "redis" / "server.json").read_text())
+        stored = redis.Redis(port=state["port"]).xlen
+        assert sum(stored(f"events:{{{p}}}") for p in range(4)) == 3
+    finally:
+        third.send_signal(signal.SIGINT)
+        out, _ = third.communicate(timeout=30)
+    assert third.returncode == 0, out
+    assert not pid_is_redis(state["pid"])  # the adopted server was stopped with the rest
