@@ -98,6 +98,7 @@ class SegmentMessage(BaseModel):
     properties: dict[str, Any] | None = None
     traits: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None  # destinations to route to; checked, not used
 
     @field_validator("userId", "anonymousId", "previousId", "groupId", "messageId", mode="before")
     @classmethod
@@ -131,8 +132,13 @@ class SegmentMessage(BaseModel):
 
 def parse_time_ms(text: str, field: str) -> int:
     """ISO-8601 to epoch milliseconds; a time without a zone is read as UTC, as Segment does."""
+    text = text.strip()
+    if len(text) > 10 and text[10] == "t":  # RFC 3339 allows lower-case separators
+        text = f"{text[:10]}T{text[11:]}"
+    if text.endswith("z"):
+        text = text[:-1] + "Z"
     try:
-        moment = datetime.fromisoformat(text.strip())
+        moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidMessage(
             f"{field}: {text[:64]!r} is not an ISO-8601 date-time such as 2024-05-01T12:00:00Z"
@@ -146,14 +152,16 @@ def parse_time_ms(text: str, field: str) -> int:
 
 
 def _event_time_ms(message: SegmentMessage, received_at: int, batch_sent_at: str | None) -> int:
+    # Every time given is checked, used or not: a broken clock field is a broken message.
+    original = _optional_time(message.originalTimestamp, "originalTimestamp")
+    sent_at = _optional_time(message.sentAt, "sentAt")
+    if sent_at is None:
+        sent_at = _optional_time(batch_sent_at, "sentAt")
     if message.timestamp is not None:
         when = parse_time_ms(message.timestamp, "timestamp")
-    elif message.originalTimestamp is not None:
-        when = parse_time_ms(message.originalTimestamp, "originalTimestamp")
-        sent_at = message.sentAt or batch_sent_at
-        if sent_at is not None:
-            # Segment's clock-skew correction: the device clock may be off, its intervals are not.
-            when = received_at - (parse_time_ms(sent_at, "sentAt") - when)
+    elif original is not None:
+        # Segment's clock-skew correction: the device clock may be off, its intervals are not.
+        when = original if sent_at is None else received_at - (sent_at - original)
     else:
         when = received_at
     if when < _EPOCH_FLOOR_MS:
@@ -163,6 +171,10 @@ def _event_time_ms(message: SegmentMessage, received_at: int, batch_sent_at: str
             "timestamp: more than 24 hours in the future; is the sender's clock right?"
         )
     return when
+
+
+def _optional_time(text: str | None, field: str) -> int | None:
+    return None if text is None else parse_time_ms(text, field)
 
 
 def _describe(error: ValidationError) -> str:

@@ -90,5 +90,6 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
     # The SDKs read `code` and `message` from any non-200 answer and crash without them.
     if request.url.path.startswith("/v1/"):
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")
-        return _collector_body(error.status_code, code, str(error.detail))
+        headers = dict(error.headers) if error.headers else None
+        return _collector_body(error.status_code, code, str(error.detail), headers)
     return await http_exception_handler(request, error)

@@ -7,12 +7,17 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 from redis import RedisError
+from redis.exceptions import ResponseError
 
 from app.streams import FAILED_EVENTS_KEY
 
 
 class StoreError(RuntimeError):
-    pass
+    """Redis did not answer."""
+
+
+class BadCursor(ValueError):
+    """The cursor is not an entry id Redis can start from."""
 
 
 class FailedEventOut(BaseModel):
@@ -30,11 +35,15 @@ class FailedEventPage(BaseModel):
 
 async def page(client: aioredis.Redis, *, limit: int, cursor: str | None) -> FailedEventPage:
     """Newest first; ``cursor`` is the id of the last item of the previous page."""
+    if cursor is not None and all(int(part) == 0 for part in cursor.split("-")):
+        return FailedEventPage(items=[], next_cursor=None)  # nothing comes before 0-0
     upper = f"({cursor}" if cursor else "+"
     try:
         rows: list[Any] = await client.xrevrange(  # type: ignore[assignment]
             FAILED_EVENTS_KEY, max=upper, min="-", count=limit + 1
         )
+    except ResponseError as error:
+        raise BadCursor(f"cursor: {cursor!r} is not a position in the list ({error})") from error
     except (RedisError, OSError) as error:
         raise StoreError(str(error)) from error
     items = [

@@ -10,10 +10,19 @@ from app.admin import failed_events
 from app.admin.failed_events import FailedEventPage
 from app.deps import AdminDep, StateDep
 
-router = APIRouter(prefix="/api", tags=["admin"], dependencies=[AdminDep])
+router = APIRouter(
+    prefix="/api",
+    tags=["admin"],
+    dependencies=[AdminDep],
+    responses={401: {"description": "Missing or wrong bearer token."}},
+)
 
 
-@router.get("/failed-events", response_model=FailedEventPage)
+@router.get(
+    "/failed-events",
+    response_model=FailedEventPage,
+    responses={400: {"description": "Bad cursor."}, 503: {"description": "Redis unreachable."}},
+)
 async def list_failed_events(
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -22,5 +31,7 @@ async def list_failed_events(
     """Messages the collector refused, newest first, with the reason and the raw message."""
     try:
         return await failed_events.page(state.redis, limit=limit, cursor=cursor)
+    except failed_events.BadCursor as error:
+        raise HTTPException(400, detail=str(error)) from error
     except failed_events.StoreError as error:
         raise HTTPException(503, detail=f"failed events: {error}") from error

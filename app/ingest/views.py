@@ -16,8 +16,9 @@ from pydantic import BaseModel, Field
 
 from app.deps import StateDep
 from app.errors import CollectorError
-from app.events import MAX_REQUEST_BYTES, SegmentMessage
+from app.events import MAX_REQUEST_BYTES, MESSAGE_TYPES, InvalidMessage, parse_time_ms
 from app.ingest.auth import write_key_from_authorization
+from app.ingest.schema import batch_body, single_body
 from app.ingest.service import (
     FailedEvent,
     IngestResult,
@@ -59,37 +60,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         503: "The event store is unreachable: nothing was stored, retry.",
     }.items()
 }
-_MESSAGE_SCHEMA = SegmentMessage.model_json_schema()
 
 
 def _body_doc(schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schema}},
-        }
-    }
-
-
-def _single_doc() -> dict[str, Any]:
-    properties = dict(_MESSAGE_SCHEMA["properties"])
-    properties.pop("type", None)
-    properties["writeKey"] = {"type": "string"}
-    return _body_doc({"type": "object", "properties": properties})
-
-
-_BATCH_DOC = _body_doc(
-    {
-        "type": "object",
-        "required": ["batch"],
-        "properties": {
-            "batch": {"type": "array", "items": _MESSAGE_SCHEMA},
-            "writeKey": {"type": "string"},
-            "sentAt": {"type": "string", "format": "date-time"},
-            "context": {"type": "object"},
-        },
-    }
-)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 async def _read_body(request: Request) -> bytes:
@@ -165,7 +139,10 @@ async def _parse(request: Request, state: StateDep) -> tuple[dict[str, Any], str
         raise CollectorError(400, "invalid_json", f"body is not valid JSON: {error}") from None
     if not isinstance(payload, dict):
         raise CollectorError(400, "invalid_json", "body must be a JSON object")
-    source = await _authenticate(request, state, payload.get("writeKey"))
+    body_key = payload.get("writeKey")
+    if body_key is not None and not isinstance(body_key, str):
+        raise CollectorError(400, "invalid_json", "writeKey: must be a string")
+    source = await _authenticate(request, state, body_key)
     return payload, source, received_at
 
 
@@ -213,7 +190,7 @@ def _answer(result: IngestResult) -> Response:
     "/batch",
     response_model=CollectorAnswer,
     responses=_ERRORS,
-    openapi_extra=_BATCH_DOC,
+    openapi_extra=_body_doc(batch_body(MESSAGE_TYPES)),
     summary="Send many messages (Segment's batch call)",
 )
 async def batch(request: Request, state: StateDep) -> Response:
@@ -222,11 +199,26 @@ async def batch(request: Request, state: StateDep) -> Response:
     messages = payload.get("batch")
     if not isinstance(messages, list):
         raise CollectorError(400, "invalid_batch", "batch: must be an array of messages")
-    defaults = {"context": payload.get("context"), "sentAt": payload.get("sentAt")}
+    defaults = _batch_defaults(payload)
     validated = validate_batch(messages, source=source, received_at=received_at, defaults=defaults)
     result = await _store(state, validated)
     REQUEST_LATENCY.labels("batch").observe(time.perf_counter() - started)
     return _answer(result)
+
+
+def _batch_defaults(payload: dict[str, Any]) -> dict[str, Any]:
+    """A batch's shared ``context`` and ``sentAt``, which apply to every message in it."""
+    context, sent_at = payload.get("context"), payload.get("sentAt")
+    if context is not None and not isinstance(context, dict):
+        raise CollectorError(400, "invalid_batch", "context: must be an object")
+    if sent_at is not None:
+        if not isinstance(sent_at, str):
+            raise CollectorError(400, "invalid_batch", "sentAt: must be an ISO-8601 date-time")
+        try:
+            parse_time_ms(sent_at, "sentAt")
+        except InvalidMessage as error:
+            raise CollectorError(400, "invalid_batch", str(error)) from None
+    return {"context": context, "sentAt": sent_at}
 
 
 def _single(message_type: str) -> Any:
@@ -258,6 +250,6 @@ for _type in ("track", "identify", "page", "screen", "alias", "group"):
         methods=["POST"],
         response_model=CollectorAnswer,
         responses=_ERRORS,
-        openapi_extra=_single_doc(),
+        openapi_extra=_body_doc(single_body(_type)),
         summary=f"Send one {_type} message",
     )
