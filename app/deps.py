@@ -34,7 +34,9 @@ class AppState:
     admin_tokens_seen: dict[str, float] = field(default_factory=dict)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async on purpose: FastAPI runs a plain-def dependency in a worker thread, one thread hop
+    # per request on the collector's hot path.
     state: AppState = request.app.state.segflow
     return state
 

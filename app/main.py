@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import orjson
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,6 +18,7 @@ from app.errors import CollectorError
 from app.ingest import views as ingest_views
 from app.ingest.auth import WriteKeyCache
 from app.ingest.service import EventStore
+from app.redis_client import async_redis
 from app.redis_server import EmbeddedRedis
 from app.settings import Settings, get_settings
 
@@ -30,9 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         embedded = None if settings.redis_url else EmbeddedRedis.ensure(settings.data_dir)
         url = settings.redis_url or (embedded.url if embedded else "")
-        client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
-        )
+        client = async_redis(url)
         engine = make_engine(settings)
         store = EventStore(
             client, partitions=settings.partitions, dedup_ttl_s=settings.dedup_window_s

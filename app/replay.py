@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import heapq
 import io
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from typing import IO, Any, Literal
 import orjson
 import redis
 
-from app.events import Event, InvalidMessage, validate_message
+from app.events import InvalidMessage, canonical_fields
 from app.ingest.service import FailedEvent, now_ms, raw_text
 from app.streams import (
     APPEND_SCRIPT,
@@ -78,9 +79,25 @@ class Row:
 
 
 def _open_text(path: Path) -> IO[str]:
+    # A byte that is not UTF-8 becomes a lone surrogate instead of stopping the whole file;
+    # the row holding it is then refused on its own (see _undecodable). A BOM is skipped.
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return path.open("r", encoding="utf-8", newline="")
+        return io.TextIOWrapper(
+            gzip.open(path, "rb"), encoding="utf-8-sig", errors="surrogateescape", newline=""
+        )
+    return path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _undecodable(text: str) -> bool:
+    return _UNDECODABLE.search(text) is not None
+
+
+def _printable(text: str) -> str:
+    """``text`` with undecodable bytes shown as U+FFFD, so it can be stored and shown."""
+    return _UNDECODABLE.sub("\ufffd", text)
 
 
 def _row_id(prefix: str, raw: str) -> str:
@@ -93,7 +110,7 @@ def detect_format(path: Path) -> Format:
     if name.endswith((".jsonl", ".ndjson", ".json")):
         return "segment"
     with _open_text(path) as handle:
-        header = handle.readline().strip().lower()
+        header = handle.readline(4096).strip().lower()
     columns = {column.strip() for column in header.split(",")}
     if {"visitorid", "event", "itemid"} <= columns:
         return "retailrocket"
@@ -112,12 +129,18 @@ def read_segment(path: Path) -> Iterator[Row]:
             text = line.strip()
             if not text:
                 continue
+            if _undecodable(text):
+                yield Row(line_no, None, _printable(text), f"line {line_no}: not valid UTF-8")
+                continue
             try:
                 message = orjson.loads(text)
             except orjson.JSONDecodeError as error:
                 yield Row(line_no, None, text, f"line {line_no}: not JSON ({error})")
                 continue
-            if isinstance(message, dict) and "messageId" not in message:
+            if not isinstance(message, dict):
+                yield Row(line_no, None, text, f"line {line_no}: not a JSON object")
+                continue
+            if "messageId" not in message:
                 message["messageId"] = _row_id("replay", text)
             yield Row(line_no, message, text)
 
@@ -134,8 +157,11 @@ def read_retailrocket(path: Path) -> Iterator[Row]:
     """
     with _open_text(path) as handle:
         reader = csv.DictReader(handle)
-        for line_no, record in enumerate(reader, start=2):
-            raw = ",".join(str(value) for value in record.values())
+        for record in reader:
+            line_no, raw, problem = _csv_row(reader, record)
+            if problem:
+                yield Row(line_no, None, raw, problem)
+                continue
             try:
                 name = RETAILROCKET_EVENTS[record["event"]]
                 properties: dict[str, Any] = {"product_id": record["itemid"]}
@@ -164,8 +190,11 @@ def read_rees46(path: Path) -> Iterator[Row]:
     category_code, brand, price, user_id, user_session."""
     with _open_text(path) as handle:
         reader = csv.DictReader(handle)
-        for line_no, record in enumerate(reader, start=2):
-            raw = ",".join(str(value) for value in record.values())
+        for record in reader:
+            line_no, raw, problem = _csv_row(reader, record)
+            if problem:
+                yield Row(line_no, None, raw, problem)
+                continue
             try:
                 name = REES46_EVENTS[record["event_type"]]
                 price = float(record["price"]) if record.get("price") else None
@@ -196,6 +225,16 @@ def read_rees46(path: Path) -> Iterator[Row]:
             yield Row(line_no, message, raw)
 
 
+def _csv_row(reader: csv.DictReader[str], record: dict[str, Any]) -> tuple[int, str, str | None]:
+    """The row's physical line (blank lines are skipped, so not a count), its text, and a
+    problem that stops it before mapping: bytes that are not UTF-8."""
+    raw = ",".join(str(value) for value in record.values())
+    line_no = reader.line_num
+    if _undecodable(raw):
+        return line_no, _printable(raw), f"line {line_no}: not valid UTF-8"
+    return line_no, raw, None
+
+
 def _row_problem(error: Exception) -> str:
     if isinstance(error, KeyError):
         return f"unknown value or missing column {error}"
@@ -218,8 +257,9 @@ class _SortedSpill:
         self._buffer: list[tuple[int, bytes]] = []
         self._chunks: list[Path] = []
 
-    def add(self, event: Event) -> None:
-        self._buffer.append((event.timestamp, event.to_json()))
+    def add(self, event: dict[str, Any]) -> None:
+        """``event``: the canonical fields (``app.events.canonical_fields``)."""
+        self._buffer.append((event["timestamp"], orjson.dumps(event)))
         if len(self._buffer) >= self._chunk_rows:
             self._spill()
 
@@ -232,16 +272,25 @@ class _SortedSpill:
         self._chunks.append(path)
         self._buffer = []
 
-    def __iter__(self) -> Iterator[Event]:
+    def __iter__(self) -> Iterator[SerializedEvent]:
         if self._buffer:
             self._spill()
         files = [path.open("rb") for path in self._chunks]
         try:
-            streams = [(Event.from_json(line) for line in handle) for handle in files]
-            yield from heapq.merge(*streams, key=lambda event: event.timestamp)
+            streams = [(_read_spilled(line) for line in handle) for handle in files]
+            for _, event in heapq.merge(*streams, key=lambda item: item[0]):
+                yield event
         finally:
             for handle in files:
                 handle.close()
+
+
+def _read_spilled(line: bytes) -> tuple[int, SerializedEvent]:
+    payload = line.rstrip(b"\n")
+    fields = orjson.loads(payload)
+    return fields["timestamp"], SerializedEvent(
+        fields["customer_id"], fields["message_id"], payload
+    )
 
 
 def replay_file(
@@ -281,7 +330,7 @@ def replay_file(
                 fail(row.error or "unreadable row", row.raw)
                 continue
             try:
-                spill.add(validate_message(row.message, received_at=received_at, source=source))
+                spill.add(canonical_fields(row.message, received_at=received_at, source=source))
             except InvalidMessage as error:
                 fail(f"line {row.line}: {error}", raw_text(row.message))
         _flush_failed(client, failed)
@@ -290,7 +339,7 @@ def replay_file(
 
         batch: list[SerializedEvent] = []
         for event in spill:
-            batch.append(SerializedEvent.of(event))
+            batch.append(event)
             if len(batch) >= APPEND_BATCH:
                 _append(client, script, batch, partitions, dedup_ttl_s, summary)
         _append(client, script, batch, partitions, dedup_ttl_s, summary)

@@ -11,8 +11,6 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.events import Event
-
 FAILED_EVENTS_KEY = "failed-events"
 EVENT_FIELD = "e"
 
@@ -71,10 +69,6 @@ class SerializedEvent:
     customer_id: str
     message_id: str
     payload: bytes
-
-    @classmethod
-    def of(cls, event: Event) -> SerializedEvent:
-        return cls(event.customer_id, event.message_id, event.to_json())
 
 
 def plan_appends(

@@ -11,7 +11,9 @@ from typing import Any
 
 from app.events import MAX_ID_CHARS, MAX_NAME_CHARS
 
-_VISIBLE = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$"
+_VISIBLE = (
+    r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+)
 
 _ID_TEXT: dict[str, Any] = {
     "type": "string",

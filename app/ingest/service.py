@@ -17,10 +17,9 @@ import redis.asyncio as aioredis
 from redis import RedisError
 from redis.exceptions import NoScriptError
 
-from app.events import MAX_MESSAGE_BYTES, Event, InvalidMessage, validate_message
+from app.events import MAX_MESSAGE_BYTES, InvalidMessage, canonical_fields
 from app.streams import (
     APPEND_SCRIPT,
-    EVENT_FIELD,
     FAILED_EVENTS_KEY,
     PartitionAppend,
     SerializedEvent,
@@ -48,7 +47,6 @@ class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     errors: list[MessageError] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +83,6 @@ def raw_text(raw: Any) -> str:
 class ValidatedBatch:
     """A request's messages split into storable events and failures (pure, no I/O)."""
 
-    events: list[Event]
     serialized: list[SerializedEvent]
     errors: list[MessageError]
     failed: list[FailedEvent]
@@ -99,17 +96,17 @@ def validate_batch(
     forced_type: str | None = None,
     defaults: dict[str, Any] | None = None,
 ) -> ValidatedBatch:
-    batch = ValidatedBatch([], [], [], [])
+    batch = ValidatedBatch([], [], [])
     for index, raw in enumerate(messages):
         try:
-            event = validate_message(
+            event = canonical_fields(
                 raw,
                 received_at=received_at,
                 source=source,
                 forced_type=forced_type,
                 defaults=defaults,
             )
-            payload = event.to_json()
+            payload = orjson.dumps(event)
             if len(payload) > MAX_MESSAGE_BYTES:
                 raise InvalidMessage(f"message is larger than {MAX_MESSAGE_BYTES // 1024} KB")
         except InvalidMessage as error:
@@ -119,8 +116,7 @@ def validate_batch(
             )
             batch.failed.append(FailedEvent(received_at, str(error), source, raw_text(raw)))
             continue
-        batch.events.append(event)
-        batch.serialized.append(SerializedEvent(event.customer_id, event.message_id, payload))
+        batch.serialized.append(SerializedEvent(event["customer_id"], event["message_id"], payload))
     return batch
 
 
@@ -146,13 +142,10 @@ class EventStore:
                 results = await self._execute(plans, [])
         except (RedisError, OSError) as error:
             raise StoreUnavailable(str(error)) from error
-        flags = stored_flags(plans, results, len(batch.events))
+        flags = stored_flags(plans, results, len(batch.serialized))
         accepted = sum(flags)
         return IngestResult(
-            accepted=accepted,
-            duplicates=len(flags) - accepted,
-            errors=batch.errors,
-            events=[event for event, stored in zip(batch.events, flags, strict=True) if stored],
+            accepted=accepted, duplicates=len(flags) - accepted, errors=batch.errors
         )
 
     async def _execute(
@@ -179,7 +172,3 @@ class EventStore:
 
     async def prepare(self) -> None:
         await self._client.script_load(APPEND_SCRIPT)
-
-
-def decode_stream_event(fields: dict[bytes, bytes]) -> Event:
-    return Event.from_json(fields[EVENT_FIELD.encode()])
