@@ -9,16 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
-from redis.connection import HiredisRespSerializer
-from redis.utils import HIREDIS_AVAILABLE
+from redis.exceptions import DataError
 
 
 class _HiredisPackedConnection(aioredis.Connection):
-    _serializer = HiredisRespSerializer()
-
     def pack_command(self, *args: Any) -> list[bytes]:
-        return self._serializer.pack(*args)  # type: ignore[no-any-return]
+        name = args[0]
+        if isinstance(name, str):  # "CONFIG GET" is sent as two words, as redis-py does
+            name = name.encode()
+        if b" " in name:
+            args = (*name.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as error:  # an argument hiredis cannot encode: redis-py's own error
+            raise DataError(str(error)) from error
 
 
 def async_redis(url: str, **options: Any) -> aioredis.Redis:
@@ -26,6 +32,6 @@ def async_redis(url: str, **options: Any) -> aioredis.Redis:
     options.setdefault("socket_connect_timeout", 2)
     options.setdefault("socket_timeout", 5)
     options.setdefault("health_check_interval", 10)
-    if HIREDIS_AVAILABLE and url.startswith("redis://"):
+    if url.startswith("redis://"):  # TLS and unix sockets keep redis-py's own classes
         options["connection_class"] = _HiredisPackedConnection
     return aioredis.Redis.from_url(url, **options)

@@ -75,20 +75,22 @@ def plan_appends(
     events: Sequence[SerializedEvent], *, partitions: int, dedup_ttl_s: int
 ) -> list[PartitionAppend]:
     """Group events by partition into one script call each (pure: no I/O)."""
-    groups: dict[int, PartitionAppend] = {}
+    groups: dict[int, tuple[PartitionAppend, str]] = {}
     for position, event in enumerate(events):
         partition = partition_of(event.customer_id, partitions)
-        group = groups.get(partition)
-        if group is None:
-            group = groups[partition] = PartitionAppend(
+        found = groups.get(partition)
+        if found is None:
+            plan = PartitionAppend(
                 keys=[stream_key(partition), stats_key(partition)],
                 args=[dedup_ttl_s],
                 positions=[],
             )
-        group.keys.append(dedup_key(partition, event.message_id))
+            found = groups[partition] = (plan, dedup_key(partition, ""))
+        group, dedup_prefix = found
+        group.keys.append(dedup_prefix + event.message_id)  # hot loop: no call per key
         group.args.append(event.payload)
         group.positions.append(position)
-    return list(groups.values())
+    return [plan for plan, _ in groups.values()]
 
 
 def stored_flags(
