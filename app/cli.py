@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,13 @@ from rich.table import Table
 from sqlmodel import Session
 
 from app import bootstrap, migrate
-from app.credentials import DuplicateNameError, create_admin_token, create_write_key
+from app import demo as shop
+from app.credentials import (
+    DuplicateNameError,
+    create_admin_token,
+    create_write_key,
+    replace_write_key,
+)
 from app.db import make_engine
 from app.redis_server import EmbeddedRedis, EmbeddedRedisError
 from app.replay import FORMATS, ReplayError, replay_file
@@ -88,11 +96,19 @@ def up(host: str, port: int, demo: bool) -> None:
         )
         specs = [api]
         if demo:
+            shop_key = _replace_write_key(settings, DEMO_SHOP_SOURCE)
             specs.append(
                 ProcessSpec(
                     "demo-shop",
-                    [sys.executable, "-m", "app.demo", "--url", f"http://{host}:{port}"],
-                    {"SEGFLOW_DEMO_WRITE_KEY": first.demo_write_key or ""},
+                    [
+                        sys.executable,
+                        "-m",
+                        "app.cli",
+                        "demo",
+                        "--url",
+                        f"http://{_display_host(host)}:{port}",
+                    ],
+                    {DEMO_KEY_VARIABLE: shop_key},
                 )
             )
         supervisor = Supervisor(
@@ -118,6 +134,22 @@ def up(host: str, port: int, demo: bool) -> None:
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+DEMO_SHOP_SOURCE = "demo-shop"
+DEMO_KEY_VARIABLE = "SEGFLOW_DEMO_WRITE_KEY"
+
+
+def _replace_write_key(settings: Settings, name: str) -> str:
+    """A fresh key for ``name`` (keys are stored hashed: an old one cannot be read back)."""
+    engine = make_engine(settings)
+    try:
+        with Session(engine) as session:
+            key = replace_write_key(session=session, name=name)
+            session.commit()
+    finally:
+        engine.dispose()
+    return key
 
 
 def _display_host(host: str) -> str:
@@ -191,6 +223,45 @@ def token_create(name: str) -> None:
         engine.dispose()
     click.echo(f"admin token {name!r} (shown once; only its hash is stored):")
     click.echo(value)
+
+
+@main.command()
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="Where Segflow's collector listens.",
+)
+@click.option(
+    "--write-key",
+    envvar=DEMO_KEY_VARIABLE,
+    required=True,
+    help=f"The write key to send with (or {DEMO_KEY_VARIABLE}).",
+)
+@click.option(
+    "--rate",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 10_000),
+    help="Events per second.",
+)
+@click.option("--shoppers", default=200, show_default=True, type=click.IntRange(1))
+@click.option("--seed", type=int, default=None, help="Make the shoppers' choices repeatable.")
+def demo(url: str, write_key: str, rate: float, shoppers: int, seed: int | None) -> None:
+    """Run the simulated shop: browsing, cart-abandoning and buying shoppers, live."""
+    with contextlib.suppress(KeyboardInterrupt):
+        shop.run(url=url, write_key=write_key, rate=rate, shoppers=shoppers, seed=seed)
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["ingest"]), default="ingest")
+@click.argument("options", nargs=-1, type=click.UNPROCESSED)
+def bench(name: str, options: tuple[str, ...]) -> None:
+    """Run a benchmark from bench/ (from a source checkout); it prints a table with its floor."""
+    script = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    if not script.is_file():
+        raise click.ClickException(f"{script} not found: benchmarks run from a source checkout")
+    raise SystemExit(subprocess.call([sys.executable, str(script), *options]))  # noqa: S603
 
 
 @main.command()

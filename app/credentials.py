@@ -36,6 +36,14 @@ def create_write_key(*, session: Session, name: str) -> str:
     return key
 
 
+def replace_write_key(*, session: Session, name: str) -> str:
+    """Drop the key called ``name``, if any, and create a new one."""
+    for row in session.exec(select(WriteKey).where(WriteKey.name == name)):
+        session.delete(row)
+    session.flush()
+    return create_write_key(session=session, name=name)
+
+
 def list_write_keys(*, session: Session) -> list[WriteKey]:
     return list(session.exec(select(WriteKey).order_by(WriteKey.id)))  # type: ignore[arg-type]
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -156,6 +157,25 @@ def test_replay_of_a_missing_file_fails_with_a_message(services, redis_client, t
     assert "no such file" in done.stderr
 
 
+def _sources(port: int) -> dict[str, int]:
+    """How many stored events came from each source, in the embedded Redis on ``port``."""
+    client = redis.Redis(port=port)
+    counts: dict[str, int] = {}
+    for partition in range(4):
+        for _, fields in client.xrange(f"events:{{{partition}}}"):
+            source = json.loads(fields[b"e"])["source"]
+            counts[source] = counts.get(source, 0) + 1
+    client.close()
+    return counts
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -246,7 +266,7 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
     # A second start finds the data, prints no secret again; killed with SIGKILL, it leaves its
     # processes behind, and a third start ends them and serves on the same port.
     second = subprocess.Popen(
-        [*SEGFLOW, "up", "--port", str(port)],
+        [*SEGFLOW, "up", "--port", str(port), "--demo"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -257,6 +277,8 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
     assert "sfa_" not in line
     _wait_for_line(second, r"Ctrl-C", seen)
     assert not any("demo write key" in s for s in seen)
+    state = json.loads((tmp_path / "data" / "redis" / "server.json").read_text())
+    _wait_for(lambda: _sources(state["port"]).get("demo-shop", 0) > 0)  # the simulated shop
     second.kill()
     second.wait(timeout=30)  # its children still hold the pipe: do not wait for its end
     assert second.stdout is not None
@@ -280,10 +302,46 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
         )
         assert sent.json()["accepted"] == 1
         state = json.loads((tmp_path / "data" / "redis" / "server.json").read_text())
-        stored = redis.Redis(port=state["port"]).xlen
-        assert sum(stored(f"events:{{{p}}}") for p in range(4)) == 3
+        assert _sources(state["port"])["demo"] == 3
     finally:
         third.send_signal(signal.SIGINT)
         out, _ = third.communicate(timeout=30)
     assert third.returncode == 0, out
     assert not pid_is_redis(state["pid"])  # the adopted server was stopped with the rest
+
+
+def test_demo_shop_sends_valid_shop_events(services, api, credentials, redis_client):
+    shop = subprocess.Popen(
+        [
+            *SEGFLOW,
+            "demo",
+            "--url",
+            api.url,
+            "--write-key",
+            credentials["write_key"],
+            "--rate",
+            "400",
+            "--seed",
+            "7",
+            "--shoppers",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while len(stored_events(redis_client)) < 150:
+        assert shop.poll() is None, shop.communicate()
+        assert time.monotonic() < deadline, "the demo shop sent too little"
+        time.sleep(0.2)
+    shop.terminate()
+    shop.communicate(timeout=10)
+
+    events = stored_events(redis_client)
+    assert redis_client.xlen("failed-events") == 0
+    names = {e.event for e in events if e.type == "track"}
+    assert names <= {"Product Viewed", "Product Added", "Checkout Started", "Order Completed"}
+    assert {"Product Viewed", "Product Added"} <= names
+    merges = [e for e in events if e.type == "identify" and e.anonymous_id]
+    assert all(e.user_id and e.user_id != e.anonymous_id for e in merges)
