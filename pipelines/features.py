@@ -1,0 +1,665 @@
+"""Per-customer feature state: windowed aggregates, cart, session, recency, built-ins.
+
+Pure Python with no Bytewax import, so every rule of time below is tested exhaustively against a
+brute-force recomputation (tests/unit/test_features.py).
+
+How time works here
+-------------------
+Every value is a function of the customer's events and of an instant ``t`` (event time, ms).
+"In the last W" at ``t`` means event times in ``(t - W, t]``: an event enters the window at its
+own time and leaves exactly at ``time + W``. So a windowed value changes only at two kinds of
+instants: when an event arrives, and at a *deadline* ``time + W`` of an event inside the window.
+``CustomerFeatures.next_change(t)`` returns the earliest such deadline after ``t``; the dataflow
+sets a timer for it (by the wall clock when live, by event time when replaying) and takes a new
+snapshot then, so a view leaving the 10-minute window is seen at that exact millisecond, not at
+the customer's next event. The same holds for the end of a session (last event + gap).
+
+How state stays small
+---------------------
+Each windowed feature reads an ``EventLog``: the times (and the one property value it needs) of
+the events it counts, kept only as long as the longest window that reads it. All windows of one
+event share one log, and a log answers any window by binary search, so values are exact at every
+instant. A log past ``LOG_CAP`` entries folds its oldest entries into time buckets whose width is
+a fraction of the window they serve (``BUCKETS_PER_WINDOW``); a bucket leaves the window when its
+newest event does, so a folded bucket can make a count leave up to one bucket-width early. It
+bounds the memory of very busy customers; below the cap nothing is approximate.
+
+Identity
+--------
+``merge`` folds another customer's state (an anonymous visitor who identified) into this one.
+Logs are merged entry by entry, so every windowed value afterwards equals what the events would
+have given had they all carried the same id.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from app.durations import format_duration_ms, parse_duration_ms
+
+Aggregate = Literal["count", "sum", "min", "max", "distinct"]
+
+LOG_CAP = 512
+BUCKETS_PER_WINDOW = 64
+DEFAULT_SESSION_GAP_MS = 30 * 60_000
+DEFAULT_LATENESS_MS = 5 * 60_000
+SESSION_LOG_CAP = 256
+RECENT_EVENTS = 20  # shown on the customer profile, newest first
+
+PAGE_EVENT = "Page Viewed"
+SCREEN_EVENT = "Screen Viewed"
+
+
+def event_name(event: Mapping[str, Any]) -> str | None:
+    """The name a feature counts an event under: a track's event, or Page/Screen Viewed."""
+    kind = event.get("type")
+    if kind == "track":
+        name = event.get("event")
+        return name if isinstance(name, str) else None
+    if kind == "page":
+        return PAGE_EVENT
+    if kind == "screen":
+        return SCREEN_EVENT
+    return None
+
+
+# --- the catalogue -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Windowed:
+    """An aggregate of one event over a sliding window, optionally filtered by properties.
+
+    ``count`` needs no property; ``sum``, ``min`` and ``max`` read a numeric property;
+    ``distinct`` counts distinct values of a property. ``window_ms`` None is the whole lifetime.
+    """
+
+    aggregate: Aggregate
+    event: str
+    window_ms: int | None
+    prop: str | None = None
+    where: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.aggregate != "count" and not self.prop:
+            raise ValueError(f"{self.aggregate} of {self.event!r} needs a property")
+        if self.window_ms is not None and self.window_ms <= 0:
+            raise ValueError("a window must be longer than zero")
+
+    @property
+    def name(self) -> str:
+        target = self.event if self.prop is None else f"{self.event}.{self.prop}"
+        parts = [target]
+        if self.window_ms is not None:
+            parts.append(format_duration_ms(self.window_ms))
+        parts += [f"{key}={value}" for key, value in self.where]
+        return f"{self.aggregate}({', '.join(parts)})"
+
+    @property
+    def log_key(self) -> tuple[str, str | None, tuple[tuple[str, Any], ...]]:
+        """Features with the same key read the same log."""
+        return (self.event, self.prop, self.where)
+
+
+@dataclass(frozen=True)
+class Since:
+    """Milliseconds since the last ``event`` (None before the first one)."""
+
+    event: str
+
+    @property
+    def name(self) -> str:
+        return f"since({self.event})"
+
+
+@dataclass(frozen=True)
+class LastValue:
+    """The ``prop`` of the last ``event``."""
+
+    event: str
+    prop: str
+
+    @property
+    def name(self) -> str:
+        return f"last({self.event}.{self.prop})"
+
+
+FeatureSpec = Windowed | Since | LastValue
+
+
+def windowed(
+    aggregate: Aggregate,
+    event: str,
+    within: str | int | None = None,
+    *,
+    prop: str | None = None,
+    where: Mapping[str, Any] | None = None,
+) -> Windowed:
+    """``windowed("count", "Product Viewed", "10m")``: a spec from the words rules use."""
+    window = None if within is None else parse_duration_ms(within)
+    return Windowed(aggregate, event, window, prop, tuple(sorted((where or {}).items())))
+
+
+# The built-ins of DESIGN.md (RFM, browsing depth, session duration, interaction rate, top
+# category) in terms of the windowed features they read.
+ORDER = "Order Completed"
+BUILTIN_INPUTS: dict[str, tuple[FeatureSpec, ...]] = {
+    "rfm_recency_ms": (Since(ORDER),),
+    "rfm_frequency_30d": (windowed("count", ORDER, "30d"),),
+    "rfm_frequency_90d": (windowed("count", ORDER, "90d"),),
+    "rfm_monetary_30d": (windowed("sum", ORDER, "30d", prop="revenue"),),
+    "rfm_monetary_90d": (windowed("sum", ORDER, "90d", prop="revenue"),),
+    "interaction_rate_30d": (
+        windowed("count", "Product Viewed", "30d"),
+        windowed("count", "Product Added", "30d"),
+    ),
+    "top_category_30d": (),
+    "cart_value": (),
+    "cart_items": (),
+    "session_events": (),
+    "session_duration_ms": (),
+    "session_pages": (),
+    "session_products_viewed": (),
+    "browsing_depth": (),
+    "first_seen": (),
+    "last_seen": (),
+    "events_total": (),
+}
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """What to compute: the specs and built-ins that rules asked for, and nothing else."""
+
+    specs: tuple[FeatureSpec, ...] = ()
+    builtins: tuple[str, ...] = ()
+    session_gap_ms: int = DEFAULT_SESSION_GAP_MS
+    allowed_lateness_ms: int = DEFAULT_LATENESS_MS
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.builtins if name not in BUILTIN_INPUTS]
+        if unknown:
+            raise ValueError(f"unknown built-in feature(s): {', '.join(unknown)}")
+
+    @classmethod
+    def of(
+        cls,
+        *items: FeatureSpec | str,
+        session_gap_ms: int = DEFAULT_SESSION_GAP_MS,
+        allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
+    ) -> Catalogue:
+        specs = tuple(dict.fromkeys(i for i in items if not isinstance(i, str)))
+        builtins = tuple(dict.fromkeys(i for i in items if isinstance(i, str)))
+        return cls(specs, builtins, session_gap_ms, allowed_lateness_ms)
+
+    def all_specs(self) -> tuple[FeatureSpec, ...]:
+        """The specs, with the inputs of the built-ins added."""
+        extra = [spec for name in self.builtins for spec in BUILTIN_INPUTS[name]]
+        return tuple(dict.fromkeys([*self.specs, *extra]))
+
+    def horizons(self) -> dict[tuple[str, str | None, tuple[tuple[str, Any], ...]], int | None]:
+        """Per log: how long its entries must be kept (None: for ever)."""
+        keep: dict[tuple[str, str | None, tuple[tuple[str, Any], ...]], int | None] = {}
+        for spec in self.all_specs():
+            if not isinstance(spec, Windowed):
+                continue
+            key = spec.log_key
+            if key in keep:
+                current = keep[key]
+                keep[key] = (
+                    None
+                    if current is None or spec.window_ms is None
+                    else max(current, spec.window_ms)
+                )
+            else:
+                keep[key] = spec.window_ms
+        return keep
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class EventLog:
+    """Sorted times of the events one group of features reads, with the value each needs.
+
+    ``weights`` is 1 per event, or the number of events a folded bucket stands for.
+    """
+
+    horizon_ms: int | None
+    times: list[int] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    weights: list[int] = field(default_factory=list)
+    lifetime_count: int = 0
+    lifetime_sum: float = 0.0
+
+    def add(self, when: int, value: Any) -> None:
+        at = bisect.bisect_right(self.times, when)
+        self.times.insert(at, when)
+        self.values.insert(at, value)
+        self.weights.insert(at, 1)
+        self.lifetime_count += 1
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            self.lifetime_sum += value
+
+    def expire(self, now: int) -> None:
+        """Forget entries that left the longest window that reads this log."""
+        if self.horizon_ms is None:
+            if len(self.times) > LOG_CAP:
+                self._fold(len(self.times) - LOG_CAP)
+            return
+        cut = bisect.bisect_right(self.times, now - self.horizon_ms)
+        if cut:
+            del self.times[:cut], self.values[:cut], self.weights[:cut]
+        if len(self.times) > LOG_CAP:
+            self._fold(len(self.times) - LOG_CAP)
+
+    def _fold(self, surplus: int) -> None:
+        """Fold the oldest entries into buckets; a bucket keeps its newest time."""
+        width = max(1, (self.horizon_ms or 86_400_000 * 365) // BUCKETS_PER_WINDOW)
+        times, values, weights = [], [], []
+        index = 0
+        while index < len(self.times):
+            if index >= surplus * 2 or len(self.times) - index <= LOG_CAP // 2:
+                times += self.times[index:]
+                values += self.values[index:]
+                weights += self.weights[index:]
+                break
+            bucket = self.times[index] // width
+            end = index
+            while end < len(self.times) and self.times[end] // width == bucket:
+                end += 1
+            times.append(self.times[end - 1])
+            values.append(_fold_values(self.values[index:end]))
+            weights.append(sum(self.weights[index:end]))
+            index = end
+        self.times, self.values, self.weights = times, values, weights
+
+    def window(self, now: int, window_ms: int | None) -> slice:
+        start = 0 if window_ms is None else bisect.bisect_right(self.times, now - window_ms)
+        return slice(start, bisect.bisect_right(self.times, now))
+
+    def next_exit(self, now: int, window_ms: int) -> int | None:
+        """The first instant after ``now`` at which an entry leaves the window."""
+        start = bisect.bisect_right(self.times, now - window_ms)
+        end = bisect.bisect_right(self.times, now)
+        return self.times[start] + window_ms if start < end else None
+
+    def merge(self, other: EventLog) -> None:
+        merged = sorted(
+            zip(self.times + other.times, range(len(self.times) + len(other.times)), strict=True)
+        )
+        values, weights = self.values + other.values, self.weights + other.weights
+        self.times = [t for t, _ in merged]
+        self.values = [values[i] for _, i in merged]
+        self.weights = [weights[i] for _, i in merged]
+        self.lifetime_count += other.lifetime_count
+        self.lifetime_sum += other.lifetime_sum
+
+
+def _fold_values(values: list[Any]) -> Folded:
+    """What a bucket keeps of its values: their total, least, greatest and distinct values."""
+    total, lows, highs = 0.0, [], []
+    seen: set[Any] = set()
+    for value in values:
+        if isinstance(value, Folded):
+            total += value.total
+            lows += [] if value.low is None else [value.low]
+            highs += [] if value.high is None else [value.high]
+            seen |= value.seen
+        else:
+            number = _number(value)
+            if number is not None:
+                total += number
+                lows.append(number)
+                highs.append(number)
+            if value is not None:
+                seen.add(_hashable(value))
+    return Folded(total, min(lows, default=None), max(highs, default=None), frozenset(seen))
+
+
+@dataclass(frozen=True)
+class Folded:
+    total: float
+    low: float | None
+    high: float | None
+    seen: frozenset[Any]
+
+
+def _aggregate(spec: Windowed, log: EventLog, now: int) -> float | int | None:
+    part = log.window(now, spec.window_ms)
+    if spec.aggregate == "count":
+        return sum(log.weights[part])
+    values = log.values[part]
+    if spec.aggregate == "distinct":
+        seen: set[Any] = set()
+        for value in values:
+            if isinstance(value, Folded):
+                seen |= value.seen
+            elif value is not None:
+                seen.add(_hashable(value))
+        return len(seen)
+    numbers: list[float] = []
+    for value in values:
+        if isinstance(value, Folded):
+            if spec.aggregate == "sum":
+                numbers.append(value.total)
+            elif value.low is not None and value.high is not None:
+                numbers.append(value.low if spec.aggregate == "min" else value.high)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            numbers.append(value)
+    if spec.aggregate == "sum":
+        return sum(numbers)
+    if not numbers:
+        return None
+    return float(min(numbers) if spec.aggregate == "min" else max(numbers))
+
+
+def _hashable(value: Any) -> Any:
+    """Lists and objects count as distinct values by their JSON text."""
+    if isinstance(value, list | dict):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return value
+
+
+def _matches(properties: Mapping[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
+    return all(properties.get(key) == value for key, value in where)
+
+
+# --- the customer --------------------------------------------------------------------------------
+
+
+@dataclass
+class Cart:
+    """Lines by product: quantity and unit price (the contract's cart semantics).
+
+    The cart is a function of the cart events since the last ``Order Completed`` (which empties
+    it), so those events are kept, in time order then arrival order, and replayed when the cart
+    is read. Late events fall into place, and two identities' carts merge exactly: an order of
+    either clears what the other added before it. Past ``CART_CAP`` events the oldest are folded
+    into ``base``.
+    """
+
+    last_order: int | None = None
+    events: list[tuple[int, int, str, dict[str, Any]]] = field(default_factory=list)
+    base: dict[str, tuple[float, float]] = field(default_factory=dict)
+    arrivals: int = 0
+
+    def add(self, when: int, name: str, properties: Mapping[str, Any]) -> None:
+        if name not in CART_EVENTS:
+            return
+        self.arrivals += 1
+        if name == ORDER:
+            if self.last_order is None or when >= self.last_order:
+                self.last_order = when
+                self.base.clear()
+                # Everything held arrived before this order: at its instant or earlier, it is
+                # emptied (same-instant events arriving later will apply after it).
+                cut = bisect.bisect_right(self.events, (when, self.arrivals))
+                del self.events[:cut]
+            return
+        if self.last_order is not None and when < self.last_order:
+            return  # that order emptied the cart after this event
+        kept = {key: properties.get(key) for key in ("product_id", "quantity", "price")}
+        bisect.insort(self.events, (when, self.arrivals, name, kept))
+        if len(self.events) > CART_CAP:
+            for _, _, old_name, old_properties in self.events[: len(self.events) - CART_CAP]:
+                _apply_cart(self.base, old_name, old_properties)
+            del self.events[: len(self.events) - CART_CAP]
+
+    def lines(self, now: int | None = None) -> dict[str, tuple[float, float]]:
+        lines = dict(self.base)
+        for when, _, name, properties in self.events:
+            if now is not None and when > now:
+                break
+            _apply_cart(lines, name, properties)
+        return lines
+
+    def value(self, now: int | None = None) -> float:
+        return sum(quantity * price for quantity, price in self.lines(now).values())
+
+    def items(self, now: int | None = None) -> float:
+        return sum(quantity for quantity, _ in self.lines(now).values())
+
+    def merge(self, other: Cart) -> None:
+        """Two identities' carts as one history (``other``'s events count as arriving later)."""
+        if other.last_order is not None:
+            self.add(other.last_order, ORDER, {})
+        for product, (quantity, price) in other.base.items():
+            held, _ = self.base.get(product, (0.0, 0.0))
+            self.base[product] = (held + quantity, price)
+        for when, _, name, properties in other.events:
+            self.add(when, name, properties)
+
+
+CART_CAP = 256
+CART_EVENTS = ("Product Added", "Product Removed", ORDER)
+
+
+def _apply_cart(
+    lines: dict[str, tuple[float, float]], name: str, properties: Mapping[str, Any]
+) -> None:
+    if name == ORDER:
+        lines.clear()
+        return
+    product = properties.get("product_id")
+    if product is None:
+        return
+    product = str(product)
+    quantity = _number(properties.get("quantity"))
+    if name == "Product Added":
+        held, _ = lines.get(product, (0.0, 0.0))
+        price = _number(properties.get("price")) or 0.0
+        lines[product] = (held + (quantity if quantity is not None else 1.0), price)
+    elif name == "Product Removed" and product in lines:
+        held, price = lines[product]
+        left = 0.0 if quantity is None else held - quantity
+        if left > 0:
+            lines[product] = (left, price)
+        else:
+            del lines[product]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+@dataclass
+class CustomerFeatures:
+    """Everything Segflow knows of one customer's behaviour, updated event by event."""
+
+    catalogue: Catalogue
+    logs: dict[tuple[str, str | None, tuple[tuple[str, Any], ...]], EventLog] = field(
+        default_factory=dict
+    )
+    last_at: dict[str, int] = field(default_factory=dict)  # event name -> last time
+    last_values: dict[str, Any] = field(default_factory=dict)  # LastValue name -> value
+    cart: Cart = field(default_factory=Cart)
+    # (time, kind) of recent events: the session is the tail with gaps under the session gap
+    session_log: list[tuple[int, str]] = field(default_factory=list)
+    category_views: dict[str, list[int]] = field(default_factory=dict)
+    traits: dict[str, Any] = field(default_factory=dict)
+    first_seen: int | None = None
+    last_seen: int | None = None
+    events_total: int = 0
+    newest: int | None = None  # the newest event time seen (lateness is measured from it)
+
+    def __post_init__(self) -> None:
+        for key, horizon in self.catalogue.horizons().items():
+            self.logs.setdefault(key, EventLog(horizon))
+
+    def apply(self, event: Mapping[str, Any]) -> None:
+        """Fold one canonical event (``app.events.Event`` fields) into the state."""
+        when = int(event["timestamp"])
+        if event.get("traits") and event.get("type") in ("identify", "track", "page", "screen"):
+            self.traits.update(event["traits"])
+        name = event_name(event)
+        self.newest = when if self.newest is None else max(self.newest, when)
+        if name is None:
+            return
+        properties: Mapping[str, Any] = event.get("properties") or {}
+        self.events_total += 1
+        self.first_seen = when if self.first_seen is None else min(self.first_seen, when)
+        self.last_seen = when if self.last_seen is None else max(self.last_seen, when)
+        if when >= self.last_at.get(name, when):
+            self.last_at[name] = when
+            for spec in self.catalogue.specs:
+                if isinstance(spec, LastValue) and spec.event == name:
+                    self.last_values[spec.name] = properties.get(spec.prop)
+        for (log_event, prop, where), log in self.logs.items():
+            if log_event == name and _matches(properties, where):
+                log.add(when, properties.get(prop) if prop else None)
+        self.cart.add(when, name, properties)
+        bisect.insort(self.session_log, (when, name))
+        if len(self.session_log) > SESSION_LOG_CAP:
+            del self.session_log[: len(self.session_log) - SESSION_LOG_CAP]
+        if name == "Product Viewed" and "top_category_30d" in self.catalogue.builtins:
+            category = properties.get("category")
+            if isinstance(category, str):
+                bisect.insort(self.category_views.setdefault(category, []), when)
+        self.expire(self.newest)
+
+    def expire(self, now: int) -> None:
+        for log in self.logs.values():
+            log.expire(now)
+        horizon = now - 30 * 86_400_000
+        for category in list(self.category_views):
+            times = self.category_views[category]
+            del times[: bisect.bisect_right(times, horizon)]
+            if not times:
+                del self.category_views[category]
+
+    def session(self, now: int) -> list[tuple[int, str]]:
+        """The current session's events at ``now`` (empty once the gap has passed)."""
+        gap = self.catalogue.session_gap_ms
+        log = self.session_log[: bisect.bisect_right(self.session_log, (now, "\uffff"))]
+        if not log or now - log[-1][0] >= gap:
+            return []
+        start = len(log) - 1
+        while start > 0 and log[start][0] - log[start - 1][0] < gap:
+            start -= 1
+        return log[start:]
+
+    def snapshot(self, now: int) -> dict[str, Any]:
+        """Every catalogued feature's value at ``now``."""
+        values: dict[str, Any] = {}
+        for spec in self.catalogue.all_specs():
+            if isinstance(spec, Windowed):
+                values[spec.name] = _aggregate(spec, self.logs[spec.log_key], now)
+            elif isinstance(spec, Since):
+                last = self.last_at.get(spec.event)
+                values[spec.name] = None if last is None or last > now else now - last
+            else:
+                values[spec.name] = self.last_values.get(spec.name)
+        for name in self.catalogue.builtins:
+            values[name] = self._builtin(name, now, values)
+        return values
+
+    def _builtin(self, name: str, now: int, values: Mapping[str, Any]) -> Any:
+        if name.startswith("rfm_"):
+            (spec,) = BUILTIN_INPUTS[name]
+            return values[spec.name]
+        if name == "cart_value":
+            return round(self.cart.value(now), 6)
+        if name == "cart_items":
+            return self.cart.items(now)
+        if name == "first_seen":
+            return self.first_seen
+        if name == "last_seen":
+            return self.last_seen
+        if name == "events_total":
+            return self.events_total
+        if name == "interaction_rate_30d":
+            views, adds = (values[spec.name] for spec in BUILTIN_INPUTS[name])
+            return None if not views else round(adds / views, 6)
+        if name == "top_category_30d":
+            window_start = now - 30 * 86_400_000
+            counts = {
+                category: bisect.bisect_right(times, now) - bisect.bisect_right(times, window_start)
+                for category, times in self.category_views.items()
+            }
+            counts = {category: count for category, count in counts.items() if count}
+            return min(counts, key=lambda c: (-counts[c], c)) if counts else None
+        session = self.session(now)
+        if name == "session_events":
+            return len(session)
+        if name == "session_duration_ms":
+            return session[-1][0] - session[0][0] if session else 0
+        if name == "session_pages":
+            return sum(1 for _, kind in session if kind in (PAGE_EVENT, SCREEN_EVENT))
+        if name in ("session_products_viewed", "browsing_depth"):
+            return sum(1 for _, kind in session if kind == "Product Viewed")
+        raise KeyError(name)  # pragma: no cover - Catalogue refuses unknown built-ins
+
+    def next_change(self, now: int) -> int | None:
+        """The earliest instant after ``now`` at which a feature changes with no new event."""
+        deadlines: list[int] = []
+        for spec in self.catalogue.all_specs():
+            if isinstance(spec, Windowed) and spec.window_ms is not None:
+                exit_at = self.logs[spec.log_key].next_exit(now, spec.window_ms)
+                if exit_at is not None:
+                    deadlines.append(exit_at)
+        if "top_category_30d" in self.catalogue.builtins:
+            for times in self.category_views.values():
+                inside = bisect.bisect_right(times, now - 30 * 86_400_000)
+                if inside < len(times) and times[inside] <= now:
+                    deadlines.append(times[inside] + 30 * 86_400_000)
+        session_builtins = {
+            "session_events",
+            "session_duration_ms",
+            "session_pages",
+            "session_products_viewed",
+            "browsing_depth",
+        }
+        if session_builtins & set(self.catalogue.builtins):
+            session = self.session(now)
+            if session:
+                deadlines.append(session[-1][0] + self.catalogue.session_gap_ms)
+        return min(deadlines) if deadlines else None
+
+    def merge(self, other: CustomerFeatures) -> None:
+        """Fold ``other`` (the same catalogue) into this customer, as one history."""
+        for key, log in other.logs.items():
+            self.logs[key].merge(log)
+        for name, when in other.last_at.items():
+            if when > self.last_at.get(name, -1):
+                self.last_at[name] = when
+                for spec in self.catalogue.specs:
+                    found = isinstance(spec, LastValue) and spec.event == name
+                    if found and spec.name in other.last_values:
+                        self.last_values[spec.name] = other.last_values[spec.name]
+        self.cart.merge(other.cart)
+        self.session_log = sorted(self.session_log + other.session_log)[-SESSION_LOG_CAP:]
+        for category, times in other.category_views.items():
+            self.category_views[category] = sorted(self.category_views.get(category, []) + times)
+        self.traits = {**other.traits, **self.traits}
+        self.first_seen = _min(self.first_seen, other.first_seen)
+        self.last_seen = _max(self.last_seen, other.last_seen)
+        self.newest = _max(self.newest, other.newest)
+        self.events_total += other.events_total
+
+    def is_late(self, when: int, allowed_lateness_ms: int) -> bool:
+        return self.newest is not None and when < self.newest - allowed_lateness_ms
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def replay_all(catalogue: Catalogue, events: Iterable[Mapping[str, Any]]) -> CustomerFeatures:
+    """A customer built from ``events`` in the order given (a convenience for tests and tools)."""
+    state = CustomerFeatures(catalogue)
+    for event in events:
+        state.apply(event)
+    return state

@@ -1,0 +1,335 @@
+"""Feature state against a brute-force recomputation from the raw event list.
+
+The oracle below reads the contract's words directly ("in the last W" at t is (t - W, t]; the
+cart's semantics; the session gap) and knows nothing of logs, buckets or deadlines.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipelines.features import (
+    LOG_CAP,
+    Catalogue,
+    CustomerFeatures,
+    LastValue,
+    Since,
+    Windowed,
+    windowed,
+)
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+LATENESS = 5 * MINUTE
+GAP = 30 * MINUTE
+
+SPECS: list[Windowed | Since | LastValue] = [
+    windowed("count", "Product Viewed", "10m"),
+    windowed("count", "Product Viewed", "10m", where={"category": "shoes"}),
+    windowed("count", "Order Completed", "30d"),
+    windowed("count", "Order Completed"),
+    windowed("sum", "Order Completed", "90d", prop="revenue"),
+    windowed("min", "Product Added", "1h", prop="price"),
+    windowed("max", "Product Added", "1h", prop="price"),
+    windowed("distinct", "Product Viewed", "24h", prop="product_id"),
+    windowed("count", "Checkout Started", "24h"),
+    Since("Product Added"),
+    LastValue("Product Viewed", "product_id"),
+]
+BUILTINS = [
+    "cart_value",
+    "cart_items",
+    "session_events",
+    "session_duration_ms",
+    "session_pages",
+    "session_products_viewed",
+    "first_seen",
+    "last_seen",
+    "events_total",
+    "top_category_30d",
+    "interaction_rate_30d",
+    "rfm_recency_ms",
+    "rfm_frequency_30d",
+    "rfm_monetary_90d",
+]
+CATALOGUE = Catalogue.of(*SPECS, *BUILTINS, session_gap_ms=GAP, allowed_lateness_ms=LATENESS)
+NAMES = [
+    "Product Viewed",
+    "Product Added",
+    "Product Removed",
+    "Order Completed",
+    "Checkout Started",
+    "page",
+]
+STEPS = [0, 1, 999, MINUTE, 10 * MINUTE - 1, 10 * MINUTE, 10 * MINUTE + 1, GAP, HOUR, DAY, 30 * DAY]
+
+
+# --- the oracle ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arrived:
+    order: int  # arrival position
+    event: dict[str, Any]
+
+    @property
+    def at(self) -> int:
+        return int(self.event["timestamp"])
+
+    @property
+    def name(self) -> str:
+        return "Page Viewed" if self.event["type"] == "page" else self.event["event"]
+
+    @property
+    def props(self) -> dict[str, Any]:
+        return self.event.get("properties") or {}
+
+
+def oracle_windowed(spec: Windowed, history: Sequence[Arrived], t: int) -> Any:
+    inside = [
+        e
+        for e in history
+        if e.name == spec.event
+        and e.at <= t
+        and (spec.window_ms is None or e.at > t - spec.window_ms)
+        and all(e.props.get(k) == v for k, v in spec.where)
+    ]
+    if spec.aggregate == "count":
+        return len(inside)
+    values = [e.props.get(spec.prop) for e in inside] if spec.prop else []
+    if spec.aggregate == "distinct":
+        return len({v for v in values if v is not None})
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if spec.aggregate == "sum":
+        return sum(numbers)
+    if not numbers:
+        return None
+    return float(min(numbers) if spec.aggregate == "min" else max(numbers))
+
+
+def oracle_cart(history: Sequence[Arrived], t: int) -> dict[str, tuple[float, float]]:
+    lines: dict[str, tuple[float, float]] = {}
+    for e in sorted((e for e in history if e.at <= t), key=lambda e: (e.at, e.order)):
+        if e.name == "Order Completed":
+            lines.clear()
+        elif e.name == "Product Added":
+            held = lines.get(e.props["product_id"], (0.0, 0.0))[0]
+            quantity = e.props.get("quantity", 1)
+            lines[e.props["product_id"]] = (held + quantity, float(e.props.get("price", 0)))
+        elif e.name == "Product Removed" and e.props["product_id"] in lines:
+            held, price = lines[e.props["product_id"]]
+            left = held - e.props["quantity"] if "quantity" in e.props else 0
+            if left > 0:
+                lines[e.props["product_id"]] = (left, price)
+            else:
+                del lines[e.props["product_id"]]
+    return lines
+
+
+def oracle_session(history: Sequence[Arrived], t: int) -> list[Arrived]:
+    named = sorted((e for e in history if e.at <= t), key=lambda e: e.at)
+    if not named or t - named[-1].at >= GAP:
+        return []
+    start = len(named) - 1
+    while start > 0 and named[start].at - named[start - 1].at < GAP:
+        start -= 1
+    return named[start:]
+
+
+def oracle(history: Sequence[Arrived], t: int) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for spec in CATALOGUE.all_specs():
+        if isinstance(spec, Windowed):
+            values[spec.name] = oracle_windowed(spec, history, t)
+        elif isinstance(spec, Since):
+            times = [e.at for e in history if e.name == spec.event and e.at <= t]
+            values[spec.name] = t - max(times) if times else None
+        else:
+            last = max(
+                (e for e in history if e.name == spec.event and e.at <= t),
+                key=lambda e: (e.at, e.order),
+                default=None,
+            )
+            values[spec.name] = None if last is None else last.props.get(spec.prop)
+    cart = oracle_cart(history, t)
+    values["cart_value"] = round(sum(q * p for q, p in cart.values()), 6)
+    values["cart_items"] = sum(q for q, _ in cart.values())
+    session = oracle_session(history, t)
+    values["session_events"] = len(session)
+    values["session_duration_ms"] = session[-1].at - session[0].at if session else 0
+    values["session_pages"] = sum(1 for e in session if e.name == "Page Viewed")
+    values["session_products_viewed"] = sum(1 for e in session if e.name == "Product Viewed")
+    seen = [e.at for e in history if e.at <= t]
+    values["first_seen"] = min(seen, default=None)
+    values["last_seen"] = max(seen, default=None)
+    values["events_total"] = len(seen)
+    views = [e for e in history if e.name == "Product Viewed" and t - 30 * DAY < e.at <= t]
+    counts: dict[str, int] = {}
+    for e in views:
+        if isinstance(e.props.get("category"), str):
+            counts[e.props["category"]] = counts.get(e.props["category"], 0) + 1
+    values["top_category_30d"] = min(counts, key=lambda c: (-counts[c], c)) if counts else None
+    adds = oracle_windowed(windowed("count", "Product Added", "30d"), history, t)
+    values["interaction_rate_30d"] = round(adds / len(views), 6) if views else None
+    orders = [e.at for e in history if e.name == "Order Completed" and e.at <= t]
+    values["rfm_recency_ms"] = t - max(orders) if orders else None
+    values["rfm_frequency_30d"] = len([o for o in orders if o > t - 30 * DAY])
+    values["rfm_monetary_90d"] = sum(
+        e.props["revenue"]
+        for e in history
+        if e.name == "Order Completed" and t - 90 * DAY < e.at <= t
+    )
+    return values
+
+
+def oracle_next_change(history: Sequence[Arrived], t: int) -> int | None:
+    candidates = []
+    for spec in CATALOGUE.all_specs():
+        if isinstance(spec, Windowed) and spec.window_ms is not None:
+            candidates += [
+                e.at + spec.window_ms
+                for e in history
+                if e.name == spec.event
+                and all(e.props.get(k) == v for k, v in spec.where)
+                and e.at <= t < e.at + spec.window_ms
+            ]
+    candidates += [
+        e.at + 30 * DAY
+        for e in history
+        if e.name == "Product Viewed"
+        and isinstance(e.props.get("category"), str)
+        and e.at <= t < e.at + 30 * DAY
+    ]
+    session = oracle_session(history, t)
+    if session:
+        candidates.append(session[-1].at + GAP)
+    return min(candidates, default=None)
+
+
+# --- generated histories -------------------------------------------------------------------------
+
+
+@st.composite
+def histories(draw: st.DrawFn, *, distinct_times: bool = False) -> list[dict[str, Any]]:
+    """Events in arrival order: time-sorted, then shuffled within the allowed lateness."""
+    count = draw(st.integers(1, 40))
+    now, events = 1_700_000_000_000, []
+    used: set[int] = set()
+    for _ in range(count):
+        now += draw(st.sampled_from(STEPS) | st.integers(0, 2 * HOUR))
+        if distinct_times:
+            while now in used:
+                now += 1
+            used.add(now)
+        name = draw(st.sampled_from(NAMES))
+        product = draw(st.sampled_from(["p1", "p2", "p3"]))
+        properties: dict[str, Any] = {"product_id": product}
+        if name in ("Product Viewed", "Product Added"):
+            properties["category"] = draw(st.sampled_from(["shoes", "bags", None]))
+            properties["price"] = draw(st.sampled_from([0, 5, 19.5, 250]))
+        if name in ("Product Added", "Product Removed") and draw(st.booleans()):
+            properties["quantity"] = draw(st.integers(1, 3))
+        if name == "Order Completed":
+            properties = {"revenue": draw(st.sampled_from([0, 10, 99.99])), "order_id": "o"}
+        event: dict[str, Any] = {"type": "page", "timestamp": now, "properties": properties}
+        if name != "page":
+            event = {"type": "track", "event": name, "timestamp": now, "properties": properties}
+        events.append(event)
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    return sorted(events, key=lambda e: e["timestamp"] + rng.randrange(LATENESS))
+
+
+def check_instants(state: CustomerFeatures, newest: int) -> list[int]:
+    instants = {newest, newest + 1}
+    instants |= {newest + step for step in STEPS}
+    deadline = state.next_change(newest)
+    if deadline is not None:
+        instants |= {deadline - 1, deadline, deadline + 1}
+    return sorted(instants)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_every_feature_at_every_instant_equals_the_brute_force(events: list[dict[str, Any]]):
+    state = CustomerFeatures(CATALOGUE)
+    history: list[Arrived] = []
+    for order, event in enumerate(events):
+        assert not state.is_late(event["timestamp"], LATENESS)
+        state.apply(event)
+        history.append(Arrived(order, event))
+        newest = max(e.at for e in history)
+        for t in check_instants(state, newest):
+            assert state.snapshot(t) == oracle(history, t), f"at t={t}"
+        assert state.next_change(newest) == oracle_next_change(history, newest)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(distinct_times=True), st.randoms(use_true_random=False))
+def test_merging_two_identities_equals_one_history(events, rng):
+    anonymous, known = CustomerFeatures(CATALOGUE), CustomerFeatures(CATALOGUE)
+    together = CustomerFeatures(CATALOGUE)
+    for event in events:
+        (anonymous if rng.random() < 0.5 else known).apply(event)
+        together.apply(event)
+    known.merge(anonymous)
+    newest = max(e["timestamp"] for e in events)
+    for t in (newest, newest + 10 * MINUTE, newest + DAY):
+        assert known.snapshot(t) == together.snapshot(t)
+    assert known.next_change(newest) == together.next_change(newest)
+
+
+def test_an_event_leaves_the_window_exactly_at_its_time_plus_the_window():
+    state = CustomerFeatures(Catalogue.of(windowed("count", "Product Viewed", "10m")))
+    state.apply({"type": "track", "event": "Product Viewed", "timestamp": 1_000, "properties": {}})
+    name = "count(Product Viewed, 10m)"
+    assert state.snapshot(1_000 + 10 * MINUTE - 1)[name] == 1
+    assert state.snapshot(1_000 + 10 * MINUTE)[name] == 0
+    assert state.next_change(1_000) == 1_000 + 10 * MINUTE
+
+
+def test_lateness_is_measured_from_the_newest_event():
+    state = CustomerFeatures(CATALOGUE)
+    state.apply(
+        {"type": "track", "event": "Product Viewed", "timestamp": 10 * HOUR, "properties": {}}
+    )
+    assert not state.is_late(10 * HOUR - LATENESS, LATENESS)
+    assert state.is_late(10 * HOUR - LATENESS - 1, LATENESS)
+
+
+def test_only_catalogued_features_are_computed():
+    state = CustomerFeatures(Catalogue.of(windowed("count", "Order Completed", "30d")))
+    state.apply({"type": "track", "event": "Product Viewed", "timestamp": 5, "properties": {}})
+    assert state.snapshot(5) == {"count(Order Completed, 30d)": 0}
+    assert list(state.logs) == [("Order Completed", None, ())]
+
+
+def test_a_busy_customer_stays_bounded_and_close():
+    spec = windowed("count", "Product Viewed", "30d")
+    state = CustomerFeatures(Catalogue.of(spec))
+    for n in range(5_000):  # one view a minute for three and a half days
+        state.apply(
+            {"type": "track", "event": "Product Viewed", "timestamp": n * MINUTE, "properties": {}}
+        )
+    assert len(state.logs[spec.log_key].times) <= LOG_CAP
+    assert state.snapshot(4_999 * MINUTE)[spec.name] == 5_000
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lambda: Windowed("sum", "Order Completed", 1_000), "needs a property"),
+        (lambda: Windowed("count", "Order Completed", 0), "longer than zero"),
+        (lambda: Catalogue.of("no_such_feature"), "unknown built-in"),
+    ],
+)
+def test_impossible_features_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        bad()
