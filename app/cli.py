@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import httpx
 import redis
+from bytewax.recovery import init_db_dir as init_recovery
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -94,7 +95,7 @@ def up(host: str, port: int, demo: bool) -> None:
                 "warning",
             ],
         )
-        specs = [api]
+        specs = [api, ProcessSpec("pipeline", [sys.executable, "-m", "app.cli", "pipeline"])]
         if demo:
             shop_key = _replace_write_key(settings, DEMO_SHOP_SOURCE)
             specs.append(
@@ -166,6 +167,54 @@ def _wait_until_up(url: str, timeout_s: float = 30.0) -> None:
             pass
         time.sleep(0.1)
     err.print(f"[yellow]the API did not answer {url} within {timeout_s:.0f} s; still trying[/]")
+
+
+RECOVERY_PARTITIONS = 1
+SNAPSHOT_INTERVAL_S = 2
+
+
+@main.command()
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Bytewax worker threads in this process.",
+)
+@click.option(
+    "--recovery/--no-recovery",
+    default=True,
+    show_default=True,
+    help="Snapshot state under SEGFLOW_DATA_DIR/recovery and resume from it.",
+)
+def pipeline(workers: int, recovery: bool) -> None:
+    """Run the segmentation dataflow (features, profiles) until stopped."""
+    settings = _settings()
+    env = dict(os.environ)
+    embedded = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis.ensure(settings.data_dir)
+        env["REDIS_URL"] = embedded.url
+    argv = [
+        sys.executable,
+        "-m",
+        "bytewax.run",
+        "pipelines.segmentation:flow_from_env()",
+        "-w",
+        str(workers),
+    ]
+    if recovery:
+        directory = (settings.data_dir / "recovery").resolve()
+        if not directory.exists():
+            directory.mkdir(parents=True)
+            init_recovery(directory, RECOVERY_PARTITIONS)  # type: ignore[no-untyped-call]
+        argv += ["-r", str(directory), "-s", str(SNAPSHOT_INTERVAL_S), "-b", "0"]
+    try:
+        code = subprocess.call(argv, env=env)  # noqa: S603 - our own argv
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    raise SystemExit(code)
 
 
 @main.command(name="migrate")

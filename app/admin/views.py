@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
+from redis import RedisError
 
 from app.admin import failed_events
 from app.admin.failed_events import FailedEventPage
 from app.deps import AdminDep, StateDep
+from app.profiles import service as profiles
+from app.profiles.service import CustomerProfile
 
 router = APIRouter(
     prefix="/api",
@@ -16,6 +19,22 @@ router = APIRouter(
     dependencies=[AdminDep],
     responses={401: {"description": "Missing or wrong bearer token."}},
 )
+
+
+@router.get(
+    "/customers/{customer_id}",
+    response_model=CustomerProfile,
+    responses={404: {"description": "No events from this customer yet."}},
+)
+async def read_customer(customer_id: str, state: StateDep) -> CustomerProfile:
+    """A customer's traits, features (as of their last change), and recent events."""
+    try:
+        found = await profiles.get_profile(state.redis, customer_id)
+    except (RedisError, OSError) as error:
+        raise HTTPException(503, detail=f"profiles: Redis unreachable ({error})") from error
+    if found is None:
+        raise HTTPException(404, detail=f"customer {customer_id!r}: no profile")
+    return found
 
 
 @router.get(

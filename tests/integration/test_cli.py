@@ -225,12 +225,24 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
             f"{base}/v1/track", auth=(key, ""), json={"userId": "u", "event": "Product Viewed"}
         )
         assert sent.json()["accepted"] == 1
-        assert (
-            httpx.get(
-                f"{base}/api/failed-events", headers={"Authorization": f"Bearer {token}"}
-            ).status_code
-            == 200
-        )
+        admin = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{base}/api/failed-events", headers=admin).status_code == 200
+
+        def events_total() -> int | None:
+            answer = httpx.get(f"{base}/api/customers/u", headers=admin)
+            return answer.json()["features"]["events_total"] if answer.status_code == 200 else None
+
+        _wait_for(lambda: events_total() == 1)  # collector -> streams -> dataflow -> profile
+
+        # The dataflow killed at any moment resumes from its recovery state: nothing is
+        # counted twice, nothing is lost.
+        (pipeline_pid,) = [
+            p
+            for p in _children(process.pid)
+            if b"app.cli\x00pipeline" in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
+        os.killpg(pipeline_pid, signal.SIGKILL)
+        _wait_for_line(process, r"pipeline exited with code -9 .*restarting", seen)
 
         (api_pid,) = [
             p
@@ -252,6 +264,10 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
             f"{base}/v1/track", auth=(key, ""), json={"userId": "u", "event": "Product Added"}
         )
         assert again.json()["accepted"] == 1
+        _wait_for(lambda: events_total() == 2)
+        profile = httpx.get(f"{base}/api/customers/u", headers=admin).json()
+        assert [e["event"] for e in profile["events"]] == ["Product Added", "Product Viewed"]
+        assert httpx.get(f"{base}/api/customers/nobody", headers=admin).status_code == 404
         state = json.loads((tmp_path / "data" / "redis" / "server.json").read_text())
         stored = redis.Redis(port=state["port"]).xlen  # the embedded server the API writes to
         assert sum(stored(f"events:{{{p}}}") for p in range(4)) == 2

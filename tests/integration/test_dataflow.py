@@ -1,0 +1,172 @@
+"""The real Bytewax dataflow over real Redis Streams: events in, profiles out."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from bytewax.testing import run_main
+
+from app.profiles.keys import profile_key, recent_events_key
+from app.replay import replay_file
+from app.settings import Settings
+from pipelines.catalogue import default_catalogue
+from pipelines.segmentation import get_flow
+
+MINUTE = 60_000
+
+
+def iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+def track(user: str, event: str, at: int, **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "userId": user,
+        "event": event,
+        "timestamp": iso(at),
+        "properties": properties,
+        "messageId": f"{user}-{event}-{at}",
+    }
+
+
+def replay(client: redis.Redis, settings: Settings, tmp_path: Path, messages: list[dict]) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(m) for m in messages) + "\n")
+    summary = replay_file(
+        path, client=client, partitions=settings.partitions, dedup_ttl_s=settings.dedup_window_s
+    )
+    assert summary.failed == 0
+
+
+def profile(client: redis.Redis, customer_id: str) -> dict[str, Any]:
+    fields = client.hgetall(profile_key(customer_id))
+    return {
+        "at": int(fields[b"at"]),
+        "features": orjson.loads(fields[b"features"]),
+        "traits": orjson.loads(fields[b"traits"]),
+    }
+
+
+def run_flow(settings: Settings) -> None:
+    assert settings.redis_url
+    run_main(
+        get_flow(
+            redis_url=settings.redis_url,
+            partitions=settings.partitions,
+            catalogue=default_catalogue(settings.allowed_lateness_ms),
+            stop_at_end=True,
+        )
+    )
+
+
+def test_events_become_profiles(settings: Settings, redis_client: redis.Redis, tmp_path: Path):
+    now = time.time_ns() // 1_000_000 - 1_000  # live: the next deadline is a minute ahead
+    messages = [
+        track("ada", "Product Viewed", now - 9 * MINUTE, product_id="p1", category="shoes"),
+        track("ada", "Product Viewed", now - 5 * MINUTE, product_id="p2", category="shoes"),
+        track("ada", "Product Added", now - 4 * MINUTE, product_id="p2", price=40.0, quantity=2),
+        track("ada", "Product Viewed", now, product_id="p3", category="bags"),
+        track("bob", "Order Completed", now - MINUTE, revenue=99.5, order_id="o1"),
+        {
+            "type": "identify",
+            "userId": "ada",
+            "traits": {"plan": "pro"},
+            "timestamp": iso(now),
+            "messageId": "ada-identify",
+        },
+    ]
+    replay(redis_client, settings, tmp_path, messages)
+    run_flow(settings)
+
+    ada = profile(redis_client, "ada")
+    assert ada["at"] == now
+    assert ada["features"]["count(Product Viewed, 10m)"] == 3
+    assert ada["features"]["cart_value"] == 80.0
+    assert ada["features"]["since(Product Added)"] == 4 * MINUTE
+    assert ada["features"]["top_category_30d"] == "shoes"
+    assert ada["traits"] == {"plan": "pro"}
+    bob = profile(redis_client, "bob")
+    assert bob["features"]["count(Order Completed, 30d)"] == 1
+    assert bob["features"]["rfm_monetary_90d"] == 99.5
+
+    recent = [orjson.loads(m) for m in redis_client.zrevrange(recent_events_key("ada"), 0, -1)]
+    assert [e["timestamp"] for e in recent] == sorted(
+        (e["timestamp"] for e in recent), reverse=True
+    )
+    assert len(recent) == 5
+
+
+def test_late_events_are_kept_as_failed_with_reason_late(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+):
+    now = time.time_ns() // 1_000_000 - 1_000
+    replay(redis_client, settings, tmp_path, [track("cy", "Product Viewed", now)])
+    run_flow(settings)
+    late = track("cy", "Product Viewed", now - settings.allowed_lateness_ms - 1)
+    replay(redis_client, settings, tmp_path, [late])
+    run_flow(settings)  # resumes from nothing: state is rebuilt, then the late one arrives
+
+    failed = redis_client.xrange("failed-events")
+    assert len(failed) == 1
+    assert failed[0][1][b"reason"].startswith(b"late")
+    assert profile(redis_client, "cy")["features"]["count(Product Viewed, 10m)"] == 1
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_several_workers_give_the_same_profiles(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path, workers: int
+):
+    import os
+    import subprocess
+    import sys
+
+    now = time.time_ns() // 1_000_000 - 1_000
+    messages = [
+        track(
+            f"c{n % 17}",
+            ["Product Viewed", "Product Added", "Order Completed"][n % 3],
+            now - (n % 50) * 1000,
+            product_id=f"p{n % 5}",
+            price=10.0,
+            revenue=20.0,
+        )
+        for n in range(600)
+    ]
+    replay(redis_client, settings, tmp_path, messages)
+    run_flow(settings)
+    single = {f"c{n}": profile(redis_client, f"c{n}") for n in range(17)}
+    for n in range(17):
+        redis_client.delete(profile_key(f"c{n}"))
+
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url or "",
+        "SEGFLOW_PARTITIONS": str(settings.partitions),
+        "SEGFLOW_STOP_AT_END": "1",
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bytewax.run",
+            "pipelines.segmentation:flow_from_env()",
+            "-w",
+            str(workers),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {f"c{n}": profile(redis_client, f"c{n}") for n in range(17)} == single
