@@ -34,6 +34,7 @@ have given had they all carried the same id.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -235,17 +236,12 @@ class EventLog:
     times: list[int] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
     weights: list[int] = field(default_factory=list)
-    lifetime_count: int = 0
-    lifetime_sum: float = 0.0
 
     def add(self, when: int, value: Any) -> None:
         at = bisect.bisect_right(self.times, when)
         self.times.insert(at, when)
         self.values.insert(at, value)
         self.weights.insert(at, 1)
-        self.lifetime_count += 1
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            self.lifetime_sum += value
 
     def expire(self, now: int) -> None:
         """Forget entries that left the longest window that reads this log."""
@@ -298,29 +294,31 @@ class EventLog:
         self.times = [t for t, _ in merged]
         self.values = [values[i] for _, i in merged]
         self.weights = [weights[i] for _, i in merged]
-        self.lifetime_count += other.lifetime_count
-        self.lifetime_sum += other.lifetime_sum
 
 
 def _fold_values(values: list[Any]) -> Folded:
     """What a bucket keeps of its values: their total, least, greatest and distinct values."""
-    total, lows, highs = 0.0, [], []
+    totals: list[float] = []
+    lows: list[float] = []
+    highs: list[float] = []
     seen: set[Any] = set()
     for value in values:
         if isinstance(value, Folded):
-            total += value.total
+            totals.append(value.total)
             lows += [] if value.low is None else [value.low]
             highs += [] if value.high is None else [value.high]
             seen |= value.seen
         else:
             number = _number(value)
             if number is not None:
-                total += number
+                totals.append(number)
                 lows.append(number)
                 highs.append(number)
             if value is not None:
                 seen.add(_hashable(value))
-    return Folded(total, min(lows, default=None), max(highs, default=None), frozenset(seen))
+    return Folded(
+        math.fsum(totals), min(lows, default=None), max(highs, default=None), frozenset(seen)
+    )
 
 
 @dataclass(frozen=True)
@@ -354,7 +352,7 @@ def _aggregate(spec: Windowed, log: EventLog, now: int) -> float | int | None:
         elif isinstance(value, int | float) and not isinstance(value, bool):
             numbers.append(value)
     if spec.aggregate == "sum":
-        return sum(numbers)
+        return math.fsum(numbers)  # exactly rounded: the same in any order of arrival
     if not numbers:
         return None
     return float(min(numbers) if spec.aggregate == "min" else max(numbers))

@@ -6,6 +6,7 @@ cart's semantics; the session gap) and knows nothing of logs, buckets or deadlin
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,7 +110,7 @@ def oracle_windowed(spec: Windowed, history: Sequence[Arrived], t: int) -> Any:
         return len({v for v in values if v is not None})
     numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     if spec.aggregate == "sum":
-        return sum(numbers)
+        return math.fsum(numbers)
     if not numbers:
         return None
     return float(min(numbers) if spec.aggregate == "min" else max(numbers))
@@ -182,7 +183,7 @@ def oracle(history: Sequence[Arrived], t: int) -> dict[str, Any]:
     orders = [e.at for e in history if e.name == "Order Completed" and e.at <= t]
     values["rfm_recency_ms"] = t - max(orders) if orders else None
     values["rfm_frequency_30d"] = len([o for o in orders if o > t - 30 * DAY])
-    values["rfm_monetary_90d"] = sum(
+    values["rfm_monetary_90d"] = math.fsum(
         e.props["revenue"]
         for e in history
         if e.name == "Order Completed" and t - 90 * DAY < e.at <= t
