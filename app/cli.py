@@ -170,7 +170,6 @@ def _wait_until_up(url: str, timeout_s: float = 30.0) -> None:
 
 
 RECOVERY_PARTITIONS = 1
-SNAPSHOT_INTERVAL_S = 2
 
 
 @main.command()
@@ -208,7 +207,8 @@ def pipeline(workers: int, recovery: bool) -> None:
         if not directory.exists():
             directory.mkdir(parents=True)
             init_recovery(directory, RECOVERY_PARTITIONS)  # type: ignore[no-untyped-call]
-        argv += ["-r", str(directory), "-s", str(SNAPSHOT_INTERVAL_S), "-b", "0"]
+        interval = settings.snapshot_interval_s
+        argv += ["-r", str(directory), "-s", str(interval), "-b", "0"]
     try:
         code = subprocess.call(argv, env=env)  # noqa: S603 - our own argv
     finally:

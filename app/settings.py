@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # How long a messageId is remembered to acknowledge SDK retries without storing twice.
     dedup_window_s: int = Field(default=86_400, ge=60, alias="SEGFLOW_DEDUP_WINDOW_S")
     api_workers: int = Field(default=0, ge=0, alias="SEGFLOW_API_WORKERS")
+    # How often the dataflow snapshots its state for recovery: after a crash it re-reads at
+    # most this much of the streams.
+    snapshot_interval_s: int = Field(default=2, ge=1, alias="SEGFLOW_SNAPSHOT_INTERVAL_S")
 
     @property
     def sqlite_path(self) -> Path:
