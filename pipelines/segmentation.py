@@ -49,18 +49,33 @@ class LateEvent:
 
 
 @dataclass
+class ShardProgress:
+    """How many stream entries a shard has applied, and the newest event time among them.
+
+    Part of the shard's recovered state, so after a crash it rewinds and advances with the
+    source positions: the sum over shards is exactly the number of entries processed.
+    """
+
+    shard: str
+    processed: int
+    newest: int | None
+
+
+@dataclass
 class ShardState:
     customers: dict[str, CustomerFeatures] = field(default_factory=dict)
     deadlines: list[tuple[int, str]] = field(default_factory=list)  # heap: (event time, id)
     # a digest of the last profile emitted per customer, so only changes go downstream
     emitted: dict[str, bytes] = field(default_factory=dict)
+    processed: int = 0
+    newest: int | None = None
 
 
 def shard_of(event: dict[str, Any]) -> str:
     return str(zlib.crc32(str(event["customer_id"]).encode()) % SHARDS)
 
 
-class FeatureShard(StatefulBatchLogic[StreamItem, ProfileUpdate | LateEvent, ShardState]):
+class FeatureShard(StatefulBatchLogic[StreamItem, Any, ShardState]):
     """Applies a shard's events and fires its customers' deadlines.
 
     Live, a deadline is an event-time instant mapped onto the wall clock (event time and wall
@@ -72,7 +87,7 @@ class FeatureShard(StatefulBatchLogic[StreamItem, ProfileUpdate | LateEvent, Sha
         self.state = state or ShardState()
 
     def on_batch(self, values: list[StreamItem]) -> tuple[Iterable[Any], bool]:
-        out: list[ProfileUpdate | LateEvent] = []
+        out: list[ProfileUpdate | LateEvent | ShardProgress] = []
         touched: dict[str, int] = {}
         for _entry_id, event in values:
             customer_id = str(event["customer_id"])
@@ -91,6 +106,10 @@ class FeatureShard(StatefulBatchLogic[StreamItem, ProfileUpdate | LateEvent, Sha
                 out.append(update)
         for customer_id, newest in touched.items():
             self._schedule(customer_id, newest)
+        self.state.processed += len(values)
+        batch_newest = max(int(event["timestamp"]) for _, event in values)
+        self.state.newest = max(self.state.newest or batch_newest, batch_newest)
+        out.append(ShardProgress("", self.state.processed, self.state.newest))
         return out, StatefulBatchLogic.RETAIN
 
     def _changed(self, customer_id: str, now: int) -> ProfileUpdate | None:
@@ -136,6 +155,13 @@ class FeatureShard(StatefulBatchLogic[StreamItem, ProfileUpdate | LateEvent, Sha
         return self.state
 
 
+def _name_progress(item: tuple[str, Any]) -> Any:
+    shard, value = item
+    if isinstance(value, ShardProgress):
+        value.shard = shard
+    return value
+
+
 def get_flow(
     *,
     redis_url: str,
@@ -152,8 +178,10 @@ def get_flow(
     keyed = op.key_on("by_shard", events, lambda item: shard_of(item[1]))
     # (shard, (entry id, event))
     updates = op.stateful_batch("features", keyed, lambda state: FeatureShard(catalogue, state))
-    # (shard, ProfileUpdate | LateEvent)
-    op.output("profiles", op.key_rm("unshard", updates), ProfileSink(redis_url))
+    # (shard, ProfileUpdate | LateEvent | ShardProgress)
+    named = op.map("name_progress", updates, _name_progress)
+    # ProfileUpdate | LateEvent | ShardProgress (with its shard)
+    op.output("profiles", named, ProfileSink(redis_url))
     return flow
 
 

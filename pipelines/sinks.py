@@ -12,7 +12,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from app.profiles.keys import profile_key, recent_events_key
-from app.streams import FAILED_EVENTS_KEY
+from app.streams import FAILED_EVENTS_KEY, PROGRESS_KEY
 
 RECENT_EVENTS = 20
 LATE_MARKER_TTL_S = 86_400
@@ -36,7 +36,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         self._append_once = self._client.register_script(_APPEND_ONCE)
 
     def write_batch(self, items: list[Any]) -> None:
-        from pipelines.segmentation import LateEvent, ProfileUpdate
+        from pipelines.segmentation import LateEvent, ProfileUpdate, ShardProgress
 
         pipe = self._client.pipeline(transaction=False)
         trims: set[str] = set()
@@ -75,6 +75,8 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                     args=[LATE_MARKER_TTL_S, *(x for pair in fields.items() for x in pair)],
                     client=pipe,
                 )
+            elif isinstance(item, ShardProgress):
+                pipe.hset(PROGRESS_KEY, item.shard, orjson.dumps([item.processed, item.newest]))
         for key in trims:
             pipe.zremrangebyrank(key, 0, -RECENT_EVENTS - 1)
         pipe.execute()

@@ -9,6 +9,7 @@ from redis import RedisError
 
 from app.admin import failed_events
 from app.admin.failed_events import FailedEventPage
+from app.admin.status import PipelineStatus, pipeline_status
 from app.deps import AdminDep, StateDep
 from app.profiles import service as profiles
 from app.profiles.service import CustomerProfile
@@ -35,6 +36,15 @@ async def read_customer(customer_id: str, state: StateDep) -> CustomerProfile:
     if found is None:
         raise HTTPException(404, detail=f"customer {customer_id!r}: no profile")
     return found
+
+
+@router.get("/status", response_model=PipelineStatus)
+async def read_status(state: StateDep) -> PipelineStatus:
+    """Events accepted, processed by the dataflow, the lag between them, and the watermark."""
+    try:
+        return await pipeline_status(state.redis, partitions=state.settings.partitions)
+    except (RedisError, OSError) as error:
+        raise HTTPException(503, detail=f"status: Redis unreachable ({error})") from error
 
 
 @router.get(

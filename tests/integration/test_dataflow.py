@@ -170,3 +170,20 @@ def test_several_workers_give_the_same_profiles(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert {f"c{n}": profile(redis_client, f"c{n}") for n in range(17)} == single
+
+
+def test_status_shows_the_lag_until_the_dataflow_catches_up(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path, api, credentials
+):
+    import httpx
+
+    now = time.time_ns() // 1_000_000 - 1_000
+    messages = [track(f"s{n % 9}", "Product Viewed", now - n) for n in range(250)]
+    replay(redis_client, settings, tmp_path, messages)
+    headers = {"Authorization": f"Bearer {credentials['admin_token']}"}
+
+    before = httpx.get(f"{api.url}/api/status", headers=headers).json()
+    assert before == {"events_accepted": 250, "events_processed": 0, "lag": 250, "watermark": None}
+    run_flow(settings)
+    after = httpx.get(f"{api.url}/api/status", headers=headers).json()
+    assert after == {"events_accepted": 250, "events_processed": 250, "lag": 0, "watermark": now}

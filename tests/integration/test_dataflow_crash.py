@@ -17,7 +17,7 @@ from bytewax.testing import run_main
 
 from app.profiles.keys import profile_key
 from app.settings import Settings
-from app.streams import EVENT_FIELD, stream_key
+from app.streams import EVENT_FIELD, PROGRESS_KEY, stream_key
 from pipelines.catalogue import default_catalogue
 from pipelines.segmentation import get_flow
 
@@ -136,6 +136,8 @@ def test_sigkill_at_random_moments_changes_no_profile(settings: Settings, redis_
         pipeline.stderr.close()  # type: ignore[union-attr]
 
     assert total_events(redis_client) == EVENTS  # nothing lost, nothing counted twice
+    progress = [orjson.loads(v) for v in redis_client.hvals(PROGRESS_KEY)]
+    assert sum(count for count, _ in progress) == EVENTS  # what /api/status reports
     for customer in crashed:
         redis_client.delete(profile_key(customer))
     run_main(
