@@ -2,9 +2,11 @@
 
     python -m bytewax.run "pipelines.segmentation:flow_from_env()" [-w N] [-r DIR -s S -b B]
 
-Customers are sharded into ``SHARDS`` keys (crc32 of the customer id) with a dict of customers
-per shard: Bytewax's recovery snapshots each changed key per interval, and a few large keys
-cost far less than a million small ones (DEPENDENCY-FACTS.md).
+Customers are sharded into a few keys with a dict of customers per shard: Bytewax's recovery
+snapshots each changed key per interval, and a few large keys cost far less than a million
+small ones (DEPENDENCY-FACTS.md). A shard belongs to one stream partition (``"<p>.<n>"``), so
+the partition's ``Tick``s (see ``pipelines.sources``) say when its customers' deadlines may fire:
+by event time while a partition is being read, by the wall clock once it has caught up.
 """
 
 from __future__ import annotations
@@ -12,23 +14,22 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
-import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
 
 from pipelines.features import Catalogue, CustomerFeatures, event_name
 from pipelines.sinks import ProfileSink
-from pipelines.sources import RedisStreamSource, StreamItem
+from pipelines.sources import RedisStreamSource, SourceItem, StreamEvent, Tick
 
-SHARDS = 64
+SHARDS_PER_PARTITION = 16
 
 
 @dataclass
@@ -71,30 +72,46 @@ class ShardState:
     newest: int | None = None
 
 
-def shard_of(event: dict[str, Any]) -> str:
-    return str(zlib.crc32(str(event["customer_id"]).encode()) % SHARDS)
+def shard_of(customer_id: str, partition: int, partitions: int) -> str:
+    """The shard of a customer of ``partition`` (which is crc32 % partitions)."""
+    sub = (zlib.crc32(customer_id.encode()) // partitions) % SHARDS_PER_PARTITION
+    return f"{partition}.{sub}"
 
 
-class FeatureShard(StatefulBatchLogic[StreamItem, Any, ShardState]):
-    """Applies a shard's events and fires its customers' deadlines.
+def route(item: SourceItem, partitions: int) -> list[tuple[str, SourceItem]]:
+    """An event to its customer's shard; a tick to every shard of its partition."""
+    if isinstance(item, Tick):
+        return [(f"{item.partition}.{n}", item) for n in range(SHARDS_PER_PARTITION)]
+    return [(shard_of(str(item.event["customer_id"]), item.partition, partitions), item)]
 
-    Live, a deadline is an event-time instant mapped onto the wall clock (event time and wall
-    time coincide for live events); Bytewax calls ``on_notify`` then.
-    """
+
+class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
+    """Applies a shard's events and fires its customers' deadlines as its partition's clock
+    passes them. A deadline's snapshot is taken at the deadline's own instant, so live runs and
+    replays emit the same changes at the same event times."""
 
     def __init__(self, catalogue: Catalogue, state: ShardState | None) -> None:
         self.catalogue = catalogue
         self.state = state or ShardState()
 
-    def on_batch(self, values: list[StreamItem]) -> tuple[Iterable[Any], bool]:
+    def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
         out: list[ProfileUpdate | LateEvent | ShardProgress] = []
         touched: dict[str, int] = {}
-        for _entry_id, event in values:
+        events = 0
+        for item in values:
+            if isinstance(item, Tick):
+                self._schedule_touched(touched)
+                out += self.fire(item.at, inclusive=item.inclusive)
+                continue
+            event = item.event
+            events += 1
+            when = int(event["timestamp"])
+            self._schedule_touched(touched)
+            out += self.fire(when, inclusive=False)  # what was due before this event
             customer_id = str(event["customer_id"])
             customer = self.state.customers.get(customer_id)
             if customer is None:
                 customer = self.state.customers[customer_id] = CustomerFeatures(self.catalogue)
-            when = int(event["timestamp"])
             if customer.is_late(when, self.catalogue.allowed_lateness_ms):
                 out.append(LateEvent(event, customer.newest or when))
                 continue
@@ -104,13 +121,18 @@ class FeatureShard(StatefulBatchLogic[StreamItem, Any, ShardState]):
             if update is not None:
                 update.event = event if event_name(event) or event["type"] == "identify" else None
                 out.append(update)
+        self._schedule_touched(touched)
+        if events:
+            self.state.processed += events
+            newest = max(int(i.event["timestamp"]) for i in values if isinstance(i, StreamEvent))
+            self.state.newest = max(self.state.newest or newest, newest)
+            out.append(ShardProgress("", self.state.processed, self.state.newest))
+        return out, StatefulBatchLogic.RETAIN
+
+    def _schedule_touched(self, touched: dict[str, int]) -> None:
         for customer_id, newest in touched.items():
             self._schedule(customer_id, newest)
-        self.state.processed += len(values)
-        batch_newest = max(int(event["timestamp"]) for _, event in values)
-        self.state.newest = max(self.state.newest or batch_newest, batch_newest)
-        out.append(ShardProgress("", self.state.processed, self.state.newest))
-        return out, StatefulBatchLogic.RETAIN
+        touched.clear()
 
     def _changed(self, customer_id: str, now: int) -> ProfileUpdate | None:
         customer = self.state.customers[customer_id]
@@ -127,10 +149,12 @@ class FeatureShard(StatefulBatchLogic[StreamItem, Any, ShardState]):
         if deadline is not None:
             heapq.heappush(self.state.deadlines, (deadline, customer_id))
 
-    def fire(self, now: int) -> list[ProfileUpdate]:
-        """Take new snapshots of every customer whose deadline is at or before ``now``."""
+    def fire(self, now: int, *, inclusive: bool) -> list[ProfileUpdate]:
+        """Snapshot every customer whose deadline is before ``now`` (or at it: ``inclusive``)."""
         out = []
-        while self.state.deadlines and self.state.deadlines[0][0] <= now:
+        while self.state.deadlines and (
+            self.state.deadlines[0][0] < now or (inclusive and self.state.deadlines[0][0] == now)
+        ):
             deadline, customer_id = heapq.heappop(self.state.deadlines)
             if customer_id not in self.state.customers:
                 continue
@@ -139,14 +163,6 @@ class FeatureShard(StatefulBatchLogic[StreamItem, Any, ShardState]):
                 out.append(update)
             self._schedule(customer_id, deadline)
         return out
-
-    def on_notify(self) -> tuple[Iterable[Any], bool]:
-        return self.fire(time.time_ns() // 1_000_000), StatefulBatchLogic.RETAIN
-
-    def notify_at(self) -> datetime | None:
-        if not self.state.deadlines:
-            return None
-        return datetime.fromtimestamp(self.state.deadlines[0][0] / 1000, tz=UTC)
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
         return [], StatefulBatchLogic.RETAIN
@@ -168,20 +184,22 @@ def get_flow(
     partitions: int,
     catalogue: Catalogue,
     stop_at_end: bool = False,
+    sink: Sink[Any] | None = None,
 ) -> Dataflow:
-    """source -> features -> profile sink; ``stop_at_end`` for runs over a finished stream."""
+    """source -> features -> profile sink; ``stop_at_end`` for runs over a finished stream;
+    ``sink`` replaces the Redis sink (tests read every update in order through it)."""
     flow = Dataflow("segmentation")
-    events = op.input(
+    items = op.input(
         "events", flow, RedisStreamSource(redis_url, partitions, stop_at_end=stop_at_end)
     )
-    # (stream entry id, event fields)
-    keyed = op.key_on("by_shard", events, lambda item: shard_of(item[1]))
-    # (shard, (entry id, event))
+    # StreamEvent | Tick
+    keyed: Any = op.flat_map("route", items, lambda item: route(item, partitions))
+    # (shard, StreamEvent | Tick)
     updates = op.stateful_batch("features", keyed, lambda state: FeatureShard(catalogue, state))
     # (shard, ProfileUpdate | LateEvent | ShardProgress)
     named = op.map("name_progress", updates, _name_progress)
     # ProfileUpdate | LateEvent | ShardProgress (with its shard)
-    op.output("profiles", named, ProfileSink(redis_url))
+    op.output("profiles", named, sink or ProfileSink(redis_url))
     return flow
 
 

@@ -187,3 +187,86 @@ def test_status_shows_the_lag_until_the_dataflow_catches_up(
     run_flow(settings)
     after = httpx.get(f"{api.url}/api/status", headers=headers).json()
     assert after == {"events_accepted": 250, "events_processed": 250, "lag": 0, "watermark": now}
+
+
+def updates_of(settings: Settings, customer: str) -> list[tuple[int, int]]:
+    """(instant, views in the last 10 min) of every profile change of ``customer``, in order."""
+    from bytewax.testing import TestingSink
+
+    from pipelines.segmentation import ProfileUpdate
+
+    seen: list[Any] = []
+    assert settings.redis_url
+    run_main(
+        get_flow(
+            redis_url=settings.redis_url,
+            partitions=settings.partitions,
+            catalogue=default_catalogue(settings.allowed_lateness_ms),
+            stop_at_end=True,
+            sink=TestingSink(seen),
+        )
+    )
+    return [
+        (u.at, u.features["count(Product Viewed, 10m)"])
+        for u in seen
+        if isinstance(u, ProfileUpdate) and u.customer_id == customer
+    ]
+
+
+def test_a_replay_fires_deadlines_in_event_time_order(settings, redis_client, tmp_path):
+    t0 = time.time_ns() // 1_000_000 - 2 * 3_600_000  # two hours ago: a replay of history
+    replay(
+        redis_client,
+        settings,
+        tmp_path,
+        [
+            track("dee", "Product Viewed", t0),
+            track("dee", "Product Viewed", t0 + 15 * MINUTE),
+            track("dee", "Product Viewed", t0 + 16 * MINUTE),
+        ],
+    )
+    changes = [(at - t0, views) for at, views in updates_of(settings, "dee")]
+    assert changes[:5] == [
+        (0, 1),
+        (10 * MINUTE, 0),  # the first view left the window at exactly t0 + 10 min ...
+        (15 * MINUTE, 1),  # ... before the next event was applied
+        (16 * MINUTE, 2),
+        (25 * MINUTE, 1),
+    ]
+    assert (26 * MINUTE, 0) in changes  # and when the replay ended, what was due fired
+
+
+def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    deadline = time.time_ns() // 1_000_000 + 1_500
+    replay(
+        redis_client, settings, tmp_path, [track("eve", "Product Viewed", deadline - 10 * MINUTE)]
+    )
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url or "",
+        "SEGFLOW_PARTITIONS": str(settings.partitions),
+        "SEGFLOW_DATA_DIR": str(tmp_path),
+    }
+    pipeline = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "pipeline", "--no-recovery"],
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        stop = time.monotonic() + 30
+        while True:
+            fields = redis_client.hgetall(profile_key("eve"))
+            if fields and orjson.loads(fields[b"features"])["count(Product Viewed, 10m)"] == 0:
+                break
+            assert time.monotonic() < stop, "the deadline did not fire"
+            time.sleep(0.02)
+        fired_late_by = time.time_ns() // 1_000_000 - deadline
+    finally:
+        os.killpg(pipeline.pid, 9)
+        pipeline.wait()
+    assert int(fields[b"at"]) == deadline  # the change is dated at the deadline itself
+    assert 0 <= fired_late_by < 1_000  # and seen within a second of it
