@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import health
@@ -65,6 +66,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _allowed_methods(request: Request) -> str:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
+
+
 def _collector_body(
     status_code: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> Response:
@@ -85,6 +94,10 @@ async def _collector_error(_request: Request, error: CollectorError) -> Response
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+    if error.status_code == 405:
+        # Starlette's Allow names the methods of the first route matching the path only;
+        # a path served by several routes (GET and DELETE of a customer) must list them all.
+        error.headers = {**(error.headers or {}), "Allow": _allowed_methods(request)}
     # The SDKs read `code` and `message` from any non-200 answer and crash without them.
     if request.url.path.startswith("/v1/"):
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")

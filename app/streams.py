@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 FAILED_EVENTS_KEY = "failed-events"
+ERASE = "erase"  # the type of the stream entry that tells the dataflow to forget a customer
 PROGRESS_KEY = "dataflow-progress"  # hash: shard -> [entries processed, newest event time]
 EVENT_FIELD = "e"
 

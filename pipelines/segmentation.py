@@ -25,6 +25,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from app.streams import ERASE
 from pipelines.features import Catalogue, CustomerFeatures, event_name
 from pipelines.sinks import ProfileSink
 from pipelines.sources import RedisStreamSource, SourceItem, StreamEvent, Tick
@@ -47,6 +48,13 @@ class ProfileUpdate:
 class LateEvent:
     event: dict[str, Any]
     newest: int
+
+
+@dataclass
+class Erased:
+    """The customer was erased (GDPR): the sinks delete what they wrote about them."""
+
+    customer_id: str
 
 
 @dataclass
@@ -95,7 +103,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         self.state = state or ShardState()
 
     def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
-        out: list[ProfileUpdate | LateEvent | ShardProgress] = []
+        out: list[ProfileUpdate | LateEvent | Erased | ShardProgress] = []
         touched: dict[str, int] = {}
         events = 0
         for item in values:
@@ -105,10 +113,15 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                 continue
             event = item.event
             events += 1
+            customer_id = str(event["customer_id"])
+            if event["type"] == ERASE:
+                touched.pop(customer_id, None)
+                self._erase(customer_id)
+                out.append(Erased(customer_id))
+                continue
             when = int(event["timestamp"])
             self._schedule_touched(touched)
             out += self.fire(when, inclusive=False)  # what was due before this event
-            customer_id = str(event["customer_id"])
             customer = self.state.customers.get(customer_id)
             if customer is None:
                 customer = self.state.customers[customer_id] = CustomerFeatures(self.catalogue)
@@ -128,6 +141,15 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             self.state.newest = max(self.state.newest or newest, newest)
             out.append(ShardProgress("", self.state.processed, self.state.newest))
         return out, StatefulBatchLogic.RETAIN
+
+    def _erase(self, customer_id: str) -> None:
+        """Forget the customer: state, last emitted digest and pending deadlines."""
+        self.state.customers.pop(customer_id, None)
+        self.state.emitted.pop(customer_id, None)
+        kept = [entry for entry in self.state.deadlines if entry[1] != customer_id]
+        if len(kept) != len(self.state.deadlines):
+            heapq.heapify(kept)
+            self.state.deadlines = kept
 
     def _schedule_touched(self, touched: dict[str, int]) -> None:
         for customer_id, newest in touched.items():

@@ -36,7 +36,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         self._append_once = self._client.register_script(_APPEND_ONCE)
 
     def write_batch(self, items: list[Any]) -> None:
-        from pipelines.segmentation import LateEvent, ProfileUpdate, ShardProgress
+        from pipelines.segmentation import Erased, LateEvent, ProfileUpdate, ShardProgress
 
         pipe = self._client.pipeline(transaction=False)
         trims: set[str] = set()
@@ -75,6 +75,10 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                     args=[LATE_MARKER_TTL_S, *(x for pair in fields.items() for x in pair)],
                     client=pipe,
                 )
+            elif isinstance(item, Erased):
+                recent = recent_events_key(item.customer_id)
+                pipe.delete(profile_key(item.customer_id), recent)
+                trims.discard(recent)
             elif isinstance(item, ShardProgress):
                 pipe.hset(PROGRESS_KEY, item.shard, orjson.dumps([item.processed, item.newest]))
         for key in trims:

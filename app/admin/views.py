@@ -11,7 +11,10 @@ from app.admin import failed_events
 from app.admin.failed_events import FailedEventPage
 from app.admin.status import PipelineStatus, pipeline_status
 from app.deps import AdminDep, StateDep
+from app.ingest.service import now_ms
+from app.profiles import erasure
 from app.profiles import service as profiles
+from app.profiles.erasure import ErasureReport
 from app.profiles.service import CustomerProfile
 
 router = APIRouter(
@@ -36,6 +39,24 @@ async def read_customer(customer_id: str, state: StateDep) -> CustomerProfile:
     if found is None:
         raise HTTPException(404, detail=f"customer {customer_id!r}: no profile")
     return found
+
+
+@router.delete(
+    "/customers/{customer_id}",
+    response_model=ErasureReport,
+    responses={404: {"description": "Segflow holds nothing about this customer."}},
+)
+async def erase_customer(customer_id: str, state: StateDep) -> ErasureReport:
+    """GDPR erasure: the profile, the dataflow's state and every stored event of the customer."""
+    try:
+        report = await erasure.erase_customer(
+            state.redis, customer_id, partitions=state.settings.partitions, now=now_ms()
+        )
+    except (RedisError, OSError) as error:
+        raise HTTPException(503, detail=f"erasure: Redis unreachable ({error})") from error
+    if report is None:
+        raise HTTPException(404, detail=f"customer {customer_id!r}: nothing to erase")
+    return report
 
 
 @router.get("/status", response_model=PipelineStatus)

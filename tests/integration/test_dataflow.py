@@ -270,3 +270,102 @@ def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
         pipeline.wait()
     assert int(fields[b"at"]) == deadline  # the change is dated at the deadline itself
     assert 0 <= fired_late_by < 1_000  # and seen within a second of it
+
+
+def test_erasure_forgets_the_customer_everywhere_and_for_good(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path, api, credentials
+):
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from app.streams import stream_key
+
+    now = time.time_ns() // 1_000_000 - 1_000
+    replay(
+        redis_client,
+        settings,
+        tmp_path,
+        [
+            # its deadline falls after the restart below: a state that survived would re-emit
+            track("gdpr", "Product Viewed", now - 10 * MINUTE + 8_000, product_id="p1"),
+            track("gdpr", "Product Added", now - 2_000, product_id="p1", price=5.0),
+            track("other", "Product Viewed", now - 1_000),
+        ],
+    )
+    redis_client.xadd(
+        "failed-events",
+        {
+            "received_at": now,
+            "reason": "x",
+            "source": "s",
+            "raw": json.dumps({"userId": "gdpr", "event": 1}),
+        },
+    )
+    headers = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url or "",
+        "SEGFLOW_DATA_DIR": str(tmp_path),
+        "SEGFLOW_PARTITIONS": str(settings.partitions),
+        "SEGFLOW_SNAPSHOT_INTERVAL_S": "1",
+    }
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "pipeline"], env=env, start_new_session=True
+        )
+
+    def wait_for(predicate: Any) -> None:
+        stop = time.monotonic() + 30
+        while not predicate():
+            assert time.monotonic() < stop, "timed out"
+            time.sleep(0.05)
+
+    def caught_up() -> bool:
+        return httpx.get(f"{api.url}/api/status", headers=headers).json()["lag"] == 0
+
+    pipeline = start()
+    try:
+        wait_for(lambda: redis_client.exists(profile_key("gdpr")))
+        time.sleep(1.5)  # a recovery snapshot that still holds the customer
+
+        erased = httpx.delete(f"{api.url}/api/customers/gdpr", headers=headers)
+        assert erased.status_code == 200
+        assert erased.json() == {
+            "customer_id": "gdpr",
+            "events_deleted": 2,
+            "failed_events_deleted": 1,
+            "profile_deleted": True,
+        }
+        assert httpx.get(f"{api.url}/api/customers/gdpr", headers=headers).status_code == 404
+        wait_for(caught_up)
+
+        os.killpg(pipeline.pid, 9)  # restart from the snapshot taken before the erasure
+        pipeline.wait()
+        pipeline = start()
+        replay(redis_client, settings, tmp_path, [track("other", "Product Added", now)])
+        wait_for(
+            lambda: (
+                caught_up()
+                and b"Product Added"
+                in b"".join(redis_client.zrange(recent_events_key("other"), 0, -1))
+            )
+        )
+        time.sleep(0.5)
+    finally:
+        os.killpg(pipeline.pid, 9)
+        pipeline.wait()
+
+    assert not redis_client.exists(profile_key("gdpr"), recent_events_key("gdpr"))
+    stored = [
+        json.loads(f[b"e"])
+        for p in range(settings.partitions)
+        for _, f in redis_client.xrange(stream_key(p))
+    ]
+    assert [e["type"] for e in stored if e["customer_id"] == "gdpr"] == ["erase"]
+    assert b"gdpr" not in b"".join(f[b"raw"] for _, f in redis_client.xrange("failed-events"))
+    missing = httpx.delete(f"{api.url}/api/customers/nobody", headers=headers)
+    assert missing.status_code == 404
