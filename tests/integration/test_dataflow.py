@@ -121,19 +121,22 @@ def test_late_events_are_kept_as_failed_with_reason_late(
     assert profile(redis_client, "cy")["features"]["count(Product Viewed, 10m)"] == 1
 
 
-@pytest.mark.parametrize("workers", [2])
-def test_several_workers_give_the_same_profiles(
-    settings: Settings, redis_client: redis.Redis, tmp_path: Path, workers: int
+@pytest.mark.parametrize("layout", ["2 workers", "2 processes"])
+def test_workers_and_processes_give_the_same_profiles(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path, layout: str
 ):
     import os
     import subprocess
     import sys
 
+    from tests.helpers import free_port
+
     now = time.time_ns() // 1_000_000 - 1_000
+    names = ["Product Viewed", "Product Added", "Order Completed"]
     messages = [
         track(
             f"c{n % 17}",
-            ["Product Viewed", "Product Added", "Order Completed"][n % 3],
+            names[n % 3],
             now - (n % 50) * 1000,
             product_id=f"p{n % 5}",
             price=10.0,
@@ -142,7 +145,7 @@ def test_several_workers_give_the_same_profiles(
         for n in range(600)
     ]
     replay(redis_client, settings, tmp_path, messages)
-    run_flow(settings)
+    run_flow(settings)  # one worker, in this thread
     single = {f"c{n}": profile(redis_client, f"c{n}") for n in range(17)}
     for n in range(17):
         redis_client.delete(profile_key(f"c{n}"))
@@ -153,40 +156,17 @@ def test_several_workers_give_the_same_profiles(
         "SEGFLOW_PARTITIONS": str(settings.partitions),
         "SEGFLOW_STOP_AT_END": "1",
     }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bytewax.run",
-            "pipelines.segmentation:flow_from_env()",
-            "-w",
-            str(workers),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run = [sys.executable, "-m", "bytewax.run", "pipelines.segmentation:flow_from_env()"]
+    if layout == "2 workers":
+        commands = [[*run, "-w", "2"]]
+    else:
+        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
+        commands = [[*run, "-i", str(i), "-a", addresses] for i in range(2)]
+    processes = [subprocess.Popen(c, env=env, stderr=subprocess.PIPE) for c in commands]
+    for process in processes:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr.decode()[-2000:]
     assert {f"c{n}": profile(redis_client, f"c{n}") for n in range(17)} == single
-
-
-def test_status_shows_the_lag_until_the_dataflow_catches_up(
-    settings: Settings, redis_client: redis.Redis, tmp_path: Path, api, credentials
-):
-    import httpx
-
-    now = time.time_ns() // 1_000_000 - 1_000
-    messages = [track(f"s{n % 9}", "Product Viewed", now - n) for n in range(250)]
-    replay(redis_client, settings, tmp_path, messages)
-    headers = {"Authorization": f"Bearer {credentials['admin_token']}"}
-
-    before = httpx.get(f"{api.url}/api/status", headers=headers).json()
-    assert before == {"events_accepted": 250, "events_processed": 0, "lag": 250, "watermark": None}
-    run_flow(settings)
-    after = httpx.get(f"{api.url}/api/status", headers=headers).json()
-    assert after == {"events_accepted": 250, "events_processed": 250, "lag": 0, "watermark": now}
 
 
 def updates_of(settings: Settings, customer: str) -> list[tuple[int, int]]:
