@@ -37,6 +37,7 @@ import bisect
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import orjson
@@ -92,7 +93,7 @@ class Windowed:
         if self.window_ms is not None and self.window_ms <= 0:
             raise ValueError("a window must be longer than zero")
 
-    @property
+    @cached_property
     def name(self) -> str:
         target = self.event if self.prop is None else f"{self.event}.{self.prop}"
         parts = [target]
@@ -101,7 +102,7 @@ class Windowed:
         parts += [f"{key}={value}" for key, value in self.where]
         return f"{self.aggregate}({', '.join(parts)})"
 
-    @property
+    @cached_property
     def log_key(self) -> tuple[str, str | None, tuple[tuple[str, Any], ...]]:
         """Features with the same key read the same log."""
         return (self.event, self.prop, self.where)
@@ -113,7 +114,7 @@ class Since:
 
     event: str
 
-    @property
+    @cached_property
     def name(self) -> str:
         return f"since({self.event})"
 
@@ -125,12 +126,13 @@ class LastValue:
     event: str
     prop: str
 
-    @property
+    @cached_property
     def name(self) -> str:
         return f"last({self.event}.{self.prop})"
 
 
 FeatureSpec = Windowed | Since | LastValue
+LogKey = tuple[str, str | None, tuple[tuple[str, Any], ...]]
 
 
 def windowed(
@@ -173,6 +175,17 @@ BUILTIN_INPUTS: dict[str, tuple[FeatureSpec, ...]] = {
 }
 
 
+SESSION_BUILTINS = frozenset(
+    {
+        "session_events",
+        "session_duration_ms",
+        "session_pages",
+        "session_products_viewed",
+        "browsing_depth",
+    }
+)
+
+
 @dataclass(frozen=True)
 class Catalogue:
     """What to compute: the specs and built-ins that rules asked for, and nothing else."""
@@ -198,14 +211,63 @@ class Catalogue:
         builtins = tuple(dict.fromkeys(i for i in items if isinstance(i, str)))
         return cls(specs, builtins, session_gap_ms, allowed_lateness_ms)
 
-    def all_specs(self) -> tuple[FeatureSpec, ...]:
-        """The specs, with the inputs of the built-ins added."""
+    def __getstate__(self) -> dict[str, Any]:
+        # Recovery pickles the catalogue with every shard: its derived caches stay out.
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @cached_property
+    def _all_specs(self) -> tuple[FeatureSpec, ...]:
         extra = [spec for name in self.builtins for spec in BUILTIN_INPUTS[name]]
         return tuple(dict.fromkeys([*self.specs, *extra]))
 
-    def horizons(self) -> dict[tuple[str, str | None, tuple[tuple[str, Any], ...]], int | None]:
+    def all_specs(self) -> tuple[FeatureSpec, ...]:
+        """The specs, with the inputs of the built-ins added."""
+        return self._all_specs
+
+    @cached_property
+    def named_specs(self) -> tuple[tuple[str, FeatureSpec], ...]:
+        """Every spec with its feature name, computed once (names are built from words)."""
+        return tuple((spec.name, spec) for spec in self._all_specs)
+
+    @cached_property
+    def windowed_deadlines(self) -> tuple[tuple[LogKey, int], ...]:
+        """(log, window) of every windowed feature whose value changes as time passes."""
+        return tuple(
+            (spec.log_key, spec.window_ms)
+            for spec in self._all_specs
+            if isinstance(spec, Windowed) and spec.window_ms is not None
+        )
+
+    @cached_property
+    def logs_by_event(
+        self,
+    ) -> dict[str, tuple[tuple[LogKey, str | None, tuple[tuple[str, Any], ...]], ...]]:
+        """Per event name, the logs it feeds: (log key, property read, filter)."""
+        found: dict[str, list[tuple[LogKey, str | None, tuple[tuple[str, Any], ...]]]] = {}
+        for key in self.horizons():
+            event, prop, where = key
+            found.setdefault(event, []).append((key, prop, where))
+        return {event: tuple(logs) for event, logs in found.items()}
+
+    @cached_property
+    def last_values_by_event(self) -> dict[str, tuple[LastValue, ...]]:
+        found: dict[str, list[LastValue]] = {}
+        for spec in self.specs:
+            if isinstance(spec, LastValue):
+                found.setdefault(spec.event, []).append(spec)
+        return {event: tuple(specs) for event, specs in found.items()}
+
+    @cached_property
+    def session_builtins(self) -> bool:
+        return bool(SESSION_BUILTINS & set(self.builtins))
+
+    def horizons(self) -> dict[LogKey, int | None]:
         """Per log: how long its entries must be kept (None: for ever)."""
-        keep: dict[tuple[str, str | None, tuple[tuple[str, Any], ...]], int | None] = {}
+        return self._horizons
+
+    @cached_property
+    def _horizons(self) -> dict[LogKey, int | None]:
+        keep: dict[LogKey, int | None] = {}
         for spec in self.all_specs():
             if not isinstance(spec, Windowed):
                 continue
@@ -508,12 +570,11 @@ class CustomerFeatures:
         self.last_seen = when if self.last_seen is None else max(self.last_seen, when)
         if when >= self.last_at.get(name, when):
             self.last_at[name] = when
-            for spec in self.catalogue.specs:
-                if isinstance(spec, LastValue) and spec.event == name:
-                    self.last_values[spec.name] = properties.get(spec.prop)
-        for (log_event, prop, where), log in self.logs.items():
-            if log_event == name and _matches(properties, where):
-                log.add(when, properties.get(prop) if prop else None)
+            for spec in self.catalogue.last_values_by_event.get(name, ()):
+                self.last_values[spec.name] = properties.get(spec.prop)
+        for key, prop, where in self.catalogue.logs_by_event.get(name, ()):
+            if not where or _matches(properties, where):
+                self.logs[key].add(when, properties.get(prop) if prop else None)
         self.cart.add(when, name, properties)
         bisect.insort(self.session_log, (when, name))
         if len(self.session_log) > SESSION_LOG_CAP:
@@ -548,19 +609,22 @@ class CustomerFeatures:
     def snapshot(self, now: int) -> dict[str, Any]:
         """Every catalogued feature's value at ``now``."""
         values: dict[str, Any] = {}
-        for spec in self.catalogue.all_specs():
+        for name, spec in self.catalogue.named_specs:
             if isinstance(spec, Windowed):
-                values[spec.name] = _aggregate(spec, self.logs[spec.log_key], now)
+                values[name] = _aggregate(spec, self.logs[spec.log_key], now)
             elif isinstance(spec, Since):
                 last = self.last_at.get(spec.event)
-                values[spec.name] = None if last is None or last > now else now - last
+                values[name] = None if last is None or last > now else now - last
             else:
-                values[spec.name] = self.last_values.get(spec.name)
+                values[name] = self.last_values.get(name)
+        session = self.session(now) if self.catalogue.session_builtins else []
         for name in self.catalogue.builtins:
-            values[name] = self._builtin(name, now, values)
+            values[name] = self._builtin(name, now, values, session)
         return values
 
-    def _builtin(self, name: str, now: int, values: Mapping[str, Any]) -> Any:
+    def _builtin(
+        self, name: str, now: int, values: Mapping[str, Any], session: list[tuple[int, str]]
+    ) -> Any:
         if name.startswith("rfm_"):
             (spec,) = BUILTIN_INPUTS[name]
             return values[spec.name]
@@ -585,7 +649,6 @@ class CustomerFeatures:
             }
             counts = {category: count for category, count in counts.items() if count}
             return min(counts, key=lambda c: (-counts[c], c)) if counts else None
-        session = self.session(now)
         if name == "session_events":
             return len(session)
         if name == "session_duration_ms":
@@ -599,24 +662,16 @@ class CustomerFeatures:
     def next_change(self, now: int) -> int | None:
         """The earliest instant after ``now`` at which a feature changes with no new event."""
         deadlines: list[int] = []
-        for spec in self.catalogue.all_specs():
-            if isinstance(spec, Windowed) and spec.window_ms is not None:
-                exit_at = self.logs[spec.log_key].next_exit(now, spec.window_ms)
-                if exit_at is not None:
-                    deadlines.append(exit_at)
+        for key, window_ms in self.catalogue.windowed_deadlines:
+            exit_at = self.logs[key].next_exit(now, window_ms)
+            if exit_at is not None:
+                deadlines.append(exit_at)
         if "top_category_30d" in self.catalogue.builtins:
             for times in self.category_views.values():
                 inside = bisect.bisect_right(times, now - 30 * 86_400_000)
                 if inside < len(times) and times[inside] <= now:
                     deadlines.append(times[inside] + 30 * 86_400_000)
-        session_builtins = {
-            "session_events",
-            "session_duration_ms",
-            "session_pages",
-            "session_products_viewed",
-            "browsing_depth",
-        }
-        if session_builtins & set(self.catalogue.builtins):
+        if self.catalogue.session_builtins:
             session = self.session(now)
             if session:
                 deadlines.append(session[-1][0] + self.catalogue.session_gap_ms)
