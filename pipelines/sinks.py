@@ -38,55 +38,76 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
     def write_batch(self, items: list[Any]) -> None:
         from pipelines.segmentation import Erased, LateEvent, ProfileUpdate, ShardProgress
 
+        # A customer changes many times in a batch: only their last profile is written, with
+        # every event of the batch in their recent events (unless they were erased after it).
+        profiles: dict[str, ProfileUpdate | None] = {}  # None: erased
+        recent: dict[str, dict[bytes, int]] = {}
+        progress: dict[str, bytes] = {}
         pipe = self._client.pipeline(transaction=False)
-        trims: set[str] = set()
         for item in items:
             if isinstance(item, ProfileUpdate):
-                pipe.hset(
-                    profile_key(item.customer_id),
-                    mapping={
-                        "customer_id": item.customer_id,
-                        "at": item.at,
-                        "features": orjson.dumps(item.features),
-                        "traits": orjson.dumps(item.traits),
-                    },
-                )
+                profiles[item.customer_id] = item
                 if item.event is not None:
-                    recent = recent_events_key(item.customer_id)
-                    shown = {
-                        "type": item.event["type"],
-                        "event": item.event.get("event"),
-                        "timestamp": item.event["timestamp"],
-                        "properties": item.event.get("properties") or {},
-                        "message_id": item.event["message_id"],
-                    }
-                    pipe.zadd(recent, {orjson.dumps(shown): int(item.event["timestamp"])})
-                    trims.add(recent)
-            elif isinstance(item, LateEvent):
-                fields = {
-                    "received_at": item.event.get("received_at", 0),
-                    "reason": "late: more than the allowed lateness behind the customer's "
-                    f"newest event ({item.newest})",
-                    "source": item.event.get("source", ""),
-                    "raw": orjson.dumps(item.event).decode(),
-                }
-                self._append_once(
-                    keys=[FAILED_EVENTS_KEY, late_marker_key(item.event["message_id"])],
-                    args=[LATE_MARKER_TTL_S, *(x for pair in fields.items() for x in pair)],
-                    client=pipe,
-                )
+                    recent.setdefault(item.customer_id, {})[_shown(item.event)] = int(
+                        item.event["timestamp"]
+                    )
             elif isinstance(item, Erased):
-                recent = recent_events_key(item.customer_id)
-                pipe.delete(profile_key(item.customer_id), recent)
-                trims.discard(recent)
+                profiles[item.customer_id] = None
+                recent.pop(item.customer_id, None)
+            elif isinstance(item, LateEvent):
+                self._keep_late(pipe, item)
             elif isinstance(item, ShardProgress):
-                pipe.hset(PROGRESS_KEY, item.shard, orjson.dumps([item.processed, item.newest]))
-        for key in trims:
+                progress[item.shard] = orjson.dumps([item.processed, item.newest])
+        for customer_id, update in profiles.items():
+            if update is None:
+                pipe.delete(profile_key(customer_id), recent_events_key(customer_id))
+                continue
+            pipe.hset(
+                profile_key(customer_id),
+                mapping={
+                    "customer_id": customer_id,
+                    "at": update.at,
+                    "features": orjson.dumps(update.features),
+                    "traits": orjson.dumps(update.traits),
+                },
+            )
+        for customer_id, members in recent.items():
+            key = recent_events_key(customer_id)
+            pipe.zadd(key, members)
             pipe.zremrangebyrank(key, 0, -RECENT_EVENTS - 1)
+        if progress:
+            pipe.hset(PROGRESS_KEY, mapping=progress)  # type: ignore[arg-type]
         pipe.execute()
+
+    def _keep_late(self, pipe: Any, item: Any) -> None:
+        fields = {
+            "received_at": item.event.get("received_at", 0),
+            "reason": "late: more than the allowed lateness behind the customer's "
+            f"newest event ({item.newest})",
+            "source": item.event.get("source", ""),
+            "raw": orjson.dumps(item.event).decode(),
+        }
+        self._append_once(
+            keys=[FAILED_EVENTS_KEY, late_marker_key(item.event["message_id"])],
+            args=[LATE_MARKER_TTL_S, *(x for pair in fields.items() for x in pair)],
+            client=pipe,
+        )
 
     def close(self) -> None:
         self._client.close()
+
+
+def _shown(event: dict[str, Any]) -> bytes:
+    """An event as the profile lists it (the same event always gives the same member)."""
+    return orjson.dumps(
+        {
+            "type": event["type"],
+            "event": event.get("event"),
+            "timestamp": event["timestamp"],
+            "properties": event.get("properties") or {},
+            "message_id": event["message_id"],
+        }
+    )
 
 
 class ProfileSink(DynamicSink[Any]):
