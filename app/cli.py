@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -143,14 +144,7 @@ DEMO_KEY_VARIABLE = "SEGFLOW_DEMO_WRITE_KEY"
 
 def _replace_write_key(settings: Settings, name: str) -> str:
     """A fresh key for ``name`` (keys are stored hashed: an old one cannot be read back)."""
-    engine = make_engine(settings)
-    try:
-        with Session(engine) as session:
-            key = replace_write_key(session=session, name=name)
-            session.commit()
-    finally:
-        engine.dispose()
-    return key
+    return _create_secret(settings, lambda session: replace_write_key(session=session, name=name))
 
 
 def _display_host(host: str) -> str:
@@ -235,20 +229,28 @@ def writekey() -> None:
 @click.argument("name")
 def writekey_create(name: str) -> None:
     """Create a write key called NAME and print it (alone on the last line)."""
-    settings = _settings()
+    try:
+        key = _create_secret(
+            _settings(), lambda session: create_write_key(session=session, name=name)
+        )
+    except (DuplicateNameError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"write key for source {name!r} (shown once; only its hash is stored):")
+    click.echo(key)
+
+
+def _create_secret(settings: Settings, create: Callable[[Session], str]) -> str:
+    """Run ``create`` in a committed session of an up-to-date database; its secret."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings)
     engine = make_engine(settings)
     try:
         with Session(engine) as session:
-            key = create_write_key(session=session, name=name)
+            secret = create(session)
             session.commit()
-    except (DuplicateNameError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
     finally:
         engine.dispose()
-    click.echo(f"write key for source {name!r} (shown once; only its hash is stored):")
-    click.echo(key)
+    return secret
 
 
 @main.group()
@@ -260,16 +262,9 @@ def token() -> None:
 @click.argument("name")
 def token_create(name: str) -> None:
     """Create an admin token called NAME and print it (alone on the last line)."""
-    settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings)
-    engine = make_engine(settings)
-    try:
-        with Session(engine) as session:
-            value = create_admin_token(session=session, name=name)
-            session.commit()
-    finally:
-        engine.dispose()
+    value = _create_secret(
+        _settings(), lambda session: create_admin_token(session=session, name=name)
+    )
     click.echo(f"admin token {name!r} (shown once; only its hash is stored):")
     click.echo(value)
 

@@ -155,39 +155,64 @@ def read_retailrocket(path: Path) -> Iterator[Row]:
     A transaction has one row per item; all rows of one transaction become one
     ``Order Completed`` (its messageId is the transaction's), so later rows count as duplicates.
     """
-    with _open_text(path) as handle:
-        reader = csv.DictReader(handle)
-        for record in reader:
-            line_no, raw, problem = _csv_row(reader, record)
-            if problem:
-                yield Row(line_no, None, raw, problem)
-                continue
-            try:
-                name = RETAILROCKET_EVENTS[record["event"]]
-                properties: dict[str, Any] = {"product_id": record["itemid"]}
-                message_id = _row_id("rr", raw)
-                if name == "Order Completed":
-                    order = record.get("transactionid") or ""
-                    properties = {"order_id": order, "products": [{"product_id": record["itemid"]}]}
-                    if order:
-                        message_id = f"rr-order-{record['visitorid']}-{order}"
-                message = {
-                    "type": "track",
-                    "userId": record["visitorid"],
-                    "event": name,
-                    "timestamp": _iso_from_ms(record["timestamp"]),
-                    "properties": properties,
-                    "messageId": message_id,
-                }
-            except (KeyError, ValueError, TypeError, OverflowError) as error:
-                yield Row(line_no, None, raw, f"line {line_no}: {_row_problem(error)}")
-                continue
-            yield Row(line_no, message, raw)
+    return _read_csv(path, _retailrocket_message)
+
+
+def _retailrocket_message(record: dict[str, Any], raw: str) -> dict[str, Any]:
+    name = RETAILROCKET_EVENTS[record["event"]]
+    properties: dict[str, Any] = {"product_id": record["itemid"]}
+    message_id = _row_id("rr", raw)
+    if name == "Order Completed":
+        order = record.get("transactionid") or ""
+        properties = {"order_id": order, "products": [{"product_id": record["itemid"]}]}
+        if order:
+            message_id = f"rr-order-{record['visitorid']}-{order}"
+    return {
+        "type": "track",
+        "userId": record["visitorid"],
+        "event": name,
+        "timestamp": _iso_from_ms(record["timestamp"]),
+        "properties": properties,
+        "messageId": message_id,
+    }
 
 
 def read_rees46(path: Path) -> Iterator[Row]:
     """REES46's e-commerce behaviour CSV: event_time, event_type, product_id, category_id,
     category_code, brand, price, user_id, user_session."""
+    return _read_csv(path, _rees46_message)
+
+
+def _rees46_message(record: dict[str, Any], raw: str) -> dict[str, Any]:
+    name = REES46_EVENTS[record["event_type"]]
+    price = float(record["price"]) if record.get("price") else None
+    product: dict[str, Any] = {
+        "product_id": record["product_id"],
+        "category_id": record.get("category_id") or None,
+        "category": record.get("category_code") or None,
+        "brand": record.get("brand") or None,
+        "price": price,
+        "quantity": 1,
+    }
+    properties = dict(product)
+    if name == "Order Completed":
+        properties = {"products": [product], "revenue": price}
+    when = record["event_time"].strip().removesuffix(" UTC").replace(" ", "T")
+    return {
+        "type": "track",
+        "userId": record["user_id"],
+        "event": name,
+        "timestamp": when + ("Z" if when[-6] not in "+-" else ""),
+        "properties": properties,
+        "context": {"session_id": record.get("user_session") or None},
+        "messageId": _row_id("rees46", raw),
+    }
+
+
+def _read_csv(
+    path: Path, to_message: Callable[[dict[str, Any], str], dict[str, Any]]
+) -> Iterator[Row]:
+    """Each CSV record through ``to_message``; a record it cannot map becomes an error row."""
     with _open_text(path) as handle:
         reader = csv.DictReader(handle)
         for record in reader:
@@ -196,30 +221,8 @@ def read_rees46(path: Path) -> Iterator[Row]:
                 yield Row(line_no, None, raw, problem)
                 continue
             try:
-                name = REES46_EVENTS[record["event_type"]]
-                price = float(record["price"]) if record.get("price") else None
-                product: dict[str, Any] = {
-                    "product_id": record["product_id"],
-                    "category_id": record.get("category_id") or None,
-                    "category": record.get("category_code") or None,
-                    "brand": record.get("brand") or None,
-                    "price": price,
-                    "quantity": 1,
-                }
-                properties = dict(product)
-                if name == "Order Completed":
-                    properties = {"products": [product], "revenue": price}
-                when = record["event_time"].strip().removesuffix(" UTC").replace(" ", "T")
-                message = {
-                    "type": "track",
-                    "userId": record["user_id"],
-                    "event": name,
-                    "timestamp": when + ("Z" if when[-6] not in "+-" else ""),
-                    "properties": properties,
-                    "context": {"session_id": record.get("user_session") or None},
-                    "messageId": _row_id("rees46", raw),
-                }
-            except (KeyError, ValueError, TypeError, IndexError) as error:
+                message = to_message(record, raw)
+            except (KeyError, ValueError, TypeError, IndexError, OverflowError) as error:
                 yield Row(line_no, None, raw, f"line {line_no}: {_row_problem(error)}")
                 continue
             yield Row(line_no, message, raw)
