@@ -10,13 +10,11 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from bytewax.testing import run_main
 
 from app.profiles.keys import profile_key, recent_events_key
 from app.replay import replay_file
 from app.settings import Settings
-from pipelines.catalogue import default_catalogue
-from pipelines.segmentation import get_flow
+from tests.helpers import run_dataflow
 
 MINUTE = 60_000
 
@@ -57,15 +55,7 @@ def profile(client: redis.Redis, customer_id: str) -> dict[str, Any]:
 
 
 def run_flow(settings: Settings) -> None:
-    assert settings.redis_url
-    run_main(
-        get_flow(
-            redis_url=settings.redis_url,
-            partitions=settings.partitions,
-            catalogue=default_catalogue(settings.allowed_lateness_ms),
-            stop_at_end=True,
-        )
-    )
+    run_dataflow(settings)
 
 
 def test_events_become_profiles(settings: Settings, redis_client: redis.Redis, tmp_path: Path):
@@ -176,16 +166,7 @@ def updates_of(settings: Settings, customer: str) -> list[tuple[int, int]]:
     from pipelines.segmentation import ProfileUpdate
 
     seen: list[Any] = []
-    assert settings.redis_url
-    run_main(
-        get_flow(
-            redis_url=settings.redis_url,
-            partitions=settings.partitions,
-            catalogue=default_catalogue(settings.allowed_lateness_ms),
-            stop_at_end=True,
-            sink=TestingSink(seen),
-        )
-    )
+    run_dataflow(settings, sink=TestingSink(seen))
     return [
         (u.at, u.features["count(Product Viewed, 10m)"])
         for u in seen

@@ -13,13 +13,11 @@ import time
 
 import orjson
 import redis
-from bytewax.testing import run_main
 
 from app.profiles.keys import profile_key
 from app.settings import Settings
 from app.streams import EVENT_FIELD, PROGRESS_KEY, stream_key
-from pipelines.catalogue import default_catalogue
-from pipelines.segmentation import get_flow
+from tests.helpers import run_dataflow
 
 EVENTS = 4_000
 CUSTOMERS = 300
@@ -140,14 +138,7 @@ def test_sigkill_at_random_moments_changes_no_profile(settings: Settings, redis_
     assert sum(count for count, _ in progress) == EVENTS  # what /api/status reports
     for customer in crashed:
         redis_client.delete(profile_key(customer))
-    run_main(
-        get_flow(
-            redis_url=settings.redis_url,
-            partitions=settings.partitions,
-            catalogue=default_catalogue(settings.allowed_lateness_ms),
-            stop_at_end=True,
-        )
-    )
+    run_dataflow(settings)
     assert profiles(redis_client) == crashed
     with sqlite3.connect(tmp_path / "recovery" / "part-0.sqlite3") as db:  # it really snapshotted
         assert db.execute("SELECT count(*) FROM snaps").fetchone()[0] > 0
