@@ -46,8 +46,12 @@ SHELL_OPERATORS = frozenset({"&&", "||", ";", "|", "&"})
 
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-# Services run from Segflow's own image: the ones built from this repository.
-APP_SERVICES = sorted(name for name, spec in SERVICES.items() if "build" in spec)
+
+APP_IMAGE = next(spec.get("image") for spec in SERVICES.values() if "build" in spec)
+# Services running Segflow's code: the one built here and those reusing its image.
+APP_SERVICES = sorted(
+    name for name, spec in SERVICES.items() if "build" in spec or spec.get("image") == APP_IMAGE
+)
 
 
 # --- compose's own syntax, interpreted as `docker compose` would --------------------------------
@@ -205,11 +209,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_expected_services_exist() -> None:
-    missing = {"redis", "postgres", "api"} - SERVICES.keys()
+    missing = {"redis", "postgres", "api", "pipeline"} - SERVICES.keys()
     assert not missing, f"docker-compose.yml lacks the services {sorted(missing)}"
     assert SERVICES["redis"]["image"].split(":")[1].split(".")[0] == "7", "Redis should be 7"
     assert SERVICES["postgres"]["image"].split(":")[1].split(".")[0] == "15"
-    assert "api" in APP_SERVICES, "services.api should be built from this repository (build: .)"
+    assert "build" in SERVICES["api"], "services.api should be built from this repository"
+    assert SERVICES["pipeline"]["image"] == SERVICES["api"]["image"], "one image for both"
 
 
 def test_redis_keeps_an_append_only_file_on_a_volume() -> None:
