@@ -61,7 +61,13 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--demo", is_flag=True, help="Also run the simulated shop.")
-def up(host: str, port: int, demo: bool) -> None:
+@click.option(
+    "--pipeline/--no-pipeline",
+    default=True,
+    show_default=True,
+    help="Run the dataflow here (--no-pipeline: an API-only node).",
+)
+def up(host: str, port: int, demo: bool, pipeline: bool) -> None:
     """Start the API (and the stages that exist) and keep them running until Ctrl-C."""
     _configure_logging()
     settings = _settings()
@@ -96,7 +102,9 @@ def up(host: str, port: int, demo: bool) -> None:
                 "warning",
             ],
         )
-        specs = [api, ProcessSpec("pipeline", [sys.executable, "-m", "app.cli", "pipeline"])]
+        specs = [api]
+        if pipeline:
+            specs.append(ProcessSpec("pipeline", [sys.executable, "-m", "app.cli", "pipeline"]))
         if demo:
             shop_key = _replace_write_key(settings, DEMO_SHOP_SOURCE)
             specs.append(

@@ -201,7 +201,8 @@ def main() -> None:
     env = {**os.environ, "SEGFLOW_DATA_DIR": str(data_dir)}
     env.pop("DATABASE_URL", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up", "--port", str(port)],
+        # The collector alone: the dataflow would share these two cores with it.
+        [sys.executable, "-m", "app.cli", "up", "--port", str(port), "--no-pipeline"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
