@@ -306,7 +306,7 @@ def demo(url: str, write_key: str, rate: float, shoppers: int, seed: int | None)
 
 
 @main.command()
-@click.argument("name", type=click.Choice(["ingest", "pipeline"]), default="ingest")
+@click.argument("name", type=click.Choice(["ingest", "pipeline", "crash"]), default="ingest")
 @click.argument("options", nargs=-1, type=click.UNPROCESSED)
 def bench(name: str, options: tuple[str, ...]) -> None:
     """Run a benchmark from bench/ (from a source checkout); it prints a table with its floor."""
