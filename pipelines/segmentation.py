@@ -11,7 +11,6 @@ by event time while a partition is being read, by the wall clock once it has cau
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import os
 import zlib
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
-import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
@@ -74,8 +72,8 @@ class ShardProgress:
 class ShardState:
     customers: dict[str, CustomerFeatures] = field(default_factory=dict)
     deadlines: list[tuple[int, str]] = field(default_factory=list)  # heap: (event time, id)
-    # a digest of the last profile emitted per customer, so only changes go downstream
-    emitted: dict[str, bytes] = field(default_factory=dict)
+    # per customer, the deadline already in the heap (so one instant is never queued twice)
+    scheduled: dict[str, int] = field(default_factory=dict)
     processed: int = 0
     newest: int | None = None
 
@@ -131,9 +129,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             customer.apply(event)
             touched[customer_id] = customer.newest or when
             update = self._changed(customer_id, customer.newest or when)
-            if update is not None:
-                update.event = event if event_name(event) or event["type"] == "identify" else None
-                out.append(update)
+            update.event = event if event_name(event) or event["type"] == "identify" else None
+            out.append(update)
         self._schedule_touched(touched)
         if events:
             self.state.processed += events
@@ -143,9 +140,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         return out, StatefulBatchLogic.RETAIN
 
     def _erase(self, customer_id: str) -> None:
-        """Forget the customer: state, last emitted digest and pending deadlines."""
+        """Forget the customer: state and pending deadlines."""
         self.state.customers.pop(customer_id, None)
-        self.state.emitted.pop(customer_id, None)
+        self.state.scheduled.pop(customer_id, None)
         kept = [entry for entry in self.state.deadlines if entry[1] != customer_id]
         if len(kept) != len(self.state.deadlines):
             heapq.heapify(kept)
@@ -156,19 +153,19 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             self._schedule(customer_id, newest)
         touched.clear()
 
-    def _changed(self, customer_id: str, now: int) -> ProfileUpdate | None:
+    def _changed(self, customer_id: str, now: int) -> ProfileUpdate:
+        # Every applied event and every deadline changes a value (a deadline is, by
+        # construction, an instant at which a windowed value or the session changes).
         customer = self.state.customers[customer_id]
-        features = customer.snapshot(now)
-        seen = orjson.dumps([features, customer.traits], option=orjson.OPT_SORT_KEYS)
-        digest = hashlib.blake2b(seen, digest_size=8).digest()
-        if self.state.emitted.get(customer_id) == digest:
-            return None
-        self.state.emitted[customer_id] = digest
-        return ProfileUpdate(customer_id, now, features, dict(customer.traits))
+        return ProfileUpdate(customer_id, now, customer.snapshot(now), dict(customer.traits))
 
     def _schedule(self, customer_id: str, now: int) -> None:
         deadline = self.state.customers[customer_id].next_change(now)
-        if deadline is not None:
+        if deadline is None:
+            return
+        queued = self.state.scheduled.get(customer_id)
+        if queued is None or deadline < queued:
+            self.state.scheduled[customer_id] = deadline
             heapq.heappush(self.state.deadlines, (deadline, customer_id))
 
     def fire(self, now: int, *, inclusive: bool) -> list[ProfileUpdate]:
@@ -178,11 +175,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             self.state.deadlines[0][0] < now or (inclusive and self.state.deadlines[0][0] == now)
         ):
             deadline, customer_id = heapq.heappop(self.state.deadlines)
-            if customer_id not in self.state.customers:
-                continue
-            update = self._changed(customer_id, deadline)
-            if update is not None:
-                out.append(update)
+            if self.state.scheduled.get(customer_id) != deadline:
+                continue  # erased, or an instant already fired
+            del self.state.scheduled[customer_id]
+            out.append(self._changed(customer_id, deadline))
             self._schedule(customer_id, deadline)
         return out
 
