@@ -128,9 +128,6 @@ class Supervisor:
         self._record_groups()
         log.info("started %s (pid %s)", child.spec.name, child.process.pid)
 
-    def pids(self) -> dict[str, int | None]:
-        return {c.spec.name: c.process.pid if c.process else None for c in self._children}
-
     def _ask_to_stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
         self._stopping = True

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -51,7 +51,6 @@ BUCKETS_PER_WINDOW = 64
 DEFAULT_SESSION_GAP_MS = 30 * 60_000
 DEFAULT_LATENESS_MS = 5 * 60_000
 SESSION_LOG_CAP = 256
-RECENT_EVENTS = 20  # shown on the customer profile, newest first
 
 PAGE_EVENT = "Page Viewed"
 SCREEN_EVENT = "Screen Viewed"
@@ -708,11 +707,3 @@ def _min(a: int | None, b: int | None) -> int | None:
 
 def _max(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else max(a, b)
-
-
-def replay_all(catalogue: Catalogue, events: Iterable[Mapping[str, Any]]) -> CustomerFeatures:
-    """A customer built from ``events`` in the order given (a convenience for tests and tools)."""
-    state = CustomerFeatures(catalogue)
-    for event in events:
-        state.apply(event)
-    return state
