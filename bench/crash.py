@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import redis
@@ -26,51 +25,11 @@ sys.path.insert(0, str(ROOT))
 from app.profiles.keys import profile_key  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from app.streams import EVENT_FIELD, PROGRESS_KEY, partition_of, stream_key  # noqa: E402
+from app.streams import PROGRESS_KEY  # noqa: E402
+from tests.factories import append_events, shop_events  # noqa: E402
 from tests.helpers import run_dataflow  # noqa: E402
 
 PARTITIONS = 4
-NAMES = [
-    "Product Viewed",
-    "Product Viewed",
-    "Product Added",
-    "Checkout Started",
-    "Order Completed",
-    "Product Removed",
-]
-
-
-def make_events(count: int, customers: int, now: int) -> list[dict[str, Any]]:
-    rng = random.Random(3)
-    return [
-        {
-            "message_id": f"m{n}",
-            "type": "track",
-            "customer_id": (c := f"c{rng.randrange(customers)}"),
-            "user_id": c,
-            "anonymous_id": None,
-            "previous_id": None,
-            "group_id": None,
-            "event": rng.choice(NAMES),
-            "timestamp": now - (count - n),
-            "received_at": now,
-            "properties": {"product_id": f"p{n % 11}", "price": 10.0, "revenue": 25.0},
-            "traits": {},
-            "context": {},
-            "source": "crash-bench",
-        }
-        for n in range(count)
-    ]
-
-
-def append(client: redis.Redis, events: list[dict[str, Any]]) -> None:
-    pipe = client.pipeline(transaction=False)
-    for event in events:
-        pipe.xadd(
-            stream_key(partition_of(event["customer_id"], PARTITIONS)),
-            {EVENT_FIELD: orjson.dumps(event)},
-        )
-    pipe.execute()
 
 
 def processed(client: redis.Redis) -> int:
@@ -102,7 +61,8 @@ def main() -> None:
         "SEGFLOW_SNAPSHOT_INTERVAL_S": "1",
     }
     rng = random.Random(17)
-    events = make_events(args.events, args.customers, time.time_ns() // 1_000_000 - 1_000)
+    now = time.time_ns() // 1_000_000 - 1_000
+    events = shop_events(args.events, customers=args.customers, now=now, seed=3)
     chunks = [events[i : i + 2_000] for i in range(0, len(events), 2_000)]
     kill_after = set(rng.sample(range(1, len(chunks)), args.kills))
 
@@ -116,7 +76,7 @@ def main() -> None:
     kills = 0
     try:
         for index, chunk in enumerate(chunks):
-            append(client, chunk)
+            append_events(client, chunk, PARTITIONS)
             time.sleep(rng.uniform(0.0, 0.3))
             if index in kill_after:
                 time.sleep(rng.uniform(0.0, 1.5))

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from app.profiles.keys import profile_key  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
 from app.streams import EVENT_FIELD, PROGRESS_KEY, partition_of, stream_key  # noqa: E402
+from tests.factories import append_events  # noqa: E402
 
 PARTITIONS = 4
 CUSTOMERS = 20_000
@@ -66,18 +67,6 @@ def event(n: int, now: int, customer: str | None = None) -> dict[str, Any]:
         "context": {},
         "source": "bench",
     }
-
-
-def load(client: redis.Redis, events: list[dict[str, Any]]) -> None:
-    pipe = client.pipeline(transaction=False)
-    for n, item in enumerate(events, start=1):
-        pipe.xadd(
-            stream_key(partition_of(item["customer_id"], PARTITIONS)),
-            {EVENT_FIELD: orjson.dumps(item)},
-        )
-        if n % 1000 == 0:
-            pipe.execute()
-    pipe.execute()
 
 
 def processed(client: redis.Redis) -> int:
@@ -112,7 +101,7 @@ def timed(
     client.flushdb()
     empty = run_flow(url, flow, None if recovery is None else recovery.with_name("empty"))
     client.flushdb()
-    load(client, events)
+    append_events(client, events, PARTITIONS)
     return run_flow(url, flow, recovery) - empty
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import random
 from typing import Any
 
+import orjson
 import redis
 
 from app.events import Event
-from app.streams import EVENT_FIELD, stream_key
+from app.streams import EVENT_FIELD, partition_of, stream_key
 
 _ids = itertools.count(1)
 
@@ -33,3 +35,69 @@ def stored_events(client: redis.Redis, partitions: int = 4) -> list[Event]:
         for _id, fields in client.xrange(stream_key(partition)):  # type: ignore[union-attr]
             events.append(Event.from_json(fields[EVENT_FIELD.encode()]))
     return events
+
+
+SHOP_EVENTS = [
+    "Product Viewed",
+    "Product Viewed",
+    "Product Added",
+    "Checkout Started",
+    "Order Completed",
+    "Product Removed",
+]
+
+
+def stored_event(
+    *,
+    message_id: str,
+    customer: str,
+    name: str,
+    at: int,
+    properties: dict[str, Any],
+    source: str = "tests",
+) -> dict[str, Any]:
+    """A track event as the collector stores it (``app.events.Event``'s fields)."""
+    return {
+        "message_id": message_id,
+        "type": "track",
+        "customer_id": customer,
+        "user_id": customer,
+        "anonymous_id": None,
+        "previous_id": None,
+        "group_id": None,
+        "event": name,
+        "timestamp": at,
+        "received_at": at,
+        "properties": properties,
+        "traits": {},
+        "context": {},
+        "source": source,
+    }
+
+
+def shop_events(
+    count: int, *, customers: int, now: int, seed: int, spacing_ms: int = 1
+) -> list[dict[str, Any]]:
+    """``count`` shop events of random customers, in time order, the last one at ``now``."""
+    rng = random.Random(seed)
+    return [
+        stored_event(
+            message_id=f"m{n}",
+            customer=f"c{rng.randrange(customers)}",
+            name=rng.choice(SHOP_EVENTS),
+            at=now - (count - 1 - n) * spacing_ms,
+            properties={"product_id": f"p{n % 11}", "price": 10.0, "revenue": 25.0, "quantity": 1},
+        )
+        for n in range(count)
+    ]
+
+
+def append_events(client: redis.Redis, events: list[dict[str, Any]], partitions: int) -> None:
+    """XADD stored events to their partitions, as the collector would have."""
+    pipe = client.pipeline(transaction=False)
+    for n, event in enumerate(events, start=1):
+        partition = partition_of(event["customer_id"], partitions)
+        pipe.xadd(stream_key(partition), {EVENT_FIELD: orjson.dumps(event)})
+        if n % 1000 == 0:
+            pipe.execute()
+    pipe.execute()

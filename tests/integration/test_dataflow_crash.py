@@ -16,62 +16,13 @@ import redis
 
 from app.profiles.keys import profile_key
 from app.settings import Settings
-from app.streams import EVENT_FIELD, PROGRESS_KEY, stream_key
+from app.streams import PROGRESS_KEY
+from tests.factories import append_events, shop_events
 from tests.helpers import run_dataflow
 
 EVENTS = 4_000
 CUSTOMERS = 300
 KILLS = 4
-NAMES = [
-    "Product Viewed",
-    "Product Viewed",
-    "Product Added",
-    "Checkout Started",
-    "Order Completed",
-    "Product Removed",
-]
-
-
-def make_events(now: int) -> list[dict]:
-    rng = random.Random(5)
-    events = []
-    for n in range(EVENTS):
-        customer = f"c{rng.randrange(CUSTOMERS)}"
-        name = rng.choice(NAMES)
-        events.append(
-            {
-                "message_id": f"m{n}",
-                "type": "track",
-                "customer_id": customer,
-                "user_id": customer,
-                "anonymous_id": None,
-                "previous_id": None,
-                "group_id": None,
-                "event": name,
-                "timestamp": now - (EVENTS - n) * 5 + rng.randrange(3),
-                "received_at": now,
-                "properties": {
-                    "product_id": f"p{n % 7}",
-                    "price": 10.0,
-                    "revenue": 25.0,
-                    "quantity": 1,
-                },
-                "traits": {},
-                "context": {},
-                "source": "crash-test",
-            }
-        )
-    return events
-
-
-def append(client: redis.Redis, events: list[dict], partitions: int) -> None:
-    from app.streams import partition_of
-
-    pipe = client.pipeline(transaction=False)
-    for event in events:
-        key = stream_key(partition_of(event["customer_id"], partitions))
-        pipe.xadd(key, {EVENT_FIELD: orjson.dumps(event)})
-    pipe.execute()
 
 
 def profiles(client: redis.Redis) -> dict[str, dict]:
@@ -100,7 +51,7 @@ def start_pipeline(env: dict[str, str]) -> subprocess.Popen[bytes]:
 def test_sigkill_at_random_moments_changes_no_profile(settings: Settings, redis_client, tmp_path):
     assert settings.redis_url
     now = time.time_ns() // 1_000_000 - 1_000
-    events = make_events(now)
+    events = shop_events(EVENTS, customers=CUSTOMERS, now=now, seed=5, spacing_ms=5)
     env = {
         **os.environ,
         "REDIS_URL": settings.redis_url,
@@ -114,7 +65,7 @@ def test_sigkill_at_random_moments_changes_no_profile(settings: Settings, redis_
     pipeline = start_pipeline(env)
     try:
         for index, chunk in enumerate(chunks):
-            append(redis_client, chunk, settings.partitions)
+            append_events(redis_client, chunk, settings.partitions)
             time.sleep(rng.uniform(0.05, 0.4))
             if index in kill_after:
                 os.killpg(pipeline.pid, signal.SIGKILL)
