@@ -110,7 +110,7 @@ def floor_flow() -> Any:
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
 
-    from pipelines.segmentation import ProfileUpdate
+    from pipelines.records import ProfileUpdate
     from pipelines.sinks import ProfileSink
     from pipelines.sources import RedisStreamSource, StreamEvent
 

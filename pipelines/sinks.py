@@ -13,6 +13,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from app.profiles.keys import profile_key, recent_events_key
 from app.streams import FAILED_EVENTS_KEY, PROGRESS_KEY
+from pipelines.records import Erased, LateEvent, ProfileUpdate, ShardProgress
 
 RECENT_EVENTS = 20
 LATE_MARKER_TTL_S = 86_400
@@ -36,8 +37,6 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         self._append_once = self._client.register_script(_APPEND_ONCE)
 
     def write_batch(self, items: list[Any]) -> None:
-        from pipelines.segmentation import Erased, LateEvent, ProfileUpdate, ShardProgress
-
         # A customer changes many times in a batch: only their last profile is written, with
         # every event of the batch in their recent events (unless they were erased after it).
         profiles: dict[str, ProfileUpdate | None] = {}  # None: erased
@@ -79,7 +78,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             pipe.hset(PROGRESS_KEY, mapping=progress)  # type: ignore[arg-type]
         pipe.execute()
 
-    def _keep_late(self, pipe: Any, item: Any) -> None:
+    def _keep_late(self, pipe: Any, item: LateEvent) -> None:
         fields = {
             "received_at": item.event.get("received_at", 0),
             "reason": "late: more than the allowed lateness behind the customer's "

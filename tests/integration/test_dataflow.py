@@ -163,7 +163,7 @@ def updates_of(settings: Settings, customer: str) -> list[tuple[int, int]]:
     """(instant, views in the last 10 min) of every profile change of ``customer``, in order."""
     from bytewax.testing import TestingSink
 
-    from pipelines.segmentation import ProfileUpdate
+    from pipelines.records import ProfileUpdate
 
     seen: list[Any] = []
     run_dataflow(settings, sink=TestingSink(seen))
