@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,15 +24,10 @@ sys.path.insert(0, str(ROOT))
 from app.profiles.keys import profile_key  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from app.streams import PROGRESS_KEY  # noqa: E402
-from tests.factories import append_events, shop_events  # noqa: E402
+from tests.factories import append_events, processed_entries, shop_events  # noqa: E402
 from tests.helpers import run_dataflow  # noqa: E402
 
 PARTITIONS = 4
-
-
-def processed(client: redis.Redis) -> int:
-    return sum(orjson.loads(v)[0] for v in client.hvals(PROGRESS_KEY))
 
 
 def profiles(client: redis.Redis, customers: int) -> dict[str, dict[bytes, bytes]]:
@@ -84,13 +78,13 @@ def main() -> None:
                 pipeline.wait()
                 kills += 1
                 pipeline = start()
-        while processed(client) < args.events:
+        while processed_entries(client) < args.events:
             if pipeline.poll() is not None:
                 raise SystemExit(f"the dataflow exited with {pipeline.returncode}")
             time.sleep(0.2)
         time.sleep(2)
         crashed = profiles(client, args.customers)
-        counted = processed(client)
+        counted = processed_entries(client)
     finally:
         os.killpg(pipeline.pid, signal.SIGKILL)
         pipeline.wait()

@@ -3,7 +3,8 @@
 1. Throughput: EVENTS events are put in the streams, then the dataflow runs over them as
    `segflow pipeline` runs it (bytewax.run, recovery on) until caught up. The floor is the same
    source and the same sink with no feature logic (each event written as an empty profile).
-   Both are timed from the first processed entry to the last, so process start-up is excluded.
+   Each is timed as its run over the events less its run over empty streams, so process
+   start-up is not counted.
 2. State: the size of the shards' latest recovery snapshots divided by the customers in them.
 3. Delay: the dataflow runs live while events are appended at RATE events/s; every 100th event
    is a probe with a customer of its own, and the time from its XADD to its profile being
@@ -35,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from app.profiles.keys import profile_key  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
-from app.streams import EVENT_FIELD, PROGRESS_KEY, partition_of, stream_key  # noqa: E402
-from tests.factories import append_events  # noqa: E402
+from app.streams import EVENT_FIELD, partition_of, stream_key  # noqa: E402
+from tests.factories import append_events, processed_entries  # noqa: E402
 
 PARTITIONS = 4
 CUSTOMERS = 20_000
@@ -67,10 +68,6 @@ def event(n: int, now: int, customer: str | None = None) -> dict[str, Any]:
         "context": {},
         "source": "bench",
     }
-
-
-def processed(client: redis.Redis) -> int:
-    return sum(orjson.loads(v)[0] for v in client.hvals(PROGRESS_KEY))
 
 
 def run_flow(url: str, flow: str, recovery: Path | None) -> float:
@@ -223,7 +220,7 @@ def main() -> None:
         floor_s = timed(url, client, events, "bench.pipeline:floor_flow()", None)
         recovery = work / "recovery"
         flow_s = timed(url, client, events, "pipelines.segmentation:flow_from_env()", recovery)
-        assert processed(client) == args.events
+        assert processed_entries(client) == args.events
         per_customer, customers = state_bytes_per_customer(recovery)
         client.flushdb()
         delays = sorted(delay_run(url, client, args.rate, args.seconds))

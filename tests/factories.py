@@ -10,7 +10,7 @@ import orjson
 import redis
 
 from app.events import Event
-from app.streams import EVENT_FIELD, partition_of, stream_key
+from app.streams import EVENT_FIELD, PROGRESS_KEY, partition_of, stream_key
 
 _ids = itertools.count(1)
 
@@ -101,3 +101,8 @@ def append_events(client: redis.Redis, events: list[dict[str, Any]], partitions:
         if n % 1000 == 0:
             pipe.execute()
     pipe.execute()
+
+
+def processed_entries(client: redis.Redis) -> int:
+    """Stream entries the dataflow has applied, summed over its shards (as /api/status does)."""
+    return sum(orjson.loads(value)[0] for value in client.hvals(PROGRESS_KEY))  # type: ignore[union-attr]

@@ -169,6 +169,3 @@ class EventStore:
             await self._client.xadd(FAILED_EVENTS_KEY, item.fields())  # type: ignore[arg-type]
         except (RedisError, OSError) as error:
             raise StoreUnavailable(str(error)) from error
-
-    async def prepare(self) -> None:
-        await self._client.script_load(APPEND_SCRIPT)

@@ -16,8 +16,7 @@ import redis
 
 from app.profiles.keys import profile_key
 from app.settings import Settings
-from app.streams import PROGRESS_KEY
-from tests.factories import append_events, shop_events
+from tests.factories import append_events, processed_entries, shop_events
 from tests.helpers import run_dataflow
 
 EVENTS = 4_000
@@ -85,8 +84,7 @@ def test_sigkill_at_random_moments_changes_no_profile(settings: Settings, redis_
         pipeline.stderr.close()  # type: ignore[union-attr]
 
     assert total_events(redis_client) == EVENTS  # nothing lost, nothing counted twice
-    progress = [orjson.loads(v) for v in redis_client.hvals(PROGRESS_KEY)]
-    assert sum(count for count, _ in progress) == EVENTS  # what /api/status reports
+    assert processed_entries(redis_client) == EVENTS  # what /api/status reports
     for customer in crashed:
         redis_client.delete(profile_key(customer))
     run_dataflow(settings)
