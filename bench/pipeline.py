@@ -137,7 +137,7 @@ def state_bytes_per_customer(recovery: Path) -> tuple[float, int]:
     import pickle
 
     total = sum(len(blob or b"") for _, _, blob in rows)
-    customers = sum(len(pickle.loads(blob).customers) for _, _, blob in rows if blob)  # noqa: S301
+    customers = sum(len(pickle.loads(blob)) for _, _, blob in rows if blob)  # noqa: S301
     return total / max(customers, 1), customers
 
 

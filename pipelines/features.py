@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping
+import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -130,7 +131,29 @@ class LastValue:
         return f"last({self.event}.{self.prop})"
 
 
-FeatureSpec = Windowed | Since | LastValue
+@dataclass(frozen=True)
+class Sequence:
+    """Milliseconds since the newest completion of ``steps`` in order, the whole chain within
+    ``within_ms`` (None before the first completion). With ``same``, every step of a chain has
+    equal values of those properties ("viewed then added the same product_id in 10 min")."""
+
+    steps: tuple[str, ...]
+    within_ms: int
+    same: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.steps) < 2:
+            raise ValueError("a sequence needs at least two steps")
+        if self.within_ms <= 0:
+            raise ValueError("a sequence's time limit must be longer than zero")
+
+    @cached_property
+    def name(self) -> str:
+        same = f", same={'+'.join(self.same)}" if self.same else ""
+        return f"sequence({' > '.join(self.steps)}, {format_duration_ms(self.within_ms)}{same})"
+
+
+FeatureSpec = Windowed | Since | LastValue | Sequence
 LogKey = tuple[str, str | None, tuple[tuple[str, Any], ...]]
 
 
@@ -224,18 +247,12 @@ class Catalogue:
         return self._all_specs
 
     @cached_property
-    def named_specs(self) -> tuple[tuple[str, FeatureSpec], ...]:
-        """Every spec with its feature name, computed once (names are built from words)."""
-        return tuple((spec.name, spec) for spec in self._all_specs)
+    def plan(self) -> FeaturePlan:
+        return FeaturePlan.of(self)
 
     @cached_property
-    def windowed_deadlines(self) -> tuple[tuple[LogKey, int], ...]:
-        """(log, window) of every windowed feature whose value changes as time passes."""
-        return tuple(
-            (spec.log_key, spec.window_ms)
-            for spec in self._all_specs
-            if isinstance(spec, Windowed) and spec.window_ms is not None
-        )
+    def top_category(self) -> bool:
+        return "top_category_30d" in self.builtins
 
     @cached_property
     def logs_by_event(
@@ -297,6 +314,7 @@ class EventLog:
     times: list[int] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
     weights: list[int] = field(default_factory=list)
+    folded: bool = False  # some entries stand for several events (counts read the weights)
 
     def add(self, when: int, value: Any) -> None:
         at = bisect.bisect_right(self.times, when)
@@ -336,16 +354,7 @@ class EventLog:
             weights.append(sum(self.weights[index:end]))
             index = end
         self.times, self.values, self.weights = times, values, weights
-
-    def window(self, now: int, window_ms: int | None) -> slice:
-        start = 0 if window_ms is None else bisect.bisect_right(self.times, now - window_ms)
-        return slice(start, bisect.bisect_right(self.times, now))
-
-    def next_exit(self, now: int, window_ms: int) -> int | None:
-        """The first instant after ``now`` at which an entry leaves the window."""
-        start = bisect.bisect_right(self.times, now - window_ms)
-        end = bisect.bisect_right(self.times, now)
-        return self.times[start] + window_ms if start < end else None
+        self.folded = True
 
     def merge(self, other: EventLog) -> None:
         merged = sorted(
@@ -355,6 +364,7 @@ class EventLog:
         self.times = [t for t, _ in merged]
         self.values = [values[i] for _, i in merged]
         self.weights = [weights[i] for _, i in merged]
+        self.folded = self.folded or other.folded
 
 
 def _fold_values(values: list[Any]) -> Folded:
@@ -390,8 +400,8 @@ class Folded:
     seen: frozenset[Any]
 
 
-def _aggregate(spec: Windowed, log: EventLog, now: int) -> float | int | None:
-    part = log.window(now, spec.window_ms)
+def _aggregate(spec: Windowed, log: EventLog, start: int, end: int) -> float | int | None:
+    part = slice(start, end)
     if spec.aggregate == "count":
         return sum(log.weights[part])
     values = log.values[part]
@@ -549,20 +559,62 @@ class CustomerFeatures:
     last_seen: int | None = None
     events_total: int = 0
     newest: int | None = None  # the newest event time seen (lateness is measured from it)
+    # the last ``observe``: derived, so recovery snapshots leave it out
+    _observed: _Observed | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for key, horizon in self.catalogue.horizons().items():
             self.logs.setdefault(key, EventLog(horizon))
 
-    def apply(self, event: Mapping[str, Any]) -> None:
-        """Fold one canonical event (``app.events.Event`` fields) into the state."""
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Customers are pickled one by one, often (see pipelines.segmentation.ShardState): as
+        # one flat tuple, without the shared catalogue (``restore`` gives it back) and without
+        # empty logs, which is several times smaller and faster than the dataclasses.
+        logs = tuple(
+            (key, log.times, log.values, log.weights, log.folded)
+            for key, log in self.logs.items()
+            if log.times
+        )
+        cart = self.cart
+        return (
+            _rebuilt,
+            (
+                logs,
+                self.last_at,
+                self.last_values,
+                (cart.last_order, cart.events, cart.base, cart.arrivals),
+                self.session_log,
+                self.category_views,
+                self.traits,
+                self.first_seen,
+                self.last_seen,
+                self.events_total,
+                self.newest,
+            ),
+        )
+
+    @classmethod
+    def restore(cls, blob: bytes, catalogue: Catalogue) -> CustomerFeatures:
+        """A customer from ``pickle.dumps(customer)``, with the catalogue it is computed for."""
+        customer: CustomerFeatures = pickle.loads(blob)  # noqa: S301 - only our own snapshots
+        customer.catalogue = catalogue
+        for key, horizon in catalogue.horizons().items():
+            customer.logs.setdefault(key, EventLog(horizon)).horizon_ms = horizon
+        return customer
+
+    def apply(self, event: Mapping[str, Any]) -> str | None:
+        """Fold one canonical event (``app.events.Event`` fields) into the state; return the
+        name it counts under (None for identify and the like).
+
+        Only the logs the event feeds are expired here; ``expire`` does the others when a
+        deadline passes, so an event costs the same however many features there are."""
         when = int(event["timestamp"])
         if event.get("traits") and event.get("type") in ("identify", "track", "page", "screen"):
             self.traits.update(event["traits"])
         name = event_name(event)
         self.newest = when if self.newest is None else max(self.newest, when)
         if name is None:
-            return
+            return None
         properties: Mapping[str, Any] = event.get("properties") or {}
         self.events_total += 1
         self.first_seen = when if self.first_seen is None else min(self.first_seen, when)
@@ -571,23 +623,26 @@ class CustomerFeatures:
             self.last_at[name] = when
             for spec in self.catalogue.last_values_by_event.get(name, ()):
                 self.last_values[spec.name] = properties.get(spec.prop)
+        newest = self.newest
         for key, prop, where in self.catalogue.logs_by_event.get(name, ()):
             if not where or _matches(properties, where):
-                self.logs[key].add(when, properties.get(prop) if prop else None)
+                log = self.logs[key]
+                log.add(when, properties.get(prop) if prop else None)
+                log.expire(newest)
         self.cart.add(when, name, properties)
         bisect.insort(self.session_log, (when, name))
         if len(self.session_log) > SESSION_LOG_CAP:
             del self.session_log[: len(self.session_log) - SESSION_LOG_CAP]
-        if name == "Product Viewed" and "top_category_30d" in self.catalogue.builtins:
+        if name == "Product Viewed" and self.catalogue.top_category:
             category = properties.get("category")
             if isinstance(category, str):
                 bisect.insort(self.category_views.setdefault(category, []), when)
-        self.expire(self.newest)
+        return name
 
     def expire(self, now: int) -> None:
         for log in self.logs.values():
             log.expire(now)
-        horizon = now - 30 * 86_400_000
+        horizon = now - TOP_CATEGORY_WINDOW_MS
         for category in list(self.category_views):
             times = self.category_views[category]
             del times[: bisect.bisect_right(times, horizon)]
@@ -607,77 +662,51 @@ class CustomerFeatures:
 
     def snapshot(self, now: int) -> dict[str, Any]:
         """Every catalogued feature's value at ``now``."""
-        values: dict[str, Any] = {}
-        for name, spec in self.catalogue.named_specs:
-            if isinstance(spec, Windowed):
-                values[name] = _aggregate(spec, self.logs[spec.log_key], now)
-            elif isinstance(spec, Since):
-                last = self.last_at.get(spec.event)
-                values[name] = None if last is None or last > now else now - last
-            else:
-                values[name] = self.last_values.get(name)
-        session = self.session(now) if self.catalogue.session_builtins else []
-        for name in self.catalogue.builtins:
-            values[name] = self._builtin(name, now, values, session)
-        return values
-
-    def _builtin(
-        self, name: str, now: int, values: Mapping[str, Any], session: list[tuple[int, str]]
-    ) -> Any:
-        if name.startswith("rfm_"):
-            (spec,) = BUILTIN_INPUTS[name]
-            return values[spec.name]
-        if name == "cart_value":
-            return round(self.cart.value(now), 6)
-        if name == "cart_items":
-            return self.cart.items(now)
-        if name == "first_seen":
-            return self.first_seen
-        if name == "last_seen":
-            return self.last_seen
-        if name == "events_total":
-            return self.events_total
-        if name == "interaction_rate_30d":
-            views, adds = (values[spec.name] for spec in BUILTIN_INPUTS[name])
-            return None if not views else round(adds / views, 6)
-        if name == "top_category_30d":
-            window_start = now - 30 * 86_400_000
-            counts = {
-                category: bisect.bisect_right(times, now) - bisect.bisect_right(times, window_start)
-                for category, times in self.category_views.items()
-            }
-            counts = {category: count for category, count in counts.items() if count}
-            return min(counts, key=lambda c: (-counts[c], c)) if counts else None
-        if name == "session_events":
-            return len(session)
-        if name == "session_duration_ms":
-            return session[-1][0] - session[0][0] if session else 0
-        if name == "session_pages":
-            return sum(1 for _, kind in session if kind in (PAGE_EVENT, SCREEN_EVENT))
-        if name in ("session_products_viewed", "browsing_depth"):
-            return sum(1 for _, kind in session if kind == "Product Viewed")
-        raise KeyError(name)  # pragma: no cover - Catalogue refuses unknown built-ins
+        return self.observe(now)[0]
 
     def next_change(self, now: int) -> int | None:
         """The earliest instant after ``now`` at which a feature changes with no new event."""
-        deadlines: list[int] = []
-        for key, window_ms in self.catalogue.windowed_deadlines:
-            exit_at = self.logs[key].next_exit(now, window_ms)
-            if exit_at is not None:
-                deadlines.append(exit_at)
-        if "top_category_30d" in self.catalogue.builtins:
-            for times in self.category_views.values():
-                inside = bisect.bisect_right(times, now - 30 * 86_400_000)
-                if inside < len(times) and times[inside] <= now:
-                    deadlines.append(times[inside] + 30 * 86_400_000)
-        if self.catalogue.session_builtins:
-            session = self.session(now)
-            if session:
-                deadlines.append(session[-1][0] + self.catalogue.session_gap_ms)
-        return min(deadlines) if deadlines else None
+        return self.observe(now)[1]
+
+    def observe(self, now: int) -> tuple[dict[str, Any], int | None]:
+        """``snapshot(now)`` and ``next_change(now)`` at once."""
+        return self._observe(now, None)
+
+    def observe_after(self, now: int, name: str | None) -> tuple[dict[str, Any], int | None]:
+        """``observe(now)`` after applying one event named ``name`` (None: unnamed), recomputing
+        only the groups of features that event feeds.
+
+        Between deadlines a windowed value, the session and the top category change only when
+        an event enters them, and the last call's deadline says when time alone changes
+        something. So a deadline reached, a merge, or an instant before the last one
+        recomputes every group.
+        """
+        return self._observe(now, self.catalogue.plan.feeds(name))
+
+    def _observe(
+        self, now: int, groups: tuple[int, ...] | None
+    ) -> tuple[dict[str, Any], int | None]:
+        plan = self.catalogue.plan
+        last = self._observed
+        if (
+            groups is None
+            or last is None
+            or now < last.at
+            or (last.deadline is not None and now >= last.deadline)
+        ):
+            values: dict[str, Any] = {}
+            deadlines = [compute(self, now, values) for _, compute in plan.groups]
+        else:
+            values, deadlines = last.values, last.deadlines
+            for index in groups:
+                deadlines[index] = plan.groups[index][1](self, now, values)
+        deadline = min((d for d in deadlines if d is not None), default=None)
+        self._observed = _Observed(now, values, deadlines, deadline)
+        return dict(values), deadline
 
     def merge(self, other: CustomerFeatures) -> None:
         """Fold ``other`` (the same catalogue) into this customer, as one history."""
+        self._observed = None
         for key, log in other.logs.items():
             self.logs[key].merge(log)
         for name, when in other.last_at.items():
@@ -699,6 +728,219 @@ class CustomerFeatures:
 
     def is_late(self, when: int, allowed_lateness_ms: int) -> bool:
         return self.newest is not None and when < self.newest - allowed_lateness_ms
+
+
+def _rebuilt(
+    logs: tuple[tuple[LogKey, list[int], list[Any], list[int], bool], ...],
+    last_at: dict[str, int],
+    last_values: dict[str, Any],
+    cart: tuple[int | None, list[tuple[int, int, str, dict[str, Any]]], dict[str, Any], int],
+    *rest: Any,
+) -> CustomerFeatures:
+    """The other half of ``CustomerFeatures.__reduce__``: no catalogue until ``restore``."""
+    customer = object.__new__(CustomerFeatures)
+    customer.logs = {
+        key: EventLog(None, times, values, weights, folded)
+        for key, times, values, weights, folded in logs
+    }
+    customer.last_at, customer.last_values = last_at, last_values
+    customer.cart = Cart(*cart)
+    (
+        customer.session_log,
+        customer.category_views,
+        customer.traits,
+        customer.first_seen,
+        customer.last_seen,
+        customer.events_total,
+        customer.newest,
+    ) = rest
+    customer._observed = None
+    return customer
+
+
+# --- how a snapshot is computed: groups of features that change together ------------------------
+
+
+@dataclass
+class _Observed:
+    at: int
+    values: dict[str, Any]
+    deadlines: list[int | None]  # per group of the plan
+    deadline: int | None
+
+
+Session = list[tuple[int, str]]
+# A group writes its features' values at an instant and returns its next deadline, if any.
+GroupFn = Callable[[CustomerFeatures, int, dict[str, Any]], int | None]
+TOP_CATEGORY_WINDOW_MS = 30 * 86_400_000
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """The catalogue as groups of features, and which groups each event name feeds.
+
+    Windowed features are grouped by the log they read; the built-ins by what they read (the
+    session, the cart, the category views). The ``always`` group (time since an event, totals,
+    RFM, interaction rate) is cheap and runs on every change, after the others.
+    """
+
+    groups: tuple[tuple[str, GroupFn], ...]
+    dirty: dict[str, tuple[int, ...]]  # event name -> the groups it feeds
+    always: tuple[int, ...]  # the groups an event that feeds nothing else changes
+
+    @classmethod
+    def of(cls, catalogue: Catalogue) -> FeaturePlan:
+        windowed: dict[LogKey, list[tuple[str, Windowed, int | None]]] = {}
+        for spec in catalogue.all_specs():
+            if isinstance(spec, Windowed):
+                windowed.setdefault(spec.log_key, []).append((spec.name, spec, spec.window_ms))
+        groups: list[tuple[str, GroupFn]] = [
+            (f"log:{key[0]}", _log_group(tuple(specs))) for key, specs in windowed.items()
+        ]
+        feeds: dict[str, list[int]] = {}
+        for index, key in enumerate(windowed):
+            feeds.setdefault(key[0], []).append(index)
+        last_values = catalogue.last_values_by_event
+        if last_values:
+            for event in last_values:
+                feeds.setdefault(event, []).append(len(groups))
+            groups.append(("last", _last_values_group(catalogue)))
+        builtins = set(catalogue.builtins)
+        named: list[int] = []  # the groups every named event feeds
+        if SESSION_BUILTINS & builtins:
+            named.append(len(groups))
+            groups.append(("session", _session_group(catalogue)))
+        if {"cart_value", "cart_items"} & builtins:
+            for event in CART_EVENTS:
+                feeds.setdefault(event, []).append(len(groups))
+            groups.append(("cart", _cart_group(catalogue)))
+        if "top_category_30d" in builtins:
+            feeds.setdefault("Product Viewed", []).append(len(groups))
+            groups.append(("top", _top_category))
+        always = (len(groups),)
+        groups.append(("always", _always_group(catalogue)))
+        dirty = {event: (*indexes, *named, *always) for event, indexes in feeds.items()}
+        # any other named event: the session and the always group
+        dirty[""] = (*named, *always)
+        return cls(tuple(groups), dirty, always)
+
+    def feeds(self, name: str | None) -> tuple[int, ...]:
+        if name is None:
+            return self.always
+        return self.dirty.get(name) or self.dirty[""]
+
+
+def _log_group(specs: tuple[tuple[str, Windowed, int | None], ...]) -> GroupFn:
+    key = specs[0][1].log_key
+
+    def compute(state: CustomerFeatures, now: int, values: dict[str, Any]) -> int | None:
+        log = state.logs[key]
+        times = log.times
+        end = bisect.bisect_right(times, now)
+        deadline = None
+        for name, spec, window_ms in specs:
+            if window_ms is None:
+                start = 0
+            else:
+                start = bisect.bisect_right(times, now - window_ms, 0, end)
+                if start < end:
+                    exit_at = times[start] + window_ms
+                    if deadline is None or exit_at < deadline:
+                        deadline = exit_at
+            if spec.aggregate == "count" and not log.folded:
+                values[name] = end - start
+            else:
+                values[name] = _aggregate(spec, log, start, end)
+        return deadline
+
+    return compute
+
+
+def _last_values_group(catalogue: Catalogue) -> GroupFn:
+    names = tuple(spec.name for specs in catalogue.last_values_by_event.values() for spec in specs)
+
+    def compute(state: CustomerFeatures, _now: int, values: dict[str, Any]) -> None:
+        for name in names:
+            values[name] = state.last_values.get(name)
+
+    return compute
+
+
+def _session_group(catalogue: Catalogue) -> GroupFn:
+    wanted = tuple(name for name in catalogue.builtins if name in SESSION_BUILTINS)
+    gap = catalogue.session_gap_ms
+
+    def compute(state: CustomerFeatures, now: int, values: dict[str, Any]) -> int | None:
+        session = state.session(now)
+        for name in wanted:
+            if name == "session_events":
+                values[name] = len(session)
+            elif name == "session_duration_ms":
+                values[name] = session[-1][0] - session[0][0] if session else 0
+            elif name == "session_pages":
+                values[name] = sum(1 for _, kind in session if kind in (PAGE_EVENT, SCREEN_EVENT))
+            else:  # session_products_viewed, browsing_depth
+                values[name] = sum(1 for _, kind in session if kind == "Product Viewed")
+        return session[-1][0] + gap if session else None
+
+    return compute
+
+
+def _cart_group(catalogue: Catalogue) -> GroupFn:
+    wanted = tuple(name for name in catalogue.builtins if name in ("cart_value", "cart_items"))
+
+    def compute(state: CustomerFeatures, now: int, values: dict[str, Any]) -> None:
+        lines = state.cart.lines(now).values()
+        for name in wanted:
+            if name == "cart_value":
+                values[name] = round(sum(quantity * price for quantity, price in lines), 6)
+            else:
+                values[name] = sum(quantity for quantity, _ in lines)
+
+    return compute
+
+
+def _top_category(state: CustomerFeatures, now: int, values: dict[str, Any]) -> int | None:
+    window_start = now - TOP_CATEGORY_WINDOW_MS
+    counts: dict[str, int] = {}
+    deadline = None
+    for category, times in state.category_views.items():
+        inside = bisect.bisect_right(times, window_start)
+        count = bisect.bisect_right(times, now) - inside
+        if count:
+            counts[category] = count
+            exit_at = times[inside] + TOP_CATEGORY_WINDOW_MS
+            deadline = exit_at if deadline is None else min(deadline, exit_at)
+    values["top_category_30d"] = min(counts, key=lambda c: (-counts[c], c)) if counts else None
+    return deadline
+
+
+def _always_group(catalogue: Catalogue) -> GroupFn:
+    since = tuple((s.name, s.event) for s in catalogue.all_specs() if isinstance(s, Since))
+    copies = tuple(  # built-ins that are the value of the one feature they read (RFM)
+        (name, BUILTIN_INPUTS[name][0].name)
+        for name in catalogue.builtins
+        if name.startswith("rfm_")
+    )
+    totals = tuple(
+        n for n in catalogue.builtins if n in ("first_seen", "last_seen", "events_total")
+    )
+    rate = "interaction_rate_30d" in catalogue.builtins
+    views, adds = (spec.name for spec in BUILTIN_INPUTS["interaction_rate_30d"])
+
+    def compute(state: CustomerFeatures, now: int, values: dict[str, Any]) -> None:
+        for name, event in since:
+            last = state.last_at.get(event)
+            values[name] = None if last is None or last > now else now - last
+        for name, read in copies:
+            values[name] = values[read]
+        for name in totals:
+            values[name] = getattr(state, name)
+        if rate:
+            viewed = values[views]
+            values["interaction_rate_30d"] = None if not viewed else round(values[adds] / viewed, 6)
+
+    return compute
 
 
 def _min(a: int | None, b: int | None) -> int | None:

@@ -11,11 +11,12 @@ by event time while a partition is being read, by the wall clock once it has cau
 
 from __future__ import annotations
 
+import gc
 import heapq
 import os
+import pickle
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
@@ -24,7 +25,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from app.streams import ERASE
-from pipelines.features import Catalogue, CustomerFeatures, event_name
+from pipelines.features import Catalogue, CustomerFeatures
 from pipelines.records import Erased, LateEvent, ProfileUpdate, ShardProgress
 from pipelines.sinks import ProfileSink
 from pipelines.sources import RedisStreamSource, SourceItem, StreamEvent, Tick
@@ -32,14 +33,78 @@ from pipelines.sources import RedisStreamSource, SourceItem, StreamEvent, Tick
 SHARDS_PER_PARTITION = 16
 
 
-@dataclass
 class ShardState:
-    customers: dict[str, CustomerFeatures] = field(default_factory=dict)
-    deadlines: list[tuple[int, str]] = field(default_factory=list)  # heap: (event time, id)
-    # per customer, the deadline already in the heap (so one instant is never queued twice)
-    scheduled: dict[str, int] = field(default_factory=dict)
-    processed: int = 0
-    newest: int | None = None
+    """A shard's customers, pending deadlines and progress.
+
+    Recovery snapshots a shard whenever any of its customers changed, so pickling every
+    customer each time would cost in proportion to all customers, not the active ones. Each
+    customer's serialized form is kept instead (``frozen``) and only the customers changed
+    since the last snapshot are serialized again. A customer idle for ``IDLE_SNAPSHOTS``
+    snapshots is held only in that compact form until their next event or deadline.
+    """
+
+    def __init__(self) -> None:
+        self.catalogue: Catalogue | None = None  # set by the shard: customers are saved without
+        self.live: dict[str, CustomerFeatures] = {}
+        self.frozen: dict[str, bytes] = {}  # every customer, as of the last snapshot
+        self.changed: set[str] = set()  # live customers changed since the last snapshot
+        self.idle: dict[str, int] = {}  # live customer -> snapshots since they last changed
+        self.deadlines: list[tuple[int, str]] = []  # heap: (event time, customer id)
+        # per customer, the deadline already in the heap (so one instant is never queued twice)
+        self.scheduled: dict[str, int] = {}
+        self.processed = 0
+        self.newest: int | None = None
+
+    def customer(self, customer_id: str) -> CustomerFeatures | None:
+        """The customer's state, to be changed (None: unknown here)."""
+        found = self.live.get(customer_id)
+        if found is None:
+            blob = self.frozen.get(customer_id)
+            if blob is None:
+                return None
+            assert self.catalogue is not None
+            found = self.live[customer_id] = CustomerFeatures.restore(blob, self.catalogue)
+        self.changed.add(customer_id)
+        return found
+
+    def add(self, customer_id: str, customer: CustomerFeatures) -> None:
+        self.live[customer_id] = customer
+        self.changed.add(customer_id)
+
+    def forget(self, customer_id: str) -> None:
+        self.live.pop(customer_id, None)
+        self.frozen.pop(customer_id, None)
+        self.changed.discard(customer_id)
+        self.idle.pop(customer_id, None)
+
+    def __len__(self) -> int:
+        return len(self.frozen.keys() | self.live.keys())
+
+    def freeze(self) -> None:
+        """Serialize the changed customers; let go of the live form of long-idle ones."""
+        for customer_id in list(self.live):
+            if customer_id in self.changed:
+                self.frozen[customer_id] = pickle.dumps(
+                    self.live[customer_id], pickle.HIGHEST_PROTOCOL
+                )
+                self.idle[customer_id] = 0
+            else:
+                self.idle[customer_id] = idle = self.idle.get(customer_id, 0) + 1
+                if idle >= IDLE_SNAPSHOTS:
+                    del self.live[customer_id], self.idle[customer_id]
+        self.changed.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.freeze()
+        kept = ("frozen", "deadlines", "scheduled", "processed", "newest")
+        return {name: getattr(self, name) for name in kept}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.__dict__.update(state)
+
+
+IDLE_SNAPSHOTS = 30
 
 
 def shard_of(customer_id: str, partition: int, partitions: int) -> str:
@@ -63,39 +128,36 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
     def __init__(self, catalogue: Catalogue, state: ShardState | None) -> None:
         self.catalogue = catalogue
         self.state = state or ShardState()
+        self.state.catalogue = catalogue
 
     def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
         out: list[ProfileUpdate | LateEvent | Erased | ShardProgress] = []
-        touched: dict[str, int] = {}
         events = 0
         for item in values:
             if isinstance(item, Tick):
-                self._schedule_touched(touched)
                 out += self.fire(item.at, inclusive=item.inclusive)
                 continue
             event = item.event
             events += 1
             customer_id = str(event["customer_id"])
             if event["type"] == ERASE:
-                touched.pop(customer_id, None)
                 self._erase(customer_id)
                 out.append(Erased(customer_id))
                 continue
             when = int(event["timestamp"])
-            self._schedule_touched(touched)
             out += self.fire(when, inclusive=False)  # what was due before this event
-            customer = self.state.customers.get(customer_id)
+            customer = self.state.customer(customer_id)
             if customer is None:
-                customer = self.state.customers[customer_id] = CustomerFeatures(self.catalogue)
+                customer = CustomerFeatures(self.catalogue)
+                self.state.add(customer_id, customer)
             if customer.is_late(when, self.catalogue.allowed_lateness_ms):
                 out.append(LateEvent(event, customer.newest or when))
                 continue
-            customer.apply(event)
-            touched[customer_id] = customer.newest or when
-            update = self._changed(customer_id, customer.newest or when)
-            update.event = event if event_name(event) or event["type"] == "identify" else None
+            name = customer.apply(event)
+            now = customer.newest or when
+            update = self._changed(customer_id, now, customer.observe_after(now, name))
+            update.event = event if name or event["type"] == "identify" else None
             out.append(update)
-        self._schedule_touched(touched)
         if events:
             self.state.processed += events
             newest = max(int(i.event["timestamp"]) for i in values if isinstance(i, StreamEvent))
@@ -105,32 +167,28 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
 
     def _erase(self, customer_id: str) -> None:
         """Forget the customer: state and pending deadlines."""
-        self.state.customers.pop(customer_id, None)
+        self.state.forget(customer_id)
         self.state.scheduled.pop(customer_id, None)
         kept = [entry for entry in self.state.deadlines if entry[1] != customer_id]
         if len(kept) != len(self.state.deadlines):
             heapq.heapify(kept)
             self.state.deadlines = kept
 
-    def _schedule_touched(self, touched: dict[str, int]) -> None:
-        for customer_id, newest in touched.items():
-            self._schedule(customer_id, newest)
-        touched.clear()
+    def _changed(
+        self, customer_id: str, now: int, observed: tuple[dict[str, Any], int | None]
+    ) -> ProfileUpdate:
+        """The customer's features at ``now``, and their next deadline put on the heap.
 
-    def _changed(self, customer_id: str, now: int) -> ProfileUpdate:
-        # Every applied event and every deadline changes a value (a deadline is, by
-        # construction, an instant at which a windowed value or the session changes).
-        customer = self.state.customers[customer_id]
-        return ProfileUpdate(customer_id, now, customer.snapshot(now), dict(customer.traits))
-
-    def _schedule(self, customer_id: str, now: int) -> None:
-        deadline = self.state.customers[customer_id].next_change(now)
-        if deadline is None:
-            return
-        queued = self.state.scheduled.get(customer_id)
-        if queued is None or deadline < queued:
-            self.state.scheduled[customer_id] = deadline
-            heapq.heappush(self.state.deadlines, (deadline, customer_id))
+        Every applied event and every deadline changes a value (a deadline is, by
+        construction, an instant at which a windowed value or the session changes)."""
+        features, deadline = observed
+        if deadline is not None:
+            queued = self.state.scheduled.get(customer_id)
+            if queued is None or deadline < queued or queued <= now:
+                self.state.scheduled[customer_id] = deadline
+                heapq.heappush(self.state.deadlines, (deadline, customer_id))
+        traits = self.state.live[customer_id].traits
+        return ProfileUpdate(customer_id, now, features, dict(traits))
 
     def fire(self, now: int, *, inclusive: bool) -> list[ProfileUpdate]:
         """Snapshot every customer whose deadline is before ``now`` (or at it: ``inclusive``)."""
@@ -142,8 +200,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if self.state.scheduled.get(customer_id) != deadline:
                 continue  # erased, or an instant already fired
             del self.state.scheduled[customer_id]
-            out.append(self._changed(customer_id, deadline))
-            self._schedule(customer_id, deadline)
+            customer = self.state.customer(customer_id)
+            assert customer is not None, "a deadline outlived its customer"
+            customer.expire(customer.newest or deadline)
+            out.append(self._changed(customer_id, deadline, customer.observe(deadline)))
         return out
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
@@ -190,6 +250,9 @@ def flow_from_env() -> Dataflow:
     from app.settings import get_settings
     from pipelines.catalogue import default_catalogue
 
+    # Every event allocates a few dozen short-lived objects next to millions of long-lived ones
+    # (customer state): the default thresholds spend a third of the time in the collector.
+    gc.set_threshold(50_000, 50, 100)
     settings = get_settings()
     url = settings.redis_url or os.environ["REDIS_URL"]
     return get_flow(

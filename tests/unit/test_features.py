@@ -7,6 +7,7 @@ cart's semantics; the session gap) and knows nothing of logs, buckets or deadlin
 from __future__ import annotations
 
 import math
+import pickle
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -270,6 +271,42 @@ def test_every_feature_at_every_instant_equals_the_brute_force(events: list[dict
         for t in check_instants(state, newest):
             assert state.snapshot(t) == oracle(history, t), f"at t={t}"
         assert state.next_change(newest) == oracle_next_change(history, newest)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_incremental_snapshots_equal_full_ones(events: list[dict[str, Any]]):
+    """The dataflow's way: after each event only the groups it feeds are recomputed, and every
+    deadline reached before the next event recomputes all of them."""
+    state, reference = CustomerFeatures(CATALOGUE), CustomerFeatures(CATALOGUE)
+    deadline: int | None = None
+    for event in events:
+        while deadline is not None and deadline < event["timestamp"]:
+            reached = deadline
+            values, deadline = state.observe(reached)
+            assert (values, deadline) == reference.observe(reached), f"deadline {reached}"
+        name = state.apply(event)
+        reference.apply(event)
+        now = state.newest
+        assert now is not None
+        values, deadline = state.observe_after(now, name)
+        assert (values, deadline) == reference.observe(now), f"after the event at {now}"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_a_customer_restored_from_a_snapshot_goes_on_as_the_original(events):
+    original = CustomerFeatures(CATALOGUE)
+    half = len(events) // 2
+    for event in events[:half]:
+        original.apply(event)
+    restored = CustomerFeatures.restore(pickle.dumps(original), CATALOGUE)
+    assert restored == original
+    for event in events[half:]:
+        assert restored.apply(event) == original.apply(event)
+    assert restored == original
+    newest = original.newest or 0
+    assert restored.observe(newest) == original.observe(newest)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
