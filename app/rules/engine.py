@@ -1,0 +1,119 @@
+"""The only module that touches durable_rules: it owns the engine's rulesets and their names.
+
+durable_rules keeps module-level state in its C engine. Facts are asserted straight to the C
+engine (no ``Host``: its timer threads fire actions on other threads, and its ``post`` fires one
+rule only), one state id for everything (the engine allows 1024), the customer's values inside
+the fact, and every fact retracted once its matches are read. Asserting a fact fires every rule
+it matches, so one call tells which segments hold.
+
+A ruleset handle is used by one thread only (two threads sharing one lost firings when
+measured): ``Rulesets.for_thread`` keeps one set per thread and rule-set version, and deletes
+the handles of a version it no longer uses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import durable_rules_engine as _engine
+import orjson
+
+from app.rules.compiler import CompiledRules, CompiledRuleset
+
+_NOT_HANDLED = 1  # assert result codes of the C engine
+_OBSERVED = 2
+_names = itertools.count()
+_local = threading.local()
+
+
+class RuleEngineError(RuntimeError):
+    """The engine refused a ruleset or a fact (its error code is in the message)."""
+
+
+class _Handle:
+    def __init__(self, ruleset: CompiledRuleset) -> None:
+        self.ruleset = ruleset
+        # names are unique per process: the engine keeps every name it was given
+        name = f"{ruleset.name}-{next(_names)}"
+        try:
+            self._handle = _engine.create_ruleset(name, ruleset.definition_json())
+        except Exception as error:  # the C engine raises a bare Exception with a code
+            raise RuleEngineError(
+                f"durable_rules refused ruleset {ruleset.name}: {error}"
+            ) from error
+        self._facts = itertools.count()
+
+    def matching(
+        self,
+        features: Mapping[str, Any],
+        traits: Mapping[str, Any],
+        segments: frozenset[str],
+        clusters: frozenset[str],
+    ) -> set[str]:
+        """The rules of this ruleset that hold for these values."""
+        fact = self.ruleset.layout.fact(next(self._facts), features, traits, segments, clusters)
+        try:
+            result = _engine.assert_fact(self._handle, fact.decode())
+        except Exception as error:
+            raise RuleEngineError(
+                f"durable_rules refused a fact: {error}: {fact[:200]!r}"
+            ) from error
+        if result[0] == _NOT_HANDLED:
+            return set()
+        if result[0] == _OBSERVED:  # pragma: no cover - every fact has its own id
+            raise RuleEngineError("durable_rules saw the same fact twice")
+        fired: set[str] = set()
+        state = result[1]
+        try:
+            started = _engine.start_action_for_state(self._handle, state)
+            if started:
+                fired.update(orjson.loads(started[1]))
+                while more := _engine.complete_and_start_action(self._handle, state):
+                    fired.update(orjson.loads(more))
+        finally:
+            _engine.retract_fact(self._handle, fact.decode())
+        return fired
+
+    def close(self) -> None:
+        _engine.delete_ruleset(self._handle)
+
+
+class Rulesets:
+    """The engine's rulesets for one version of the active rules, used by one thread."""
+
+    def __init__(self, rules: CompiledRules) -> None:
+        self.rules = rules
+        self._layers = [[_Handle(ruleset) for ruleset in layer] for layer in rules.layers]
+
+    @classmethod
+    def for_thread(cls, rules: CompiledRules) -> Rulesets:
+        current: Rulesets | None = getattr(_local, "rulesets", None)
+        if current is None or current.rules.fingerprint != rules.fingerprint:
+            if current is not None:
+                current.close()
+            current = _local.rulesets = cls(rules)
+        return current
+
+    def segments(
+        self,
+        features: Mapping[str, Any],
+        traits: Mapping[str, Any],
+        clusters: frozenset[str] = frozenset(),
+    ) -> frozenset[str]:
+        """The ids of the rules that hold for these values, layer by layer (a later layer
+        reads the memberships the earlier ones gave)."""
+        members: set[str] = set()
+        for layer in self._layers:
+            known = frozenset(members)
+            for handle in layer:
+                members |= handle.matching(features, traits, known, clusters)
+        return frozenset(members)
+
+    def close(self) -> None:
+        for layer in self._layers:
+            for handle in layer:
+                handle.close()
+        self._layers = []
