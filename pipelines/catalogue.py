@@ -41,7 +41,14 @@ PROFILE_BUILTINS = (
 )
 
 
-def default_catalogue(allowed_lateness_ms: int = DEFAULT_LATENESS_MS) -> Catalogue:
+def default_catalogue(
+    allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
+    rule_features: tuple[FeatureSpec | str, ...] = (),
+) -> Catalogue:
+    """The shipped rules' features, the profile's built-ins and what the active rules read."""
     return Catalogue.of(
-        *SHIPPED_RULE_FEATURES, *PROFILE_BUILTINS, allowed_lateness_ms=allowed_lateness_ms
+        *SHIPPED_RULE_FEATURES,
+        *PROFILE_BUILTINS,
+        *rule_features,
+        allowed_lateness_ms=allowed_lateness_ms,
     )

@@ -559,6 +559,7 @@ class CustomerFeatures:
     last_seen: int | None = None
     events_total: int = 0
     newest: int | None = None  # the newest event time seen (lateness is measured from it)
+    segments: frozenset[str] = frozenset()  # the rule segments the customer is in
     # the last ``observe``: derived, so recovery snapshots leave it out
     _observed: _Observed | None = field(default=None, repr=False, compare=False)
 
@@ -590,6 +591,7 @@ class CustomerFeatures:
                 self.last_seen,
                 self.events_total,
                 self.newest,
+                self.segments,
             ),
         )
 
@@ -753,6 +755,7 @@ def _rebuilt(
         customer.last_seen,
         customer.events_total,
         customer.newest,
+        customer.segments,
     ) = rest
     customer._observed = None
     return customer

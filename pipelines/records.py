@@ -6,6 +6,25 @@ from dataclasses import dataclass
 from typing import Any
 
 
+@dataclass(frozen=True)
+class Transition:
+    """A customer entered or left a segment at an instant of event time."""
+
+    segment: str
+    kind: str  # "enter" | "exit"
+    at: int
+    rule_version: int
+    actions: tuple[dict[str, Any], ...] = ()  # the rule's on_enter / on_exit actions
+
+    def shown(self) -> dict[str, Any]:
+        return {
+            "segment": self.segment,
+            "kind": self.kind,
+            "at": self.at,
+            "rule_version": self.rule_version,
+        }
+
+
 @dataclass
 class ProfileUpdate:
     """A customer's features changed (by an event or a deadline): what the sinks write."""
@@ -15,6 +34,8 @@ class ProfileUpdate:
     features: dict[str, Any]
     traits: dict[str, Any]
     event: dict[str, Any] | None = None  # the event that caused it, if any
+    segments: frozenset[str] = frozenset()
+    transitions: tuple[Transition, ...] = ()
 
 
 @dataclass
@@ -28,6 +49,7 @@ class Erased:
     """The customer was erased (GDPR): the sinks delete what they wrote about them."""
 
     customer_id: str
+    segments: frozenset[str] = frozenset()  # the segments they were in, to leave
 
 
 @dataclass

@@ -17,18 +17,23 @@ import os
 import pickle
 import zlib
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from app.rules.compiler import CompiledRules, next_flip
+from app.rules.engine import Rulesets
 from app.streams import ERASE
 from pipelines.features import Catalogue, CustomerFeatures
-from pipelines.records import Erased, LateEvent, ProfileUpdate, ShardProgress
+from pipelines.records import Erased, LateEvent, ProfileUpdate, ShardProgress, Transition
 from pipelines.sinks import ProfileSink
 from pipelines.sources import RedisStreamSource, SourceItem, StreamEvent, Tick
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 SHARDS_PER_PARTITION = 16
 
@@ -125,8 +130,11 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
     passes them. A deadline's snapshot is taken at the deadline's own instant, so live runs and
     replays emit the same changes at the same event times."""
 
-    def __init__(self, catalogue: Catalogue, state: ShardState | None) -> None:
+    def __init__(
+        self, catalogue: Catalogue, rules: CompiledRules | None, state: ShardState | None
+    ) -> None:
         self.catalogue = catalogue
+        self.rules = rules
         self.state = state or ShardState()
         self.state.catalogue = catalogue
 
@@ -141,8 +149,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             events += 1
             customer_id = str(event["customer_id"])
             if event["type"] == ERASE:
-                self._erase(customer_id)
-                out.append(Erased(customer_id))
+                out.append(Erased(customer_id, self._erase(customer_id)))
                 continue
             when = int(event["timestamp"])
             out += self.fire(when, inclusive=False)  # what was due before this event
@@ -165,30 +172,79 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             out.append(ShardProgress("", self.state.processed, self.state.newest))
         return out, StatefulBatchLogic.RETAIN
 
-    def _erase(self, customer_id: str) -> None:
-        """Forget the customer: state and pending deadlines."""
+    def _erase(self, customer_id: str) -> frozenset[str]:
+        """Forget the customer: state and pending deadlines; return the segments they left."""
+        customer = self.state.customer(customer_id)
+        segments = customer.segments if customer is not None else frozenset()
         self.state.forget(customer_id)
         self.state.scheduled.pop(customer_id, None)
         kept = [entry for entry in self.state.deadlines if entry[1] != customer_id]
         if len(kept) != len(self.state.deadlines):
             heapq.heapify(kept)
             self.state.deadlines = kept
+        return segments
 
     def _changed(
         self, customer_id: str, now: int, observed: tuple[dict[str, Any], int | None]
     ) -> ProfileUpdate:
-        """The customer's features at ``now``, and their next deadline put on the heap.
+        """The customer's features at ``now``, the segments they are in then (with the
+        transitions since the last change), and their next deadline put on the heap.
 
         Every applied event and every deadline changes a value (a deadline is, by
-        construction, an instant at which a windowed value or the session changes)."""
+        construction, an instant at which a windowed value, the session or a rule's
+        time-since threshold turns)."""
         features, deadline = observed
+        customer = self.state.live[customer_id]
+        transitions: tuple[Transition, ...] = ()
+        if self.rules is not None:
+            segments = Rulesets.for_thread(self.rules).segments(features, customer.traits)
+            if segments != customer.segments:
+                transitions = self._transitions(customer.segments, segments, now)
+                customer.segments = segments
+            flip = self._next_flip(now, features)
+            if flip is not None and (deadline is None or flip < deadline):
+                deadline = flip
         if deadline is not None:
             queued = self.state.scheduled.get(customer_id)
             if queued is None or deadline < queued or queued <= now:
                 self.state.scheduled[customer_id] = deadline
                 heapq.heappush(self.state.deadlines, (deadline, customer_id))
-        traits = self.state.live[customer_id].traits
-        return ProfileUpdate(customer_id, now, features, dict(traits))
+        return ProfileUpdate(
+            customer_id,
+            now,
+            features,
+            dict(customer.traits),
+            segments=customer.segments,
+            transitions=transitions,
+        )
+
+    def _transitions(
+        self, before: frozenset[str], after: frozenset[str], now: int
+    ) -> tuple[Transition, ...]:
+        assert self.rules is not None
+        found = []
+        for kind, segments in (("exit", before - after), ("enter", after - before)):
+            for segment in sorted(segments):
+                active = self.rules.rules.get(segment)
+                if active is None:  # a rule since disabled or deleted: its segment is left
+                    found.append(Transition(segment, kind, now, 0))
+                    continue
+                actions = active.rule.on_enter if kind == "enter" else active.rule.on_exit
+                shown = tuple(action.model_dump(mode="json") for action in actions)
+                found.append(Transition(segment, kind, now, active.version, shown))
+        return tuple(found)
+
+    def _next_flip(self, now: int, features: dict[str, Any]) -> int | None:
+        """The next instant a rule's time-since comparison turns (features there grow with
+        the clock, so no feature deadline marks it)."""
+        assert self.rules is not None
+        best = None
+        for clocks in self.rules.clocks.values():
+            for key, thresholds in clocks:
+                at = next_flip(now, features.get(key), thresholds)
+                if at is not None and (best is None or at < best):
+                    best = at
+        return best
 
     def fire(self, now: int, *, inclusive: bool) -> list[ProfileUpdate]:
         """Snapshot every customer whose deadline is before ``now`` (or at it: ``inclusive``)."""
@@ -225,6 +281,7 @@ def get_flow(
     redis_url: str,
     partitions: int,
     catalogue: Catalogue,
+    rules: CompiledRules | None = None,
     stop_at_end: bool = False,
     sink: Sink[Any] | None = None,
 ) -> Dataflow:
@@ -237,7 +294,9 @@ def get_flow(
     # StreamEvent | Tick
     keyed: Any = op.flat_map("route", items, lambda item: route(item, partitions))
     # (shard, StreamEvent | Tick)
-    updates = op.stateful_batch("features", keyed, lambda state: FeatureShard(catalogue, state))
+    updates = op.stateful_batch(
+        "features", keyed, lambda state: FeatureShard(catalogue, rules, state)
+    )
     # (shard, ProfileUpdate | LateEvent | ShardProgress)
     named = op.map("name_progress", updates, _name_progress)
     # ProfileUpdate | LateEvent | ShardProgress (with its shard)
@@ -245,19 +304,32 @@ def get_flow(
     return flow
 
 
+def segmentation_flow(
+    settings: Settings, *, stop_at_end: bool = False, sink: Sink[Any] | None = None
+) -> Dataflow:
+    """The flow with the active rules and the features they read, for these settings."""
+    from app.rules.active import active_rules
+    from pipelines.catalogue import default_catalogue
+
+    url = settings.redis_url or os.environ["REDIS_URL"]
+    rules = active_rules()
+    return get_flow(
+        redis_url=url,
+        partitions=settings.partitions,
+        catalogue=default_catalogue(settings.allowed_lateness_ms, rules.feature_specs()),
+        rules=rules,
+        stop_at_end=stop_at_end,
+        sink=sink,
+    )
+
+
 def flow_from_env() -> Dataflow:
     """The flow `segflow up` runs, configured like every Segflow process."""
     from app.settings import get_settings
-    from pipelines.catalogue import default_catalogue
 
     # Every event allocates a few dozen short-lived objects next to millions of long-lived ones
     # (customer state): the default thresholds spend a third of the time in the collector.
     gc.set_threshold(50_000, 50, 100)
-    settings = get_settings()
-    url = settings.redis_url or os.environ["REDIS_URL"]
-    return get_flow(
-        redis_url=url,
-        partitions=settings.partitions,
-        catalogue=default_catalogue(settings.allowed_lateness_ms),
-        stop_at_end=os.environ.get("SEGFLOW_STOP_AT_END") == "1",
+    return segmentation_flow(
+        get_settings(), stop_at_end=os.environ.get("SEGFLOW_STOP_AT_END") == "1"
     )

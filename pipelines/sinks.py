@@ -13,11 +13,20 @@ import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from app.profiles.keys import profile_key, recent_events_key
+from app.profiles.keys import (
+    TRIGGERS_KEY,
+    members_key,
+    profile_key,
+    recent_events_key,
+    transitions_key,
+    trigger_marker_key,
+)
 from app.streams import FAILED_EVENTS_KEY, PROGRESS_KEY
-from pipelines.records import Erased, LateEvent, ProfileUpdate, ShardProgress
+from pipelines.records import Erased, LateEvent, ProfileUpdate, ShardProgress, Transition
 
 RECENT_EVENTS = 20
+TRANSITIONS_KEPT = 1_000  # per customer, the newest
+TRIGGER_MARKER_TTL_S = 7 * 86_400
 LATE_MARKER_TTL_S = 86_400
 
 # KEYS: failed-events stream, marker; ARGV: marker TTL, then field, value, ...
@@ -28,18 +37,28 @@ end
 return 1
 """
 
-# One call per changed customer (their keys share a slot): the profile, overwritten whole, and
-# the batch's events added to the recent events, kept to the newest RECENT_EVENTS.
-# KEYS: profile, recent events; ARGV: customer id, at, features, traits, keep, score, member...
+# One call per changed customer (their keys share a slot): the profile, overwritten whole, the
+# batch's events added to the recent events (the newest kept), and the batch's transitions.
+# KEYS: profile, recent events, transitions; ARGV: customer id, at, features, traits, segments,
+# recent events kept, number of recent events, (score, member) per event, then per transition.
 _WRITE_PROFILE = """
 redis.call('HSET', KEYS[1], 'customer_id', ARGV[1], 'at', ARGV[2], 'features', ARGV[3],
-           'traits', ARGV[4])
-if #ARGV > 5 then
-  for i = 6, #ARGV, 2 do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[5]) - 1)
+           'traits', ARGV[4], 'segments', ARGV[5])
+local recent = tonumber(ARGV[7])
+local i = 8
+if recent > 0 then
+  for _ = 1, recent do
+    redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[6]) - 1)
+end
+if i <= #ARGV then
+  for j = i, #ARGV, 2 do redis.call('ZADD', KEYS[3], ARGV[j], ARGV[j + 1]) end
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -TRANSITIONS_KEPT - 1)
 end
 return 1
-"""
+""".replace("TRANSITIONS_KEPT", str(TRANSITIONS_KEPT))
 
 
 class PackedPipeline:
@@ -117,10 +136,14 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         # every event of the batch in their recent events (unless they were erased after it).
         profiles: dict[str, ProfileUpdate | None] = {}  # None: erased
         recent: dict[str, dict[bytes, int]] = {}
+        transitions: dict[str, list[Transition]] = {}
+        left: dict[str, frozenset[str]] = {}  # erased customers' segments
         progress: dict[str, bytes] = {}
         for item in items:
             if isinstance(item, ProfileUpdate):
                 profiles[item.customer_id] = item
+                if item.transitions:
+                    transitions.setdefault(item.customer_id, []).extend(item.transitions)
                 if item.event is not None:
                     recent.setdefault(item.customer_id, {})[_shown(item.event)] = int(
                         item.event["timestamp"]
@@ -128,31 +151,77 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             elif isinstance(item, Erased):
                 profiles[item.customer_id] = None
                 recent.pop(item.customer_id, None)
+                transitions.pop(item.customer_id, None)
+                left[item.customer_id] = item.segments
             elif isinstance(item, LateEvent):
                 self._keep_late(item)
             elif isinstance(item, ShardProgress):
                 progress[item.shard] = orjson.dumps([item.processed, item.newest])
         for customer_id, update in profiles.items():
-            if update is None:  # one key a call: they may be in different cluster slots
-                self._redis.command("DEL", profile_key(customer_id))
-                self._redis.command("DEL", recent_events_key(customer_id))
+            if update is None:
+                self._forget(customer_id, left.get(customer_id, frozenset()))
                 continue
             events = recent.get(customer_id, {})
+            changes = transitions.get(customer_id, [])
             self._redis.script(
                 _WRITE_PROFILE,
-                [profile_key(customer_id), recent_events_key(customer_id)],
+                [
+                    profile_key(customer_id),
+                    recent_events_key(customer_id),
+                    transitions_key(customer_id),
+                ],
                 [
                     customer_id,
                     update.at,
                     orjson.dumps(update.features),
                     orjson.dumps(update.traits),
+                    orjson.dumps(sorted(update.segments)),
                     RECENT_EVENTS,
+                    len(events),
                     *(x for member, score in events.items() for x in (score, member)),
+                    *(x for t in changes for x in (t.at, orjson.dumps(t.shown()))),
                 ],
             )
+            for segment in {t.segment for t in changes}:  # where they are now, once
+                verb = "SADD" if segment in update.segments else "SREM"
+                self._redis.command(verb, members_key(segment), customer_id)
+            for transition in changes:
+                self._trigger(customer_id, transition)
         if progress:  # after the profiles, on the same connection: progress implies them
             self._redis.command("HSET", PROGRESS_KEY, *(x for p in progress.items() for x in p))
         self._redis.send()
+
+    def _forget(self, customer_id: str, segments: frozenset[str]) -> None:
+        """An erased customer: every key about them, one a call (they may be in different
+        cluster slots), and their place in every segment."""
+        for key in (profile_key, recent_events_key, transitions_key):
+            self._redis.command("DEL", key(customer_id))
+        for segment in segments:
+            self._redis.command("SREM", members_key(segment), customer_id)
+
+    def _trigger(self, customer_id: str, transition: Transition) -> None:
+        """Each action of an enter / exit, once in the triggers stream (replayed output finds
+        its marker)."""
+        for index, action in enumerate(transition.actions):
+            send = action.get("send") or {}
+            trigger_id = (
+                f"{customer_id}:{transition.segment}:{transition.kind}:{transition.at}:{index}"
+            )
+            fields = {
+                "trigger_id": trigger_id,
+                "customer_id": customer_id,
+                "segment": transition.segment,
+                "kind": transition.kind,
+                "at": transition.at,
+                "rule_version": transition.rule_version,
+                "destination": send.get("destination", ""),
+                "template": send.get("template", ""),
+            }
+            self._redis.script(
+                _APPEND_ONCE,
+                [TRIGGERS_KEY, trigger_marker_key(trigger_id)],
+                [TRIGGER_MARKER_TTL_S, *(x for pair in fields.items() for x in pair)],
+            )
 
     def _keep_late(self, item: LateEvent) -> None:
         fields = {

@@ -124,16 +124,7 @@ def run_dataflow(settings: Any, sink: Any = None) -> None:
     """The real dataflow over what the streams hold now, in this thread, until caught up."""
     from bytewax.testing import run_main
 
-    from pipelines.catalogue import default_catalogue
-    from pipelines.segmentation import get_flow
+    from pipelines.segmentation import segmentation_flow
 
     assert settings.redis_url
-    run_main(
-        get_flow(
-            redis_url=settings.redis_url,
-            partitions=settings.partitions,
-            catalogue=default_catalogue(settings.allowed_lateness_ms),
-            stop_at_end=True,
-            sink=sink,
-        )
-    )
+    run_main(segmentation_flow(settings, stop_at_end=True, sink=sink))

@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from app.profiles.keys import profile_key, recent_events_key
+from app.profiles.keys import members_key, profile_key, recent_events_key, transitions_key
 from app.streams import (
     ERASE,
     EVENT_FIELD,
@@ -62,7 +62,12 @@ async def erase_customer(
     failed = await _delete_matching(
         client, FAILED_EVENTS_KEY, lambda fields: needle in fields.get(b"raw", b"")
     )
-    removed = await client.delete(profile_key(customer_id), recent_events_key(customer_id))
+    segments = orjson.loads(await client.hget(profile_key(customer_id), "segments") or b"[]")
+    removed = await client.delete(
+        profile_key(customer_id), recent_events_key(customer_id), transitions_key(customer_id)
+    )
+    for segment in segments:
+        await client.srem(members_key(segment), customer_id)
     if not (deleted or failed or removed):
         return None
     partition = partition_of(customer_id, partitions)

@@ -1,5 +1,5 @@
-"""Redis key names of a customer's profile. The customer id is the hash tag, so a customer's
-keys share one Redis Cluster slot and can be read or erased together."""
+"""Redis key names of profiles, transitions and segment memberships. The customer id is the
+hash tag of a customer's keys, so they share one Redis Cluster slot."""
 
 from __future__ import annotations
 
@@ -10,3 +10,20 @@ def profile_key(customer_id: str) -> str:
 
 def recent_events_key(customer_id: str) -> str:
     return f"recent:{{{customer_id}}}"
+
+
+def transitions_key(customer_id: str) -> str:
+    return f"transitions:{{{customer_id}}}"
+
+
+def members_key(segment: str) -> str:
+    """The set of a segment's members (the segment id is the hash tag)."""
+    return f"members:{{{segment}}}"
+
+
+TRIGGERS_KEY = "triggers"  # stream of segment enter / exit actions, for the dispatcher
+
+
+def trigger_marker_key(trigger_id: str) -> str:
+    """Set once a trigger is in the stream (its slot is the stream's)."""
+    return f"{{{TRIGGERS_KEY}}}:seen:{trigger_id}"

@@ -43,7 +43,7 @@ async def get_profile(client: aioredis.Redis, customer_id: str) -> CustomerProfi
         customer_id=customer_id,
         traits=orjson.loads(fields[b"traits"]),
         features=features,
-        segments=[],  # rule segments arrive with the rules stage
+        segments=orjson.loads(fields.get(b"segments", b"[]")),
         cluster=None,  # and clusters with the clustering stage
         first_seen=features.get("first_seen"),
         last_seen=features.get("last_seen"),

@@ -1,0 +1,1 @@
+"""Segments: the rules' memberships as the dataflow keeps them in Redis, and their API."""
