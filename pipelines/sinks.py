@@ -80,6 +80,10 @@ class PackedPipeline:
         self._queued: list[bytes] = []
         self._sent: list[bytes] = []  # sent, replies not read yet
         self._connection: Any = None
+        # Loaded now: an EVALSHA the server does not know fails, and its reply is read only
+        # with the next batch (one that may never come while the flow is idle).
+        for source in self._scripts:
+            client.script_load(source)
 
     def command(self, *args: Any) -> None:
         self._queued.append(hiredis.pack_command(args))
