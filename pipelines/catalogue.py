@@ -1,26 +1,10 @@
-"""The features computed before rules ask for their own: those of the shipped rules
-(DESIGN.md, "Shipped rules") and the built-ins shown on every profile."""
+"""What the dataflow computes: the built-ins shown on every profile, and what the active rules
+read (``app.rules`` derives that from each rule)."""
 
 from __future__ import annotations
 
-from pipelines.features import (
-    DEFAULT_LATENESS_MS,
-    Catalogue,
-    FeatureSpec,
-    Since,
-    windowed,
-)
+from pipelines.features import DEFAULT_LATENESS_MS, Catalogue, FeatureSpec
 
-SHIPPED_RULE_FEATURES: tuple[FeatureSpec, ...] = (
-    windowed("count", "Product Viewed", "10m"),  # browsing-enthusiasts
-    windowed("count", "Order Completed", "10m"),
-    Since("Product Added"),  # cart-abandoners
-    windowed("count", "Order Completed"),  # lapsed-customers
-    windowed("count", "Order Completed", "30d"),
-    windowed("count", "Checkout Started", "24h"),  # high-intent-buyers
-    windowed("count", "Order Completed", "24h"),
-    windowed("count", "Order Completed", "90d"),  # loyal-customers
-)
 PROFILE_BUILTINS = (
     "cart_value",
     "cart_items",
@@ -45,9 +29,8 @@ def default_catalogue(
     allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
     rule_features: tuple[FeatureSpec | str, ...] = (),
 ) -> Catalogue:
-    """The shipped rules' features, the profile's built-ins and what the active rules read."""
+    """The profile's built-ins and what the active rules read."""
     return Catalogue.of(
-        *SHIPPED_RULE_FEATURES,
         *PROFILE_BUILTINS,
         *rule_features,
         allowed_lateness_ms=allowed_lateness_ms,

@@ -234,7 +234,7 @@ class Catalogue:
         return cls(specs, builtins, session_gap_ms, allowed_lateness_ms)
 
     def __getstate__(self) -> dict[str, Any]:
-        # Recovery pickles the catalogue with every shard: its derived caches stay out.
+        # Pickled, a catalogue leaves out its derived caches (its plan holds closures).
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
     @cached_property
@@ -489,12 +489,6 @@ class Cart:
             _apply_cart(lines, name, properties)
         return lines
 
-    def value(self, now: int | None = None) -> float:
-        return sum(quantity * price for quantity, price in self.lines(now).values())
-
-    def items(self, now: int | None = None) -> float:
-        return sum(quantity for quantity, _ in self.lines(now).values())
-
     def merge(self, other: Cart) -> None:
         """Two identities' carts as one history (``other``'s events count as arriving later)."""
         if other.last_order is not None:
@@ -697,14 +691,15 @@ class CustomerFeatures:
             or (last.deadline is not None and now >= last.deadline)
         ):
             values: dict[str, Any] = {}
-            deadlines = [compute(self, now, values) for _, compute in plan.groups]
+            deadlines = [compute(self, now, values) for compute in plan.groups]
+            last = self._observed = _Observed(now, values, deadlines, None)
         else:
             values, deadlines = last.values, last.deadlines
             for index in groups:
-                deadlines[index] = plan.groups[index][1](self, now, values)
-        deadline = min((d for d in deadlines if d is not None), default=None)
-        self._observed = _Observed(now, values, deadlines, deadline)
-        return dict(values), deadline
+                deadlines[index] = plan.groups[index](self, now, values)
+            last.at = now
+        last.deadline = min((d for d in deadlines if d is not None), default=None)
+        return dict(values), last.deadline
 
     def merge(self, other: CustomerFeatures) -> None:
         """Fold ``other`` (the same catalogue) into this customer, as one history."""
@@ -714,9 +709,8 @@ class CustomerFeatures:
         for name, when in other.last_at.items():
             if when > self.last_at.get(name, -1):
                 self.last_at[name] = when
-                for spec in self.catalogue.specs:
-                    found = isinstance(spec, LastValue) and spec.event == name
-                    if found and spec.name in other.last_values:
+                for spec in self.catalogue.last_values_by_event.get(name, ()):
+                    if spec.name in other.last_values:
                         self.last_values[spec.name] = other.last_values[spec.name]
         self.cart.merge(other.cart)
         self.session_log = sorted(self.session_log + other.session_log)[-SESSION_LOG_CAP:]
@@ -772,7 +766,6 @@ class _Observed:
     deadline: int | None
 
 
-Session = list[tuple[int, str]]
 # A group writes its features' values at an instant and returns its next deadline, if any.
 GroupFn = Callable[[CustomerFeatures, int, dict[str, Any]], int | None]
 TOP_CATEGORY_WINDOW_MS = 30 * 86_400_000
@@ -787,9 +780,10 @@ class FeaturePlan:
     RFM, interaction rate) is cheap and runs on every change, after the others.
     """
 
-    groups: tuple[tuple[str, GroupFn], ...]
+    groups: tuple[GroupFn, ...]
     dirty: dict[str, tuple[int, ...]]  # event name -> the groups it feeds
-    always: tuple[int, ...]  # the groups an event that feeds nothing else changes
+    named: tuple[int, ...]  # the groups any other named event feeds (session, always)
+    always: tuple[int, ...]  # the groups an unnamed event (identify) feeds
 
     @classmethod
     def of(cls, catalogue: Catalogue) -> FeaturePlan:
@@ -797,9 +791,7 @@ class FeaturePlan:
         for spec in catalogue.all_specs():
             if isinstance(spec, Windowed):
                 windowed.setdefault(spec.log_key, []).append((spec.name, spec, spec.window_ms))
-        groups: list[tuple[str, GroupFn]] = [
-            (f"log:{key[0]}", _log_group(tuple(specs))) for key, specs in windowed.items()
-        ]
+        groups: list[GroupFn] = [_log_group(tuple(specs)) for specs in windowed.values()]
         feeds: dict[str, list[int]] = {}
         for index, key in enumerate(windowed):
             feeds.setdefault(key[0], []).append(index)
@@ -807,30 +799,28 @@ class FeaturePlan:
         if last_values:
             for event in last_values:
                 feeds.setdefault(event, []).append(len(groups))
-            groups.append(("last", _last_values_group(catalogue)))
+            groups.append(_last_values_group(catalogue))
         builtins = set(catalogue.builtins)
         named: list[int] = []  # the groups every named event feeds
         if SESSION_BUILTINS & builtins:
             named.append(len(groups))
-            groups.append(("session", _session_group(catalogue)))
+            groups.append(_session_group(catalogue))
         if {"cart_value", "cart_items"} & builtins:
             for event in CART_EVENTS:
                 feeds.setdefault(event, []).append(len(groups))
-            groups.append(("cart", _cart_group(catalogue)))
+            groups.append(_cart_group(catalogue))
         if "top_category_30d" in builtins:
             feeds.setdefault("Product Viewed", []).append(len(groups))
-            groups.append(("top", _top_category))
+            groups.append(_top_category)
         always = (len(groups),)
-        groups.append(("always", _always_group(catalogue)))
+        groups.append(_always_group(catalogue))
         dirty = {event: (*indexes, *named, *always) for event, indexes in feeds.items()}
-        # any other named event: the session and the always group
-        dirty[""] = (*named, *always)
-        return cls(tuple(groups), dirty, always)
+        return cls(tuple(groups), dirty, (*named, *always), always)
 
     def feeds(self, name: str | None) -> tuple[int, ...]:
         if name is None:
             return self.always
-        return self.dirty.get(name) or self.dirty[""]
+        return self.dirty.get(name, self.named)
 
 
 def _log_group(specs: tuple[tuple[str, Windowed, int | None], ...]) -> GroupFn:

@@ -24,13 +24,13 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from app.rules.compiler import CompiledRules, next_flip
+from app.rules.compiler import CompiledRules
 from app.rules.engine import Rulesets
 from app.streams import ERASE
 from pipelines.features import Catalogue, CustomerFeatures
 from pipelines.records import Erased, LateEvent, ProfileUpdate, ShardProgress, Transition
 from pipelines.sinks import ProfileSink
-from pipelines.sources import RedisStreamSource, SourceItem, StreamEvent, Tick
+from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -141,17 +141,19 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
     def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
         out: list[ProfileUpdate | LateEvent | Erased | ShardProgress] = []
         events = 0
+        newest = self.state.newest
         for item in values:
             if isinstance(item, Tick):
                 out += self.fire(item.at, inclusive=item.inclusive)
                 continue
             event = item.event
             events += 1
+            when = int(event["timestamp"])
+            newest = when if newest is None else max(newest, when)
             customer_id = str(event["customer_id"])
             if event["type"] == ERASE:
                 out.append(Erased(customer_id, self._erase(customer_id)))
                 continue
-            when = int(event["timestamp"])
             out += self.fire(when, inclusive=False)  # what was due before this event
             customer = self.state.customer(customer_id)
             if customer is None:
@@ -167,9 +169,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             out.append(update)
         if events:
             self.state.processed += events
-            newest = max(int(i.event["timestamp"]) for i in values if isinstance(i, StreamEvent))
-            self.state.newest = max(self.state.newest or newest, newest)
-            out.append(ShardProgress("", self.state.processed, self.state.newest))
+            self.state.newest = newest
+            out.append(ShardProgress("", self.state.processed, newest))
         return out, StatefulBatchLogic.RETAIN
 
     def _erase(self, customer_id: str) -> frozenset[str]:
@@ -201,7 +202,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if segments != customer.segments:
                 transitions = self._transitions(customer.segments, segments, now)
                 customer.segments = segments
-            flip = self._next_flip(now, features)
+            flip = self.rules.next_flip(now, features)
             if flip is not None and (deadline is None or flip < deadline):
                 deadline = flip
         if deadline is not None:
@@ -228,23 +229,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                 active = self.rules.rules.get(segment)
                 if active is None:  # a rule since disabled or deleted: its segment is left
                     found.append(Transition(segment, kind, now, 0))
-                    continue
-                actions = active.rule.on_enter if kind == "enter" else active.rule.on_exit
-                shown = tuple(action.model_dump(mode="json") for action in actions)
-                found.append(Transition(segment, kind, now, active.version, shown))
+                else:
+                    actions = active.actions[kind]
+                    found.append(Transition(segment, kind, now, active.version, actions))
         return tuple(found)
-
-    def _next_flip(self, now: int, features: dict[str, Any]) -> int | None:
-        """The next instant a rule's time-since comparison turns (features there grow with
-        the clock, so no feature deadline marks it)."""
-        assert self.rules is not None
-        best = None
-        for clocks in self.rules.clocks.values():
-            for key, thresholds in clocks:
-                at = next_flip(now, features.get(key), thresholds)
-                if at is not None and (best is None or at < best):
-                    best = at
-        return best
 
     def fire(self, now: int, *, inclusive: bool) -> list[ProfileUpdate]:
         """Snapshot every customer whose deadline is before ``now`` (or at it: ``inclusive``)."""

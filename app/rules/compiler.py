@@ -23,6 +23,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeGuard
 
 import orjson
@@ -40,7 +41,6 @@ from app.rules.schema import (
     SequenceCondition,
     TraitCondition,
     snapshot_key,
-    walk,
 )
 from app.rules.schema import Any as AnyOf
 from pipelines.features import FeatureSpec, Since
@@ -48,8 +48,8 @@ from pipelines.features import Sequence as SequenceSpec
 
 # The engine's limits, with room: a fact satisfying more than 64 conditions fails (error 303),
 # more than 512 alpha nodes under one parent hangs create_ruleset.
+# A fact has at most one field per comparison, so 40 keeps it far from the 252-property limit.
 MAX_COMPARISONS_PER_RULESET = 40
-MAX_FIELDS_PER_FACT = 200
 NUMBER_LIMIT = 1e15  # the engine cannot read exponents: numbers are written positionally
 COMPARATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in_", "contains", "matches")
 ORDERED = {"gt": "$gt", "gte": "$gte", "lt": "$lt", "lte": "$lte"}
@@ -159,12 +159,11 @@ class FactLayout:
         number: int,
         features: Mapping[str, Any],
         traits: Mapping[str, Any],
-        segments: Iterable[str] | frozenset[str],
+        segments: frozenset[str],
         clusters: frozenset[str] = frozenset(),
     ) -> bytes:
         """The fact's JSON (numbers written for the engine), id ``number`` (facts must differ)."""
         parts = [b'"sid":"0"', b'"id":%d' % number]
-        members = segments if isinstance(segments, frozenset) else frozenset(segments)
         for source, name in self.fields.items():
             if source.kind == "feature":
                 value = features.get(source.key)
@@ -172,7 +171,7 @@ class FactLayout:
                     parts.append(b'"%s":%s' % (name.encode(), number_text(value)))
             elif source.kind == "segment":
                 parts.append(
-                    b'"%s":%s' % (name.encode(), b"true" if source.key in members else b"false")
+                    b'"%s":%s' % (name.encode(), b"true" if source.key in segments else b"false")
                 )
             elif source.kind == "cluster":
                 parts.append(
@@ -206,8 +205,7 @@ class CompiledRuleset:
     """One engine ruleset: some rules of one layer, the JSON the engine takes, its facts."""
 
     name: str
-    rule_ids: tuple[str, ...]
-    definition: dict[str, Any]
+    definition: dict[str, Any]  # rule id -> the engine's rule
     layout: FactLayout
 
     def definition_json(self) -> str:
@@ -219,6 +217,14 @@ class ActiveRule:
     rule: Rule
     version: int
 
+    @cached_property
+    def actions(self) -> dict[str, tuple[dict[str, Any], ...]]:
+        """The rule's actions by transition kind, as the triggers carry them."""
+        return {
+            "enter": tuple(action.model_dump(mode="json") for action in self.rule.on_enter),
+            "exit": tuple(action.model_dump(mode="json") for action in self.rule.on_exit),
+        }
+
 
 @dataclass(frozen=True)
 class CompiledRules:
@@ -226,9 +232,19 @@ class CompiledRules:
 
     rules: dict[str, ActiveRule]
     layers: tuple[tuple[CompiledRuleset, ...], ...]
-    # per rule: (snapshot key, thresholds) of leaves whose value grows with the clock
-    clocks: dict[str, tuple[tuple[str, tuple[float, ...]], ...]]
+    # (snapshot key, thresholds) of every feature a rule compares that grows with the clock
+    clocks: tuple[tuple[str, tuple[float, ...]], ...]
     fingerprint: str
+
+    def next_flip(self, now: int, features: Mapping[str, Any]) -> int | None:
+        """The next instant a rule's time-since comparison turns: no feature deadline marks
+        it, as those values grow with the clock."""
+        best = None
+        for key, thresholds in self.clocks:
+            at = next_flip(now, features.get(key), thresholds)
+            if at is not None and (best is None or at < best):
+                best = at
+        return best
 
     def feature_specs(self) -> tuple[FeatureSpec | str, ...]:
         found: dict[FeatureSpec | str, None] = {}
@@ -328,7 +344,7 @@ def _clock_leaves(rule: Rule) -> tuple[tuple[str, tuple[float, ...]], ...]:
             items = constant if word == "in_" else (constant,)
             thresholds += [float(item) for item in items if is_number(item)]
         if thresholds:
-            found.append((snapshot_key(spec), tuple(sorted(set(thresholds)))))
+            found.append((snapshot_key(spec), tuple(thresholds)))
     return tuple(found)
 
 
@@ -370,8 +386,12 @@ def compile_rules(active: Sequence[ActiveRule]) -> CompiledRules:
     for layer in layers:  # the same ids and versions can hold other rules (tests, previews)
         for ruleset in layer:
             fingerprint.update(ruleset.name.encode())
-    clocks = {rule_id: _clock_leaves(item.rule) for rule_id, item in rules.items()}
-    return CompiledRules(rules, tuple(layers), clocks, fingerprint.hexdigest()[:16])
+    clocks: dict[str, set[float]] = {}
+    for item in rules.values():
+        for key, thresholds in _clock_leaves(item.rule):
+            clocks.setdefault(key, set()).update(thresholds)
+    merged = tuple((key, tuple(sorted(found))) for key, found in sorted(clocks.items()))
+    return CompiledRules(rules, tuple(layers), merged, fingerprint.hexdigest()[:16])
 
 
 def _rulesets(level: int, rules: list[ActiveRule]) -> Iterable[CompiledRuleset]:
@@ -380,22 +400,20 @@ def _rulesets(level: int, rules: list[ActiveRule]) -> Iterable[CompiledRuleset]:
     for item in rules:
         cost = comparison_count(item.rule)
         if batch and size + cost > MAX_COMPARISONS_PER_RULESET:
-            yield _ruleset(level, len(batch), batch)
+            yield _ruleset(level, batch)
             batch, size = [], 0
         batch.append(item)
         size += cost
     if batch:
-        yield _ruleset(level, size, batch)
+        yield _ruleset(level, batch)
 
 
-def _ruleset(level: int, _size: int, rules: list[ActiveRule]) -> CompiledRuleset:
+def _ruleset(level: int, rules: list[ActiveRule]) -> CompiledRuleset:
     layout = FactLayout()
     definition = {
         item.rule.id: {"all": [{"m": _compile(item.rule, item.rule.when, layout, False)}]}
         for item in rules
     }
-    if len(layout.fields) > MAX_FIELDS_PER_FACT:  # pragma: no cover - 40 comparisons at most
-        raise RuleError([RuleProblem(rules[0].rule.id, "when", None, "too many fields")])
     # the name stands for the definition and what each field of its facts reads
     fields = sorted(
         (name, source.kind, source.key, repr(source.leaf)) for source, name in layout.fields.items()
@@ -404,7 +422,7 @@ def _ruleset(level: int, _size: int, rules: list[ActiveRule]) -> CompiledRuleset
         orjson.dumps([definition, fields], option=orjson.OPT_SORT_KEYS)
     ).hexdigest()[:12]
     name = f"segments-{level}-{digest}"
-    return CompiledRuleset(name, tuple(item.rule.id for item in rules), definition, layout)
+    return CompiledRuleset(name, definition, layout)
 
 
 def next_flip(now: int, value: Any, thresholds: tuple[float, ...]) -> int | None:
@@ -418,8 +436,3 @@ def next_flip(now: int, value: Any, thresholds: tuple[float, ...]) -> int | None
             if at > now and (best is None or at < best):
                 best = at
     return best
-
-
-def rule_paths(rule: Rule) -> list[tuple[str, ConditionNode]]:
-    """Every condition of the rule with its field path (what explanations walk)."""
-    return list(walk(rule.when))

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pickle
 
-from pipelines.catalogue import default_catalogue
-from pipelines.features import CustomerFeatures
+from pipelines.features import Catalogue, CustomerFeatures, windowed
 from pipelines.segmentation import IDLE_SNAPSHOTS, ShardState
 
-CATALOGUE = default_catalogue()
+CATALOGUE = Catalogue.of(windowed("count", "Product Viewed", "10m"))
 
 
 def viewed(at: int) -> dict[str, object]:
