@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlmodel import Session
 
 from app import migrate
-from app.credentials import create_admin_token, create_write_key, has_admin_tokens, list_write_keys
-from app.db import make_engine
+from app.credentials import (
+    create_admin_token,
+    create_write_key,
+    has_admin_tokens,
+    list_write_keys,
+    replace_write_key,
+)
+from app.db import make_engine, session_scope
 from app.settings import Settings
 
 DEMO_SOURCE = "demo"
@@ -20,21 +28,36 @@ class FirstStart:
 
     admin_token: str | None
     demo_write_key: str | None
+    demo_shop_key: str | None = None
 
 
-def prepare(settings: Settings) -> FirstStart:
+def migrated(settings: Settings) -> None:
+    """The data directory exists and the database is at the newest revision."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings)
+
+
+@contextmanager
+def migrated_session(settings: Settings) -> Iterator[Session]:
+    """A session of an up-to-date database, committed when the block succeeds."""
+    migrated(settings)
     engine = make_engine(settings)
     try:
-        with Session(engine) as session:
-            admin_token = None
-            if settings.admin_token is None and not has_admin_tokens(session=session):
-                admin_token = create_admin_token(session=session, name="bootstrap")
-            demo_key = None
-            if not list_write_keys(session=session):
-                demo_key = create_write_key(session=session, name=DEMO_SOURCE)
-            session.commit()
+        with session_scope(engine) as session:
+            yield session
     finally:
         engine.dispose()
-    return FirstStart(admin_token=admin_token, demo_write_key=demo_key)
+
+
+def prepare(settings: Settings, *, demo_shop: str | None = None) -> FirstStart:
+    """Migrate; create what a first start needs; with ``demo_shop``, a fresh write key for the
+    simulated shop (keys are stored hashed: an old one cannot be read back)."""
+    with migrated_session(settings) as session:
+        admin_token = None
+        if settings.admin_token is None and not has_admin_tokens(session=session):
+            admin_token = create_admin_token(session=session, name="bootstrap")
+        demo_key = None
+        if not list_write_keys(session=session):
+            demo_key = create_write_key(session=session, name=DEMO_SOURCE)
+        shop_key = replace_write_key(session=session, name=demo_shop) if demo_shop else None
+    return FirstStart(admin_token=admin_token, demo_write_key=demo_key, demo_shop_key=shop_key)

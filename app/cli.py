@@ -21,16 +21,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlmodel import Session
 
-from app import bootstrap, migrate
+from app import bootstrap
 from app import demo as shop
 from app.credentials import (
     DuplicateNameError,
     create_admin_token,
     create_write_key,
-    replace_write_key,
 )
-from app.db import make_engine
-from app.redis_server import EmbeddedRedis, EmbeddedRedisError
+from app.redis_server import EmbeddedRedisError, redis_url_for
 from app.replay import FORMATS, ReplayError, replay_file
 from app.settings import Settings, get_settings
 from app.supervisor import ProcessSpec, Supervisor
@@ -73,87 +71,82 @@ def up(host: str, port: int, demo: bool, pipeline: bool) -> None:
     _configure_logging()
     settings = _settings()
     data_dir = settings.data_dir.resolve()
-    env = {"SEGFLOW_DATA_DIR": str(data_dir)}
-    embedded: EmbeddedRedis | None = None
     try:
-        if not settings.redis_url:
-            embedded = EmbeddedRedis.ensure(data_dir, adopt=True)
-            env["REDIS_URL"] = embedded.url
-        first = bootstrap.prepare(settings)
-        metrics_dir = data_dir / "metrics"
-        shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the processes
-        metrics_dir.mkdir(parents=True)
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        api = ProcessSpec(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "app.main:create_app",
-                "--factory",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--workers",
-                str(settings.effective_api_workers),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-        )
-        specs = [api]
-        if pipeline:
-            specs.append(ProcessSpec("pipeline", [sys.executable, "-m", "app.cli", "pipeline"]))
-        if demo:
-            shop_key = _replace_write_key(settings, DEMO_SHOP_SOURCE)
-            specs.append(
-                ProcessSpec(
-                    "demo-shop",
-                    [
-                        sys.executable,
-                        "-m",
-                        "app.cli",
-                        "demo",
-                        "--url",
-                        f"http://{_display_host(host)}:{port}",
-                    ],
-                    {DEMO_KEY_VARIABLE: shop_key},
-                )
-            )
-        supervisor = Supervisor(
-            specs, base_env={**os.environ, **env}, state_file=data_dir / "processes.json"
-        )
-
-        def announce() -> None:
-            base = f"http://{_display_host(host)}:{port}"
-            _wait_until_up(f"{base}/healthz")
-            click.echo(f"Segflow is up at {base}")
-            click.echo(f"  admin:      {base}/admin    API docs: {base}/docs")
-            if first.admin_token:
-                click.echo(f"  admin token (shown once, keep it): {first.admin_token}")
-            elif settings.admin_token is None:
-                click.echo("  admin token: the one printed at first start (`segflow token create`)")
-            if first.demo_write_key:
-                click.echo(f"  demo write key (shown once): {first.demo_write_key}")
-            click.echo("Press Ctrl-C to stop.")
-
-        supervisor.run(on_started=announce)
+        with redis_url_for(settings.redis_url, data_dir, adopt=True) as url:
+            _serve(settings, data_dir, url, host=host, port=port, demo=demo, pipeline=pipeline)
     except EmbeddedRedisError as error:
         raise click.ClickException(str(error)) from None
-    finally:
-        if embedded is not None:
-            embedded.stop()
+
+
+def _serve(
+    settings: Settings,
+    data_dir: Path,
+    redis_url: str,
+    *,
+    host: str,
+    port: int,
+    demo: bool,
+    pipeline: bool,
+) -> None:
+    """Prepare the database, then supervise the processes until Ctrl-C."""
+    env = {"SEGFLOW_DATA_DIR": str(data_dir), "REDIS_URL": redis_url}
+    first = bootstrap.prepare(settings, demo_shop=DEMO_SHOP_SOURCE if demo else None)
+    metrics_dir = data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the processes
+    metrics_dir.mkdir(parents=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    base = f"http://{_display_host(host)}:{port}"
+    api = ProcessSpec(
+        "api",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            str(settings.effective_api_workers),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+    )
+    specs = [api]
+    if pipeline:
+        specs.append(ProcessSpec("pipeline", [sys.executable, "-m", "app.cli", "pipeline"]))
+    if first.demo_shop_key:
+        specs.append(
+            ProcessSpec(
+                "demo-shop",
+                [sys.executable, "-m", "app.cli", "demo", "--url", base],
+                {DEMO_KEY_VARIABLE: first.demo_shop_key},
+            )
+        )
+    supervisor = Supervisor(
+        specs, base_env={**os.environ, **env}, state_file=data_dir / "processes.json"
+    )
+
+    def announce() -> None:
+        _wait_until_up(f"{base}/healthz")
+        click.echo(f"Segflow is up at {base}")
+        click.echo(f"  admin:      {base}/admin    API docs: {base}/docs")
+        if first.admin_token:
+            click.echo(f"  admin token (shown once, keep it): {first.admin_token}")
+        elif settings.admin_token is None:
+            click.echo("  admin token: the one printed at first start (`segflow token create`)")
+        if first.demo_write_key:
+            click.echo(f"  demo write key (shown once): {first.demo_write_key}")
+        click.echo("Press Ctrl-C to stop.")
+
+    supervisor.run(on_started=announce)
 
 
 DEMO_SHOP_SOURCE = "demo-shop"
 DEMO_KEY_VARIABLE = "SEGFLOW_DEMO_WRITE_KEY"
-
-
-def _replace_write_key(settings: Settings, name: str) -> str:
-    """A fresh key for ``name`` (keys are stored hashed: an old one cannot be read back)."""
-    return _create_secret(settings, lambda session: replace_write_key(session=session, name=name))
 
 
 def _display_host(host: str) -> str:
@@ -192,11 +185,6 @@ RECOVERY_PARTITIONS = 1
 def pipeline(workers: int, recovery: bool) -> None:
     """Run the segmentation dataflow (features, profiles) until stopped."""
     settings = _settings()
-    env = dict(os.environ)
-    embedded = None
-    if not settings.redis_url:
-        embedded = EmbeddedRedis.ensure(settings.data_dir)
-        env["REDIS_URL"] = embedded.url
     argv = [
         sys.executable,
         "-m",
@@ -212,20 +200,15 @@ def pipeline(workers: int, recovery: bool) -> None:
             init_recovery(directory, RECOVERY_PARTITIONS)  # type: ignore[no-untyped-call]
         interval = settings.snapshot_interval_s
         argv += ["-r", str(directory), "-s", str(interval), "-b", "0"]
-    try:
-        code = subprocess.call(argv, env=env)  # noqa: S603 - our own argv
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    with redis_url_for(settings.redis_url, settings.data_dir) as url:
+        code = subprocess.call(argv, env={**os.environ, "REDIS_URL": url})  # noqa: S603
     raise SystemExit(code)
 
 
 @main.command(name="migrate")
 def migrate_command() -> None:
     """Create or upgrade the SQL tables."""
-    settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings)
+    bootstrap.migrated(_settings())
     click.echo("database is up to date")
 
 
@@ -250,16 +233,8 @@ def writekey_create(name: str) -> None:
 
 def _create_secret(settings: Settings, create: Callable[[Session], str]) -> str:
     """Run ``create`` in a committed session of an up-to-date database; its secret."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings)
-    engine = make_engine(settings)
-    try:
-        with Session(engine) as session:
-            secret = create(session)
-            session.commit()
-    finally:
-        engine.dispose()
-    return secret
+    with bootstrap.migrated_session(settings) as session:
+        return create(session)
 
 
 @main.group()
@@ -329,9 +304,6 @@ def bench(name: str, options: tuple[str, ...]) -> None:
 def replay(file: Path, file_format: str | None) -> None:
     """Replay FILE's events into Segflow in event-time order."""
     settings = _settings()
-    embedded = None if settings.redis_url else EmbeddedRedis.ensure(settings.data_dir)
-    url = settings.redis_url or (embedded.url if embedded else "")
-    client = redis.Redis.from_url(url, socket_connect_timeout=5)
     progress = Progress(
         TextColumn("[bold]replay[/] {task.description}"),
         BarColumn(),
@@ -340,25 +312,25 @@ def replay(file: Path, file_format: str | None) -> None:
         console=err,
         transient=False,
     )
-    try:
-        with progress:
-            task = progress.add_task(file.name, total=None)
-            summary = replay_file(
-                file,
-                client=client,
-                partitions=settings.partitions,
-                dedup_ttl_s=settings.dedup_window_s,
-                file_format=file_format,  # type: ignore[arg-type]
-                on_progress=lambda rows: progress.update(task, completed=rows),
-            )
-    except ReplayError as error:
-        raise click.ClickException(str(error)) from None
-    except redis.RedisError as error:
-        raise click.ClickException(f"Redis is unreachable at {url}: {error}") from None
-    finally:
-        client.close()
-        if embedded is not None:
-            embedded.stop()
+    with redis_url_for(settings.redis_url, settings.data_dir) as url:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5)
+        try:
+            with progress:
+                task = progress.add_task(file.name, total=None)
+                summary = replay_file(
+                    file,
+                    client=client,
+                    partitions=settings.partitions,
+                    dedup_ttl_s=settings.dedup_window_s,
+                    file_format=file_format,  # type: ignore[arg-type]
+                    on_progress=lambda rows: progress.update(task, completed=rows),
+                )
+        except ReplayError as error:
+            raise click.ClickException(str(error)) from None
+        except redis.RedisError as error:
+            raise click.ClickException(f"Redis is unreachable at {url}: {error}") from None
+        finally:
+            client.close()
     table = Table(title=f"replay of {file}")
     table.add_column("rows read", justify="right")
     table.add_column("accepted", justify="right")

@@ -16,7 +16,6 @@ from sqlmodel import Session
 from app.credentials import admin_token_is_valid, hash_secret
 from app.ingest.auth import WriteKeyCache
 from app.ingest.service import EventStore
-from app.redis_server import EmbeddedRedis
 from app.settings import Settings
 
 _ADMIN_CACHE_S = 5.0
@@ -29,7 +28,6 @@ class AppState:
     engine: Engine
     store: EventStore
     write_keys: WriteKeyCache
-    embedded_redis: EmbeddedRedis | None = None
     # token hash -> monotonic time it was last confirmed, so admin calls skip a SQL lookup
     admin_tokens_seen: dict[str, float] = field(default_factory=dict)
 

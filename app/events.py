@@ -1,21 +1,23 @@
 """The event contract: Segment-spec messages in, one canonical ``Event`` out.
 
 Everything that enters Segflow — HTTP calls from the SDKs and ``segflow replay`` files — goes
-through ``validate_message``, so a message means the same thing whichever way it came.
+through ``canonical_fields`` (the ``Event``'s fields as a dict, the hot path), so a message means
+the same thing whichever way it came; ``validate_message`` builds the ``Event`` model from it.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MessageType = Literal["track", "identify", "page", "screen", "alias", "group"]
-MESSAGE_TYPES: tuple[str, ...] = ("track", "identify", "page", "screen", "alias", "group")
+MESSAGE_TYPES: tuple[str, ...] = get_args(MessageType)
 
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit per message
 MAX_REQUEST_BYTES = 500 * 1024  # Segment's limit per request (a batch)
@@ -158,12 +160,18 @@ def parse_time_ms(text: str, field: str) -> int:
         raise InvalidMessage(f"{field}: {text[:64]!r} is out of range") from None
 
 
+@functools.lru_cache(maxsize=64)
+def _shared_time_ms(text: str, field: str) -> int:
+    """A batch's ``sentAt``, read once for all its messages (``parse_time_ms`` is pure)."""
+    return parse_time_ms(text, field)
+
+
 def _event_time_ms(message: SegmentMessage, received_at: int, batch_sent_at: str | None) -> int:
     # Every time given is checked, used or not: a broken clock field is a broken message.
     original = _optional_time(message.originalTimestamp, "originalTimestamp")
     sent_at = _optional_time(message.sentAt, "sentAt")
-    if sent_at is None:
-        sent_at = _optional_time(batch_sent_at, "sentAt")
+    if sent_at is None and batch_sent_at is not None:
+        sent_at = _shared_time_ms(batch_sent_at, "sentAt")
     if message.timestamp is not None:
         when = parse_time_ms(message.timestamp, "timestamp")
     elif original is not None:
@@ -258,8 +266,8 @@ def canonical_fields(
     assert customer_id is not None
     context = message.context
     shared_context = defaults.get("context")
-    if isinstance(shared_context, dict):
-        context = {**shared_context, **(context or {})}
+    if isinstance(shared_context, dict):  # only serialized: shared as it is when alone
+        context = shared_context if context is None else {**shared_context, **context}
     traits = message.traits
     if traits is None and context and isinstance(context.get("traits"), dict):
         traits = context["traits"]

@@ -20,7 +20,7 @@ from app.ingest import views as ingest_views
 from app.ingest.auth import WriteKeyCache
 from app.ingest.service import EventStore
 from app.redis_client import async_redis
-from app.redis_server import EmbeddedRedis
+from app.redis_server import redis_url_for
 from app.segments import views as segment_views
 from app.settings import Settings, get_settings
 
@@ -30,28 +30,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        embedded = None if settings.redis_url else EmbeddedRedis.ensure(settings.data_dir)
-        url = settings.redis_url or (embedded.url if embedded else "")
-        client = async_redis(url)
-        engine = make_engine(settings)
-        store = EventStore(
-            client, partitions=settings.partitions, dedup_ttl_s=settings.dedup_window_s
-        )
-        app.state.segflow = AppState(
-            settings=settings,
-            redis=client,
-            engine=engine,
-            store=store,
-            write_keys=WriteKeyCache(engine),
-            embedded_redis=embedded,
-        )
-        try:
-            yield
-        finally:
-            await client.aclose()
-            engine.dispose()
-            if embedded is not None:
-                embedded.stop()
+        with redis_url_for(settings.redis_url, settings.data_dir) as url:
+            client = async_redis(url)
+            engine = make_engine(settings)
+            store = EventStore(
+                client, partitions=settings.partitions, dedup_ttl_s=settings.dedup_window_s
+            )
+            app.state.segflow = AppState(
+                settings=settings,
+                redis=client,
+                engine=engine,
+                store=store,
+                write_keys=WriteKeyCache(engine),
+            )
+            try:
+                yield
+            finally:
+                await client.aclose()
+                engine.dispose()
 
     app = FastAPI(
         title="Segflow",

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,3 +184,17 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def redis_url_for(redis_url: str | None, data_dir: Path, *, adopt: bool = False) -> Iterator[str]:
+    """The given Redis URL, or (none given) an embedded server's, stopped on exit if this
+    process owns it."""
+    if redis_url:
+        yield redis_url
+        return
+    embedded = EmbeddedRedis.ensure(data_dir, adopt=adopt)
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()

@@ -1,6 +1,6 @@
 """The collector's request bodies as JSON Schema, for the OpenAPI document.
 
-Written by hand to say what ``app.events.validate_message`` accepts, type by type (the ids each
+Written by hand to say what ``app.events.canonical_fields`` accepts, type by type (the ids each
 type needs, ``event`` for track, ``groupId`` for group), so clients and fuzzers see the contract.
 What a schema cannot say (a timestamp more than 24 h ahead) is answered per message at run time.
 """

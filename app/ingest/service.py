@@ -40,6 +40,11 @@ class MessageError:
     index: int
     message_id: str | None
     error: str
+    too_large: bool = False  # past Segment's 32 KB per message (a single call answers 413)
+
+
+class MessageTooLarge(InvalidMessage):
+    """A message past Segment's per-message size limit."""
 
 
 @dataclass
@@ -108,11 +113,16 @@ def validate_batch(
             )
             payload = orjson.dumps(event)
             if len(payload) > MAX_MESSAGE_BYTES:
-                raise InvalidMessage(f"message is larger than {MAX_MESSAGE_BYTES // 1024} KB")
+                raise MessageTooLarge(f"message is larger than {MAX_MESSAGE_BYTES // 1024} KB")
         except InvalidMessage as error:
             message_id = raw.get("messageId") if isinstance(raw, dict) else None
             batch.errors.append(
-                MessageError(index, message_id if isinstance(message_id, str) else None, str(error))
+                MessageError(
+                    index,
+                    message_id if isinstance(message_id, str) else None,
+                    str(error),
+                    too_large=isinstance(error, MessageTooLarge),
+                )
             )
             batch.failed.append(FailedEvent(received_at, str(error), source, raw_text(raw)))
             continue
@@ -135,7 +145,7 @@ class EventStore:
         try:
             try:
                 results = await self._execute(plans, batch.failed)
-            except NoScriptError:
+            except NoScriptError:  # redis-py's pipeline re-raises the reply's own class
                 # Redis restarted and forgot the script; the append is idempotent, so run it
                 # again. The failed-events entries went through the first time: not twice.
                 await self._client.script_load(APPEND_SCRIPT)
@@ -151,17 +161,12 @@ class EventStore:
     async def _execute(
         self, plans: list[PartitionAppend], failed: list[FailedEvent]
     ) -> list[list[int]]:
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            for plan in plans:
-                pipe.evalsha(APPEND_SCRIPT_SHA, len(plan.keys), *plan.keys, *plan.args)
-            for item in failed:
-                pipe.xadd(FAILED_EVENTS_KEY, item.fields())  # type: ignore[arg-type]
-            replies = await pipe.execute()
-        except (RedisError, OSError) as error:
-            if isinstance(error, NoScriptError) or "NOSCRIPT" in str(error):
-                raise NoScriptError(str(error)) from error
-            raise
+        pipe = self._client.pipeline(transaction=False)
+        for plan in plans:
+            pipe.evalsha(APPEND_SCRIPT_SHA, len(plan.keys), *plan.keys, *plan.args)
+        for item in failed:
+            pipe.xadd(FAILED_EVENTS_KEY, item.fields())  # type: ignore[arg-type]
+        replies = await pipe.execute()
         return [list(reply) for reply in replies[: len(plans)]]
 
     async def record_failed(self, item: FailedEvent) -> None:

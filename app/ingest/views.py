@@ -230,11 +230,11 @@ def _single(message_type: str) -> Any:
             [payload], source=source, received_at=received_at, forced_type=message_type
         )
         if validated.errors:
-            await _store(state, validated)  # keeps the message in failed events
-            error = validated.errors[0].error
-            if error.startswith("message is larger than"):
-                raise CollectorError(413, "message_too_large", error)
-            raise CollectorError(400, "invalid_message", error)
+            await _record(state, validated.failed[0])  # kept in failed events
+            error = validated.errors[0]
+            if error.too_large:
+                raise CollectorError(413, "message_too_large", error.error)
+            raise CollectorError(400, "invalid_message", error.error)
         result = await _store(state, validated)
         REQUEST_LATENCY.labels(message_type).observe(time.perf_counter() - started)
         return _answer(result)
@@ -243,7 +243,7 @@ def _single(message_type: str) -> Any:
     return handler
 
 
-for _type in ("track", "identify", "page", "screen", "alias", "group"):
+for _type in MESSAGE_TYPES:
     router.add_api_route(
         f"/{_type}",
         _single(_type),

@@ -63,11 +63,13 @@ async def erase_customer(
         client, FAILED_EVENTS_KEY, lambda fields: needle in fields.get(b"raw", b"")
     )
     segments = orjson.loads(await client.hget(profile_key(customer_id), "segments") or b"[]")
-    removed = await client.delete(
+    pipe = client.pipeline(transaction=False)  # the segments' sets are in other slots
+    pipe.delete(
         profile_key(customer_id), recent_events_key(customer_id), transitions_key(customer_id)
     )
     for segment in segments:
-        await client.srem(members_key(segment), customer_id)
+        pipe.srem(members_key(segment), customer_id)
+    removed = (await pipe.execute())[0]
     if not (deleted or failed or removed):
         return None
     partition = partition_of(customer_id, partitions)
