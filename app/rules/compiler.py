@@ -23,6 +23,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cached_property
 from typing import Any, TypeGuard
 
@@ -137,8 +138,10 @@ def number_text(value: float | int) -> bytes:
     clamped = max(-NUMBER_LIMIT, min(NUMBER_LIMIT, value))
     if isinstance(clamped, int):
         return str(clamped).encode()
-    text = f"{clamped:.15f}".rstrip("0")
-    return (text + "0" if text.endswith(".") else text).encode()
+    text = repr(float(clamped))  # the shortest exact spelling; an exponent only when tiny
+    if "e" in text:
+        text = format(Decimal(text), "f")  # positional, every digit kept
+    return text.encode()
 
 
 @dataclass
