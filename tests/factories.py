@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -26,6 +27,24 @@ def track(user: str = "u1", event: str = "Product Viewed", **extra: Any) -> dict
     }
     message.update(extra)
     return message
+
+
+def iso(ms: int) -> str:
+    """An instant in ms as the ISO-8601 text SDKs send."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+def track_at(user: str, event: str, at: int, **properties: Any) -> dict[str, Any]:
+    """A track message at ``at`` (ms) whose messageId follows from what it says, so sending it
+    again is a duplicate."""
+    return {
+        "type": "track",
+        "userId": user,
+        "event": event,
+        "timestamp": iso(at),
+        "properties": properties,
+        "messageId": f"{user}-{event}-{at}",
+    }
 
 
 def stored_events(client: redis.Redis, partitions: int = 4) -> list[Event]:

@@ -5,13 +5,54 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import random
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 30.0, what: str = "") -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out{': ' + what if what else ''}"
+        time.sleep(0.05)
+
+
+def replay_messages(client: Any, settings: Any, tmp_path: Path, messages: list[dict]) -> None:
+    """Put Segment messages into the streams as ``segflow replay`` does (all must be valid)."""
+    from app.replay import replay_file
+
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(m) for m in messages) + "\n")
+    summary = replay_file(
+        path, client=client, partitions=settings.partitions, dedup_ttl_s=settings.dedup_window_s
+    )
+    assert summary.failed == 0
+
+
+def read_profile(client: Any, customer_id: str) -> dict[str, Any]:
+    """A profile as the sink wrote it: the instant of its last change, features, traits."""
+    import orjson
+
+    from app.profiles.keys import profile_key
+
+    fields = client.hgetall(profile_key(customer_id))
+    return {
+        "at": int(fields[b"at"]),
+        "features": orjson.loads(fields[b"features"]),
+        "traits": orjson.loads(fields[b"traits"]),
+    }
 
 
 def free_port() -> int:
@@ -128,3 +169,80 @@ def run_dataflow(settings: Any, sink: Any = None) -> None:
 
     assert settings.redis_url
     run_main(segmentation_flow(settings, stop_at_end=True, sink=sink))
+
+
+def pipeline_env(redis_url: str, data_dir: Path, partitions: int, **extra: str) -> dict[str, str]:
+    """The environment `segflow pipeline` runs in, on these streams and this data dir."""
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "SEGFLOW_DATA_DIR": str(data_dir),
+        "SEGFLOW_PARTITIONS": str(partitions),
+        **extra,
+    }
+
+
+def customer_profiles(client: Any, customers: int) -> dict[str, dict[bytes, bytes]]:
+    """The profiles of customers ``c0`` .. ``c{customers - 1}`` that exist, as stored."""
+    from app.profiles.keys import profile_key
+
+    pipe = client.pipeline(transaction=False)
+    for n in range(customers):
+        pipe.hgetall(profile_key(f"c{n}"))
+    return {f"c{n}": fields for n, fields in enumerate(pipe.execute()) if fields}
+
+
+def append_with_kills(
+    client: Any,
+    env: dict[str, str],
+    events: list[dict[str, Any]],
+    *,
+    partitions: int,
+    chunk: int,
+    kills: int,
+    seed: int,
+    pause_s: tuple[float, float],
+    timeout_s: float = 120.0,
+) -> None:
+    """Append ``events`` in chunks while `segflow pipeline` runs, SIGKILL it after ``kills``
+    random chunks and start it again each time; return once it has processed them all (its
+    recovery state then holds them, and the last process is stopped)."""
+    from tests.factories import append_events, processed_entries
+
+    rng = random.Random(seed)
+    chunks = [events[i : i + chunk] for i in range(0, len(events), chunk)]
+    kill_after = set(rng.sample(range(1, len(chunks)), kills))
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "pipeline"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def stop(process: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+
+    pipeline = start()
+    try:
+        for index, part in enumerate(chunks):
+            append_events(client, part, partitions)
+            time.sleep(rng.uniform(*pause_s))
+            if index in kill_after:
+                stop(pipeline)
+                pipeline = start()
+        deadline = time.monotonic() + timeout_s
+        while processed_entries(client) < len(events):
+            assert pipeline.stderr is not None
+            assert pipeline.poll() is None, pipeline.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, f"caught up to {processed_entries(client)}"
+            time.sleep(0.2)
+        time.sleep(1.5)  # anything replayed after a resume would show now
+    finally:
+        stop(pipeline)

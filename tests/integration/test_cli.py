@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ import redis
 from app.redis_server import pid_is_redis
 from tests.conftest import Services
 from tests.factories import stored_events
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 SEGFLOW = [sys.executable, "-m", "app.cli"]
 
@@ -169,13 +168,6 @@ def _sources(port: int) -> dict[str, int]:
     return counts
 
 
-def _wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -232,7 +224,7 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
             answer = httpx.get(f"{base}/api/customers/u", headers=admin)
             return answer.json()["features"]["events_total"] if answer.status_code == 200 else None
 
-        _wait_for(lambda: events_total() == 1)  # collector -> streams -> dataflow -> profile
+        wait_for(lambda: events_total() == 1)  # collector -> streams -> dataflow -> profile
 
         # The dataflow killed at any moment resumes from its recovery state: nothing is
         # counted twice, nothing is lost.
@@ -264,7 +256,7 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
             f"{base}/v1/track", auth=(key, ""), json={"userId": "u", "event": "Product Added"}
         )
         assert again.json()["accepted"] == 1
-        _wait_for(lambda: events_total() == 2)
+        wait_for(lambda: events_total() == 2)
         profile = httpx.get(f"{base}/api/customers/u", headers=admin).json()
         assert [e["event"] for e in profile["events"]] == ["Product Added", "Product Viewed"]
         assert httpx.get(f"{base}/api/customers/nobody", headers=admin).status_code == 404
@@ -294,7 +286,7 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
     _wait_for_line(second, r"Ctrl-C", seen)
     assert not any("demo write key" in s for s in seen)
     state = json.loads((tmp_path / "data" / "redis" / "server.json").read_text())
-    _wait_for(lambda: _sources(state["port"]).get("demo-shop", 0) > 0)  # the simulated shop
+    wait_for(lambda: _sources(state["port"]).get("demo-shop", 0) > 0)  # the simulated shop
     second.kill()
     second.wait(timeout=30)  # its children still hold the pipe: do not wait for its end
     assert second.stdout is not None
@@ -360,4 +352,5 @@ def test_demo_shop_sends_valid_shop_events(services, api, credentials, redis_cli
     assert names <= {"Product Viewed", "Product Added", "Checkout Started", "Order Completed"}
     assert {"Product Viewed", "Product Added"} <= names
     merges = [e for e in events if e.type == "identify" and e.anonymous_id]
+    assert merges, "the demo shop signs someone up (identify with both ids)"
     assert all(e.user_id and e.user_id != e.anonymous_id for e in merges)

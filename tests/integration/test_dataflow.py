@@ -12,103 +12,67 @@ import pytest
 import redis
 
 from app.profiles.keys import profile_key, recent_events_key
-from app.replay import replay_file
 from app.settings import Settings
-from tests.helpers import run_dataflow
+from tests.factories import iso, track_at
+from tests.helpers import read_profile, replay_messages, run_dataflow, wait_for
 
 MINUTE = 60_000
-
-
-def iso(ms: int) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
-
-
-def track(user: str, event: str, at: int, **properties: Any) -> dict[str, Any]:
-    return {
-        "type": "track",
-        "userId": user,
-        "event": event,
-        "timestamp": iso(at),
-        "properties": properties,
-        "messageId": f"{user}-{event}-{at}",
-    }
-
-
-def replay(client: redis.Redis, settings: Settings, tmp_path: Path, messages: list[dict]) -> None:
-    path = tmp_path / "events.jsonl"
-    path.write_text("\n".join(json.dumps(m) for m in messages) + "\n")
-    summary = replay_file(
-        path, client=client, partitions=settings.partitions, dedup_ttl_s=settings.dedup_window_s
-    )
-    assert summary.failed == 0
-
-
-def profile(client: redis.Redis, customer_id: str) -> dict[str, Any]:
-    fields = client.hgetall(profile_key(customer_id))
-    return {
-        "at": int(fields[b"at"]),
-        "features": orjson.loads(fields[b"features"]),
-        "traits": orjson.loads(fields[b"traits"]),
-    }
-
-
-def run_flow(settings: Settings) -> None:
-    run_dataflow(settings)
 
 
 def test_events_become_profiles(settings: Settings, redis_client: redis.Redis, tmp_path: Path):
     now = time.time_ns() // 1_000_000 - 1_000  # live: the next deadline is a minute ahead
     messages = [
-        track("ada", "Product Viewed", now - 9 * MINUTE, product_id="p1", category="shoes"),
-        track("ada", "Product Viewed", now - 5 * MINUTE, product_id="p2", category="shoes"),
-        track("ada", "Product Added", now - 4 * MINUTE, product_id="p2", price=40.0, quantity=2),
-        track("ada", "Product Viewed", now, product_id="p3", category="bags"),
-        track("bob", "Order Completed", now - MINUTE, revenue=99.5, order_id="o1"),
+        track_at("ada", "Product Viewed", now - 9 * MINUTE, product_id="p1", category="shoes"),
+        track_at("ada", "Product Viewed", now - 5 * MINUTE, product_id="p2", category="shoes"),
+        track_at("ada", "Product Added", now - 4 * MINUTE, product_id="p2", price=40.0, quantity=2),
+        track_at("ada", "Product Viewed", now, product_id="p3", category="bags"),
+        track_at("bob", "Order Completed", now - MINUTE, revenue=99.5, order_id="o1"),
         {
             "type": "identify",
             "userId": "ada",
             "traits": {"plan": "pro"},
-            "timestamp": iso(now),
+            "timestamp": iso(now - 30_000),
             "messageId": "ada-identify",
         },
     ]
-    replay(redis_client, settings, tmp_path, messages)
-    run_flow(settings)
+    replay_messages(redis_client, settings, tmp_path, messages)
+    run_dataflow(settings)
 
-    ada = profile(redis_client, "ada")
+    ada = read_profile(redis_client, "ada")
     assert ada["at"] == now
     assert ada["features"]["count(Product Viewed, 10m)"] == 3
     assert ada["features"]["cart_value"] == 80.0
     assert ada["features"]["since(Product Added)"] == 4 * MINUTE
     assert ada["features"]["top_category_30d"] == "shoes"
     assert ada["traits"] == {"plan": "pro"}
-    bob = profile(redis_client, "bob")
+    bob = read_profile(redis_client, "bob")
     assert bob["features"]["count(Order Completed, 30d)"] == 1
     assert bob["features"]["rfm_monetary_90d"] == 99.5
 
     recent = [orjson.loads(m) for m in redis_client.zrevrange(recent_events_key("ada"), 0, -1)]
-    assert [e["timestamp"] for e in recent] == sorted(
-        (e["timestamp"] for e in recent), reverse=True
-    )
-    assert len(recent) == 5
+    assert [(e["type"], e["event"], e["timestamp"] - now) for e in recent] == [  # newest first
+        ("track", "Product Viewed", 0),
+        ("identify", None, -30_000),
+        ("track", "Product Added", -4 * MINUTE),
+        ("track", "Product Viewed", -5 * MINUTE),
+        ("track", "Product Viewed", -9 * MINUTE),
+    ]
 
 
 def test_late_events_are_kept_as_failed_with_reason_late(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ):
     now = time.time_ns() // 1_000_000 - 1_000
-    replay(redis_client, settings, tmp_path, [track("cy", "Product Viewed", now)])
-    run_flow(settings)
-    late = track("cy", "Product Viewed", now - settings.allowed_lateness_ms - 1)
-    replay(redis_client, settings, tmp_path, [late])
-    run_flow(settings)  # resumes from nothing: state is rebuilt, then the late one arrives
+    replay_messages(redis_client, settings, tmp_path, [track_at("cy", "Product Viewed", now)])
+    run_dataflow(settings)
+    late = track_at("cy", "Product Viewed", now - settings.allowed_lateness_ms - 1)
+    replay_messages(redis_client, settings, tmp_path, [late])
+    run_dataflow(settings)  # resumes from nothing: state is rebuilt, then the late one arrives
 
     failed = redis_client.xrange("failed-events")
     assert len(failed) == 1
     assert failed[0][1][b"reason"].startswith(b"late")
-    assert profile(redis_client, "cy")["features"]["count(Product Viewed, 10m)"] == 1
+    assert read_profile(redis_client, "cy")["features"]["count(Product Viewed, 10m)"] == 1
 
 
 @pytest.mark.parametrize("layout", ["2 workers", "2 processes"])
@@ -124,7 +88,7 @@ def test_workers_and_processes_give_the_same_profiles(
     now = time.time_ns() // 1_000_000 - 1_000
     names = ["Product Viewed", "Product Added", "Order Completed"]
     messages = [
-        track(
+        track_at(
             f"c{n % 17}",
             names[n % 3],
             now - (n % 50) * 1000,
@@ -134,9 +98,9 @@ def test_workers_and_processes_give_the_same_profiles(
         )
         for n in range(600)
     ]
-    replay(redis_client, settings, tmp_path, messages)
-    run_flow(settings)  # one worker, in this thread
-    single = {f"c{n}": profile(redis_client, f"c{n}") for n in range(17)}
+    replay_messages(redis_client, settings, tmp_path, messages)
+    run_dataflow(settings)  # one worker, in this thread
+    single = {f"c{n}": read_profile(redis_client, f"c{n}") for n in range(17)}
     for n in range(17):
         redis_client.delete(profile_key(f"c{n}"))
 
@@ -156,7 +120,7 @@ def test_workers_and_processes_give_the_same_profiles(
     for process in processes:
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr.decode()[-2000:]
-    assert {f"c{n}": profile(redis_client, f"c{n}") for n in range(17)} == single
+    assert {f"c{n}": read_profile(redis_client, f"c{n}") for n in range(17)} == single
 
 
 def updates_of(settings: Settings, customer: str) -> list[tuple[int, int]]:
@@ -176,14 +140,14 @@ def updates_of(settings: Settings, customer: str) -> list[tuple[int, int]]:
 
 def test_a_replay_fires_deadlines_in_event_time_order(settings, redis_client, tmp_path):
     t0 = time.time_ns() // 1_000_000 - 2 * 3_600_000  # two hours ago: a replay of history
-    replay(
+    replay_messages(
         redis_client,
         settings,
         tmp_path,
         [
-            track("dee", "Product Viewed", t0),
-            track("dee", "Product Viewed", t0 + 15 * MINUTE),
-            track("dee", "Product Viewed", t0 + 16 * MINUTE),
+            track_at("dee", "Product Viewed", t0),
+            track_at("dee", "Product Viewed", t0 + 15 * MINUTE),
+            track_at("dee", "Product Viewed", t0 + 16 * MINUTE),
         ],
     )
     changes = [(at - t0, views) for at, views in updates_of(settings, "dee")]
@@ -203,8 +167,11 @@ def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
     import sys
 
     deadline = time.time_ns() // 1_000_000 + 1_500
-    replay(
-        redis_client, settings, tmp_path, [track("eve", "Product Viewed", deadline - 10 * MINUTE)]
+    replay_messages(
+        redis_client,
+        settings,
+        tmp_path,
+        [track_at("eve", "Product Viewed", deadline - 10 * MINUTE)],
     )
     env = {
         **os.environ,
@@ -245,15 +212,15 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
     from app.streams import stream_key
 
     now = time.time_ns() // 1_000_000 - 1_000
-    replay(
+    replay_messages(
         redis_client,
         settings,
         tmp_path,
         [
             # its deadline falls after the restart below: a state that survived would re-emit
-            track("gdpr", "Product Viewed", now - 10 * MINUTE + 8_000, product_id="p1"),
-            track("gdpr", "Product Added", now - 2_000, product_id="p1", price=5.0),
-            track("other", "Product Viewed", now - 1_000),
+            track_at("gdpr", "Product Viewed", now - 10 * MINUTE + 8_000, product_id="p1"),
+            track_at("gdpr", "Product Added", now - 2_000, product_id="p1", price=5.0),
+            track_at("other", "Product Viewed", now - 1_000),
         ],
     )
     redis_client.xadd(
@@ -279,12 +246,6 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
             [sys.executable, "-m", "app.cli", "pipeline"], env=env, start_new_session=True
         )
 
-    def wait_for(predicate: Any) -> None:
-        stop = time.monotonic() + 30
-        while not predicate():
-            assert time.monotonic() < stop, "timed out"
-            time.sleep(0.05)
-
     def caught_up() -> bool:
         return httpx.get(f"{api.url}/api/status", headers=headers).json()["lag"] == 0
 
@@ -307,7 +268,7 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
         os.killpg(pipeline.pid, 9)  # restart from the snapshot taken before the erasure
         pipeline.wait()
         pipeline = start()
-        replay(redis_client, settings, tmp_path, [track("other", "Product Added", now)])
+        replay_messages(redis_client, settings, tmp_path, [track_at("other", "Product Added", now)])
         wait_for(
             lambda: (
                 caught_up()

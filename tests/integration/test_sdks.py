@@ -15,7 +15,7 @@ from segment.analytics.client import Client as SegmentClient
 
 from app.main import create_app
 from tests.factories import stored_events
-from tests.helpers import ServerThread, proxied
+from tests.helpers import ServerThread, proxied, wait_for
 
 
 def segment_client(key: str, url: str, errors: list[Any]) -> SegmentClient:
@@ -70,13 +70,6 @@ def send_everything(client: Any) -> None:
     client.screen("user-1", name="Cart")
     client.group("user-1", "acme", {"name": "ACME"})
     client.alias("anon-7", "user-1")
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_every_call_lands_exactly_once(sdk, api, credentials, redis_client):

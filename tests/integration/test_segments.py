@@ -11,8 +11,11 @@ import redis
 
 from app.profiles.keys import TRIGGERS_KEY
 from app.settings import Settings
-from tests.helpers import ServerThread
-from tests.integration.test_dataflow import MINUTE, replay, run_flow, track
+from tests.factories import track_at as track
+from tests.helpers import ServerThread, run_dataflow
+from tests.helpers import replay_messages as replay
+
+MINUTE = 60_000
 
 
 def get(api: ServerThread, token: str, path: str) -> dict:
@@ -41,7 +44,7 @@ def test_replayed_history_gives_the_contract_transitions(
         *(track("cy", "Product Viewed", t0 + n * MINUTE, product_id=f"p{n}") for n in range(1, 6)),
     ]
     replay(redis_client, settings, tmp_path, messages)
-    run_flow(settings)
+    run_dataflow(settings)
     token = credentials["admin_token"]
 
     def transitions(customer: str) -> list[tuple[str, str, int]]:
@@ -82,7 +85,7 @@ def test_replayed_history_gives_the_contract_transitions(
     assert {(t[b"destination"], t[b"template"]) for t in sent} == {(b"email", b"cart-reminder")}
 
     # The same output again (as recovery replays it): nothing doubles.
-    run_flow(settings)
+    run_dataflow(settings)
     assert len(transitions("ada")) == 3
     assert triggers() == sent
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from app.rules import schema
+from app.rules.active import SHIPPED_RULES_DIR
 from app.rules.compiler import ActiveRule, compile_rules, next_flip, number_text
 from app.rules.engine import Rulesets
 from tests.strategies import conditions
@@ -82,21 +83,27 @@ def near(constants: list[Any], *, numeric: bool) -> st.SearchStrategy[Any]:
 @st.composite
 def rules_and_values(
     draw: st.DrawFn,
-) -> tuple[schema.Rule, dict[str, Any], dict[str, Any], set[str], dict[int, Any]]:
+) -> tuple[
+    schema.Rule, dict[str, Any], dict[str, Any], dict[str, bool], dict[str, bool], dict[int, Any]
+]:
     when = draw(conditions())
     rule = schema.Rule(id="under-test", name="Under test", when=when)
     features: dict[str, Any] = {}
     traits: dict[str, Any] = {}
-    segments: set[str] = set()
+    segments: dict[str, bool] = {}
+    clusters: dict[str, bool] = {}
     values: dict[int, Any] = {}
     for leaf in rule.leaves():
         if isinstance(leaf, schema.SegmentCondition):
-            if draw(st.booleans()):
-                segments.add(leaf.segment)
-            values[id(leaf)] = leaf.segment in segments
+            assume(leaf.segment != rule.id)
+            if leaf.segment not in segments:
+                segments[leaf.segment] = draw(st.booleans())
+            values[id(leaf)] = segments[leaf.segment]
             continue
         if isinstance(leaf, schema.ClusterCondition):
-            values[id(leaf)] = False
+            if leaf.cluster not in clusters:
+                clusters[leaf.cluster] = draw(st.booleans())
+            values[id(leaf)] = clusters[leaf.cluster]
             continue
         constants: list[Any] = []
         for word in ("eq", "ne", "gt", "gte", "lt", "lte", "contains"):
@@ -118,31 +125,38 @@ def rules_and_values(
         if key not in target:
             target[key] = draw(near(constants, numeric=numeric))
         values[id(leaf)] = target[key]
-    return rule, features, traits, segments, values
+    return rule, features, traits, segments, clusters, values
+
+
+def member_rule(segment: str) -> schema.Rule:
+    """A segment the rule under test reads, holding exactly when the trait ``member of S``
+    is true: the engine computes it in an earlier layer, as it would any referenced rule."""
+    return schema.Rule(
+        id=segment, name=segment, when=schema.TraitCondition(trait=f"member of {segment}", eq=True)
+    )
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rules_and_values())
 def test_the_engine_decides_what_the_rule_says(case):
-    rule, features, traits, segments, values = case
-    compiled = compile_rules([ActiveRule(rule, 1)])
-    engine = Rulesets.for_thread(compiled)
-    want = expected(rule, rule.when, values)
-    # segment leaves read memberships of other rules: given here as an earlier layer would
-    got = "under-test" in _with_members(engine, features, traits, segments)
-    assert got == want, (rule.when, features, traits, segments)
-
-
-def _with_members(engine: Rulesets, features, traits, segments) -> frozenset[str]:
-    members: set[str] = set()
-    for layer in engine._layers:  # one layer, given memberships
-        for handle in layer:
-            members |= handle.matching(features, traits, frozenset(segments), frozenset())
-    return frozenset(members)
+    rule, features, traits, segments, clusters, values = case
+    companions = [ActiveRule(member_rule(segment), 1) for segment in segments]
+    engine = Rulesets.for_thread(compile_rules([ActiveRule(rule, 1), *companions]))
+    memberships = {f"member of {segment}": inside for segment, inside in segments.items()}
+    in_clusters = frozenset(name for name, inside in clusters.items() if inside)
+    got = engine.segments(features, {**traits, **memberships}, in_clusters)
+    assert ("under-test" in got) == expected(rule, rule.when, values), (
+        rule.when,
+        features,
+        traits,
+        segments,
+        clusters,
+    )
+    assert {s for s in segments if s in got} == {s for s, inside in segments.items() if inside}
 
 
 def shipped_rules() -> dict[str, schema.Rule]:
-    return {rule.id: rule for rule in schema.load_rules_dir("rules")}
+    return {rule.id: rule for rule in schema.load_rules_dir(SHIPPED_RULES_DIR)}
 
 
 def test_shipped_rules_in_the_engine():
