@@ -31,6 +31,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.streams import partition_of  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 BATCH = 100
@@ -116,19 +117,21 @@ def http_run(
     for worker in workers:
         worker.join()
     accepted = sum(r[0] for r in results)
-    latencies = sorted(lat for r in results for lat in r[1])
+    return summary(accepted, elapsed, [lat for r in results for lat in r[1]])
+
+
+def summary(events: int, seconds: float, latencies: list[float]) -> dict[str, float]:
+    """Events, time, rate, and the median and 99th percentile of per-batch latencies."""
     return {
-        "events": accepted,
-        "seconds": elapsed,
-        "rate": accepted / elapsed,
+        "events": events,
+        "seconds": seconds,
+        "rate": events / seconds,
         "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "p99_ms": statistics.quantiles(latencies, n=100)[98] * 1000,
     }
 
 
 def floor_run(url: str, batches: list[bytes], partitions: int) -> dict[str, float]:
-    import zlib
-
     client = redis.Redis.from_url(url)
     decoded = [orjson.loads(b)["batch"] for b in batches]
     payloads = [[(m["userId"], orjson.dumps(m)) for m in batch] for batch in decoded]
@@ -138,21 +141,13 @@ def floor_run(url: str, batches: list[bytes], partitions: int) -> dict[str, floa
         t0 = time.perf_counter()
         pipe = client.pipeline(transaction=False)
         for user, payload in batch:
-            pipe.xadd(f"floor:{{{zlib.crc32(user.encode()) % partitions}}}", {"e": payload})
+            pipe.xadd(f"floor:{{{partition_of(user, partitions)}}}", {"e": payload})
         pipe.execute()
         latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - started
-    count = sum(len(b) for b in payloads)
-    latencies.sort()
     for p in range(partitions):
         client.delete(f"floor:{{{p}}}")
-    return {
-        "events": count,
-        "seconds": elapsed,
-        "rate": count / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-    }
+    return summary(sum(len(b) for b in payloads), elapsed, latencies)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -170,6 +165,13 @@ def _descendants(pid: int) -> list[int]:
         found.append(current)
         todo.extend(children.get(current, []))
     return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:
@@ -232,11 +234,16 @@ def main() -> None:
         before = cpu_seconds(server.pid)
         http = http_run(port, key, batches, args.clients, args.processes)
         after = cpu_seconds(server.pid)
+        # uvicorn's workers: the processes it spawned (none: it serves in its own process)
+        api_processes = (
+            sum(b"spawn_main" in cmdline for cmdline in map(_cmdline, _descendants(server.pid)))
+            or 1
+        )
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=60)
 
-    workers = env.get("SEGFLOW_API_WORKERS") or str(max(1, min(os.cpu_count() or 1, 4)))
+    workers = api_processes
     print(
         f"\ncollector benchmark: {args.events:,} events, batches of {BATCH}, "
         f"{args.clients} connections in {args.processes} client processes, "
@@ -254,9 +261,12 @@ def main() -> None:
     used = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
     print("\nCPU during the HTTP run (cores busy; microseconds of CPU per event):")
     for name in ("api", "redis"):
+        if name not in used:  # an external Redis (REDIS_URL) is not this run's to measure
+            print(f"- {name}: not measured (not a process of this run)")
+            continue
         print(
-            f"- {name}: {used.get(name, 0) / seconds:.2f} cores, "
-            f"{used.get(name, 0) / http['events'] * 1e6:.1f} us/event"
+            f"- {name}: {used[name] / seconds:.2f} cores, "
+            f"{used[name] / http['events'] * 1e6:.1f} us/event"
         )
 
 
