@@ -30,6 +30,7 @@ from app.credentials import (
 )
 from app.redis_server import EmbeddedRedisError, redis_url_for
 from app.replay import FORMATS, ReplayError, replay_file
+from app.rules.examples import check_rule_files
 from app.settings import Settings, get_settings
 from app.supervisor import ProcessSpec, Supervisor
 
@@ -251,6 +252,29 @@ def token_create(name: str) -> None:
     )
     click.echo(f"admin token {name!r} (shown once; only its hash is stored):")
     click.echo(value)
+
+
+@main.group()
+def rules() -> None:
+    """Segment rules: YAML documents with examples."""
+
+
+@rules.command(name="check")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def rules_check(path: Path) -> None:
+    """Validate the rule file PATH, or every *.yaml rule in the directory PATH, and run their
+    examples; print each problem (rule, field, line) and fail if there is any."""
+    checked = check_rule_files(path)
+    for item in checked.rules:
+        if not item.problems:
+            count = len(item.rule.examples)
+            click.echo(f"ok  {item.rule.id}  {count} example{'' if count == 1 else 's'}")
+    for problem in checked.problems:
+        click.echo(str(problem), err=True)
+    if not checked.ok:
+        found = len(checked.problems)
+        ran = "" if checked.rules else "; no example was run"
+        raise click.ClickException(f"{found} problem{'' if found == 1 else 's'}{ran}")
 
 
 @main.command()

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from app.redis_server import pid_is_redis
+from app.rules.active import SHIPPED_RULES_DIR
 from tests.conftest import Services
 from tests.factories import stored_events
 from tests.helpers import free_port, wait_for
@@ -154,6 +155,97 @@ def test_replay_of_a_missing_file_fails_with_a_message(services, redis_client, t
     done = run(services, "replay", str(tmp_path / "nope.jsonl"))
     assert done.returncode != 0
     assert "no such file" in done.stderr
+
+
+def check_rules(path: Path) -> subprocess.CompletedProcess[str]:
+    """``segflow rules check PATH``: reads files only, so it needs no Redis or SQL."""
+    return subprocess.run(
+        [*SEGFLOW, "rules", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_rules_check_passes_the_shipped_rules_and_counts_their_examples():
+    done = check_rules(SHIPPED_RULES_DIR)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "ok  browsing-enthusiasts  4 examples",
+        "ok  cart-abandoners  4 examples",
+        "ok  high-intent-buyers  3 examples",
+        "ok  lapsed-customers  3 examples",
+        "ok  loyal-customers  3 examples",
+    ]
+    assert done.stderr == ""
+
+
+CONTRADICTED = """\
+id: quick-abandoners
+name: Quick Abandoners
+when:
+  all:
+    - feature: cart_value
+      gt: 0
+    - since: {event: Product Added}
+      gte: 30m
+examples:
+  - name: holds
+    given: [{at: 0m, event: Product Added, properties: {product_id: p1, price: 20}}]
+    expect: [{at: 30m, kind: enter}]
+  - name: too soon
+    given: [{at: 0m, event: Product Added, properties: {product_id: p1, price: 20}}]
+    expect: [{at: 10m, kind: enter}]
+"""
+
+
+def test_rules_check_refuses_a_rule_that_contradicts_its_example(tmp_path):
+    path = tmp_path / "quick.yaml"
+    path.write_text(CONTRADICTED)
+
+    done = check_rules(path)
+
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert (
+        f"{path}: rule 'quick-abandoners', field 'examples[1]' (line 13): example 'too soon' "
+        "expects enter at 10m, but the rule gives enter at 30m" in done.stderr
+    )
+    assert done.stderr.rstrip().endswith("Error: 1 problem")
+
+
+def test_rules_check_of_a_directory_reports_the_bad_rule_and_passes_the_others(tmp_path):
+    for shipped in SHIPPED_RULES_DIR.glob("*.yaml"):
+        (tmp_path / shipped.name).write_text(shipped.read_text(encoding="utf-8"))
+    (tmp_path / "quick.yaml").write_text(CONTRADICTED)
+
+    done = check_rules(tmp_path)
+
+    assert done.returncode == 1
+    assert "ok  cart-abandoners  4 examples" in done.stdout
+    assert "quick-abandoners" not in done.stdout
+    assert "field 'examples[1]' (line 13)" in done.stderr
+
+
+def test_rules_check_refuses_invalid_yaml_with_its_line_and_runs_no_example(tmp_path):
+    (tmp_path / "good.yaml").write_text(CONTRADICTED.replace("10m, kind", "30m, kind"))
+    (tmp_path / "bad.yaml").write_text("id: bad\nname: Bad\nwhen: {count: [\n")
+
+    done = check_rules(tmp_path)
+
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert f"{tmp_path / 'bad.yaml'}: rule 'bad' (line 4): not valid YAML" in done.stderr
+    assert "Error: 1 problem; no example was run" in done.stderr
+
+
+def test_rules_check_of_a_missing_path_fails_with_a_message(tmp_path):
+    done = check_rules(tmp_path / "nope.yaml")
+
+    assert done.returncode != 0
+    assert "does not exist" in done.stderr
 
 
 def _sources(port: int) -> dict[str, int]:
