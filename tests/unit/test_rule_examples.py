@@ -250,8 +250,9 @@ def test_a_disabled_rule_still_answers_for_its_examples() -> None:
     assert len(run_examples(rule.model_copy(update={"enabled": False}))) == 1
 
 
+# Not strict: the shard is being changed to evaluate once per instant; drop the mark then.
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="DESIGN.md: events at the same instant apply together; the feature shard evaluates "
     "the rules after each event, so an add and an order at one instant enter and exit at once",
 )
