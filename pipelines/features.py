@@ -24,6 +24,12 @@ a fraction of the window they serve (``BUCKETS_PER_WINDOW``); a bucket leaves th
 newest event does, so a folded bucket can make a count leave up to one bucket-width early. It
 bounds the memory of very busy customers; below the cap nothing is approximate.
 
+Sequences
+---------
+"Viewed then added within 10 min" is the time since the newest chain of its steps completed
+(``Sequence``, ``SequenceLog``): it grows with the clock like a time since an event, and a new
+event re-checks only the chains it could join.
+
 Identity
 --------
 ``merge`` folds another customer's state (an anonymous visitor who identified) into this one.
@@ -135,7 +141,13 @@ class LastValue:
 class Sequence:
     """Milliseconds since the newest completion of ``steps`` in order, the whole chain within
     ``within_ms`` (None before the first completion). With ``same``, every step of a chain has
-    equal values of those properties ("viewed then added the same product_id in 10 min")."""
+    equal values of those properties ("viewed then added the same product_id in 10 min").
+
+    A chain is one distinct event per step with times ``t1 <= t2 <= ... <= tk`` (events at the
+    same instant apply together, so either order counts) and ``tk - within < t1``: the first
+    step is "in the last ``within``" as of the last one. It completes at ``tk``. An event
+    without one of the ``same`` properties takes part in no chain.
+    """
 
     steps: tuple[str, ...]
     within_ms: int
@@ -271,6 +283,18 @@ class Catalogue:
         for spec in self.specs:
             if isinstance(spec, LastValue):
                 found.setdefault(spec.event, []).append(spec)
+        return {event: tuple(specs) for event, specs in found.items()}
+
+    @cached_property
+    def sequences(self) -> tuple[Sequence, ...]:
+        return tuple(spec for spec in self.specs if isinstance(spec, Sequence))
+
+    @cached_property
+    def sequences_by_event(self) -> dict[str, tuple[Sequence, ...]]:
+        found: dict[str, list[Sequence]] = {}
+        for spec in self.sequences:
+            for step in dict.fromkeys(spec.steps):
+                found.setdefault(step, []).append(spec)
         return {event: tuple(specs) for event, specs in found.items()}
 
     @cached_property
@@ -440,6 +464,104 @@ def _matches(properties: Mapping[str, Any], where: tuple[tuple[str, Any], ...]) 
     return all(properties.get(key) == value for key, value in where)
 
 
+# --- sequences -----------------------------------------------------------------------------------
+
+
+@dataclass
+class SequenceLog:
+    """The step events of one ``Sequence`` that may still take part in a chain, by the values
+    of its ``same`` properties, and the newest completed chain.
+
+    Only the newest completion matters (the feature is the time since it), and a new event can
+    only complete chains whose last step lies in ``[its time, its time + within)``, so adding
+    an event re-checks just those. An event at or before ``newest - lateness - within`` can
+    never join a chain again (every later event is at most ``lateness`` behind ``newest``) and
+    is forgotten; past ``SEQUENCE_CAP`` events per key the oldest go too. So a merge of two
+    identities finds a chain split across them only while its steps are that recent (as when
+    a visitor identifies during the visit), not one whose steps both sides have forgotten.
+    """
+
+    # per ``same`` key: (time, arrival, event name), sorted
+    entries: dict[tuple[Any, ...], list[tuple[int, int, str]]] = field(default_factory=dict)
+    completed: int | None = None
+    arrivals: int = 0
+
+    def add(self, spec: Sequence, when: int, name: str, properties: Mapping[str, Any]) -> None:
+        key = tuple(_hashable(properties.get(prop)) for prop in spec.same)
+        if any(value is None for value in key):
+            return
+        self.arrivals += 1
+        entries = self.entries.setdefault(key, [])
+        bisect.insort(entries, (when, self.arrivals, name))
+        self._complete(spec, entries, bisect.bisect_left(entries, (when,)), when + spec.within_ms)
+        if len(entries) > SEQUENCE_CAP:
+            del entries[: len(entries) - SEQUENCE_CAP]
+
+    def _complete(
+        self, spec: Sequence, entries: list[tuple[int, int, str]], start: int, before: float
+    ) -> None:
+        """Record the newest chain ending at an entry from ``start`` with a time under
+        ``before``."""
+        last = spec.steps[-1]
+        for index in range(bisect.bisect_left(entries, (before,)) - 1, start - 1, -1):
+            when, _, name = entries[index]
+            if self.completed is not None and when <= self.completed:
+                return
+            if name == last and _chain_ends_at(spec, entries, index):
+                self.completed = when
+                return
+
+    def expire(self, newest: int, spec: Sequence, lateness_ms: int) -> None:
+        cut = (newest - lateness_ms - spec.within_ms, math.inf)
+        for key in list(self.entries):
+            entries = self.entries[key]
+            del entries[: bisect.bisect_right(entries, cut)]
+            if not entries:
+                del self.entries[key]
+
+    def merge(self, spec: Sequence, other: SequenceLog) -> None:
+        """Both identities' step events as one history (``other``'s arriving later)."""
+        for key, theirs in other.entries.items():
+            entries = self.entries.setdefault(key, [])
+            for when, _, name in theirs:
+                self.arrivals += 1
+                bisect.insort(entries, (when, self.arrivals, name))
+            del entries[: max(0, len(entries) - SEQUENCE_CAP)]
+        if other.completed is not None and (
+            self.completed is None or other.completed > self.completed
+        ):
+            self.completed = other.completed
+        for entries in self.entries.values():  # chains with steps from both sides
+            self._complete(spec, entries, 0, math.inf)
+
+
+SEQUENCE_CAP = 256
+
+
+def _chain_ends_at(spec: Sequence, entries: list[tuple[int, int, str]], last: int) -> bool:
+    """Whether ``entries[last]`` ends a chain of ``spec``'s steps.
+
+    Walking back from the last step, each earlier step takes the latest unused event of its
+    name no later than the step after it: a later choice leaves every earlier step at least as
+    many candidates, so if any chain ends here, this one does, and its first step is the latest
+    possible (the one most likely to be within the time limit)."""
+    tk = entries[last][0]
+    floor = tk - spec.within_ms  # the first step must be after this
+    used = {last}
+    bound = tk
+    for step in reversed(spec.steps[:-1]):
+        index = bisect.bisect_right(entries, (bound, math.inf)) - 1
+        while index >= 0 and entries[index][0] > floor:
+            if index not in used and entries[index][2] == step:
+                break
+            index -= 1
+        else:
+            return False
+        used.add(index)
+        bound = entries[index][0]
+    return True
+
+
 # --- the customer --------------------------------------------------------------------------------
 
 
@@ -548,6 +670,7 @@ class CustomerFeatures:
     # (time, kind) of recent events: the session is the tail with gaps under the session gap
     session_log: list[tuple[int, str]] = field(default_factory=list)
     category_views: dict[str, list[int]] = field(default_factory=dict)
+    sequences: dict[str, SequenceLog] = field(default_factory=dict)  # by the Sequence's name
     traits: dict[str, Any] = field(default_factory=dict)
     first_seen: int | None = None
     last_seen: int | None = None
@@ -558,8 +681,22 @@ class CustomerFeatures:
     _observed: _Observed | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for key, horizon in self.catalogue.horizons().items():
-            self.logs.setdefault(key, EventLog(horizon))
+        self._adopt(self.catalogue)
+
+    def _adopt(self, catalogue: Catalogue) -> None:
+        """Hold the logs ``catalogue`` reads and no others (a rule change can swap it)."""
+        self.catalogue = catalogue
+        horizons = catalogue.horizons()
+        for key in [key for key in self.logs if key not in horizons]:
+            del self.logs[key]
+        for key, horizon in horizons.items():
+            self.logs.setdefault(key, EventLog(horizon)).horizon_ms = horizon
+        wanted = {spec.name for spec in catalogue.sequences}
+        for name in [name for name in self.sequences if name not in wanted]:
+            del self.sequences[name]
+        for name in wanted:
+            self.sequences.setdefault(name, SequenceLog())
+        self._observed = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Customers are pickled one by one, often (see pipelines.segmentation.ShardState): as
@@ -586,6 +723,11 @@ class CustomerFeatures:
                 self.events_total,
                 self.newest,
                 self.segments,
+                tuple(
+                    (name, log.entries, log.completed, log.arrivals)
+                    for name, log in self.sequences.items()
+                    if log.entries or log.completed is not None
+                ),
             ),
         )
 
@@ -593,9 +735,7 @@ class CustomerFeatures:
     def restore(cls, blob: bytes, catalogue: Catalogue) -> CustomerFeatures:
         """A customer from ``pickle.dumps(customer)``, with the catalogue it is computed for."""
         customer: CustomerFeatures = pickle.loads(blob)  # noqa: S301 - only our own snapshots
-        customer.catalogue = catalogue
-        for key, horizon in catalogue.horizons().items():
-            customer.logs.setdefault(key, EventLog(horizon)).horizon_ms = horizon
+        customer._adopt(catalogue)
         return customer
 
     def apply(self, event: Mapping[str, Any]) -> str | None:
@@ -625,6 +765,10 @@ class CustomerFeatures:
                 log = self.logs[key]
                 log.add(when, properties.get(prop) if prop else None)
                 log.expire(newest)
+        for chain in self.catalogue.sequences_by_event.get(name, ()):
+            sequence = self.sequences[chain.name]
+            sequence.add(chain, when, name, properties)
+            sequence.expire(newest, chain, self.catalogue.allowed_lateness_ms)
         self.cart.add(when, name, properties)
         bisect.insort(self.session_log, (when, name))
         if len(self.session_log) > SESSION_LOG_CAP:
@@ -638,6 +782,8 @@ class CustomerFeatures:
     def expire(self, now: int) -> None:
         for log in self.logs.values():
             log.expire(now)
+        for chain in self.catalogue.sequences:
+            self.sequences[chain.name].expire(now, chain, self.catalogue.allowed_lateness_ms)
         horizon = now - TOP_CATEGORY_WINDOW_MS
         for category in list(self.category_views):
             times = self.category_views[category]
@@ -712,6 +858,8 @@ class CustomerFeatures:
                 for spec in self.catalogue.last_values_by_event.get(name, ()):
                     if spec.name in other.last_values:
                         self.last_values[spec.name] = other.last_values[spec.name]
+        for chain in self.catalogue.sequences:
+            self.sequences[chain.name].merge(chain, other.sequences[chain.name])
         self.cart.merge(other.cart)
         self.session_log = sorted(self.session_log + other.session_log)[-SESSION_LOG_CAP:]
         for category, times in other.category_views.items():
@@ -750,7 +898,11 @@ def _rebuilt(
         customer.events_total,
         customer.newest,
         customer.segments,
-    ) = rest
+    ) = rest[:8]
+    customer.sequences = {  # absent from snapshots taken before sequences were computed
+        name: SequenceLog(entries, completed, arrivals)
+        for name, entries, completed, arrivals in (rest[8] if len(rest) > 8 else ())
+    }
     customer._observed = None
     return customer
 
@@ -776,8 +928,9 @@ class FeaturePlan:
     """The catalogue as groups of features, and which groups each event name feeds.
 
     Windowed features are grouped by the log they read; the built-ins by what they read (the
-    session, the cart, the category views). The ``always`` group (time since an event, totals,
-    RFM, interaction rate) is cheap and runs on every change, after the others.
+    session, the cart, the category views). The ``always`` group (time since an event or a
+    sequence, totals, RFM, interaction rate) is cheap and runs on every change, after the
+    others.
     """
 
     groups: tuple[GroupFn, ...]
@@ -919,12 +1072,16 @@ def _always_group(catalogue: Catalogue) -> GroupFn:
         n for n in catalogue.builtins if n in ("first_seen", "last_seen", "events_total")
     )
     rate = "interaction_rate_30d" in catalogue.builtins
+    sequences = tuple(spec.name for spec in catalogue.sequences)
     views, adds = (spec.name for spec in BUILTIN_INPUTS["interaction_rate_30d"])
 
     def compute(state: CustomerFeatures, now: int, values: dict[str, Any]) -> None:
         for name, event in since:
             last = state.last_at.get(event)
             values[name] = None if last is None or last > now else now - last
+        for name in sequences:  # a time since too: rules' thresholds set its deadlines
+            completed = state.sequences[name].completed
+            values[name] = None if completed is None or completed > now else now - completed
         for name, read in copies:
             values[name] = values[read]
         for name in totals:

@@ -33,7 +33,7 @@ class ProfileUpdate:
     at: int  # event time of the change, ms
     features: dict[str, Any]
     traits: dict[str, Any]
-    event: dict[str, Any] | None = None  # the event that caused it, if any
+    events: tuple[dict[str, Any], ...] = ()  # the events applied at this change, if any
     segments: frozenset[str] = frozenset()
     transitions: tuple[Transition, ...] = ()
 

@@ -137,13 +137,18 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         self.rules = rules
         self.state = state or ShardState()
         self.state.catalogue = catalogue
+        self._pending: dict[str, _Pending] = {}
 
     def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
         out: list[ProfileUpdate | LateEvent | Erased | ShardProgress] = []
+        # Events at the same instant apply together: a customer's change is evaluated once
+        # their next event is at a later instant, a deadline of theirs fires, or the batch ends.
+        self._pending = {}
         events = 0
         newest = self.state.newest
         for item in values:
             if isinstance(item, Tick):
+                out += [self._flush(customer_id) for customer_id in list(self._pending)]
                 out += self.fire(item.at, inclusive=item.inclusive)
                 continue
             event = item.event
@@ -152,9 +157,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             newest = when if newest is None else max(newest, when)
             customer_id = str(event["customer_id"])
             if event["type"] == ERASE:
+                self._pending.pop(customer_id, None)
                 out.append(Erased(customer_id, self._erase(customer_id)))
                 continue
-            out += self.fire(when, inclusive=False)  # what was due before this event
             customer = self.state.customer(customer_id)
             if customer is None:
                 customer = CustomerFeatures(self.catalogue)
@@ -162,16 +167,37 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if customer.is_late(when, self.catalogue.allowed_lateness_ms):
                 out.append(LateEvent(event, customer.newest or when))
                 continue
+            pending = self._pending.get(customer_id)
+            if pending is not None and pending.at != max(when, customer.newest or when):
+                out.append(self._flush(customer_id))  # before its deadlines up to now fire
+                pending = None
+            out += self.fire(when, inclusive=False)  # what was due before this event
             name = customer.apply(event)
-            now = customer.newest or when
-            update = self._changed(customer_id, now, customer.observe_after(now, name))
-            update.event = event if name or event["type"] == "identify" else None
-            out.append(update)
+            if pending is None:
+                pending = self._pending[customer_id] = _Pending(customer.newest or when)
+            pending.names.add(name)
+            if name or event["type"] == "identify":
+                pending.events.append(event)
+        out += [self._flush(customer_id) for customer_id in list(self._pending)]
         if events:
             self.state.processed += events
             self.state.newest = newest
             out.append(ShardProgress("", self.state.processed, newest))
         return out, StatefulBatchLogic.RETAIN
+
+    def _flush(self, customer_id: str) -> ProfileUpdate:
+        """Evaluate a customer's events applied at one instant, recomputing what they feed."""
+        pending = self._pending.pop(customer_id)
+        customer = self.state.live[customer_id]
+        names = pending.names
+        observed = (
+            customer.observe_after(pending.at, next(iter(names)))
+            if len(names) == 1
+            else customer.observe(pending.at)
+        )
+        update = self._changed(customer_id, pending.at, observed)
+        update.events = tuple(pending.events)
+        return update
 
     def _erase(self, customer_id: str) -> frozenset[str]:
         """Forget the customer: state and pending deadlines; return the segments they left."""
@@ -241,6 +267,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             self.state.deadlines[0][0] < now or (inclusive and self.state.deadlines[0][0] == now)
         ):
             deadline, customer_id = heapq.heappop(self.state.deadlines)
+            if customer_id in self._pending:  # its changes come first, and may move it
+                out.append(self._flush(customer_id))
             if self.state.scheduled.get(customer_id) != deadline:
                 continue  # erased, or an instant already fired
             del self.state.scheduled[customer_id]
@@ -255,6 +283,17 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
 
     def snapshot(self) -> ShardState:
         return self.state
+
+
+class _Pending:
+    """A customer's events applied at one instant, not yet evaluated."""
+
+    __slots__ = ("at", "events", "names")
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.names: set[str | None] = set()
+        self.events: list[dict[str, Any]] = []
 
 
 def _name_progress(item: tuple[str, Any]) -> Any:

@@ -148,10 +148,8 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 profiles[item.customer_id] = item
                 if item.transitions:
                     transitions.setdefault(item.customer_id, []).extend(item.transitions)
-                if item.event is not None:
-                    recent.setdefault(item.customer_id, {})[_shown(item.event)] = int(
-                        item.event["timestamp"]
-                    )
+                for event in item.events:
+                    recent.setdefault(item.customer_id, {})[_shown(event)] = int(event["timestamp"])
             elif isinstance(item, Erased):
                 profiles[item.customer_id] = None
                 recent.pop(item.customer_id, None)

@@ -166,7 +166,8 @@ def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
     import subprocess
     import sys
 
-    deadline = time.time_ns() // 1_000_000 + 1_500
+    # far enough ahead for the pipeline to start and apply the view first, even on a busy machine
+    deadline = time.time_ns() // 1_000_000 + 6_000
     replay_messages(
         redis_client,
         settings,
@@ -185,6 +186,8 @@ def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
         start_new_session=True,
     )
     try:
+        wait_for(lambda: redis_client.exists(profile_key("eve")), what="the view applied")
+        assert time.time_ns() // 1_000_000 < deadline, "the pipeline took too long to start"
         stop = time.monotonic() + 30
         while True:
             fields = redis_client.hgetall(profile_key("eve"))

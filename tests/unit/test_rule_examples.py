@@ -250,12 +250,7 @@ def test_a_disabled_rule_still_answers_for_its_examples() -> None:
     assert len(run_examples(rule.model_copy(update={"enabled": False}))) == 1
 
 
-# Not strict: the shard is being changed to evaluate once per instant; drop the mark then.
-@pytest.mark.xfail(
-    strict=False,
-    reason="DESIGN.md: events at the same instant apply together; the feature shard evaluates "
-    "the rules after each event, so an add and an order at one instant enter and exit at once",
-)
+# DESIGN.md: an add and an order at one instant never leave the customer in a segment between them.
 def test_events_at_one_instant_apply_together() -> None:
     rule = with_examples(
         "high-intent-buyers",
@@ -313,3 +308,53 @@ def test_spans_read_as_rules_write_them() -> None:
     assert format_span(30 * MINUTE) == "30m"
     assert format_span(DAY + 12 * 60 * MINUTE) == "1d12h"
     assert format_span(40 * MINUTE + 1) == "40m1ms"
+
+
+VIEWED_THEN_ADDED = """\
+id: viewed-then-added
+name: Viewed then added
+description: Added a product to the cart within 10 minutes of viewing it, in the last hour.
+when:
+  sequence:
+    steps: [Product Viewed, Product Added]
+    within: 10m
+    same: [product_id]
+    in_last: 1h
+examples:
+  - name: the same product, viewed then added in time, for an hour
+    given:
+      - {at: 0m, event: Product Viewed, properties: {product_id: p1}}
+      - {at: 9m, event: Product Added, properties: {product_id: p1, price: 5}}
+    expect:
+      - {at: 9m, kind: enter}
+      - {at: 69m, kind: exit}
+  - name: another product does not complete the chain
+    given:
+      - {at: 0m, event: Product Viewed, properties: {product_id: p1}}
+      - {at: 1m, event: Product Added, properties: {product_id: p2, price: 5}}
+    expect: []
+  - name: ten minutes is too long
+    given:
+      - {at: 0m, event: Product Viewed, properties: {product_id: p1}}
+      - {at: 10m, event: Product Added, properties: {product_id: p1, price: 5}}
+    expect: []
+  - name: a later view restarts the chain
+    given:
+      - {at: 0m, event: Product Viewed, properties: {product_id: p1}}
+      - {at: 8m, event: Product Viewed, properties: {product_id: p1}}
+      - {at: 15m, event: Product Added, properties: {product_id: p1, price: 5}}
+    expect:
+      - {at: 15m, kind: enter}
+      - {at: 75m, kind: exit}
+"""
+
+
+def test_a_sequence_rule_keeps_to_its_examples() -> None:
+    assert run_examples(parse_rule(VIEWED_THEN_ADDED)) == []
+
+
+def test_a_sequence_example_that_is_wrong_is_caught() -> None:
+    wrong = VIEWED_THEN_ADDED.replace("{at: 69m, kind: exit}", "{at: 70m, kind: exit}")
+    (failure,) = run_examples(parse_rule(wrong))
+    assert failure.index == 0
+    assert "unexpected exit at 1h9m" in failure.message
