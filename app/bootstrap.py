@@ -17,6 +17,7 @@ from app.credentials import (
     replace_write_key,
 )
 from app.db import make_engine, session_scope
+from app.rules import active as rules
 from app.settings import Settings
 
 DEMO_SOURCE = "demo"
@@ -53,6 +54,7 @@ def prepare(settings: Settings, *, demo_shop: str | None = None) -> FirstStart:
     """Migrate; create what a first start needs; with ``demo_shop``, a fresh write key for the
     simulated shop (keys are stored hashed: an old one cannot be read back)."""
     with migrated_session(settings) as session:
+        rules.seed(session)
         admin_token = None
         if settings.admin_token is None and not has_admin_tokens(session=session):
             admin_token = create_admin_token(session=session, name="bootstrap")

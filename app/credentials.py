@@ -65,10 +65,14 @@ def has_admin_tokens(*, session: Session) -> bool:
     return session.exec(select(AdminToken.id)).first() is not None
 
 
-def admin_token_is_valid(*, session: Session, token: str, bootstrap: str | None) -> bool:
-    """True for the bootstrap token from the environment or any stored token."""
+BOOTSTRAP_ADMIN = "admin (SEGFLOW_ADMIN_TOKEN)"
+
+
+def admin_token_name(*, session: Session, token: str, bootstrap: str | None) -> str | None:
+    """Who the token is: the bootstrap token from the environment or a stored token's name
+    (what the audit trail records); None for a token that is not valid."""
     if bootstrap is not None and hmac.compare_digest(token.encode(), bootstrap.encode()):
-        return True
+        return BOOTSTRAP_ADMIN
     digest = hash_secret(token)
-    query = select(AdminToken.id).where(AdminToken.token_hash == digest)
-    return session.exec(query).first() is not None
+    query = select(AdminToken.name).where(AdminToken.token_hash == digest)
+    return session.exec(query).first()

@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.credentials import admin_token_is_valid, hash_secret
+from app.credentials import admin_token_name, hash_secret
 from app.ingest.auth import WriteKeyCache
 from app.ingest.service import EventStore
 from app.settings import Settings
@@ -28,8 +28,8 @@ class AppState:
     engine: Engine
     store: EventStore
     write_keys: WriteKeyCache
-    # token hash -> monotonic time it was last confirmed, so admin calls skip a SQL lookup
-    admin_tokens_seen: dict[str, float] = field(default_factory=dict)
+    # token hash -> (monotonic time it was last confirmed, whose it is): admin calls skip SQL
+    admin_tokens_seen: dict[str, tuple[float, str]] = field(default_factory=dict)
 
 
 async def get_state(request: Request) -> AppState:
@@ -55,7 +55,8 @@ _bearer = HTTPBearer(auto_error=False, description="The admin token `segflow up`
 def require_admin(
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
+) -> str:
+    """Let admins through; answer who it is (the token's name)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -65,22 +66,24 @@ def require_admin(
     token = credentials.credentials
     digest = hash_secret(token)
     seen = state.admin_tokens_seen.get(digest)
-    if seen is not None and time.monotonic() - seen < _ADMIN_CACHE_S:
-        return
+    if seen is not None and time.monotonic() - seen[0] < _ADMIN_CACHE_S:
+        return seen[1]
     bootstrap = state.settings.admin_token
     with Session(state.engine) as session:
-        valid = admin_token_is_valid(
+        name = admin_token_name(
             session=session,
             token=token,
             bootstrap=bootstrap.get_secret_value() if bootstrap else None,
         )
-    if not valid:
+    if name is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="admin API: the bearer token is not valid",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    state.admin_tokens_seen[digest] = time.monotonic()
+    state.admin_tokens_seen[digest] = (time.monotonic(), name)
+    return name
 
 
 AdminDep = Depends(require_admin)
+Admin = Annotated[str, Depends(require_admin)]  # the admin's name, for the audit trail

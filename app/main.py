@@ -21,6 +21,7 @@ from app.ingest.auth import WriteKeyCache
 from app.ingest.service import EventStore
 from app.redis_client import async_redis
 from app.redis_server import redis_url_for
+from app.rules import views as rule_views
 from app.segments import views as segment_views
 from app.settings import Settings, get_settings
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest_views.router)
     app.include_router(admin_views.router)
     app.include_router(segment_views.router)
+    app.include_router(rule_views.router)
     app.include_router(health.router)
     app.add_exception_handler(CollectorError, _collector_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

@@ -681,9 +681,9 @@ class CustomerFeatures:
     _observed: _Observed | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._adopt(self.catalogue)
+        self.adopt(self.catalogue)
 
-    def _adopt(self, catalogue: Catalogue) -> None:
+    def adopt(self, catalogue: Catalogue) -> None:
         """Hold the logs ``catalogue`` reads and no others (a rule change can swap it)."""
         self.catalogue = catalogue
         horizons = catalogue.horizons()
@@ -735,7 +735,7 @@ class CustomerFeatures:
     def restore(cls, blob: bytes, catalogue: Catalogue) -> CustomerFeatures:
         """A customer from ``pickle.dumps(customer)``, with the catalogue it is computed for."""
         customer: CustomerFeatures = pickle.loads(blob)  # noqa: S301 - only our own snapshots
-        customer._adopt(catalogue)
+        customer.adopt(catalogue)
         return customer
 
     def apply(self, event: Mapping[str, Any]) -> str | None:

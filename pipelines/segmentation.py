@@ -27,12 +27,14 @@ from bytewax.outputs import Sink
 from app.rules.compiler import CompiledRules
 from app.rules.engine import Rulesets
 from app.streams import ERASE
+from pipelines.catalogue import default_catalogue
 from pipelines.features import Catalogue, CustomerFeatures
 from pipelines.records import Erased, LateEvent, ProfileUpdate, ShardProgress, Transition
 from pipelines.sinks import ProfileSink
 from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
 if TYPE_CHECKING:
+    from app.rules.active import RuleSet, RuleWatcher
     from app.settings import Settings
 
 SHARDS_PER_PARTITION = 16
@@ -59,6 +61,9 @@ class ShardState:
         self.scheduled: dict[str, int] = {}
         self.processed = 0
         self.newest: int | None = None
+        self.clock: int | None = None  # the newest instant seen: event time or a tick's
+        self.revision: int | None = None  # the rule set's revision the customers are in under
+        self.stale: list[str] = []  # customers not yet re-evaluated under that revision
 
     def customer(self, customer_id: str) -> CustomerFeatures | None:
         """The customer's state, to be changed (None: unknown here)."""
@@ -85,6 +90,9 @@ class ShardState:
     def __len__(self) -> int:
         return len(self.frozen.keys() | self.live.keys())
 
+    def customer_ids(self) -> list[str]:
+        return sorted(self.frozen.keys() | self.live.keys())
+
     def freeze(self) -> None:
         """Serialize the changed customers; let go of the live form of long-idle ones."""
         for customer_id in list(self.live):
@@ -101,7 +109,16 @@ class ShardState:
 
     def __getstate__(self) -> dict[str, Any]:
         self.freeze()
-        kept = ("frozen", "deadlines", "scheduled", "processed", "newest")
+        kept = (
+            "frozen",
+            "deadlines",
+            "scheduled",
+            "processed",
+            "newest",
+            "clock",
+            "revision",
+            "stale",
+        )
         return {name: getattr(self, name) for name in kept}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -110,6 +127,19 @@ class ShardState:
 
 
 IDLE_SNAPSHOTS = 30
+REEVALUATED_PER_BATCH = 2_000
+
+
+_CATALOGUES: dict[tuple[str, int], Catalogue] = {}
+
+
+def catalogue_for(rules: CompiledRules, allowed_lateness_ms: int) -> Catalogue:
+    """The catalogue for a rule set, one per process (its plan is built once, not per shard)."""
+    key = (rules.fingerprint, allowed_lateness_ms)
+    found = _CATALOGUES.get(key)
+    if found is None:
+        found = _CATALOGUES[key] = default_catalogue(allowed_lateness_ms, rules.feature_specs())
+    return found
 
 
 def shard_of(customer_id: str, partition: int, partitions: int) -> str:
@@ -131,16 +161,25 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
     replays emit the same changes at the same event times."""
 
     def __init__(
-        self, catalogue: Catalogue, rules: CompiledRules | None, state: ShardState | None
+        self,
+        catalogue: Catalogue,
+        rules: CompiledRules | None,
+        state: ShardState | None,
+        watcher: RuleWatcher | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.rules = rules
+        self.watcher = watcher
         self.state = state or ShardState()
         self.state.catalogue = catalogue
         self._pending: dict[str, _Pending] = {}
 
     def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
         out: list[ProfileUpdate | LateEvent | Erased | ShardProgress] = []
+        if self.watcher is not None:
+            self._follow(self.watcher.current())
+        if self.state.stale:
+            out += self._reevaluate(REEVALUATED_PER_BATCH)
         # Events at the same instant apply together: a customer's change is evaluated once
         # their next event is at a later instant, a deadline of theirs fires, or the batch ends.
         self._pending = {}
@@ -148,6 +187,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         newest = self.state.newest
         for item in values:
             if isinstance(item, Tick):
+                self.state.clock = max(self.state.clock or item.at, item.at)
                 out += [self._flush(customer_id) for customer_id in list(self._pending)]
                 out += self.fire(item.at, inclusive=item.inclusive)
                 continue
@@ -155,6 +195,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             events += 1
             when = int(event["timestamp"])
             newest = when if newest is None else max(newest, when)
+            self.state.clock = max(self.state.clock or when, when)
             customer_id = str(event["customer_id"])
             if event["type"] == ERASE:
                 self._pending.pop(customer_id, None)
@@ -184,6 +225,38 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             self.state.newest = newest
             out.append(ShardProgress("", self.state.processed, newest))
         return out, StatefulBatchLogic.RETAIN
+
+    def _follow(self, current: RuleSet) -> None:
+        """Run ``current`` from now on; every customer is re-evaluated under it (a few
+        thousand per batch), entering and leaving segments at the shard's clock.
+
+        Features a new rule reads start counting now: the state keeps only what the rules it
+        ran under asked for. A recovered shard already under this revision changes nothing."""
+        if current.revision == self.state.revision:
+            return
+        if self.state.revision is not None or len(self.state):
+            self.state.stale = self.state.customer_ids()
+        self.state.revision = current.revision
+        if current.compiled is self.rules:
+            return
+        self.rules = current.compiled
+        self.catalogue = catalogue_for(current.compiled, self.catalogue.allowed_lateness_ms)
+        self.state.catalogue = self.catalogue
+        for customer in self.state.live.values():
+            customer.adopt(self.catalogue)
+
+    def _reevaluate(self, most: int) -> list[ProfileUpdate]:
+        out = []
+        chunk, self.state.stale = self.state.stale[:most], self.state.stale[most:]
+        for customer_id in chunk:
+            customer = self.state.customer(customer_id)
+            if customer is None:
+                continue  # erased since
+            at = max(self.state.clock or 0, customer.newest or 0)
+            update = self._changed(customer_id, at, customer.observe(at))
+            if update.transitions:
+                out.append(update)
+        return out
 
     def _flush(self, customer_id: str) -> ProfileUpdate:
         """Evaluate a customer's events applied at one instant, recomputing what they feed."""
@@ -309,6 +382,7 @@ def get_flow(
     partitions: int,
     catalogue: Catalogue,
     rules: CompiledRules | None = None,
+    watcher: RuleWatcher | None = None,
     stop_at_end: bool = False,
     sink: Sink[Any] | None = None,
 ) -> Dataflow:
@@ -322,7 +396,7 @@ def get_flow(
     keyed: Any = op.flat_map("route", items, lambda item: route(item, partitions))
     # (shard, StreamEvent | Tick)
     updates = op.stateful_batch(
-        "features", keyed, lambda state: FeatureShard(catalogue, rules, state)
+        "features", keyed, lambda state: FeatureShard(catalogue, rules, state, watcher)
     )
     # (shard, ProfileUpdate | LateEvent | ShardProgress)
     named = op.map("name_progress", updates, _name_progress)
@@ -334,17 +408,23 @@ def get_flow(
 def segmentation_flow(
     settings: Settings, *, stop_at_end: bool = False, sink: Sink[Any] | None = None
 ) -> Dataflow:
-    """The flow with the active rules and the features they read, for these settings."""
-    from app.rules.active import active_rules
-    from pipelines.catalogue import default_catalogue
+    """The flow with the active rules and the features they read, for these settings; it
+    follows the rules saved through the admin API as they change."""
+    from app.bootstrap import migrated_session
+    from app.db import make_engine
+    from app.rules.active import RuleWatcher, seed
 
     url = settings.redis_url or os.environ["REDIS_URL"]
-    rules = active_rules()
+    with migrated_session(settings) as session:
+        seed(session)
+    watcher = RuleWatcher(make_engine(settings, pooled=False))
+    current = watcher.current()
     return get_flow(
         redis_url=url,
         partitions=settings.partitions,
-        catalogue=default_catalogue(settings.allowed_lateness_ms, rules.feature_specs()),
-        rules=rules,
+        catalogue=catalogue_for(current.compiled, settings.allowed_lateness_ms),
+        rules=current.compiled,
+        watcher=watcher,
         stop_at_end=stop_at_end,
         sink=sink,
     )

@@ -17,14 +17,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, delete, text
 from sqlmodel import Session
 
 from app import migrate
 from app.credentials import create_admin_token, create_write_key
 from app.db import make_engine
 from app.main import create_app
+from app.models import RuleChange, RuleRow, RuleVersion
 from app.redis_server import EmbeddedRedis
+from app.rules.active import seed
 from app.settings import Settings
 from tests.helpers import ServerThread
 
@@ -100,7 +102,16 @@ def redis_client(services: Services) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def settings(services: Services, redis_client: redis.Redis) -> Settings:
-    return services.settings()
+    """The backend's settings, its Redis db flushed and its rules the shipped ones again."""
+    settings = services.settings()
+    engine = make_engine(settings)
+    with Session(engine) as session:
+        for table in (RuleChange, RuleVersion, RuleRow):
+            session.execute(delete(table))
+        seed(session)
+        session.commit()
+    engine.dispose()
+    return settings
 
 
 @pytest.fixture(scope="session")

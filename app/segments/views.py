@@ -6,9 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from redis import RedisError
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import AdminDep, StateDep
-from app.rules.active import shipped_rules
+from app.rules import store
+from app.rules.service import Explanation, explain
+from app.rules.store import StoredRule
 from app.segments import service
 from app.segments.service import MemberPage, SegmentPage, TransitionPage
 
@@ -29,11 +33,21 @@ def _unreachable(error: Exception) -> HTTPException:
     return HTTPException(503, detail=f"segments: Redis unreachable ({error})")
 
 
+async def _rules(state: StateDep) -> list[StoredRule]:
+    def read() -> list[StoredRule]:
+        with Session(state.engine) as session:
+            return store.current_rules(session)
+
+    return await run_in_threadpool(read)
+
+
 @router.get("/segments", response_model=SegmentPage)
 async def list_segments(state: StateDep) -> SegmentPage:
     """Every segment (a rule's id) with its name and current size."""
     try:
-        return await service.list_segments(state.redis, rules=shipped_rules())
+        return await service.list_segments(
+            state.redis, rules=[stored.rule for stored in await _rules(state)]
+        )
     except (RedisError, OSError) as error:
         raise _unreachable(error) from error
 
@@ -47,7 +61,7 @@ async def list_members(
     segment_id: str, state: StateDep, limit: Limit = 100, cursor: Cursor = None
 ) -> MemberPage:
     """The customers in the segment now, a page at a time."""
-    if segment_id not in {rule.id for rule in shipped_rules()}:
+    if segment_id not in {stored.id for stored in await _rules(state)}:
         raise HTTPException(404, detail=f"segment {segment_id!r}: no such segment")
     try:
         return await service.members(state.redis, segment_id, limit=limit, cursor=cursor)
@@ -64,3 +78,25 @@ async def list_transitions(
         return await service.transitions(state.redis, customer_id, limit=limit, cursor=cursor)
     except (RedisError, OSError) as error:
         raise _unreachable(error) from error
+
+
+@router.get(
+    "/customers/{customer_id}/explain",
+    response_model=Explanation,
+    responses={404: {"description": "No such customer or segment."}},
+)
+async def explain_membership(
+    customer_id: str, state: StateDep, segment: Annotated[str, Query(min_length=1)]
+) -> Explanation:
+    """Why the customer is in the segment or not: its rule's condition tree with each leaf's
+    current value and truth, next to the membership the dataflow keeps."""
+    found = {stored.id: stored for stored in await _rules(state)}.get(segment)
+    if found is None:
+        raise HTTPException(404, detail=f"segment {segment!r}: no such segment")
+    try:
+        explained = await explain(state.redis, customer_id, found.rule, found.version)
+    except (RedisError, OSError) as error:
+        raise _unreachable(error) from error
+    if explained is None:
+        raise HTTPException(404, detail=f"customer {customer_id!r}: no profile")
+    return explained
