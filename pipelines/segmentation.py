@@ -64,6 +64,8 @@ class ShardState:
         self.clock: int | None = None  # the newest instant seen: event time or a tick's
         self.revision: int | None = None  # the rule set's revision the customers are in under
         self.stale: list[str] = []  # customers not yet re-evaluated under that revision
+        # customers with events applied at one instant, evaluated once that instant is complete
+        self.pending: dict[str, _Pending] = {}
 
     def customer(self, customer_id: str) -> CustomerFeatures | None:
         """The customer's state, to be changed (None: unknown here)."""
@@ -118,6 +120,7 @@ class ShardState:
             "clock",
             "revision",
             "stale",
+            "pending",
         )
         return {name: getattr(self, name) for name in kept}
 
@@ -172,7 +175,6 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         self.watcher = watcher
         self.state = state or ShardState()
         self.state.catalogue = catalogue
-        self._pending: dict[str, _Pending] = {}
 
     def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
         out: list[ProfileUpdate | LateEvent | Erased | ShardProgress] = []
@@ -180,15 +182,20 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             self._follow(self.watcher.current())
         if self.state.stale:
             out += self._reevaluate(REEVALUATED_PER_BATCH)
-        # Events at the same instant apply together: a customer's change is evaluated once
-        # their next event is at a later instant, a deadline of theirs fires, or the batch ends.
-        self._pending = {}
+        # Events at the same instant apply together: a customer's events are evaluated once their
+        # instant is complete: their next event is later, a deadline of theirs fires, or the
+        # partition's clock passes it (a tick), even if a read of the stream split them.
+        pending = self.state.pending
         events = 0
         newest = self.state.newest
         for item in values:
             if isinstance(item, Tick):
                 self.state.clock = max(self.state.clock or item.at, item.at)
-                out += [self._flush(customer_id) for customer_id in list(self._pending)]
+                out += [
+                    self._flush(customer_id)
+                    for customer_id, waiting in list(pending.items())
+                    if waiting.at < item.at or item.inclusive
+                ]
                 out += self.fire(item.at, inclusive=item.inclusive)
                 continue
             event = item.event
@@ -198,7 +205,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             self.state.clock = max(self.state.clock or when, when)
             customer_id = str(event["customer_id"])
             if event["type"] == ERASE:
-                self._pending.pop(customer_id, None)
+                pending.pop(customer_id, None)
                 out.append(Erased(customer_id, self._erase(customer_id)))
                 continue
             customer = self.state.customer(customer_id)
@@ -208,18 +215,17 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if customer.is_late(when, self.catalogue.allowed_lateness_ms):
                 out.append(LateEvent(event, customer.newest or when))
                 continue
-            pending = self._pending.get(customer_id)
-            if pending is not None and pending.at != max(when, customer.newest or when):
+            waiting = pending.get(customer_id)
+            if waiting is not None and waiting.at != max(when, customer.newest or when):
                 out.append(self._flush(customer_id))  # before its deadlines up to now fire
-                pending = None
+                waiting = None
             out += self.fire(when, inclusive=False)  # what was due before this event
             name = customer.apply(event)
-            if pending is None:
-                pending = self._pending[customer_id] = _Pending(customer.newest or when)
-            pending.names.add(name)
+            if waiting is None:
+                waiting = pending[customer_id] = _Pending(customer.newest or when)
+            waiting.names.add(name)
             if name or event["type"] == "identify":
-                pending.events.append(event)
-        out += [self._flush(customer_id) for customer_id in list(self._pending)]
+                waiting.events.append(event)
         if events:
             self.state.processed += events
             self.state.newest = newest
@@ -260,8 +266,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
 
     def _flush(self, customer_id: str) -> ProfileUpdate:
         """Evaluate a customer's events applied at one instant, recomputing what they feed."""
-        pending = self._pending.pop(customer_id)
-        customer = self.state.live[customer_id]
+        pending = self.state.pending.pop(customer_id)
+        customer = self.state.customer(customer_id)
+        assert customer is not None, "pending events outlived their customer"
         names = pending.names
         observed = (
             customer.observe_after(pending.at, next(iter(names)))
@@ -340,7 +347,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             self.state.deadlines[0][0] < now or (inclusive and self.state.deadlines[0][0] == now)
         ):
             deadline, customer_id = heapq.heappop(self.state.deadlines)
-            if customer_id in self._pending:  # its changes come first, and may move it
+            if customer_id in self.state.pending:  # its changes come first, and may move it
                 out.append(self._flush(customer_id))
             if self.state.scheduled.get(customer_id) != deadline:
                 continue  # erased, or an instant already fired

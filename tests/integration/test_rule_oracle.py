@@ -508,12 +508,6 @@ def test_events_at_one_instant_apply_together(
     assert got == expected, mismatch_report(expected, got, events, shown=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shard evaluates a customer's events of one instant at every source tick, and "
-    "the source ticks after every read of a batch of stream entries: events of one instant "
-    "split by a read are evaluated apart, so an enter and an exit are recorded at that instant",
-)
 def test_events_at_one_instant_apply_together_across_source_reads(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
