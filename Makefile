@@ -34,8 +34,11 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every benchmark in turn (minutes); `make bench BENCH=rules` runs one. With options:
+# `segflow bench NAME OPTIONS` (`python bench/NAME.py --help` lists them).
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
+	@set -e; for name in $(or $(BENCH),ingest pipeline crash rules); do \
+		echo "== bench/$$name.py"; $(BIN)/segflow bench $$name; done
 
 clean:
 	rm -rf $(VENV) .segflow .pytest_cache .mypy_cache .ruff_cache

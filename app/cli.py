@@ -305,11 +305,15 @@ def demo(url: str, write_key: str, rate: float, shoppers: int, seed: int | None)
         shop.run(url=url, write_key=write_key, rate=rate, shoppers=shoppers, seed=seed)
 
 
-@main.command()
-@click.argument("name", type=click.Choice(["ingest", "pipeline", "crash"]), default="ingest")
+BENCHMARKS = ("ingest", "pipeline", "crash", "rules")  # bench/NAME.py
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name", type=click.Choice(BENCHMARKS), default="ingest")
 @click.argument("options", nargs=-1, type=click.UNPROCESSED)
 def bench(name: str, options: tuple[str, ...]) -> None:
-    """Run a benchmark from bench/ (from a source checkout); it prints a table with its floor."""
+    """Run the benchmark bench/NAME.py (from a source checkout) with its OPTIONS (`python
+    bench/NAME.py --help` lists them); it prints a table with its floor."""
     script = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
     if not script.is_file():
         raise click.ClickException(f"{script} not found: benchmarks run from a source checkout")

@@ -248,6 +248,21 @@ def test_rules_check_of_a_missing_path_fails_with_a_message(tmp_path):
     assert "does not exist" in done.stderr
 
 
+def test_bench_rules_passes_its_options_to_bench_rules_py():
+    done = subprocess.run(
+        [*SEGFLOW, "bench", "rules", "--snapshots", "100", "--seconds", "0.01", "--rules", "1,2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "the floor agreed on every snapshot" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2"]
+
+
 def _sources(port: int) -> dict[str, int]:
     """How many stored events came from each source, in the embedded Redis on ``port``."""
     client = redis.Redis(port=port)
