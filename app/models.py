@@ -46,7 +46,7 @@ class RuleRow(SQLModel, table=True):
     name: str = Field(max_length=200)
     enabled: bool = True
     version: int
-    source: str  # the document as the author wrote it (YAML, or JSON)
+    source: str = Field(sa_type=sa.Text())  # the document as written (YAML, or JSON)
     media_type: str = Field(max_length=40)  # "application/yaml" | "application/json"
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
@@ -61,7 +61,7 @@ class RuleVersion(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     rule_id: str = Field(index=True, max_length=100)
     version: int
-    source: str
+    source: str = Field(sa_type=sa.Text())
     media_type: str = Field(max_length=40)
     author: str = Field(max_length=200)
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
@@ -79,4 +79,4 @@ class RuleChange(SQLModel, table=True):
     version: int | None = None  # the version it made current (None: deleted)
     author: str = Field(max_length=200)
     at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
-    diff: str = ""
+    diff: str = Field(default="", sa_type=sa.Text())

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 
 FAILED_EVENTS_KEY = "failed-events"
 ERASE = "erase"  # the type of the stream entry that tells the dataflow to forget a customer
+# Identity merges (pipelines.segmentation): the anonymous customer's shard is told to hand its
+# state over (MERGE), and the known customer's shard takes it in (ABSORB).
+MERGE = "merge"
+ABSORB = "absorb"
+CONTROL_TYPES = frozenset({ERASE, MERGE, ABSORB})
 PROGRESS_KEY = "dataflow-progress"  # hash: shard -> [entries processed, newest event time]
 EVENT_FIELD = "e"
 
@@ -104,3 +109,8 @@ def stored_flags(
         for position, stored in zip(plan.positions, result, strict=True):
             flags[position] = bool(stored)
     return flags
+
+
+def relay_marker_key(partition: int, marker: str) -> str:
+    """Set once the dataflow appended an entry of its own to the partition."""
+    return f"relay:{{{partition}}}:{marker}"

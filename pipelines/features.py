@@ -40,6 +40,7 @@ have given had they all carried the same id.
 from __future__ import annotations
 
 import bisect
+import io
 import math
 import pickle
 from collections.abc import Callable, Mapping
@@ -733,8 +734,13 @@ class CustomerFeatures:
 
     @classmethod
     def restore(cls, blob: bytes, catalogue: Catalogue) -> CustomerFeatures:
-        """A customer from ``pickle.dumps(customer)``, with the catalogue it is computed for."""
-        customer: CustomerFeatures = pickle.loads(blob)  # noqa: S301 - only our own snapshots
+        """A customer from ``pickle.dumps(customer)``, with the catalogue it is computed for.
+
+        Only a customer's own parts are rebuilt: a blob read back from Redis (an identity
+        merge moves state through a stream) cannot name any other callable."""
+        customer = _StateUnpickler(io.BytesIO(blob)).load()
+        if not isinstance(customer, CustomerFeatures):
+            raise pickle.UnpicklingError("not a customer's state")
         customer.adopt(catalogue)
         return customer
 
@@ -872,6 +878,22 @@ class CustomerFeatures:
 
     def is_late(self, when: int, allowed_lateness_ms: int) -> bool:
         return self.newest is not None and when < self.newest - allowed_lateness_ms
+
+
+class _StateUnpickler(pickle.Unpickler):
+    ALLOWED = frozenset(
+        {
+            ("pipelines.features", "_rebuilt"),
+            ("pipelines.features", "Folded"),
+            ("builtins", "frozenset"),
+            ("builtins", "set"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"a customer's state does not hold {module}.{name}")
+        return super().find_class(module, name)
 
 
 def _rebuilt(

@@ -53,6 +53,16 @@ class Erased:
 
 
 @dataclass
+class Relay:
+    """A stream entry for another customer's partition (identity merges move state and events
+    there), appended once: replayed output finds its marker."""
+
+    partition: int
+    entry: dict[str, Any]
+    marker: str  # unique per entry: the append happens once per marker
+
+
+@dataclass
 class ShardProgress:
     """How many stream entries a shard has applied, and the newest event time among them.
 

@@ -11,6 +11,7 @@ by event time while a partition is being read, by the wall clock once it has cau
 
 from __future__ import annotations
 
+import base64
 import gc
 import heapq
 import os
@@ -26,10 +27,10 @@ from bytewax.outputs import Sink
 
 from app.rules.compiler import CompiledRules
 from app.rules.engine import Rulesets
-from app.streams import ERASE
+from app.streams import ABSORB, ERASE, MERGE, partition_of
 from pipelines.catalogue import default_catalogue
 from pipelines.features import Catalogue, CustomerFeatures
-from pipelines.records import Erased, LateEvent, ProfileUpdate, ShardProgress, Transition
+from pipelines.records import Erased, LateEvent, ProfileUpdate, Relay, ShardProgress, Transition
 from pipelines.sinks import ProfileSink
 from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
@@ -66,6 +67,7 @@ class ShardState:
         self.stale: list[str] = []  # customers not yet re-evaluated under that revision
         # customers with events applied at one instant, evaluated once that instant is complete
         self.pending: dict[str, _Pending] = {}
+        self.merged: dict[str, str] = {}  # anonymous id -> the customer it was merged into
 
     def customer(self, customer_id: str) -> CustomerFeatures | None:
         """The customer's state, to be changed (None: unknown here)."""
@@ -121,6 +123,7 @@ class ShardState:
             "revision",
             "stale",
             "pending",
+            "merged",
         )
         return {name: getattr(self, name) for name in kept}
 
@@ -169,15 +172,17 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         rules: CompiledRules | None,
         state: ShardState | None,
         watcher: RuleWatcher | None = None,
+        partitions: int = 1,
     ) -> None:
         self.catalogue = catalogue
+        self.partitions = partitions
         self.rules = rules
         self.watcher = watcher
         self.state = state or ShardState()
         self.state.catalogue = catalogue
 
     def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
-        out: list[ProfileUpdate | LateEvent | Erased | ShardProgress] = []
+        out: list[ProfileUpdate | LateEvent | Erased | Relay | ShardProgress] = []
         if self.watcher is not None:
             self._follow(self.watcher.current())
         if self.state.stale:
@@ -204,9 +209,23 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             newest = when if newest is None else max(newest, when)
             self.state.clock = max(self.state.clock or when, when)
             customer_id = str(event["customer_id"])
-            if event["type"] == ERASE:
+            kind = event["type"]
+            if kind == ERASE:
                 pending.pop(customer_id, None)
+                self.state.merged.pop(customer_id, None)
                 out.append(Erased(customer_id, self._erase(customer_id)))
+                continue
+            into = self.state.merged.get(customer_id)
+            if into is not None:  # merged away: what still comes for them is the other's
+                if kind != MERGE:
+                    forwarded = {**event, "customer_id": into}
+                    out.append(self._relay(forwarded, f"forward:{event['message_id']}"))
+                continue
+            if kind == MERGE:
+                out += self._merge_away(customer_id, str(event["into"]), event)
+                continue
+            if kind == ABSORB:
+                out += self._absorb(customer_id, event)
                 continue
             customer = self.state.customer(customer_id)
             if customer is None:
@@ -224,13 +243,70 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if waiting is None:
                 waiting = pending[customer_id] = _Pending(customer.newest or when)
             waiting.names.add(name)
-            if name or event["type"] == "identify":
+            if name or kind == "identify":
                 waiting.events.append(event)
+            other = _merged_by(event)
+            if other is not None:
+                request: dict[str, Any] = {
+                    "type": MERGE,
+                    "customer_id": other,
+                    "into": customer_id,
+                    "timestamp": when,
+                    "message_id": f"merge:{event['message_id']}",
+                }
+                out.append(self._relay(request, str(request["message_id"])))
         if events:
             self.state.processed += events
             self.state.newest = newest
             out.append(ShardProgress("", self.state.processed, newest))
         return out, StatefulBatchLogic.RETAIN
+
+    def _relay(self, entry: dict[str, Any], marker: str) -> Relay:
+        partition = partition_of(str(entry["customer_id"]), self.partitions)
+        return Relay(partition, entry, marker)
+
+    def _merge_away(self, customer_id: str, into: str, request: dict[str, Any]) -> list[Any]:
+        """Hand this (anonymous) customer's state to ``into`` through its partition, forget
+        it here, and forward whatever still comes for it."""
+        if into == customer_id:
+            return []
+        out: list[Any] = []
+        if customer_id in self.state.pending:
+            out.append(self._flush(customer_id))
+        self.state.merged[customer_id] = into
+        customer = self.state.customer(customer_id)
+        if customer is None:
+            return out  # nothing known yet: later events are forwarded
+        blob = pickle.dumps(customer, pickle.HIGHEST_PROTOCOL)
+        out.append(Erased(customer_id, self._erase(customer_id)))
+        absorb = {
+            "type": ABSORB,
+            "customer_id": into,
+            "from": customer_id,
+            "timestamp": request["timestamp"],
+            "message_id": f"absorb:{request['message_id']}",
+            "state": base64.b64encode(blob).decode(),
+        }
+        out.append(self._relay(absorb, absorb["message_id"]))
+        return out
+
+    def _absorb(self, customer_id: str, entry: dict[str, Any]) -> list[ProfileUpdate]:
+        """Merge another identity's state into this customer: the features are as if every
+        event had carried this customer's id (``CustomerFeatures.merge``)."""
+        out = []
+        if customer_id in self.state.pending:
+            out.append(self._flush(customer_id))
+        other = CustomerFeatures.restore(base64.b64decode(entry["state"]), self.catalogue)
+        customer = self.state.customer(customer_id)
+        if customer is None:
+            other.segments = frozenset()
+            customer = other
+            self.state.add(customer_id, customer)
+        else:
+            customer.merge(other)
+        now = customer.newest or int(entry["timestamp"])  # like an event of theirs: deadlines
+        out.append(self._changed(customer_id, now, customer.observe(now)))  # after it fire
+        return out
 
     def _follow(self, current: RuleSet) -> None:
         """Run ``current`` from now on; every customer is re-evaluated under it (a few
@@ -376,6 +452,19 @@ class _Pending:
         self.events: list[dict[str, Any]] = []
 
 
+def _merged_by(event: dict[str, Any]) -> str | None:
+    """The other id an identify carrying both ids, or an alias, merges into this customer."""
+    kind = event["type"]
+    other = (
+        event.get("anonymous_id")
+        if kind == "identify" and event.get("user_id")
+        else event.get("previous_id")
+        if kind == "alias"
+        else None
+    )
+    return other if other and other != event["customer_id"] else None
+
+
 def _name_progress(item: tuple[str, Any]) -> Any:
     shard, value = item
     if isinstance(value, ShardProgress):
@@ -403,7 +492,9 @@ def get_flow(
     keyed: Any = op.flat_map("route", items, lambda item: route(item, partitions))
     # (shard, StreamEvent | Tick)
     updates = op.stateful_batch(
-        "features", keyed, lambda state: FeatureShard(catalogue, rules, state, watcher)
+        "features",
+        keyed,
+        lambda state: FeatureShard(catalogue, rules, state, watcher, partitions),
     )
     # (shard, ProfileUpdate | LateEvent | ShardProgress)
     named = op.map("name_progress", updates, _name_progress)

@@ -21,13 +21,31 @@ from app.profiles.keys import (
     transitions_key,
     trigger_marker_key,
 )
-from app.streams import FAILED_EVENTS_KEY, PROGRESS_KEY
-from pipelines.records import Erased, LateEvent, ProfileUpdate, ShardProgress, Transition
+from app.streams import (
+    EVENT_FIELD,
+    FAILED_EVENTS_KEY,
+    PROGRESS_KEY,
+    relay_marker_key,
+    stats_key,
+    stream_key,
+)
+from pipelines.records import Erased, LateEvent, ProfileUpdate, Relay, ShardProgress, Transition
 
 RECENT_EVENTS = 20
 TRANSITIONS_KEPT = 1_000  # per customer, the newest
 TRIGGER_MARKER_TTL_S = 7 * 86_400
 LATE_MARKER_TTL_S = 86_400
+RELAY_MARKER_TTL_S = 7 * 86_400
+
+# An entry the dataflow adds to a partition, counted as accepted like the collector's, once.
+# KEYS: stream, stats, marker; ARGV: marker TTL, entry
+_RELAY = """
+if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('XADD', KEYS[1], '*', 'EVENT_FIELD', ARGV[2])
+  redis.call('HINCRBY', KEYS[2], 'accepted', 1)
+end
+return 1
+""".replace("EVENT_FIELD", EVENT_FIELD)
 
 # KEYS: failed-events stream, marker; ARGV: marker TTL, then field, value, ...
 _APPEND_ONCE = """
@@ -133,7 +151,7 @@ def late_marker_key(message_id: str) -> str:
 class _ProfilePartition(StatelessSinkPartition[Any]):
     def __init__(self, url: str) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=10)
-        self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE)
+        self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE, _RELAY)
 
     def write_batch(self, items: list[Any]) -> None:
         # A customer changes many times in a batch: only their last profile is written, with
@@ -157,6 +175,16 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 left[item.customer_id] = item.segments
             elif isinstance(item, LateEvent):
                 self._keep_late(item)
+            elif isinstance(item, Relay):
+                self._redis.script(
+                    _RELAY,
+                    [
+                        stream_key(item.partition),
+                        stats_key(item.partition),
+                        relay_marker_key(item.partition, item.marker),
+                    ],
+                    [RELAY_MARKER_TTL_S, orjson.dumps(item.entry)],
+                )
             elif isinstance(item, ShardProgress):
                 progress[item.shard] = orjson.dumps([item.processed, item.newest])
         for customer_id, update in profiles.items():

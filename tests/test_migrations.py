@@ -74,12 +74,6 @@ def table_names(settings: Settings) -> set[str]:
         engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/models.py declares RuleRow.source, RuleVersion.source and RuleChange.diff as "
-    "plain `str` (SQLModel's AutoString, VARCHAR), the migration creates them as TEXT; the "
-    "models need sa_type=sa.Text() (then remove this marker)",
-)
 def test_the_migrated_schema_is_the_models_column_for_column(fresh_settings):
     migrate.upgrade(fresh_settings)
     assert differences(fresh_settings) == []

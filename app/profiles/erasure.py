@@ -28,7 +28,8 @@ from app.streams import (
 )
 
 SCAN_CHUNK = 1_000
-ID_FIELDS = ("customer_id", "user_id", "anonymous_id", "previous_id")
+# the fields that name a customer: an event's ids, and an identity merge's two sides
+ID_FIELDS = ("customer_id", "user_id", "anonymous_id", "previous_id", "into", "from")
 
 
 class ErasureReport(BaseModel):

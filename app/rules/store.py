@@ -69,8 +69,11 @@ def parse_document(text: str, media_type: str = YAML) -> Rule:
         raise RuleError([RuleProblem(None, None, None, f"not valid JSON: {error}")]) from error
     if not isinstance(document, dict):
         raise RuleError([RuleProblem(None, None, None, "a rule is a JSON object")])
-    # the schema reads YAML (JSON is YAML too); re-emitted, every value keeps its JSON type
-    return parse_rule(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    try:  # JSON is YAML too: read as it is, problems name the lines of the text sent
+        yaml.safe_load(text)
+    except yaml.YAMLError:  # but for what YAML refuses (tabs): the same document re-emitted
+        return parse_rule(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    return parse_rule(text)
 
 
 def _stored(row: RuleRow) -> StoredRule:

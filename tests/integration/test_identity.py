@@ -1,0 +1,146 @@
+"""Identity merges live, through the collector, the streams and the running dataflow: an
+anonymous visitor who identifies (or is aliased) becomes one customer with the known id, whose
+profile equals a twin's that carried the user id all along."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from app.settings import Settings
+from tests.factories import iso
+from tests.helpers import ServerThread, pipeline_env, wait_for
+
+
+def message(kind: str, at: int, n: str, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, "messageId": n, "timestamp": iso(at), **fields}
+
+
+def shop(who: dict[str, str], start: int, tag: str) -> list[dict[str, Any]]:
+    return [
+        message(
+            "track",
+            start + n * 1000,
+            f"{tag}-v{n}",
+            event="Product Viewed",
+            properties={"product_id": f"p{n}"},
+            **who,
+        )
+        for n in range(4)
+    ] + [
+        message(
+            "track",
+            start + 5000,
+            f"{tag}-add",
+            event="Product Added",
+            properties={"product_id": "p1", "price": 25.0},
+            **who,
+        )
+    ]
+
+
+def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
+    settings: Settings,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    api: ServerThread,
+    credentials: dict[str, str],
+):
+    env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
+    env.pop("DATABASE_URL", None)
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
+    pipeline = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "pipeline", "--no-recovery"],
+        env=env,
+        start_new_session=True,
+    )
+    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    try:
+        start = time.time_ns() // 1_000_000 - 60_000
+        batch = [
+            # ann browses anonymously, identifies, then views once more as herself
+            *shop({"anonymousId": "anon-ann"}, start, "ann"),
+            message(
+                "identify",
+                start + 6000,
+                "ann-id",
+                userId="ann",
+                anonymousId="anon-ann",
+                traits={"plan": "gold"},
+            ),
+            message(
+                "track",
+                start + 7000,
+                "ann-v9",
+                event="Product Viewed",
+                userId="ann",
+                anonymousId="anon-ann",
+                properties={"product_id": "p9"},
+            ),
+            # bob does the same, linked by an alias
+            *shop({"anonymousId": "anon-bob"}, start, "bob"),
+            message("alias", start + 6000, "bob-alias", userId="bob", previousId="anon-bob"),
+            message(
+                "track",
+                start + 7000,
+                "bob-v9",
+                event="Product Viewed",
+                userId="bob",
+                properties={"product_id": "p9"},
+            ),
+            # the twin carries its user id all along
+            *shop({"userId": "twin"}, start, "twin"),
+            message("identify", start + 6000, "twin-id", userId="twin", traits={"plan": "gold"}),
+            message(
+                "track",
+                start + 7000,
+                "twin-v9",
+                event="Product Viewed",
+                userId="twin",
+                properties={"product_id": "p9"},
+            ),
+        ]
+        answer = httpx.post(
+            f"{api.url}/v1/batch",
+            json={"batch": batch},
+            auth=(credentials["write_key"], ""),
+        )
+        assert answer.json()["accepted"] == len(batch), answer.text
+
+        def profile(customer: str) -> dict[str, Any] | None:
+            found = httpx.get(f"{api.url}/api/customers/{customer}", headers=admin)
+            return found.json() if found.status_code == 200 else None
+
+        def merged(customer: str) -> bool:
+            found = profile(customer)
+            return bool(found) and found["features"]["events_total"] == 6
+
+        for customer in ("ann", "bob", "twin"):
+            wait_for(lambda c=customer: merged(c), timeout_s=20, what=f"{customer} merged")
+        twin = profile("twin")
+        assert twin is not None
+        for customer in ("ann", "bob"):
+            found = profile(customer)
+            assert found is not None
+            assert found["features"] == twin["features"]
+            assert found["segments"] == twin["segments"] == ["browsing-enthusiasts"]
+        assert profile("ann")["traits"] == {"plan": "gold"}  # type: ignore[index]
+        wait_for(lambda: profile("anon-ann") is None, what="the anonymous profile gone")
+        assert profile("anon-bob") is None
+        status = httpx.get(f"{api.url}/api/status", headers=admin).json()
+        wait_for(
+            lambda: httpx.get(f"{api.url}/api/status", headers=admin).json()["lag"] == 0,
+            what="every entry, relayed ones too, processed",
+        )
+        assert status["events_accepted"] > len(batch)  # the merges' own entries count too
+    finally:
+        os.killpg(pipeline.pid, 9)
+        pipeline.wait()

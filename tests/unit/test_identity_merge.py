@@ -1,0 +1,184 @@
+"""Identity merges through the feature shard, its relayed entries fed back as the streams would
+carry them: the known customer ends with the features of a twin whose every event carried the
+known id from the start (DESIGN.md: "as if every event had carried the userId")."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.rules.active import shipped_compiled
+from app.streams import ABSORB, MERGE
+from pipelines.features import CustomerFeatures
+from pipelines.records import Erased, ProfileUpdate, Relay
+from pipelines.segmentation import FeatureShard, ShardState, catalogue_for
+from pipelines.sources import StreamEvent, Tick
+from tests.factories import stored_event
+
+RULES = shipped_compiled()
+CATALOGUE = catalogue_for(RULES, 5 * 60_000)
+T0 = 1_767_225_600_000
+MINUTE = 60_000
+
+
+def identify(user: str | None, anonymous: str, at: int, message_id: str) -> dict[str, Any]:
+    event = stored_event(message_id=message_id, customer=user or anonymous, name="", at=at,
+                         properties={})  # fmt: skip
+    event.update(type="identify", event=None, user_id=user, anonymous_id=anonymous,
+                 traits={"plan": "gold"})  # fmt: skip
+    return event
+
+
+def alias(user: str, previous: str, at: int, message_id: str) -> dict[str, Any]:
+    event = stored_event(message_id=message_id, customer=user, name="", at=at, properties={})
+    event.update(type="alias", event=None, previous_id=previous)
+    return event
+
+
+def track(customer: str, name: str, at: int, n: int, **properties: Any) -> dict[str, Any]:
+    return stored_event(message_id=f"m{n}-{customer}", customer=customer, name=name, at=at,
+                        properties=properties)  # fmt: skip
+
+
+class Streams:
+    """One shard per customer id, and the entries the shards relay fed back in order, through
+    JSON like Redis carries them."""
+
+    def __init__(self) -> None:
+        self.shards: dict[str, FeatureShard] = {}
+        self.out: list[Any] = []
+
+    def shard(self, customer_id: str) -> FeatureShard:
+        if customer_id not in self.shards:
+            self.shards[customer_id] = FeatureShard(CATALOGUE, RULES, None, partitions=4)
+        return self.shards[customer_id]
+
+    def send(self, event: dict[str, Any]) -> None:
+        queue = [event]
+        while queue:
+            entry = orjson.loads(orjson.dumps(queue.pop(0)))
+            shard = self.shard(entry["customer_id"])
+            items = [StreamEvent(0, "0-0", entry), Tick(0, entry["timestamp"] + 1, inclusive=True)]
+            out, _ = shard.on_batch(items)
+            for item in out:
+                self.out.append(item)
+                if isinstance(item, Relay):
+                    queue.append(item.entry)
+
+    def customer(self, customer_id: str) -> CustomerFeatures | None:
+        shard = self.shards.get(customer_id)
+        return None if shard is None else shard.state.customer(customer_id)
+
+
+def features(customer: CustomerFeatures | None, at: int) -> dict[str, Any]:
+    assert customer is not None
+    values, _ = customer.observe(at)
+    return {k: v for k, v in values.items() if not k.startswith("sequence(")}
+
+
+NAMES = ["Product Viewed", "Product Added", "Order Completed", "Checkout Started"]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(NAMES), st.integers(0, 20 * MINUTE), st.booleans()),
+        min_size=1,
+        max_size=25,
+    ),
+    st.integers(0, 20 * MINUTE),
+    st.booleans(),
+)
+def test_a_merged_customer_has_the_features_of_one_who_always_carried_the_user_id(
+    steps: list[tuple[str, int, bool]], merge_at: int, by_alias: bool
+):
+    """Events before the merge carry the anonymous id (or the user id, when the flag says so),
+    events after it the user id; the twin carries ``twin`` throughout."""
+    merged, twin = Streams(), Streams()
+    steps = sorted(steps, key=lambda step: step[1])
+    before = [step for step in steps if step[1] < merge_at]
+    after = [step for step in steps if step[1] >= merge_at]
+    for n, (name, offset, known) in enumerate(before):
+        merged.send(track("user" if known else "anon", name, T0 + offset, n, product_id="p1",
+                          price=10, revenue=10))  # fmt: skip
+        twin.send(track("twin", name, T0 + offset, n, product_id="p1", price=10, revenue=10))
+    link = (
+        alias("user", "anon", T0 + merge_at, "link")
+        if by_alias
+        else identify("user", "anon", T0 + merge_at, "link")
+    )
+    merged.send(link)
+    twin.send({**link, "customer_id": "twin", "user_id": "twin", "anonymous_id": None,
+               "previous_id": None})  # fmt: skip
+    for n, (name, offset, _) in enumerate(after, start=len(before)):
+        merged.send(track("user", name, T0 + offset, n, product_id="p1", price=10, revenue=10))
+        twin.send(track("twin", name, T0 + offset, n, product_id="p1", price=10, revenue=10))
+    end = T0 + 30 * MINUTE
+    assert merged.customer("anon") is None  # handed over
+    assert features(merged.customer("user"), end) == features(twin.customer("twin"), end)
+
+
+def test_what_comes_for_the_anonymous_id_after_the_merge_is_forwarded():
+    streams = Streams()
+    streams.send(track("anon", "Product Added", T0, 1, product_id="p1", price=30))
+    streams.send(identify("user", "anon", T0 + MINUTE, "link"))
+    streams.send(track("anon", "Product Added", T0 + 2 * MINUTE, 2, product_id="p2", price=5))
+    user = features(streams.customer("user"), T0 + 3 * MINUTE)
+    assert (user["cart_value"], user["events_total"]) == (35.0, 2)
+    relayed = [item.entry["type"] for item in streams.out if isinstance(item, Relay)]
+    assert relayed == [MERGE, ABSORB, "track"]
+    erased = [item for item in streams.out if isinstance(item, Erased)]
+    assert [item.customer_id for item in erased] == ["anon"]  # its profile goes
+
+
+def test_the_merged_customer_is_evaluated_at_once():
+    streams = Streams()
+    for n in range(5):
+        streams.send(track("anon", "Product Viewed", T0 + n * 1000, n, product_id=f"p{n}"))
+    streams.send(identify("user", "anon", T0 + 6000, "link"))
+    updates = [i for i in streams.out if isinstance(i, ProfileUpdate) and i.customer_id == "user"]
+    assert "browsing-enthusiasts" in updates[-1].segments
+    assert [(t.segment, t.kind) for t in updates[-1].transitions] == [
+        ("browsing-enthusiasts", "enter")
+    ]
+
+
+def test_a_repeated_identify_merges_once_and_merging_into_oneself_is_nothing():
+    streams = Streams()
+    streams.send(track("anon", "Product Viewed", T0, 1))
+    streams.send(identify("user", "anon", T0 + 1, "first"))
+    streams.send(identify("user", "anon", T0 + 2, "again"))
+    streams.send(identify("user", "user", T0 + 3, "self"))
+    absorbed = [i for i in streams.out if isinstance(i, Relay) and i.entry["type"] == ABSORB]
+    assert len(absorbed) == 1
+    assert features(streams.customer("user"), T0 + 4)["events_total"] == 1
+
+
+def test_state_moved_through_the_streams_cannot_run_code():
+    class Evil:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (print, ("pwned",))
+
+    streams = Streams()
+    streams.send(track("user", "Product Viewed", T0, 1))
+    entry = {
+        "type": ABSORB,
+        "customer_id": "user",
+        "from": "anon",
+        "timestamp": T0,
+        "message_id": "evil",
+        "state": __import__("base64").b64encode(pickle.dumps(Evil())).decode(),
+    }
+    with pytest.raises(pickle.UnpicklingError, match=r"builtins\.print"):
+        streams.send(entry)
+
+
+def test_the_tombstones_survive_a_snapshot():
+    state = ShardState()
+    state.merged["anon"] = "user"
+    assert pickle.loads(pickle.dumps(state)).merged == {"anon": "user"}  # noqa: S301
