@@ -1148,6 +1148,8 @@ def _message(detail: Mapping[str, object]) -> str:
         return f"{names[-1]!r} is required" if names else "required"
     if kind == "extra_forbidden":
         key = str(loc[-1])
+        if key in _ALL_KEYS:  # a word of the language, in the wrong place: no spelling hint
+            return f"{key!r} does not belong here"
         close = difflib.get_close_matches(key, _ALL_KEYS, n=1, cutoff=0.75)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"{key!r} is not a key here{hint}"

@@ -709,3 +709,12 @@ def test_a_whole_rule_survives_yaml_and_json_text(rule: Rule) -> None:
 
     assert parse_rule(yaml.safe_dump(document, allow_unicode=True)) == rule
     assert parse_rule(json.dumps(document)) == rule
+
+
+def test_a_word_of_the_language_in_the_wrong_place_gets_no_spelling_hint() -> None:
+    text = "id: x\nname: X\nwhen:\n  sequence: {steps: [A, B], within: 10m}\n  gt: 1\n"
+    with pytest.raises(RuleError) as refused:
+        parse_rule(text)
+    (problem,) = refused.value.problems
+    assert (problem.field, problem.line) == ("when.gt", 5)
+    assert problem.message == "'gt' does not belong here"
