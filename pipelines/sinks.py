@@ -246,6 +246,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 "rule_version": transition.rule_version,
                 "destination": send.get("destination", ""),
                 "template": send.get("template", ""),
+                "send": orjson.dumps(send),  # and how: consent, caps, holdout, quiet hours
             }
             self._redis.script(
                 _APPEND_ONCE,

@@ -729,11 +729,35 @@ class FeatureDeclaration(_Node):
         raise AssertionError("validated to hold exactly one feature")
 
 
+class FrequencyCap(_Node):
+    """At most ``times`` sends of this action to one customer ``per`` stretch of time."""
+
+    times: int = Field(ge=1, le=1000)
+    per: Window
+
+
+class QuietHours(_Node):
+    """Local times (the customer's ``timezone`` trait, else UTC) when nothing is sent: a send
+    due then waits for ``until``. ``from`` after ``until`` spans midnight."""
+
+    from_: str = Field(alias="from", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    until: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
 class Send(_Node):
-    """Send a message made from ``template`` to ``destination`` (a webhook an operator set up)."""
+    """Send a message made from ``template`` to ``destination`` (a webhook an operator set up).
+
+    ``marketing`` sends are not made to customers whose ``marketing_opt_out`` trait is true;
+    ``at_most`` caps them per customer; ``holdout_percent`` of customers (the same ones every
+    time, by a hash of customer and rule) are recorded as held out instead, to measure lift;
+    ``quiet_hours`` defers, never drops."""
 
     destination: Name
     template: Name
+    marketing: bool = True
+    at_most: FrequencyCap | None = None
+    holdout_percent: float = Field(default=0, ge=0, le=100)
+    quiet_hours: QuietHours | None = None
 
 
 class Action(_Node):

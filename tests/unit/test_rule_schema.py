@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from pydantic import ValidationError
 
 from app.rules.schema import (
-    Action,
     All,
     ConditionNode,
     CountCondition,
@@ -27,7 +26,6 @@ from app.rules.schema import (
     RuleError,
     RuleProblem,
     SegmentCondition,
-    Send,
     TraitCondition,
     check_rule_set,
     leaves,
@@ -129,7 +127,11 @@ def test_feature_specs_are_the_dataflows_own_specs() -> None:
 def test_cart_abandoners_send_the_reminder_and_say_when_in_examples() -> None:
     rule = shipped("cart-abandoners")
 
-    assert rule.on_enter == (Action(send=Send(destination="email", template="cart-reminder")),)
+    (action,) = rule.on_enter
+    assert (action.send.destination, action.send.template) == ("email", "cart-reminder")
+    assert action.send.at_most is not None
+    assert (action.send.at_most.times, action.send.at_most.per) == (1, 24 * 3_600_000)
+    assert (action.send.marketing, action.send.holdout_percent) == (True, 0)
     assert rule.on_exit == ()
     first = rule.examples[0]
     assert first.given[0].at == 0
@@ -718,3 +720,22 @@ def test_a_word_of_the_language_in_the_wrong_place_gets_no_spelling_hint() -> No
     (problem,) = refused.value.problems
     assert (problem.field, problem.line) == ("when.gt", 5)
     assert problem.message == "'gt' does not belong here"
+
+
+@pytest.mark.parametrize(
+    ("send", "field"),
+    [
+        ("holdout_percent: 101", "on_enter[0].send.holdout_percent"),
+        ("quiet_hours: {from: '25:00', until: '08:00'}", "on_enter[0].send.quiet_hours.from"),
+        ("at_most: {times: 0, per: 1d}", "on_enter[0].send.at_most.times"),
+        ("at_most: {times: 1, per: 0m}", "on_enter[0].send.at_most.per"),
+    ],
+)
+def test_how_a_send_is_made_is_checked(send: str, field: str) -> None:
+    text = (
+        "id: x\nname: X\nwhen: {feature: cart_value, gt: 0}\n"
+        f"on_enter:\n  - send: {{destination: email, template: t, {send}}}\n"
+    )
+    with pytest.raises(RuleError) as refused:
+        parse_rule(text)
+    assert [problem.field for problem in refused.value.problems] == [field]
