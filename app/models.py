@@ -80,3 +80,50 @@ class RuleChange(SQLModel, table=True):
     author: str = Field(max_length=200)
     at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     diff: str = Field(default="", sa_type=sa.Text())
+
+
+class Destination(SQLModel, table=True):
+    """A webhook that messages are sent to. Its signing secret is stored sealed (encrypted with
+    the key of ``app.dispatch.secret_box``): signing needs the secret itself, so a hash would
+    not do, and a database dump alone does not give it away."""
+
+    __tablename__ = "destinations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=100)
+    kind: str = Field(max_length=20)  # email | push | generic
+    url: str = Field(max_length=2000)
+    sealed_secret: str = Field(sa_type=sa.Text())
+    headers: dict[str, str] = Field(default_factory=dict, sa_type=sa.JSON())
+    timeout_s: float
+    rate_limit_per_s: float
+    concurrency: int
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class MessageTemplate(SQLModel, table=True):
+    """A message's Jinja2 sources, by field: email ``subject`` / ``text`` / ``html``, push
+    ``title`` / ``body`` / ``deep_link``, generic ``body`` (a JSON document)."""
+
+    __tablename__ = "templates"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=100)
+    kind: str = Field(max_length=20)
+    description: str = Field(default="", sa_type=sa.Text())
+    sources: dict[str, str] = Field(default_factory=dict, sa_type=sa.JSON())
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class ShippedSeed(SQLModel, table=True):
+    """What was stored from the shipped defaults, so each is stored once ever: one an operator
+    deletes stays deleted, and one added by a later release is stored on its first start."""
+
+    __tablename__ = "shipped_seeds"
+
+    what: str = Field(primary_key=True, max_length=20)  # "template"
+    name: str = Field(primary_key=True, max_length=100)
+    seeded_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))

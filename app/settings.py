@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     allow_private_destinations: bool = Field(
         default=False, alias="SEGFLOW_ALLOW_PRIVATE_DESTINATIONS"
     )
+    # Fernet key(s) sealing destinations' signing secrets, comma-separated, newest first (it
+    # seals; all open). Unset: a key generated once in SEGFLOW_DATA_DIR/secret.key. Set it when
+    # processes on several hosts share one database.
+    secret_key: SecretStr | None = Field(default=None, alias="SEGFLOW_SECRET_KEY")
     # How long a messageId is remembered to acknowledge SDK retries without storing twice.
     dedup_window_s: int = Field(default=86_400, ge=60, alias="SEGFLOW_DEDUP_WINDOW_S")
     api_workers: int = Field(default=0, ge=0, alias="SEGFLOW_API_WORKERS")
