@@ -1,4 +1,5 @@
-"""First start: migrate the database and create the admin token and a demo write key once."""
+"""First start: migrate the database, store the shipped rules and templates, and create the admin
+token and a demo write key once."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from app.credentials import (
     replace_write_key,
 )
 from app.db import make_engine, session_scope
+from app.dispatch import store as dispatch_store
 from app.rules import active as rules
 from app.settings import Settings
 
@@ -55,6 +57,7 @@ def prepare(settings: Settings, *, demo_shop: str | None = None) -> FirstStart:
     simulated shop (keys are stored hashed: an old one cannot be read back)."""
     with migrated_session(settings) as session:
         rules.seed(session)
+        dispatch_store.seed_shipped_templates(session=session)
         admin_token = None
         if settings.admin_token is None and not has_admin_tokens(session=session):
             admin_token = create_admin_token(session=session, name="bootstrap")

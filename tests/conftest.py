@@ -23,8 +23,16 @@ from sqlmodel import Session
 from app import migrate
 from app.credentials import create_admin_token, create_write_key
 from app.db import make_engine
+from app.dispatch.store import seed_shipped_templates
 from app.main import create_app
-from app.models import RuleChange, RuleRow, RuleVersion
+from app.models import (
+    Destination,
+    MessageTemplate,
+    RuleChange,
+    RuleRow,
+    RuleVersion,
+    ShippedSeed,
+)
 from app.redis_server import EmbeddedRedis
 from app.rules.active import seed
 from app.settings import Settings
@@ -102,13 +110,16 @@ def redis_client(services: Services) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def settings(services: Services, redis_client: redis.Redis) -> Settings:
-    """The backend's settings, its Redis db flushed and its rules the shipped ones again."""
+    """The backend's settings, its Redis db flushed, its rules and templates the shipped ones
+    again, and no destinations."""
     settings = services.settings()
     engine = make_engine(settings)
     with Session(engine) as session:
-        for table in (RuleChange, RuleVersion, RuleRow):
+        tables = (RuleChange, RuleVersion, RuleRow, Destination, MessageTemplate, ShippedSeed)
+        for table in tables:
             session.execute(delete(table))
         seed(session)
+        seed_shipped_templates(session=session)
         session.commit()
     engine.dispose()
     return settings
