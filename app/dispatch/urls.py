@@ -15,6 +15,8 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import SplitResult, urlsplit
 
+import httpx
+
 from app.dispatch.errors import UnresolvableDestinationURL, UnsafeDestinationURL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -34,7 +36,8 @@ def parse_destination_url(url: str) -> tuple[SplitResult, str, int]:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as error:
+        httpx.URL(url)  # what the client will make of it (IDNA host names, ...)
+    except (ValueError, httpx.InvalidURL) as error:
         raise UnsafeDestinationURL(f"not a URL: {error}") from None
     if parts.scheme not in SCHEMES:
         raise UnsafeDestinationURL(

@@ -165,6 +165,8 @@ async def send_webhook(
         return result("timeout", error=f"no answer within {destination.timeout_s:g} s")
     except httpx.HTTPError as error:
         return result("network", error=f"{type(error).__name__}: {error}".rstrip(": "))
+    except (httpx.InvalidURL, UnicodeError) as error:  # a host name IDNA refuses, say
+        return result("refused", error=f"destination {destination.name!r}: not a URL: {error}")
     if answered.status_code is not None and 200 <= answered.status_code < 300:
         return answered
     text = snippet[:MAX_ERROR_BODY].decode("utf-8", "replace").strip()

@@ -5,6 +5,7 @@ saved and previewed against a profile the real dataflow wrote."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -23,12 +24,14 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from pydantic import SecretStr
 from sqlalchemy import text
 from standardwebhooks import Webhook
 
 from app.db import make_engine
-from app.dispatch.secret_box import KEY_FILE
-from app.dispatch.store import seed_shipped_templates
+from app.dispatch.secret_box import KEY_FILE, generate_signing_secret
+from app.dispatch.store import SendableDestination, seed_shipped_templates
+from app.dispatch.webhooks import send_webhook, webhook_body, webhook_client
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import Services
@@ -55,6 +58,8 @@ class Receiver:
 
     status: int = 200
     answer: bytes = b'{"ok": true}'
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
     received: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -70,7 +75,10 @@ class Receiver:
                         self.rfile.read(length),
                     )
                 )
+                time.sleep(receiver.delay_s)
                 self.send_response(receiver.status)
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(receiver.answer)))
                 self.end_headers()
@@ -443,6 +451,47 @@ def test_a_secret_sealed_under_another_key_is_reported_as_such(
         detail = other.call("POST", "/api/destinations/email/test", status=409)["detail"]
     assert "SEGFLOW_SECRET_KEY" in detail
     assert receiver.received == []
+
+
+def test_send_webhook_reports_each_outcome_the_dispatcher_acts_on(receiver: Receiver):
+    secret = generate_signing_secret()
+    destination = SendableDestination(
+        name="hooks", url=receiver.url, secret=SecretStr(secret), timeout_s=0.5
+    )
+    body = webhook_body("segment.entered", {"customer_id": "ada"})
+
+    async def send(webhook_id: str, *, allow_private: bool = True):
+        async with webhook_client() as client:
+            return await send_webhook(
+                client=client,
+                destination=destination,
+                webhook_id=webhook_id,
+                body=body,
+                allow_private=allow_private,
+            )
+
+    delivered = asyncio.run(send("msg_a"))
+    assert (delivered.ok, delivered.outcome, delivered.status_code) == (True, "delivered", 200)
+    assert verify_with_library(secret, receiver.received[-1])["data"] == {"customer_id": "ada"}
+    verify_by_hand(secret, receiver.received[-1])
+
+    receiver.status, receiver.headers = 429, {"Retry-After": "7"}
+    limited = asyncio.run(send("msg_a"))  # the same message again: the same webhook-id
+    assert (limited.outcome, limited.status_code, limited.retry_after_s) == ("http_error", 429, 7)
+    assert [r.headers["webhook-id"] for r in receiver.received] == ["msg_a", "msg_a"]
+
+    receiver.status, receiver.headers, receiver.delay_s = 200, {}, 2.0
+    slow = asyncio.run(send("msg_b"))
+    assert (slow.outcome, slow.status_code, slow.error) == (
+        "timeout",
+        None,
+        "no answer within 0.5 s",
+    )
+    assert slow.latency_ms < 1500
+
+    refused = asyncio.run(send("msg_c", allow_private=False))
+    assert (refused.outcome, refused.status_code) == ("refused", None)
+    assert "loopback" in (refused.error or "")
 
 
 # --- templates ----------------------------------------------------------------------------------

@@ -115,6 +115,7 @@ def test_an_ipv4_address_inside_an_ipv6_one_is_named():
         ("https://", "names no host"),
         ("https://user:pw@hooks.example.com/", "holds a user or password"),
         ("https://hooks.example.com:99999/", "not a URL"),
+        ("https://\u00e9\u2603.example/", "not a URL: Invalid IDNA hostname"),
         ("https://hooks.example.com/a b", "whitespace"),
         ("https://hooks.example.com/\r\nX-Evil: 1", "whitespace or control characters"),
         ("https://hooks.example.com/" + "x" * 2000, "longer than 2000"),
