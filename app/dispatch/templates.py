@@ -9,7 +9,8 @@ and cannot reach Python internals (``{{ ''.__class__ }}``, ``{{ cycler.__init__.
 }}``) or change its context; ``range`` and repetition (``'x' * n``, ``n ** m``) are bounded.
 Undefined values are errors (``StrictUndefined``): a misspelt ``{{ traits.frist_name }}``
 fails instead of sending "Hi ,". Write ``{{ traits.first_name | default('there') }}`` for what
-a customer may not have. Only ``html`` is autoescaped.
+a customer may not have. Only ``html`` is autoescaped. Output is bounded in size, not in time:
+loops nested deep over big ranges slow their own render (templates are written by admins).
 
 A template that does not parse, or reaches for an attribute starting with ``_``, is refused
 when saved; one that fails to render raises ``MessageTemplateError`` naming the template, the
