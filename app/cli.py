@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -65,7 +66,7 @@ def main() -> None:
     "--pipeline/--no-pipeline",
     default=True,
     show_default=True,
-    help="Run the dataflow here (--no-pipeline: an API-only node).",
+    help="Run the dataflow and the dispatcher here (--no-pipeline: an API-only node).",
 )
 def up(host: str, port: int, demo: bool, pipeline: bool) -> None:
     """Start the API (and the stages that exist) and keep them running until Ctrl-C."""
@@ -119,6 +120,7 @@ def _serve(
     specs = [api]
     if pipeline:
         specs.append(ProcessSpec("pipeline", [sys.executable, "-m", "app.cli", "pipeline"]))
+        specs.append(ProcessSpec("dispatcher", [sys.executable, "-m", "app.cli", "dispatcher"]))
     if first.demo_shop_key:
         specs.append(
             ProcessSpec(
@@ -204,6 +206,16 @@ def pipeline(workers: int, recovery: bool) -> None:
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
         code = subprocess.call(argv, env={**os.environ, "REDIS_URL": url})  # noqa: S603
     raise SystemExit(code)
+
+
+@main.command()
+def dispatcher() -> None:
+    """Deliver rule triggers as signed webhooks (retries, dead letters) until stopped."""
+    from app.dispatch.outbox import run
+
+    settings = _settings()
+    with redis_url_for(settings.redis_url, settings.data_dir) as url:
+        asyncio.run(run(settings, url))
 
 
 @main.command(name="migrate")

@@ -15,6 +15,7 @@ from app import health
 from app.admin import views as admin_views
 from app.db import make_engine
 from app.deps import AppState
+from app.dispatch import delivery_views
 from app.dispatch import views as dispatch_views
 from app.errors import CollectorError
 from app.ingest import views as ingest_views
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(rule_views.router)
     app.include_router(dispatch_views.destinations)
     app.include_router(dispatch_views.templates)
+    app.include_router(delivery_views.router)
     app.include_router(health.router)
     app.add_exception_handler(CollectorError, _collector_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

@@ -28,6 +28,22 @@ REQUEST_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 
+DELIVERIES = Counter(
+    "segflow_webhook_attempts",
+    "Webhook delivery attempts by outcome: the HTTP status class, or 'error' (no answer).",
+    ["outcome"],
+)
+DELIVERY_LATENCY = Histogram(
+    "segflow_webhook_seconds",
+    "Webhook request latency, from sending to the receiver's answer.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+def record_delivery(status: int | None, latency_ms: float) -> None:
+    DELIVERIES.labels("error" if status is None else f"{status // 100}xx").inc()
+    DELIVERY_LATENCY.observe(latency_ms / 1000)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text of this process, or of all processes in multiprocess mode."""

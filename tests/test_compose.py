@@ -209,12 +209,28 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_expected_services_exist() -> None:
-    missing = {"redis", "postgres", "api", "pipeline"} - SERVICES.keys()
+    missing = {"redis", "postgres", "api", "pipeline", "dispatcher"} - SERVICES.keys()
     assert not missing, f"docker-compose.yml lacks the services {sorted(missing)}"
     assert SERVICES["redis"]["image"].split(":")[1].split(".")[0] == "7", "Redis should be 7"
     assert SERVICES["postgres"]["image"].split(":")[1].split(".")[0] == "15"
     assert "build" in SERVICES["api"], "services.api should be built from this repository"
     assert SERVICES["pipeline"]["image"] == SERVICES["api"]["image"], "one image for both"
+    assert SERVICES["dispatcher"]["image"] == SERVICES["api"]["image"], "one image for all"
+
+
+def test_api_and_dispatcher_share_the_data_dir_where_the_secret_key_is() -> None:
+    """The API seals destination secrets that the dispatcher opens (app.dispatch.secret_box)."""
+
+    def data_volume(service: str) -> str | None:
+        data_dir = SERVICES[service]["environment"]["SEGFLOW_DATA_DIR"]
+        for volume in SERVICES[service].get("volumes") or []:
+            name, _, target = volume.partition(":")
+            if target == data_dir:
+                return name
+        return None
+
+    assert data_volume("api") is not None
+    assert data_volume("api") == data_volume("dispatcher")
 
 
 def test_redis_keeps_an_append_only_file_on_a_volume() -> None:

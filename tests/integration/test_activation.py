@@ -1,0 +1,266 @@
+"""End to end: events through the collector, the dataflow, a rule's absence deadline, the
+dispatcher and a real receiver. A cart left alone reaches the receiver as the cart-reminder email
+within a second of its deadline; a customer who ordered, opted out, was capped or is held out
+gets nothing, and the delivery log says why."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+from standardwebhooks.webhooks import Webhook
+
+from app.dispatch import policy
+from app.main import create_app
+from app.settings import Settings
+from tests.factories import iso
+from tests.helpers import ServerThread, pipeline_env, wait_for
+from tests.integration.test_dispatcher import Receiver
+
+QUICK_ABANDONERS = """\
+id: quick-abandoners
+name: Quick abandoners
+when:
+  all:
+    - feature: cart_value
+      gt: 0
+    - since: {event: Product Added}
+      gte: 2s
+on_enter:
+  - send:
+      destination: email
+      template: cart-reminder
+      at_most: {times: 1, per: 24h}
+      holdout_percent: 50
+"""
+RULE = "quick-abandoners"
+
+
+def pick(held: bool, prefix: str) -> str:
+    """A customer id inside (or outside) the rule's 50 % holdout."""
+    return next(
+        f"{prefix}{n}" for n in range(1000) if policy.held_out(f"{prefix}{n}", RULE, 50) is held
+    )
+
+
+@pytest.fixture
+def private_api(settings: Settings) -> Iterator[tuple[ServerThread, Settings]]:
+    allowed = settings.model_copy(update={"allow_private_destinations": True})
+    with ServerThread(create_app(allowed)) as server:
+        yield server, allowed
+
+
+def processes(settings: Settings) -> list[subprocess.Popen[bytes]]:
+    env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
+    env.pop("DATABASE_URL", None)
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
+    env["SEGFLOW_ALLOW_PRIVATE_DESTINATIONS"] = "1"
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "app.cli", command, *extra],
+            env=env,
+            start_new_session=True,
+        )
+        for command, extra in (("pipeline", ["--no-recovery"]), ("dispatcher", []))
+    ]
+
+
+def test_a_left_cart_reaches_the_receiver_within_a_second_of_its_deadline(
+    redis_client: redis.Redis,
+    private_api: tuple[ServerThread, Settings],
+    credentials: dict[str, str],
+    tmp_path: Path,
+):
+    api, settings = private_api
+    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    receiver = Receiver()
+    received_at: dict[str, float] = {}
+    original = receiver.answer
+
+    def answer(n: int) -> int:
+        received_at.setdefault(receiver.requests[n][0]["webhook-id"], time.time())
+        return original(n)
+
+    receiver.answer = answer
+    created = httpx.post(
+        f"{api.url}/api/destinations",
+        json={"name": "email", "kind": "email", "url": receiver.url},
+        headers=admin,
+    )
+    assert created.status_code == 201, created.text
+    secret = created.json()["secret"]
+    rule = httpx.post(
+        f"{api.url}/api/rules",
+        content=QUICK_ABANDONERS,
+        headers={**admin, "Content-Type": "application/yaml"},
+    )
+    assert rule.status_code == 201, rule.text
+
+    running = processes(settings)
+    try:
+        # both processes up first: a warm-up event processed, the dispatcher's group made
+        warm = {"type": "track", "userId": "warm", "event": "Page Viewed", "messageId": "warm"}
+        httpx.post(
+            f"{api.url}/v1/batch", json={"batch": [warm]}, auth=(credentials["write_key"], "")
+        )
+        wait_for(lambda: redis_client.exists("profile:{warm}"), what="the dataflow running")
+        wait_for(lambda: _has_group(redis_client), what="the dispatcher reading")
+        ann, held = pick(False, "ann"), pick(True, "held")
+        bob, opted, cap = pick(False, "bob"), pick(False, "opted"), pick(False, "cap")
+        now = time.time_ns() // 1_000_000
+
+        def message(kind: str, who: str, at: int, n: str, **fields: Any) -> dict[str, Any]:
+            return {"type": kind, "userId": who, "messageId": n, "timestamp": iso(at), **fields}
+
+        def add(who: str, at: int, n: str) -> dict[str, Any]:
+            properties = {"product_id": "p1", "price": 40.0, "name": "Boots"}
+            return message("track", who, at, n, event="Product Added", properties=properties)
+
+        batch = [
+            message("identify", ann, now, "ann-id", traits={"first_name": "Ann"}),
+            add(ann, now, "ann-add"),
+            add(held, now, "held-add"),
+            add(bob, now, "bob-add"),
+            message(
+                "track",
+                bob,
+                now + 500,
+                "bob-order",
+                event="Order Completed",
+                properties={"order_id": "o1", "revenue": 40.0},
+            ),
+            message("identify", opted, now, "opted-id", traits={"marketing_opt_out": True}),
+            add(opted, now, "opted-add"),
+            add(cap, now, "cap-add"),
+            add(cap, now + 3_000, "cap-add-again"),  # exits, and enters again 2 s later
+        ]
+        sent = httpx.post(
+            f"{api.url}/v1/batch", json={"batch": batch}, auth=(credentials["write_key"], "")
+        )
+        assert sent.json()["accepted"] == len(batch), sent.text
+
+        def statuses() -> dict[str, str]:
+            page = httpx.get(f"{api.url}/api/deliveries?rule={RULE}", headers=admin).json()
+            return {
+                item["customer_id"] + ":" + str(item["at"]): item["status"]
+                for item in page["items"]
+            }
+
+        wait_for(lambda: len(statuses()) == 5, timeout_s=30, what="five triggers dispatched")
+        assert statuses() == {
+            f"{ann}:{now + 2000}": "delivered",
+            f"{held}:{now + 2000}": "held_out",
+            f"{opted}:{now + 2000}": "suppressed",
+            f"{cap}:{now + 2000}": "delivered",
+            f"{cap}:{now + 5000}": "capped",
+        }
+        by_customer = {}
+        for headers, body in receiver.requests:
+            payload = Webhook(secret).verify(body, headers)
+            by_customer[payload["data"]["customer_id"]] = (headers, body, payload)
+        assert sorted(by_customer) == sorted([ann, cap])
+        headers, body, payload = by_customer[ann]
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+        digest = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        assert f"v1,{digest}" in headers["webhook-signature"].split(" ")
+        message_sent = payload["data"]["message"]
+        assert message_sent["subject"].startswith("Ann, your cart is waiting")
+        assert "40.00" in message_sent["text"]
+        assert payload["data"]["at"] == now + 2000
+
+        late_by = received_at[headers["webhook-id"]] * 1000 - (now + 2000)
+        assert late_by < 1000, f"the reminder left {late_by:.0f} ms after its deadline"
+        assert orjson.loads(body)["type"] == "segment.enter"
+    finally:
+        for process in running:
+            os.killpg(process.pid, 9)
+            process.wait()
+        receiver.close()
+
+
+def _has_group(client: redis.Redis) -> bool:
+    try:
+        return bool(client.xinfo_groups("triggers"))
+    except redis.ResponseError:
+        return False
+
+
+def test_a_dispatcher_killed_mid_flight_loses_no_trigger(
+    redis_client: redis.Redis,
+    private_api: tuple[ServerThread, Settings],
+    credentials: dict[str, str],
+):
+    api, settings = private_api
+    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    slow = Receiver(lambda _n: (time.sleep(0.05), 200)[1])
+    created = httpx.post(
+        f"{api.url}/api/destinations",
+        json={"name": "email", "kind": "email", "url": slow.url},
+        headers=admin,
+    )
+    assert created.status_code == 201, created.text
+    ids = []
+    for n in range(60):
+        customer = f"k{n}"
+        redis_client.hset(f"profile:{{{customer}}}", mapping={"features": "{}", "traits": "{}"})
+        ids.append(
+            trigger_entry(
+                redis_client, customer, n, {"destination": "email", "template": "cart-reminder"}
+            )
+        )
+    env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
+    env.pop("DATABASE_URL", None)
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
+    env["SEGFLOW_ALLOW_PRIVATE_DESTINATIONS"] = "1"
+    try:
+        for _ in range(3):  # killed while sending, three times
+            dispatcher = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "dispatcher"], env=env, start_new_session=True
+            )
+            before = len(slow.requests)
+            wait_for(lambda b=before: len(slow.requests) > b + 3, timeout_s=60, what="sending")
+            os.killpg(dispatcher.pid, 9)
+            dispatcher.wait()
+        dispatcher = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "dispatcher"], env=env, start_new_session=True
+        )
+        wait_for(lambda: set(slow.delivered_ids()) >= set(ids), timeout_s=90, what="all sent")
+        os.killpg(dispatcher.pid, 9)
+        dispatcher.wait()
+    finally:
+        slow.close()
+    assert set(slow.delivered_ids()) == set(ids)  # each at least once, nothing else
+
+
+def trigger_entry(client: redis.Redis, customer: str, n: int, send: dict[str, Any]) -> str:
+    trigger_id = f"{customer}:{RULE}:enter:{n}:0"
+    client.xadd(
+        "triggers",
+        {
+            "trigger_id": trigger_id,
+            "customer_id": customer,
+            "segment": RULE,
+            "kind": "enter",
+            "at": n,
+            "rule_version": 1,
+            "destination": send["destination"],
+            "template": send["template"],
+            "send": orjson.dumps(send),
+        },
+    )
+    return trigger_id
