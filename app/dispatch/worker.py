@@ -40,7 +40,8 @@ from app.profiles.service import CustomerProfile, get_profile
 
 GROUP = "dispatcher"
 READ_COUNT = 200
-LEASE_COUNT = 32  # taken at once: if this dispatcher dies, these wait for their lease to end
+LEASE_COUNT = 32  # leased at once
+MAX_IN_FLIGHT = 256  # attempts under way in one dispatcher (destinations limit their own)
 BLOCK_MS = 500
 IDLE_S = 0.05
 
@@ -91,6 +92,10 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._next_free: dict[str, float] = {}  # per destination: when its rate allows a send
+        # being attempted here: a lease that ran out while its destination's rate or
+        # concurrency kept it waiting does not start a second attempt of it
+        self._in_flight: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
     # --- running ----------------------------------------------------------------------------
@@ -145,14 +150,30 @@ class Dispatcher:
         while not self._stopping.is_set():
             if not await self.attempt_due():
                 await asyncio.sleep(IDLE_S)
+        await asyncio.gather(*self._tasks)  # let the attempts under way finish
 
     async def attempt_due(self) -> int:
-        """Try every delivery due now, concurrently; return how many."""
-        due = await self._store.lease_due(now_ms(), LEASE_COUNT, self._consumer)
-        await asyncio.gather(*(self._attempt(delivery_id) for delivery_id in due))
-        return len(due)
+        """Start attempts of deliveries due now, as many as there is room for; return how
+        many started."""
+        room = MAX_IN_FLIGHT - len(self._in_flight)
+        if room <= 0:
+            return 0
+        due = await self._store.lease_due(now_ms(), min(room, LEASE_COUNT), self._consumer)
+        fresh = [delivery_id for delivery_id in due if delivery_id not in self._in_flight]
+        for delivery_id in fresh:  # each on its own: a slow receiver holds up no other
+            self._in_flight.add(delivery_id)
+            task = asyncio.create_task(self._attempt_once(delivery_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(fresh)
 
     # --- one delivery -----------------------------------------------------------------------
+
+    async def _attempt_once(self, delivery_id: str) -> None:
+        try:
+            await self._attempt(delivery_id)
+        finally:
+            self._in_flight.discard(delivery_id)
 
     async def _attempt(self, delivery_id: str) -> None:
         delivery = await self._store.get(delivery_id)
