@@ -8,10 +8,10 @@ every problem, each naming where it is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, Field
@@ -43,6 +43,7 @@ router = APIRouter(
     responses={401: {"description": "Missing or wrong bearer token."}},
 )
 Limit = Annotated[int, Query(ge=1, le=1000)]
+T = TypeVar("T")
 # SQLite gives datetimes back without their zone: they were written in UTC
 When = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
 Responses = dict[int | str, dict[str, Any]]
@@ -336,21 +337,9 @@ def list_versions(
     """Every version, newest first (a deleted rule's too); ``cursor``: below that version."""
     with _stored(state) as session:
         found = store.versions(session, rule_id)
-    found = [v for v in found if cursor is None or v.version < int(cursor)]
-    page = found[:limit]
-    return VersionPage(
-        items=[
-            VersionOut(
-                version=v.version,
-                author=v.author,
-                created_at=v.created_at,
-                media_type=v.media_type,
-                source=v.source,
-            )
-            for v in page
-        ],
-        next_cursor=str(page[-1].version) if len(found) > limit else None,
-    )
+    page, more = _newest_first(found, lambda v: v.version, limit, cursor)
+    items = [VersionOut.model_validate(v, from_attributes=True) for v in page]
+    return VersionPage(items=items, next_cursor=more)
 
 
 @router.get("/{rule_id}/changes", response_model=ChangePage, responses=_NO_RULE)
@@ -364,22 +353,18 @@ def list_changes(
     """The audit trail: who changed the rule, when, and the diff; newest first."""
     with _stored(state) as session:
         found = store.changes(session, rule_id)
-    found = [c for c in found if cursor is None or (c.id or 0) < int(cursor)]
-    page = found[:limit]
-    return ChangePage(
-        items=[
-            ChangeOut(
-                id=c.id or 0,
-                action=c.action,
-                version=c.version,
-                author=c.author,
-                at=c.at,
-                diff=c.diff,
-            )
-            for c in page
-        ],
-        next_cursor=str(page[-1].id) if len(found) > limit else None,
-    )
+    page, more = _newest_first(found, lambda c: c.id or 0, limit, cursor)
+    items = [ChangeOut.model_validate(c, from_attributes=True) for c in page]
+    return ChangePage(items=items, next_cursor=more)
+
+
+def _newest_first(
+    found: list[T], number: Callable[[T], int], limit: int, cursor: str | None
+) -> tuple[list[T], str | None]:
+    """A page of a newest-first list; the cursor is the last number given (below it next)."""
+    below = [item for item in found if cursor is None or number(item) < int(cursor)]
+    page = below[:limit]
+    return page, str(number(page[-1])) if len(below) > limit else None
 
 
 @router.post(
