@@ -86,6 +86,10 @@ def test_a_rule_is_created_versioned_audited_rolled_back_disabled_and_deleted(ad
 
     versions = admin.call("GET", "/api/rules/window-shoppers/versions")["items"]
     assert [v["version"] for v in versions] == [4, 3, 2, 1]
+    first = admin.call("GET", "/api/rules/window-shoppers/versions?limit=3")
+    assert ([v["version"] for v in first["items"]], first["next_cursor"]) == ([4, 3, 2], "2")
+    rest = admin.call("GET", "/api/rules/window-shoppers/versions?limit=3&cursor=2")
+    assert ([v["version"] for v in rest["items"]], rest["next_cursor"]) == ([1], None)
     assert {v["author"] for v in versions} == {"tests"}  # the admin token's name
     changes = admin.call("GET", "/api/rules/window-shoppers/changes")["items"]
     assert [c["action"] for c in changes] == ["disable", "rollback", "update", "create"]
