@@ -27,6 +27,7 @@ from app.dispatch.urls import check_destination_url_async
 
 USER_AGENT = "Segflow-Webhooks/0.1"
 MAX_ERROR_BODY = 300  # characters of a failed answer kept in the error
+MAX_DRAINED = 64 * 1024  # an answer read to its end lets its connection be reused
 # Headers a destination cannot set: the signature's, and what HTTP itself manages.
 RESERVED_HEADERS = frozenset(
     {
@@ -154,13 +155,15 @@ async def send_webhook(
             response = await client.send(request, stream=True)
             answered = result("delivered", response.status_code)  # the latency to the headers
             try:
-                if not 200 <= response.status_code < 300:
-                    async for chunk in response.aiter_bytes():  # enough to say what went wrong
-                        snippet += chunk
-                        if len(snippet) >= MAX_ERROR_BODY:
-                            break
+                read = 0
+                async for chunk in response.aiter_bytes():
+                    if not 200 <= response.status_code < 300 and len(snippet) < MAX_ERROR_BODY:
+                        snippet += chunk  # enough to say what went wrong
+                    read += len(chunk)
+                    if read > MAX_DRAINED:
+                        break  # a long answer: let its connection go rather than read on
             finally:
-                await response.aclose()
+                await response.aclose()  # read to its end, the connection is reused
     except (TimeoutError, httpx.TimeoutException):
         return result("timeout", error=f"no answer within {destination.timeout_s:g} s")
     except httpx.HTTPError as error:

@@ -20,6 +20,7 @@ already can drop the repeat (a dispatcher killed between sending and recording s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -97,6 +98,7 @@ class Dispatcher:
         self._in_flight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._recorded = asyncio.Event()  # intake recorded deliveries: attempt them now
 
     # --- running ----------------------------------------------------------------------------
 
@@ -144,12 +146,16 @@ class Dispatcher:
         for entry_id, fields in entries:
             await self._store.create(_delivery(fields, now))
             await self._redis.xack(TRIGGERS_KEY, GROUP, entry_id)
+        if entries:
+            self._recorded.set()
         return len(entries)
 
     async def _attempt_loop(self) -> None:
         while not self._stopping.is_set():
             if not await self.attempt_due():
-                await asyncio.sleep(IDLE_S)
+                with contextlib.suppress(TimeoutError):  # a retry falls due, or intake wakes it
+                    await asyncio.wait_for(self._recorded.wait(), IDLE_S)
+                self._recorded.clear()
         await asyncio.gather(*self._tasks)  # let the attempts under way finish
 
     async def attempt_due(self) -> int:
