@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import metrics
 from app.deps import StateDep
+from app.streams import ALIVE_KEY, ALIVE_TTL_S
 
 router = APIRouter(tags=["health"])
 
@@ -25,13 +26,18 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(state: StateDep) -> JSONResponse:
-    """Redis and SQL answer; 503 naming the one that does not."""
+    """Redis and SQL answer, and the dataflow runs; 503 naming what does not."""
     checks: dict[str, Any] = {}
     try:
         await state.redis.ping()
         checks["redis"] = "ok"
+        alive = await state.redis.exists(ALIVE_KEY)
+        checks["dataflow"] = (
+            "ok" if alive else f"not running: no heartbeat in the last {ALIVE_TTL_S} s"
+        )
     except (RedisError, OSError) as error:
         checks["redis"] = f"unreachable: {error}"
+        checks["dataflow"] = "unknown: Redis unreachable"
     try:
         await run_in_threadpool(_ping_sql, state)
         checks["sql"] = "ok"

@@ -18,6 +18,8 @@ ERASE = "erase"  # the type of the stream entry that tells the dataflow to forge
 MERGE = "merge"
 ABSORB = "absorb"
 CONTROL_TYPES = frozenset({ERASE, MERGE, ABSORB})
+ALIVE_KEY = "dataflow-alive"  # set by the running dataflow's source, expiring: /readyz reads it
+ALIVE_TTL_S = 10
 PROGRESS_KEY = "dataflow-progress"  # hash: shard -> [entries processed, newest event time]
 EVENT_FIELD = "e"
 

@@ -23,11 +23,12 @@ import orjson
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from app.streams import EVENT_FIELD, stream_key
+from app.streams import ALIVE_KEY, ALIVE_TTL_S, EVENT_FIELD, stream_key
 
 BATCH = 500  # hundreds of items per next_batch: multi-worker runs need them (DEPENDENCY-FACTS)
 IDLE_WAIT = timedelta(milliseconds=20)
 IDLE_TICK_MS = 100  # how often a caught-up partition tells the wall-clock time
+HEARTBEAT_MS = 1_000  # how often a partition says the dataflow runs (ALIVE_KEY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +64,13 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
         self._awake: datetime | None = None
         self._last_idle_tick = 0
         self._read_until = 0  # newest event time read (event time never goes back here)
+        self._last_heartbeat = 0
 
     def next_batch(self) -> Iterable[SourceItem]:
+        now = now_ms()
+        if now - self._last_heartbeat >= HEARTBEAT_MS:
+            self._client.set(ALIVE_KEY, now, ex=ALIVE_TTL_S)
+            self._last_heartbeat = now
         reply: Any = self._client.xread({self._key: self._after}, count=BATCH)
         if not reply:
             return self._idle()

@@ -12,7 +12,7 @@ import redis
 from app.main import create_app
 from app.settings import Settings
 from tests.factories import stored_events, track
-from tests.helpers import ServerThread, proxied
+from tests.helpers import ServerThread, proxied, run_dataflow
 
 
 def post(api, path: str, body, key: str | None, **kwargs) -> httpx.Response:
@@ -251,11 +251,15 @@ def test_failed_events_are_paged_newest_first(api, credentials, redis_client):
     assert seen == [f"bad-{i}" for i in reversed(range(5))]
 
 
-def test_health_readiness_and_metrics(api, credentials, redis_client):
+def test_health_readiness_and_metrics(api, credentials, redis_client, settings):
     assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok"}
+    waiting = httpx.get(f"{api.url}/readyz")
+    assert waiting.status_code == 503  # no dataflow has run on this Redis yet
+    assert waiting.json()["checks"]["dataflow"].startswith("not running")
+    run_dataflow(settings)  # its source leaves a heartbeat that lasts a few seconds
     ready = httpx.get(f"{api.url}/readyz").json()
     assert ready["ready"] is True
-    assert ready["checks"] == {"redis": "ok", "sql": "ok"}
+    assert ready["checks"] == {"redis": "ok", "sql": "ok", "dataflow": "ok"}
 
     def counter(name: str) -> float:
         text = httpx.get(f"{api.url}/metrics").text
