@@ -98,13 +98,25 @@ class Rulesets:
 
     def __init__(self, rules: CompiledRules) -> None:
         self.rules = rules
-        self._layers = [[_Handle(ruleset) for ruleset in layer] for layer in rules.layers]
+        self._layers: list[list[_Handle]] = []
+        try:
+            for layer in rules.layers:
+                handles: list[_Handle] = []
+                self._layers.append(handles)
+                for ruleset in layer:
+                    handles.append(_Handle(ruleset))
+        except BaseException:  # a ruleset refused: the ones made before it are deleted
+            self.close()
+            raise
 
     @classmethod
     def for_thread(cls, rules: CompiledRules) -> Rulesets:
         current: Rulesets | None = getattr(_local, "rulesets", None)
         if current is None or current.rules.fingerprint != rules.fingerprint:
             if current is not None:
+                # forgotten before the next version is made: if the engine refuses that one,
+                # going back to this version must make it again, not find it closed and empty
+                _local.rulesets = None
                 current.close()
             current = _local.rulesets = cls(rules)
         return current

@@ -24,7 +24,7 @@ from app.rules.compiler import (
     next_flip,
     number_text,
 )
-from app.rules.engine import Rulesets
+from app.rules.engine import RuleEngineError, Rulesets
 from tests.strategies import conditions
 
 MINUTE = 60_000
@@ -180,6 +180,46 @@ def test_shipped_rules_in_the_engine():
     assert "browsing-enthusiasts" not in engine.segments(
         {**browsing, "count(Order Completed, 10m)": 1}, {}
     )
+
+
+# A rule hypothesis found that durable_rules refuses (error 113, too many expressions).
+REFUSED = """
+id: refused
+name: Refused
+when:
+  all:
+    - not:
+        sum: {event: Refund Issued, property: amount, within: 1h}
+        in: [0]
+    - all:
+        - sum: {event: Order Completed, property: revenue}
+          eq: 0
+          ne: 0
+        - since: {event: Order Completed}
+          lte: 0ms
+          in: [0ms, 0ms]
+        - sum: {event: Refund Issued, property: amount, within: 1h}
+          ne: 0
+          in: [0, 0]
+    - not:
+        all:
+          - sum: {event: Order Completed, property: revenue}
+            in: [0]
+          - since: {event: Order Completed}
+            in: [0ms]
+          - feature: browsing_depth
+            in: [0]
+"""
+
+
+def test_after_a_rule_set_the_engine_refuses_the_earlier_one_still_decides():
+    earlier = compile_rules([ActiveRule(rule, 1) for rule in shipped_rules().values()])
+    abandoner = {"cart_value": 20.0, "since(Product Added)": 30 * MINUTE}
+    assert "cart-abandoners" in Rulesets.for_thread(earlier).segments(abandoner, {})
+    refused = compile_rules([ActiveRule(schema.parse_rule(REFUSED, source="<refused>"), 1)])
+    with pytest.raises(RuleEngineError, match="error code: 113"):
+        Rulesets.for_thread(refused)
+    assert "cart-abandoners" in Rulesets.for_thread(earlier).segments(abandoner, {})
 
 
 def test_a_since_threshold_flips_at_its_exact_instant():
