@@ -28,7 +28,8 @@ def test_the_benchmark_prints_its_four_paths_with_every_delivery_received(capsys
     ]
     assert [row["deliveries"] for row in rows] == ["30", "30", "20", "20"]
     for row in rows:
-        assert int(row["connections"]) > 0
+        # connections are reused (the warm-up's, even: 0 new), not one opened per delivery
+        assert int(row["connections"]) < int(row["deliveries"])
         assert float(row["deliveries/s"].replace(",", "")) > 0
         assert float(row["p99 ms"]) >= float(row["p50 ms"]) > 0
         assert float(row["ratio to floor"]) > 0
