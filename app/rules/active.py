@@ -20,7 +20,8 @@ from sqlmodel import Session
 
 from app.rules import store
 from app.rules.compiler import ActiveRule, CompiledRules, compile_rules
-from app.rules.schema import Rule, load_rules_dir
+from app.rules.engine import refusals
+from app.rules.schema import Rule, RuleError, RuleProblem, load_rules_dir
 
 SHIPPED_RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 POLL_S = 1.0
@@ -90,7 +91,15 @@ class RuleWatcher:
         with Session(self._engine) as session:
             revision = store.revision(session)
             active = store.active_rules(session)
-        ruleset = RuleSet(revision, compile_rules(active))
+        compiled = compile_rules(active)
+        refused = refusals(compiled)
+        if refused:  # saving checks this: only a set stored by other means gets here
+            raise RuleError(
+                RuleProblem(rule_id, "when", None, f"the rule engine refuses it: {why}")
+                for ruleset, why in refused
+                for rule_id in ruleset.definition
+            )
+        ruleset = RuleSet(revision, compiled)
         log.info(
             "rules: revision %d, %d active rule(s): %s",
             revision,

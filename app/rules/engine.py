@@ -141,3 +141,17 @@ class Rulesets:
             for handle in layer:
                 handle.close()
         self._layers = []
+
+
+def refusals(rules: CompiledRules) -> list[tuple[CompiledRuleset, str]]:
+    """Each ruleset of ``rules`` the engine refuses, with why (none: the set can run). Each
+    ruleset made to find out is deleted at once; the rule compiler cannot foresee every limit
+    of the C engine (error 113, too many expressions, for some valid conditions)."""
+    refused = []
+    for layer in rules.layers:
+        for ruleset in layer:
+            try:
+                _Handle(ruleset).close()
+            except RuleEngineError as error:
+                refused.append((ruleset, str(error.__cause__ or error)))
+    return refused

@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 
 from app.models import RuleChange, RuleRow, RuleVersion, utcnow
 from app.rules.compiler import ActiveRule, compile_rules
+from app.rules.engine import refusals as engine_refusals
 from app.rules.schema import Rule, RuleError, RuleProblem, check_rule_set, parse_rule
 
 YAML = "application/yaml"
@@ -144,9 +145,21 @@ def problems_among(rule: Rule, others: list[Rule], text: str | None = None) -> l
     rules = [*others, rule]
     try:
         check_rule_set(rules)
-        compile_rules([ActiveRule(item, 1) for item in rules if item.enabled])
+        compiled = compile_rules([ActiveRule(item, 1) for item in rules if item.enabled])
     except RuleError as error:
         return list(error.problems)
+    refused = engine_refusals(compiled)
+    if any(rule.id in ruleset.definition for ruleset, _ in refused):
+        why = next(reason for ruleset, reason in refused if rule.id in ruleset.definition)
+        return [
+            RuleProblem(
+                rule.id,
+                "when",
+                _line_of_when(text),
+                f"the rule engine refuses this condition ({why}): make it simpler, or split "
+                "it into segments that read each other",
+            )
+        ]
     from app.rules.examples import example_problems  # it runs the dataflow's shard
 
     return example_problems(rule, others=others, text=text)
@@ -343,3 +356,12 @@ def _with_enabled(source: str, media_type: str, enabled: bool) -> str:
     if parse_rule(text).enabled is not enabled:
         raise RuleError([RuleProblem(None, "enabled", None, "could not set 'enabled' in the text")])
     return text
+
+
+def _line_of_when(text: str | None) -> int | None:
+    if not text:
+        return None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.startswith("when:") or line.lstrip().startswith('"when"'):
+            return number
+    return None

@@ -309,3 +309,20 @@ def test_the_running_dataflow_follows_saved_rules(
 def admin_profile(admin: Admin, customer_id: str) -> bool:
     answer = httpx.get(f"{admin.url}/api/customers/{customer_id}", headers=admin.headers)
     return answer.status_code == 200
+
+
+def test_a_condition_the_rule_engine_refuses_is_refused_on_save(admin: Admin):
+    """Within the comparison limit, but an 'any' of 'all's with 'not's expands past what
+    durable_rules takes (its error 113): found on save, not by the running dataflow."""
+    branches = "".join(
+        f"    - all:\n        - {{feature: cart_value, gt: {n}}}\n"
+        f"        - not: {{feature: events_total, lt: {n}}}\n"
+        for n in range(8)
+    )
+    text = f"id: tangled\nname: Tangled\nwhen:\n  any:\n{branches}"
+    (problem,) = admin.call("POST", "/api/rules", yaml=text, status=422)["detail"]
+    assert (problem["rule"], problem["field"], problem["line"]) == ("tangled", "when", 3)
+    assert "the rule engine refuses this condition" in problem["message"]
+    assert "113" in problem["message"]
+    two = "    - all:".join(text.split("    - all:")[:3])  # with two branches it is taken
+    assert admin.call("POST", "/api/rules", yaml=two, status=201)["id"] == "tangled"
