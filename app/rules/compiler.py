@@ -417,18 +417,24 @@ def comparison_count(rule: Rule) -> int:
     return sum(max(1, len(comparisons(leaf))) for leaf in rule.leaves())
 
 
+def clock_key(rule: Rule, leaf: Leaf) -> str | None:
+    """The snapshot key of the leaf's value if it grows 1 ms per ms with no event (a time since
+    an event or a sequence, recency), else None."""
+    if isinstance(leaf, TraitCondition | SegmentCondition | ClusterCondition):
+        return None
+    spec = rule.spec_of(leaf)
+    if spec is None or not (
+        isinstance(spec, Since | SequenceSpec) or spec in TIME_GROWING_BUILTINS
+    ):
+        return None
+    return snapshot_key(spec)
+
+
 def _clock_leaves(rule: Rule) -> tuple[tuple[str, tuple[float, ...]], ...]:
     found = []
     for leaf in rule.leaves():
-        spec = (
-            None
-            if isinstance(leaf, TraitCondition | SegmentCondition | ClusterCondition)
-            else rule.spec_of(leaf)
-        )
-        if spec is None:
-            continue
-        grows = isinstance(spec, Since | SequenceSpec) or spec in TIME_GROWING_BUILTINS
-        if not grows:
+        key = clock_key(rule, leaf)
+        if key is None:
             continue
         thresholds = []
         if isinstance(leaf, SequenceCondition) and leaf.sequence.in_last is not None:
@@ -437,7 +443,7 @@ def _clock_leaves(rule: Rule) -> tuple[tuple[str, tuple[float, ...]], ...]:
             items = constant if word == "in_" else (constant,)
             thresholds += [float(item) for item in items if is_number(item)]
         if thresholds:
-            found.append((snapshot_key(spec), tuple(thresholds)))
+            found.append((key, tuple(thresholds)))
     return tuple(found)
 
 

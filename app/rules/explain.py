@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from app.rules.compiler import TIME_GROWING_BUILTINS, comparisons, is_number, leaf_holds
+from app.rules.compiler import clock_key, comparisons, is_number, leaf_holds
 from app.rules.schema import (
     All,
     ClusterCondition,
@@ -25,21 +25,11 @@ from app.rules.schema import (
     snapshot_key,
 )
 from app.rules.schema import Any as AnyOf
-from pipelines.features import Sequence, Since
 
 
 def clock_keys(rule: Rule) -> frozenset[str]:
     """The snapshot keys of the rule's values that grow 1 ms per ms without events."""
-    keys = set()
-    for leaf in rule.leaves():
-        if isinstance(leaf, TraitCondition | SegmentCondition | ClusterCondition):
-            continue
-        spec = rule.spec_of(leaf)
-        if spec is not None and (
-            isinstance(spec, Since | Sequence) or spec in TIME_GROWING_BUILTINS
-        ):
-            keys.add(snapshot_key(spec))
-    return frozenset(keys)
+    return frozenset(key for leaf in rule.leaves() if (key := clock_key(rule, leaf)) is not None)
 
 
 def feature_keys(rule: Rule) -> frozenset[str]:
