@@ -172,6 +172,7 @@ def test_a_left_cart_reaches_the_receiver_within_a_second_of_its_deadline(
             payload = Webhook(secret).verify(body, headers)
             by_customer[payload["data"]["customer_id"]] = (headers, body, payload)
         assert sorted(by_customer) == sorted([ann, cap])
+        assert receiver.unverified(secret) == []
         headers, body, payload = by_customer[ann]
         key = base64.b64decode(secret.removeprefix("whsec_"))
         signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
@@ -245,6 +246,7 @@ def test_a_dispatcher_killed_mid_flight_loses_no_trigger(
     finally:
         slow.close()
     assert set(slow.delivered_ids()) == set(ids)  # each at least once, nothing else
+    assert slow.unverified(created.json()["secret"]) == []
 
 
 def trigger_entry(client: redis.Redis, customer: str, n: int, send: dict[str, Any]) -> str:

@@ -64,6 +64,25 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def unverified(self, secret: str) -> list[str]:
+        """webhook-ids of the requests whose signature fails the standardwebhooks library or
+        an independent HMAC-SHA256 of the spec's signed content: none, for a good sender."""
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        bad = []
+        with self.lock:
+            requests = list(self.requests)
+        for headers, body in requests:
+            signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+            digest = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+            try:
+                Webhook(secret).verify(body, headers)
+            except Exception:
+                bad.append(headers["webhook-id"])
+                continue
+            if f"v1,{digest}" not in headers["webhook-signature"].split(" "):
+                bad.append(headers["webhook-id"])
+        return bad
+
     def delivered_ids(self) -> list[str]:
         """webhook-ids of the requests answered 2xx."""
         with self.lock:
@@ -183,6 +202,7 @@ def test_a_receiver_failing_half_the_time_gets_every_trigger_once_delivered(
             settings, LoopbackOutbox(flaky), lambda: len(set(flaky.delivered_ids())) == 20
         )
         assert sorted(flaky.delivered_ids()) == sorted(ids)  # each exactly once
+        assert flaky.unverified(SECRET) == []  # every attempt signed, retries too
     finally:
         flaky.close()
 
@@ -196,6 +216,7 @@ def test_a_receiver_down_for_a_while_gets_everything_when_it_is_back(
         ids = [trigger(redis_client, n, customer=f"c{n}") for n in range(5)]
         dispatch_until(settings, LoopbackOutbox(down), lambda: len(set(down.delivered_ids())) == 5)
         assert sorted(down.delivered_ids()) == sorted(ids)
+        assert down.unverified(SECRET) == []  # every attempt signed, retries too
     finally:
         down.close()
 
@@ -228,6 +249,7 @@ def test_after_the_last_attempt_a_dead_letter_that_a_replay_delivers(
             settings, LoopbackOutbox(failing), lambda: failing.delivered_ids() == [trigger_id]
         )
         assert redis_client.zscore(DEAD_KEY, trigger_id) is None
+        assert failing.unverified(SECRET) == []
     finally:
         failing.close()
 
