@@ -24,7 +24,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        503: {"description": "Redis, SQL or the dataflow is not there: `checks` says which."}
+    },
+)
 async def readyz(state: StateDep) -> JSONResponse:
     """Redis and SQL answer, and the dataflow runs; 503 naming what does not."""
     checks: dict[str, Any] = {}
