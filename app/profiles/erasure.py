@@ -6,6 +6,10 @@
    customer stays erased.
 2. The customer's events are deleted from every partition and from failed events.
 3. The profile keys are deleted now, so the API stops showing them at once.
+
+An anonymous id merged into the customer (``identify`` with both ids, ``alias``) is theirs too:
+its events, its profile and the dataflow's note that it was merged are erased the same way.
+(Ids linked through another anonymous id, a chain of merges, are followed one step.)
 """
 
 from __future__ import annotations
@@ -54,30 +58,32 @@ async def erase_customer(
     client: aioredis.Redis, customer_id: str, *, partitions: int, now: int
 ) -> ErasureReport | None:
     """Erase ``customer_id``; None when Segflow holds nothing about them."""
-    deleted = 0
-    for partition in range(partitions):
-        deleted += await _delete_matching(
-            client, stream_key(partition), lambda fields: _names_customer(fields, customer_id)
+    linked: set[str] = set()  # anonymous ids merged into the customer
+    deleted = await _delete_naming(client, {customer_id}, partitions, linked)
+    linked.discard(customer_id)
+    if linked:
+        deleted += await _delete_naming(client, linked, partitions, set())
+    failed = 0
+    removed = 0
+    for erased in (customer_id, *sorted(linked)):
+        needle = orjson.dumps(erased)
+        failed += await _delete_matching(
+            client, FAILED_EVENTS_KEY, lambda fields, n=needle: n in fields.get(b"raw", b"")
         )
-    needle = orjson.dumps(customer_id)
-    failed = await _delete_matching(
-        client, FAILED_EVENTS_KEY, lambda fields: needle in fields.get(b"raw", b"")
-    )
-    segments = orjson.loads(await client.hget(profile_key(customer_id), "segments") or b"[]")
-    pipe = client.pipeline(transaction=False)  # the segments' sets are in other slots
-    pipe.delete(
-        profile_key(customer_id), recent_events_key(customer_id), transitions_key(customer_id)
-    )
-    for segment in segments:
-        pipe.srem(members_key(segment), customer_id)
-    removed = (await pipe.execute())[0]
+        segments = orjson.loads(await client.hget(profile_key(erased), "segments") or b"[]")
+        pipe = client.pipeline(transaction=False)  # the segments' sets are in other slots
+        pipe.delete(profile_key(erased), recent_events_key(erased), transitions_key(erased))
+        for segment in segments:
+            pipe.srem(members_key(segment), erased)
+        removed += (await pipe.execute())[0]
     if not (deleted or failed or removed):
         return None
-    partition = partition_of(customer_id, partitions)
-    pipe = client.pipeline(transaction=True)  # both keys carry the partition's hash tag
-    pipe.xadd(stream_key(partition), {EVENT_FIELD: orjson.dumps(erase_entry(customer_id, now))})
-    pipe.hincrby(stats_key(partition), "accepted", 1)
-    await pipe.execute()
+    for erased in (customer_id, *sorted(linked)):
+        partition = partition_of(erased, partitions)
+        pipe = client.pipeline(transaction=True)  # both keys carry the partition's hash tag
+        pipe.xadd(stream_key(partition), {EVENT_FIELD: orjson.dumps(erase_entry(erased, now))})
+        pipe.hincrby(stats_key(partition), "accepted", 1)
+        await pipe.execute()
     return ErasureReport(
         customer_id=customer_id,
         events_deleted=deleted,
@@ -86,11 +92,26 @@ async def erase_customer(
     )
 
 
-def _names_customer(fields: dict[bytes, bytes], customer_id: str) -> bool:
-    event = orjson.loads(fields[EVENT_FIELD.encode()])
-    if event.get("type") == ERASE:
-        return False  # the erasure record itself stays: it keeps the customer erased
-    return any(event.get(name) == customer_id for name in ID_FIELDS)
+async def _delete_naming(
+    client: aioredis.Redis, ids: set[str], partitions: int, linked: set[str]
+) -> int:
+    """Delete the stream entries naming any of ``ids``; add the other ids they name (merged
+    identities) to ``linked``."""
+
+    def names(fields: dict[bytes, bytes]) -> bool:
+        event = orjson.loads(fields[EVENT_FIELD.encode()])
+        if event.get("type") == ERASE:
+            return False  # the erasure record itself stays: it keeps the customer erased
+        named = {event.get(name) for name in ID_FIELDS} - {None}
+        if named & ids:
+            linked.update(str(other) for other in named)
+            return True
+        return False
+
+    deleted = 0
+    for partition in range(partitions):
+        deleted += await _delete_matching(client, stream_key(partition), names)
+    return deleted
 
 
 async def _delete_matching(client: aioredis.Redis, key: str, matches: Any) -> int:

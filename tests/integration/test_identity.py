@@ -4,6 +4,7 @@ profile equals a twin's that carried the user id all along."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from typing import Any
 import httpx
 import redis
 
+from app.profiles.erasure import ID_FIELDS
 from app.settings import Settings
+from app.streams import ERASE, EVENT_FIELD, stream_key
 from tests.factories import iso
 from tests.helpers import ServerThread, pipeline_env, wait_for
 
@@ -141,6 +144,38 @@ def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
             what="every entry, relayed ones too, processed",
         )
         assert status["events_accepted"] > len(batch)  # the merges' own entries count too
+
+        # Erasing ann erases her anonymous past too: its events, and the dataflow's note that
+        # anon-ann is ann (what comes for anon-ann now is a stranger's, not forwarded to her).
+        erased = httpx.delete(f"{api.url}/api/customers/ann", headers=admin)
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["events_deleted"] >= 7  # her 2 own, and anon-ann's 5 with the merge
+        assert naming(redis_client, "anon-ann") == [ERASE]  # only the erasure record stays
+        stranger = message(
+            "track",
+            start + 9000,
+            "after-erasure",
+            event="Product Viewed",
+            anonymousId="anon-ann",
+            properties={"product_id": "p1"},
+        )
+        httpx.post(
+            f"{api.url}/v1/batch", json={"batch": [stranger]}, auth=(credentials["write_key"], "")
+        )
+        wait_for(lambda: profile("anon-ann") is not None, what="anon-ann on its own again")
+        assert profile("anon-ann")["features"]["events_total"] == 1  # type: ignore[index]
+        assert profile("ann") is None
     finally:
         os.killpg(pipeline.pid, 9)
         pipeline.wait()
+
+
+def naming(client: redis.Redis, customer_id: str, partitions: int = 4) -> list[str]:
+    """The types of the stream entries that name the customer in any id field."""
+    found = []
+    for partition in range(partitions):
+        for _, fields in client.xrange(stream_key(partition)):  # type: ignore[union-attr]
+            entry = json.loads(fields[EVENT_FIELD.encode()])
+            if customer_id in (entry.get(name) for name in ID_FIELDS):
+                found.append(entry["type"])
+    return found
