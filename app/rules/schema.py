@@ -434,7 +434,16 @@ class FeatureCondition(_Compared):
         return (declared or {}).get(self.feature, self.feature)
 
 
-class CountCondition(_Compared):
+class _Windowed(_Compared):
+    """A leaf comparing an aggregate of an event over a window; the field named like its kind
+    (``count``, ``sum`` ...) says which event, property and window."""
+
+    def spec(self, declared: Mapping[str, FeatureSpec] | None = None) -> FeatureSpec:
+        window: EventWindow = getattr(self, self.key)
+        return window.spec(typing.cast(Aggregate, self.key))
+
+
+class CountCondition(_Windowed):
     """How many of an event in a window:
     ``{count: {event: Product Viewed, within: 10m}, gte: 5}``."""
 
@@ -443,11 +452,8 @@ class CountCondition(_Compared):
     subject = "a count"
     count: EventWindow
 
-    def spec(self, declared: Mapping[str, FeatureSpec] | None = None) -> FeatureSpec:
-        return self.count.spec("count")
 
-
-class SumCondition(_Compared):
+class SumCondition(_Windowed):
     """The total of a numeric property over a window (0 with no events)."""
 
     key = "sum"
@@ -455,11 +461,8 @@ class SumCondition(_Compared):
     subject = "a sum"
     sum: PropertyWindow
 
-    def spec(self, declared: Mapping[str, FeatureSpec] | None = None) -> FeatureSpec:
-        return self.sum.spec("sum")
 
-
-class MinCondition(_Compared):
+class MinCondition(_Windowed):
     """The least value of a numeric property over a window (missing with no events)."""
 
     key = "min"
@@ -467,11 +470,8 @@ class MinCondition(_Compared):
     subject = "a minimum"
     min: PropertyWindow
 
-    def spec(self, declared: Mapping[str, FeatureSpec] | None = None) -> FeatureSpec:
-        return self.min.spec("min")
 
-
-class MaxCondition(_Compared):
+class MaxCondition(_Windowed):
     """The greatest value of a numeric property over a window (missing with no events)."""
 
     key = "max"
@@ -479,20 +479,14 @@ class MaxCondition(_Compared):
     subject = "a maximum"
     max: PropertyWindow
 
-    def spec(self, declared: Mapping[str, FeatureSpec] | None = None) -> FeatureSpec:
-        return self.max.spec("max")
 
-
-class DistinctCondition(_Compared):
+class DistinctCondition(_Windowed):
     """How many distinct values a property took over a window."""
 
     key = "distinct"
     value_kind = "count"
     subject = "a count of distinct values"
     distinct: PropertyWindow
-
-    def spec(self, declared: Mapping[str, FeatureSpec] | None = None) -> FeatureSpec:
-        return self.distinct.spec("distinct")
 
 
 class SinceCondition(_Compared):
