@@ -48,13 +48,15 @@ class Evaluation:
         segments: Collection[str],
         *,
         elapsed_ms: int = 0,
+        clocks: frozenset[str] | None = None,
     ) -> None:
+        """``clocks``: ``clock_keys(rule)``, when the caller evaluates many customers."""
         self.rule = rule
         self.traits = traits
         self.segments = frozenset(segments)
         values = dict(features)
         if elapsed_ms > 0:
-            for key in clock_keys(rule):
+            for key in clock_keys(rule) if clocks is None else clocks:
                 if is_number(values.get(key)):
                     values[key] = values[key] + elapsed_ms
         self.features = values
@@ -73,7 +75,15 @@ class Evaluation:
         return key, self.features.get(key)
 
     def holds(self, node: ConditionNode | None = None) -> bool:
-        return bool(self.tree(node)["holds"])
+        """The condition's truth, as ``tree`` gives it, without building the tree."""
+        node = self.rule.when if node is None else node
+        if isinstance(node, Not):
+            return not self.holds(node.not_)
+        if isinstance(node, All):
+            return all(self.holds(child) for child in node.all)
+        if isinstance(node, AnyOf):
+            return any(self.holds(child) for child in node.any)
+        return leaf_holds(node, self.value(node)[1])
 
     def tree(self, node: ConditionNode | None = None, path: str = "when") -> dict[str, Any]:
         """The condition tree with every node's truth and every leaf's value."""

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from app.profiles.keys import profile_key
-from app.rules.explain import Evaluation, feature_keys
+from app.rules.explain import Evaluation, clock_keys, feature_keys
 from app.rules.schema import Rule
 
 PREVIEW_SAMPLE = 20
@@ -42,7 +42,9 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _evaluation(rule: Rule, fields: dict[bytes, bytes], now: int) -> Evaluation:
+def _evaluation(
+    rule: Rule, fields: dict[bytes, bytes], now: int, clocks: frozenset[str] | None = None
+) -> Evaluation:
     at = int(fields[b"at"]) if b"at" in fields else None
     return Evaluation(
         rule,
@@ -50,6 +52,7 @@ def _evaluation(rule: Rule, fields: dict[bytes, bytes], now: int) -> Evaluation:
         orjson.loads(fields.get(b"traits", b"{}")),
         orjson.loads(fields.get(b"segments", b"[]")),
         elapsed_ms=max(0, now - at) if at is not None else 0,
+        clocks=clocks,
     )
 
 
@@ -57,6 +60,7 @@ async def preview(client: aioredis.Redis, rule: Rule, *, limit: int) -> Preview:
     """How many current profiles the rule would hold for now, scanning at most ``limit``."""
     now = _now_ms()
     wanted = feature_keys(rule)
+    clocks = clock_keys(rule)  # once, not per profile
     seen: set[str] = set()
     matched, scanned = 0, 0
     sample: list[str] = []
@@ -71,7 +75,7 @@ async def preview(client: aioredis.Redis, rule: Rule, *, limit: int) -> Preview:
             if not fields:
                 continue  # erased meanwhile
             scanned += 1
-            evaluation = _evaluation(rule, fields, now)
+            evaluation = _evaluation(rule, fields, now, clocks)
             seen |= wanted & evaluation.features.keys()
             if evaluation.holds():
                 matched += 1

@@ -14,6 +14,7 @@ an operator later deletes stays deleted.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -60,8 +61,10 @@ class StoredRule:
 # --- reading ------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_document(text: str, media_type: str = YAML) -> Rule:
-    """A rule from its YAML text, or from the same document as JSON."""
+    """A rule from its YAML text, or from the same document as JSON (a rule is frozen: stored
+    rules, read on every listing, explanation and save, are parsed once per process)."""
     if media_type != JSON:
         return parse_rule(text)
     try:
