@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from app.durations import parse_duration_ms
+
 OPT_OUT_TRAIT = "marketing_opt_out"
 TIMEZONE_TRAIT = "timezone"
 MAX_ATTEMPTS = 8
@@ -61,9 +63,7 @@ def quiet_until(send: Mapping[str, Any], traits: Mapping[str, Any], now: int) ->
         return None
     ends = local.replace(hour=end // 60, minute=end % 60, second=0, microsecond=0)
     if ends <= local:
-        ends += timedelta(days=1)
-    # wall time in the zone: recompute the offset for the day it ends (DST)
-    ends = ends.replace(tzinfo=None).replace(tzinfo=zone)
+        ends += timedelta(days=1)  # wall-clock arithmetic: the zone gives that day's offset
     return int(ends.timestamp() * 1000)
 
 
@@ -96,6 +96,4 @@ def _minutes(text: str) -> int:
 
 
 def _duration_ms(value: Any) -> int:
-    from app.durations import parse_duration_ms
-
     return value if isinstance(value, int) else int(parse_duration_ms(value))

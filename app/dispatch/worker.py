@@ -143,11 +143,12 @@ class Dispatcher:
         )
         entries = reply[0][1] if reply else []
         now = now_ms()
-        for entry_id, fields in entries:
-            await self._store.create(_delivery(fields, now))
-            await self._redis.xack(TRIGGERS_KEY, GROUP, entry_id)
-        if entries:
-            self._recorded.set()
+        if not entries:
+            return 0
+        await asyncio.gather(*(self._store.create(_delivery(fields, now)) for _, fields in entries))
+        # acknowledged once all are recorded: a dispatcher dying before reads them again
+        await self._redis.xack(TRIGGERS_KEY, GROUP, *(entry_id for entry_id, _ in entries))
+        self._recorded.set()
         return len(entries)
 
     async def _attempt_loop(self) -> None:

@@ -56,6 +56,8 @@ def test_a_frequency_cap_counts_over_its_period():
         # 21:30 in New York is 02:30 UTC the next day; quiet until 08:00 New York = 13:00 UTC
         ("2026-01-11T02:30", "America/New_York", "2026-01-11T13:00"),
         ("2026-01-10T22:30", "Not/AZone", "2026-01-11T08:00"),  # unknown zone: UTC
+        # 22:00 EST on the night clocks go forward: 08:00 is EDT then, 12:00 UTC, not 13:00
+        ("2026-03-08T03:00", "America/New_York", "2026-03-08T12:00"),
     ],
 )
 def test_quiet_hours_defer_to_their_end_in_the_customers_timezone(now, zone, until):
