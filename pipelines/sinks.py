@@ -37,20 +37,13 @@ TRIGGER_MARKER_TTL_S = 7 * 86_400
 LATE_MARKER_TTL_S = 86_400
 RELAY_MARKER_TTL_S = 7 * 86_400
 
-# An entry the dataflow adds to a partition, counted as accepted like the collector's, once.
-# KEYS: stream, stats, marker; ARGV: marker TTL, entry
-_RELAY = """
-if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('XADD', KEYS[1], '*', 'EVENT_FIELD', ARGV[2])
-  redis.call('HINCRBY', KEYS[2], 'accepted', 1)
-end
-return 1
-""".replace("EVENT_FIELD", EVENT_FIELD)
-
-# KEYS: failed-events stream, marker; ARGV: marker TTL, then field, value, ...
+# One entry appended to a stream once (replayed output finds the marker); with a third key,
+# a partition's stats, it is counted as accepted like the collector's entries.
+# KEYS: stream, marker[, stats]; ARGV: marker TTL, then field, value, ...
 _APPEND_ONCE = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
   redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+  if KEYS[3] then redis.call('HINCRBY', KEYS[3], 'accepted', 1) end
 end
 return 1
 """
@@ -151,7 +144,7 @@ def late_marker_key(message_id: str) -> str:
 class _ProfilePartition(StatelessSinkPartition[Any]):
     def __init__(self, url: str) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=10)
-        self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE, _RELAY)
+        self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE)
 
     def write_batch(self, items: list[Any]) -> None:
         # A customer changes many times in a batch: only their last profile is written, with
@@ -177,13 +170,13 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 self._keep_late(item)
             elif isinstance(item, Relay):
                 self._redis.script(
-                    _RELAY,
+                    _APPEND_ONCE,
                     [
                         stream_key(item.partition),
-                        stats_key(item.partition),
                         relay_marker_key(item.partition, item.marker),
+                        stats_key(item.partition),
                     ],
-                    [RELAY_MARKER_TTL_S, orjson.dumps(item.entry)],
+                    [RELAY_MARKER_TTL_S, EVENT_FIELD, orjson.dumps(item.entry)],
                 )
             elif isinstance(item, ShardProgress):
                 progress[item.shard] = orjson.dumps([item.processed, item.newest])
