@@ -124,19 +124,24 @@ class DeliveryStore:
         self._lease = client.register_script(_LEASE)
         self._reserve = client.register_script(_RESERVE)
 
-    async def create(self, delivery: Delivery) -> bool:
-        """Record a new delivery, due now; False when it exists already."""
-        flat = [x for pair in delivery.fields().items() for x in pair]
-        keys = [
-            delivery_key(delivery.id),
-            LOG_KEY,
-            index_key("customer", delivery.customer_id),
-            index_key("rule", delivery.rule),
-            index_key("destination", delivery.destination),
-            DUE_KEY,
-        ]
-        created = await self._create(keys=keys, args=[delivery.created_at, delivery.id, *flat])
-        return bool(created)
+    async def create(self, deliveries: list[Delivery]) -> list[bool]:
+        """Record new deliveries, due now, in one round trip; False for one that exists
+        already (a trigger read again)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for delivery in deliveries:
+            flat = [x for pair in delivery.fields().items() for x in pair]
+            keys = [
+                delivery_key(delivery.id),
+                LOG_KEY,
+                index_key("customer", delivery.customer_id),
+                index_key("rule", delivery.rule),
+                index_key("destination", delivery.destination),
+                DUE_KEY,
+            ]
+            await self._create(
+                keys=keys, args=[delivery.created_at, delivery.id, *flat], client=pipe
+            )
+        return [bool(created) for created in await pipe.execute()]
 
     async def lease_due(self, now: int, most: int, consumer: str) -> list[str]:
         """Deliveries due by ``now``, leased to ``consumer`` for ``LEASE_MS``."""

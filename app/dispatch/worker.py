@@ -42,7 +42,7 @@ from app.profiles.service import CustomerProfile, get_profile
 GROUP = "dispatcher"
 READ_COUNT = 200
 LEASE_COUNT = 32  # leased at once
-MAX_IN_FLIGHT = 256  # attempts under way in one dispatcher (destinations limit their own)
+MAX_IN_FLIGHT = 256  # attempts under way at most (destinations limit their own, the pool too)
 BLOCK_MS = 500
 IDLE_S = 0.05
 
@@ -97,6 +97,10 @@ class Dispatcher:
         # concurrency kept it waiting does not start a second attempt of it
         self._in_flight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # an attempt holds one Redis connection at a time; intake's blocking read holds one:
+        # more attempts than the client's pool serves fail with "Too many connections"
+        pool_size = client.connection_pool.max_connections or MAX_IN_FLIGHT + 4
+        self._max_in_flight = max(1, min(MAX_IN_FLIGHT, pool_size - 4))
         self._stopping = asyncio.Event()
         self._recorded = asyncio.Event()  # intake recorded deliveries: attempt them now
 
@@ -145,7 +149,7 @@ class Dispatcher:
         now = now_ms()
         if not entries:
             return 0
-        await asyncio.gather(*(self._store.create(_delivery(fields, now)) for _, fields in entries))
+        await self._store.create([_delivery(fields, now) for _, fields in entries])
         # acknowledged once all are recorded: a dispatcher dying before reads them again
         await self._redis.xack(TRIGGERS_KEY, GROUP, *(entry_id for entry_id, _ in entries))
         self._recorded.set()
@@ -162,7 +166,7 @@ class Dispatcher:
     async def attempt_due(self) -> int:
         """Start attempts of deliveries due now, as many as there is room for; return how
         many started."""
-        room = MAX_IN_FLIGHT - len(self._in_flight)
+        room = self._max_in_flight - len(self._in_flight)
         if room <= 0:
             return 0
         due = await self._store.lease_due(now_ms(), min(room, LEASE_COUNT), self._consumer)
@@ -183,16 +187,13 @@ class Dispatcher:
             self._in_flight.discard(delivery_id)
 
     async def _attempt(self, delivery_id: str) -> None:
-        delivery = await self._store.get(delivery_id)
-        if delivery is None or delivery.status != "scheduled":
-            await self._store.release(self._consumer, delivery_id)
-            return
         try:
-            await self._store.save(await self._decide(delivery))
+            delivery = await self._store.get(delivery_id)
+            if delivery is not None and delivery.status == "scheduled":
+                await self._store.save(await self._decide(delivery))
+            await self._store.release(self._consumer, delivery_id)
         except Exception:  # never lose it: the lease runs out and it is tried again
             log.exception("dispatch: delivery %s could not be attempted", delivery_id)
-            return
-        await self._store.release(self._consumer, delivery_id)
 
     async def _decide(self, delivery: Delivery) -> Delivery:
         now = now_ms()

@@ -150,10 +150,15 @@ def trigger(client: redis.Redis, n: int, customer: str = "c1", **send: Any) -> s
 
 
 def dispatch_until(
-    settings: Settings, outbox: Any, done: Callable[[], bool], timeout_s: float = 20
+    settings: Settings,
+    outbox: Any,
+    done: Callable[[], bool],
+    timeout_s: float = 20,
+    max_connections: int | None = None,
 ) -> None:
     async def main() -> None:
-        client = aioredis.Redis.from_url(settings.redis_url or "")
+        options = {} if max_connections is None else {"max_connections": max_connections}
+        client = aioredis.Redis.from_url(settings.redis_url or "", **options)
         dispatcher = Dispatcher(client, outbox, allow_private=True)
         running = asyncio.ensure_future(dispatcher.run())
         try:
@@ -307,3 +312,19 @@ def test_nothing_is_sent_without_consent_to_the_holdout_past_the_cap_or_nowhere(
     assert deferred.next_at is not None
     assert deferred.next_at > now_ms()
     assert "does not exist" in (status[nowhere].reason if status[nowhere] else "")
+
+
+def test_a_backlog_larger_than_the_connection_pool_is_sent_without_waiting_for_leases(
+    settings, redis_client, receiver
+):
+    """Attempts are bounded by the Redis pool: none fails for want of a connection and waits
+    out its 30 s lease (what a backlog did with 256 attempts on a pool of 100)."""
+    ids = [trigger(redis_client, n, customer=f"c{n}") for n in range(80)]
+    dispatch_until(
+        settings,
+        LoopbackOutbox(receiver),
+        lambda: len(set(receiver.delivered_ids())) == len(ids),
+        timeout_s=15,
+        max_connections=12,
+    )
+    assert sorted(receiver.delivered_ids()) == sorted(ids)
