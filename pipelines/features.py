@@ -347,17 +347,17 @@ class EventLog:
         self.values.insert(at, value)
         self.weights.insert(at, 1)
 
-    def expire(self, now: int) -> None:
-        """Forget entries that left the longest window that reads this log."""
-        if self.horizon_ms is None:
-            if len(self.times) > LOG_CAP:
-                self._fold(len(self.times) - LOG_CAP)
-            return
-        cut = bisect.bisect_right(self.times, now - self.horizon_ms)
-        if cut:
-            del self.times[:cut], self.values[:cut], self.weights[:cut]
+    def expire(self, now: int) -> bool:
+        """Forget entries that left the longest window that reads this log; True when old
+        entries were folded (which can change what they count for)."""
+        if self.horizon_ms is not None:
+            cut = bisect.bisect_right(self.times, now - self.horizon_ms)
+            if cut:
+                del self.times[:cut], self.values[:cut], self.weights[:cut]
         if len(self.times) > LOG_CAP:
             self._fold(len(self.times) - LOG_CAP)
+            return True
+        return False
 
     def _fold(self, surplus: int) -> None:
         """Fold the oldest entries into buckets; a bucket keeps its newest time."""
@@ -678,8 +678,11 @@ class CustomerFeatures:
     events_total: int = 0
     newest: int | None = None  # the newest event time seen (lateness is measured from it)
     segments: frozenset[str] = frozenset()  # the rule segments the customer is in
-    # the last ``observe``: derived, so recovery snapshots leave it out
+    # the last ``observe`` and the groups of features changed since (by events or a fold):
+    # derived, so recovery snapshots leave them out
     _observed: _Observed | None = field(default=None, repr=False, compare=False)
+    _dirty: set[int] = field(default_factory=set, repr=False, compare=False)
+    _expired_at: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.adopt(self.catalogue)
@@ -755,6 +758,7 @@ class CustomerFeatures:
             self.traits.update(event["traits"])
         name = event_name(event)
         self.newest = when if self.newest is None else max(self.newest, when)
+        self._dirty.update(self.catalogue.plan.feeds(name))
         if name is None:
             return None
         properties: Mapping[str, Any] = event.get("properties") or {}
@@ -786,8 +790,14 @@ class CustomerFeatures:
         return name
 
     def expire(self, now: int) -> None:
+        """Forget what left every window as of ``now`` (the newest event time: nothing that an
+        instant after it reads), once per ``now``: deadlines between two events call it again."""
+        if now == self._expired_at:
+            return
+        self._expired_at = now
         for log in self.logs.values():
-            log.expire(now)
+            if log.expire(now):
+                self._observed = None  # a fold changes what old entries count for
         for chain in self.catalogue.sequences:
             self.sequences[chain.name].expire(now, chain, self.catalogue.allowed_lateness_ms)
         horizon = now - TOP_CATEGORY_WINDOW_MS
@@ -817,41 +827,41 @@ class CustomerFeatures:
         return self.observe(now)[1]
 
     def observe(self, now: int) -> tuple[dict[str, Any], int | None]:
-        """``snapshot(now)`` and ``next_change(now)`` at once."""
-        return self._observe(now, None)
+        """``snapshot(now)`` and ``next_change(now)`` at once, recomputing only what changed
+        since the last call.
 
-    def observe_after(self, now: int, name: str | None) -> tuple[dict[str, Any], int | None]:
-        """``observe(now)`` after applying one event named ``name`` (None: unnamed), recomputing
-        only the groups of features that event feeds.
-
-        Between deadlines a windowed value, the session and the top category change only when
-        an event enters them, and the last call's deadline says when time alone changes
-        something. So a deadline reached, a merge, or an instant before the last one
-        recomputes every group.
+        A group of features (``FeaturePlan``) changes only when an event feeds it or when its
+        own deadline passes, so after the last call at an instant before ``now`` only the
+        groups events fed since (``apply`` marks them), those whose deadline is reached and
+        the cheap ``always`` group are computed again. A merge, a rule change, a fold or an
+        instant before the last one recomputes every group.
         """
-        return self._observe(now, self.catalogue.plan.feeds(name))
-
-    def _observe(
-        self, now: int, groups: tuple[int, ...] | None
-    ) -> tuple[dict[str, Any], int | None]:
         plan = self.catalogue.plan
         last = self._observed
-        if (
-            groups is None
-            or last is None
-            or now < last.at
-            or (last.deadline is not None and now >= last.deadline)
-        ):
+        dirty = self._dirty
+        if last is None or now < last.at:
             values: dict[str, Any] = {}
             deadlines = [compute(self, now, values) for compute in plan.groups]
             last = self._observed = _Observed(now, values, deadlines, None)
         else:
             values, deadlines = last.values, last.deadlines
-            for index in groups:
-                deadlines[index] = plan.groups[index](self, now, values)
+            if last.deadline is not None and now >= last.deadline:
+                dirty.update([i for i, d in enumerate(deadlines) if d is not None and d <= now])
+            groups = plan.groups
+            always = len(groups) - 1  # the always group, last: it reads the others' values
+            dirty.discard(always)
+            for index in sorted(dirty):
+                deadlines[index] = groups[index](self, now, values)
+            deadlines[always] = groups[always](self, now, values)
             last.at = now
-        last.deadline = min((d for d in deadlines if d is not None), default=None)
+        dirty.clear()
+        last.deadline = min([d for d in deadlines if d is not None], default=None)
         return dict(values), last.deadline
+
+    def observe_after(self, now: int, name: str | None) -> tuple[dict[str, Any], int | None]:
+        """``observe(now)`` after applying an event named ``name`` (``apply`` marked what it
+        fed, so this is ``observe``; kept for the callers that say which event it was)."""
+        return self.observe(now)
 
     def merge(self, other: CustomerFeatures) -> None:
         """Fold ``other`` (the same catalogue) into this customer, as one history."""
@@ -926,6 +936,8 @@ def _rebuilt(
         for name, entries, completed, arrivals in (rest[8] if len(rest) > 8 else ())
     }
     customer._observed = None
+    customer._dirty = set()
+    customer._expired_at = None
     return customer
 
 
@@ -1037,19 +1049,42 @@ def _last_values_group(catalogue: Catalogue) -> GroupFn:
 def _session_group(catalogue: Catalogue) -> GroupFn:
     wanted = tuple(name for name in catalogue.builtins if name in SESSION_BUILTINS)
     gap = catalogue.session_gap_ms
+    pages = (PAGE_EVENT, SCREEN_EVENT)
 
     def compute(state: CustomerFeatures, now: int, values: dict[str, Any]) -> int | None:
-        session = state.session(now)
+        # ``state.session(now)``, walked back from its end once, counting as it goes
+        log = state.session_log
+        end = bisect.bisect_right(log, (now, "\uffff"))
+        events = duration = paged = viewed = 0
+        deadline = None
+        if end and now - log[end - 1][0] < gap:
+            last = later = log[end - 1][0]
+            start = end - 1
+            while True:
+                at, kind = log[start]
+                if later - at >= gap:
+                    break
+                events += 1
+                if kind == "Product Viewed":
+                    viewed += 1
+                elif kind in pages:
+                    paged += 1
+                later = at
+                if start == 0:
+                    break
+                start -= 1
+            duration = last - later
+            deadline = last + gap
         for name in wanted:
             if name == "session_events":
-                values[name] = len(session)
+                values[name] = events
             elif name == "session_duration_ms":
-                values[name] = session[-1][0] - session[0][0] if session else 0
+                values[name] = duration
             elif name == "session_pages":
-                values[name] = sum(1 for _, kind in session if kind in (PAGE_EVENT, SCREEN_EVENT))
+                values[name] = paged
             else:  # session_products_viewed, browsing_depth
-                values[name] = sum(1 for _, kind in session if kind == "Product Viewed")
-        return session[-1][0] + gap if session else None
+                values[name] = viewed
+        return deadline
 
     return compute
 
