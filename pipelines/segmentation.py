@@ -242,7 +242,6 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             name = customer.apply(event)
             if waiting is None:
                 waiting = pending[customer_id] = _Pending(customer.newest or when)
-            waiting.names.add(name)
             if name or kind == "identify":
                 waiting.events.append(event)
             other = _merged_by(event)
@@ -345,13 +344,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         pending = self.state.pending.pop(customer_id)
         customer = self.state.customer(customer_id)
         assert customer is not None, "pending events outlived their customer"
-        names = pending.names
-        observed = (
-            customer.observe_after(pending.at, next(iter(names)))
-            if len(names) == 1
-            else customer.observe(pending.at)
-        )
-        update = self._changed(customer_id, pending.at, observed)
+        update = self._changed(customer_id, pending.at, customer.observe(pending.at))
         update.events = tuple(pending.events)
         return update
 
@@ -444,11 +437,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
 class _Pending:
     """A customer's events applied at one instant, not yet evaluated."""
 
-    __slots__ = ("at", "events", "names")
+    __slots__ = ("at", "events")
 
     def __init__(self, at: int) -> None:
         self.at = at
-        self.names: set[str | None] = set()
         self.events: list[dict[str, Any]] = []
 
 
