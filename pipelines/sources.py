@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
@@ -31,15 +30,13 @@ IDLE_TICK_MS = 100  # how often a caught-up partition tells the wall-clock time
 HEARTBEAT_MS = 1_000  # how often a partition says the dataflow runs (ALIVE_KEY)
 
 
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
+class StreamEvent(NamedTuple):  # tuples: made for every event, they cost least
     partition: int
     entry_id: str
     event: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
+class Tick(NamedTuple):
     """Every event of ``partition`` before ``at`` (or at it, when ``inclusive``) has been read."""
 
     partition: int
@@ -65,25 +62,70 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
         self._last_idle_tick = 0
         self._read_until = 0  # newest event time read (event time never goes back here)
         self._last_heartbeat = 0
+        # The read of the next batch is sent before this one is handed on, and its reply read
+        # at the next call: the dataflow computes while Redis reads (one connection, in order).
+        self._connection: Any = None
+        self._asked: str | None = None  # the id the read in flight reads after
 
     def next_batch(self) -> Iterable[SourceItem]:
         now = now_ms()
         if now - self._last_heartbeat >= HEARTBEAT_MS:
             self._client.set(ALIVE_KEY, now, ex=ALIVE_TTL_S)
             self._last_heartbeat = now
-        reply: Any = self._client.xread({self._key: self._after}, count=BATCH)
-        if not reply:
+        if self._asked != self._after:
+            self._ask()
+        entries = self._answer()
+        if not entries:
             return self._idle()
         self._awake = None
-        entries = reply[0][1]
         self._after = entries[-1][0].decode()
+        self._ask()  # the next batch, read while this one is processed
         items: list[SourceItem] = []
+        partition, field = self._partition, EVENT_FIELD.encode()
+        read_until = self._read_until
         for entry_id, fields in entries:
-            event = orjson.loads(fields[EVENT_FIELD.encode()])
-            items.append(StreamEvent(self._partition, entry_id.decode(), event))
-            self._read_until = max(self._read_until, int(event["timestamp"]))
-        items.append(Tick(self._partition, self._read_until, inclusive=False))
+            event = orjson.loads(fields[1] if fields[0] == field else _field(fields, field))
+            items.append(StreamEvent(partition, entry_id.decode(), event))
+            when = event["timestamp"]
+            if when > read_until:
+                read_until = when
+        self._read_until = read_until = int(read_until)
+        items.append(Tick(partition, read_until, inclusive=False))
         return items
+
+    def _ask(self) -> None:
+        """Send the read of the entries after ``_after``; ``_answer`` reads its reply."""
+        if self._connection is None:
+            self._connection = self._client.connection_pool.get_connection()
+        try:
+            self._connection.send_command(
+                "XREAD", "COUNT", BATCH, "STREAMS", self._key, self._after
+            )
+        except BaseException:
+            self._drop()
+            raise
+        self._asked = self._after
+
+    def _answer(self) -> list[Any]:
+        """The entries of the read in flight (raw, as hiredis parses them)."""
+        self._asked = None
+        try:
+            reply: Any = self._connection.read_response()
+        except BaseException:
+            self._drop()
+            raise
+        if not reply:
+            return []
+        if isinstance(reply, dict):  # RESP3: {stream: entries}
+            return next(iter(reply.values()))
+        return reply[0][1]  # type: ignore[no-any-return]
+
+    def _drop(self) -> None:
+        """Forget a connection whose replies may be out of step; the next read opens one."""
+        connection, self._connection, self._asked = self._connection, None, None
+        if connection is not None:
+            connection.disconnect()
+            self._client.connection_pool.release(connection)
 
     def _idle(self) -> list[SourceItem]:
         now = now_ms()
@@ -106,7 +148,16 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
         return self._after
 
     def close(self) -> None:
+        self._drop()
         self._client.close()
+
+
+def _field(fields: list[bytes], name: bytes) -> bytes:
+    """The value of ``name`` in a stream entry's flat field list."""
+    for index in range(0, len(fields), 2):
+        if fields[index] == name:
+            return fields[index + 1]
+    raise KeyError(f"a stream entry without its {name.decode()!r} field")
 
 
 class RedisStreamSource(FixedPartitionedSource[SourceItem, str]):
