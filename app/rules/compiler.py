@@ -22,6 +22,7 @@ import hashlib
 import math
 import operator
 import re
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -192,22 +193,20 @@ def number_text(value: float | int) -> bytes:
     return text.encode()
 
 
-# One field of a fact, from (features, traits, segments, clusters): its JSON member, or None
-# when the fact leaves the field out.
-FieldWriter = Callable[
-    [Mapping[str, Any], Mapping[str, Any], frozenset[str], frozenset[str]], str | None
-]
+# One field of a fact, from (features, traits, segments, clusters): its JSON member after a comma
+# (``,"f0":12``), or "" when the fact leaves the field out.
+FieldWriter = Callable[[Mapping[str, Any], Mapping[str, Any], frozenset[str], frozenset[str]], str]
 
 
 def _number_writer(key: str, member: str) -> FieldWriter:
-    """The feature ``key`` as ``member`` + its number_text, or None unless a finite number."""
+    """The feature ``key`` as ``member`` + its number_text, or "" unless a finite number."""
 
     def write(
         features: Mapping[str, Any],
         traits: Mapping[str, Any],
         segments: frozenset[str],
         clusters: frozenset[str],
-    ) -> str | None:
+    ) -> str:
         value: Any = features.get(key)
         kind = type(value)
         # within the limits number_text writes an int with str and a float with repr, and
@@ -220,16 +219,74 @@ def _number_writer(key: str, member: str) -> FieldWriter:
             return member + str(value)
         if is_number(value):
             return member + number_text(value).decode()
-        return None
+        return ""
 
     return write
 
 
-def _field_writer(source: Source, name: str) -> FieldWriter:
-    member = f'"{name}":'
+def _gap_members(member: str, bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """For each gap around the sorted distinct ``bounds`` (below ``bounds[i]`` and above the
+    one before; the last above them all), ``member`` with a number strictly inside it, or ""
+    where there is none (between adjacent floats). A fact carries values from -NUMBER_LIMIT
+    to NUMBER_LIMIT (number_text clamps), so the outer gaps end there."""
+    gaps = []
+    for at in range(len(bounds) + 1):
+        if at == 0:
+            inside: float = max(-NUMBER_LIMIT, bounds[0] - 1)
+            fits = -NUMBER_LIMIT <= inside < bounds[0]
+        elif at == len(bounds):
+            inside = min(NUMBER_LIMIT, bounds[-1] + 1)
+            fits = bounds[-1] < inside <= NUMBER_LIMIT
+        else:
+            low, high = bounds[at - 1], bounds[at]
+            inside = (low + high) / 2
+            fits = low < inside < high
+        gaps.append(member + number_text(inside).decode() if fits else "")
+    return tuple(gaps)
+
+
+def _class_writer(key: str, member: str, constants: Iterable[float]) -> FieldWriter:
+    """The feature ``key`` as ``member`` + one number standing for its class: the engine
+    compares a feature only with ``constants`` (bounded as its JSON has them) by eq, ne, gt,
+    gte, lt, lte, exactly (an int with an int as long long, else as doubles: both exact within
+    +-NUMBER_LIMIT), so all it can tell of a value is which constant it equals or which gap
+    between them it lies in. A value equal to a constant is written as that constant; one in a
+    gap as a number inside the gap, or as itself where the gap holds no other number."""
+    bounds = tuple(sorted(set(constants)))
+    equal = tuple(member + number_text(bound).decode() for bound in bounds)
+    gaps = _gap_members(member, bounds)
+    limits = (*bounds, math.inf)  # equal to no value: bisect's place needs no length check
+    written = _number_writer(key, member)
+
+    def write(
+        features: Mapping[str, Any],
+        traits: Mapping[str, Any],
+        segments: frozenset[str],
+        clusters: frozenset[str],
+    ) -> str:
+        value: Any = features.get(key)
+        kind = type(value)
+        if not ((kind is float or kind is int) and -NUMBER_LIMIT < value < NUMBER_LIMIT):
+            if not is_number(value):
+                return ""
+            value = max(-NUMBER_LIMIT, min(NUMBER_LIMIT, value))  # as number_text writes it
+        at = bisect_left(limits, value)
+        if limits[at] == value:
+            return equal[at]
+        return gaps[at] or written(features, traits, segments, clusters)
+
+    return write
+
+
+def _field_writer(source: Source, name: str, constants: Iterable[float] | None) -> FieldWriter:
+    """The field's writer; ``constants``: a feature's value is written as its class among
+    them (``_class_writer``), not as itself."""
+    member = f',"{name}":'
     yes, no = member + "true", member + "false"
     key = source.key
     if source.kind == "feature":
+        if constants:
+            return _class_writer(key, member, constants)
         return _number_writer(key, member)
     if source.kind == "segment":
         return lambda features, traits, segments, clusters: yes if key in segments else no
@@ -245,11 +302,16 @@ def _field_writer(source: Source, name: str) -> FieldWriter:
 
 @dataclass
 class FactLayout:
-    """The fields of one ruleset's facts."""
+    """The fields of one ruleset's facts, and the constants the engine compares each feature
+    field with."""
 
     fields: dict[Source, str] = field(default_factory=dict)
-    # one writer per field, in field order: built at the first fact, after compiling
-    _writers: list[FieldWriter] = field(default_factory=list, init=False, repr=False, compare=False)
+    constants: dict[str, set[float]] = field(default_factory=dict)  # field name -> bounded
+    # one writer per field, in field order, values as they are / by class: built at the first
+    # fact, after compiling
+    _writers: dict[bool, list[FieldWriter]] = field(
+        default_factory=lambda: {False: [], True: []}, init=False, repr=False, compare=False
+    )
 
     def field_for(self, source: Source) -> str:
         found = self.fields.get(source)
@@ -257,6 +319,30 @@ class FactLayout:
             prefix = {"feature": "f", "trait": "t", "segment": "s", "cluster": "c", "test": "p"}
             found = self.fields[source] = f"{prefix[source.kind]}{len(self.fields)}"
         return found
+
+    def compares(self, name: str, constant: float) -> None:
+        """Notes that the engine compares the feature field ``name`` with ``constant``."""
+        self.constants.setdefault(name, set()).add(_bound(constant))
+
+    def members(
+        self,
+        features: Mapping[str, Any],
+        traits: Mapping[str, Any],
+        segments: frozenset[str],
+        clusters: frozenset[str] = frozenset(),
+        *,
+        by_class: bool = False,
+    ) -> str:
+        """The fact's fields as JSON members, each after a comma (numbers written for the
+        engine). ``by_class``: each feature number written as the one standing for its class,
+        so values the engine cannot tell apart give the same text."""
+        writers = self._writers[by_class]
+        if len(writers) != len(self.fields):
+            writers[:] = [
+                _field_writer(source, name, self.constants.get(name) if by_class else None)
+                for source, name in self.fields.items()
+            ]
+        return "".join([write(features, traits, segments, clusters) for write in writers])
 
     def fact(
         self,
@@ -267,15 +353,12 @@ class FactLayout:
         clusters: frozenset[str] = frozenset(),
     ) -> str:
         """The fact's JSON (numbers written for the engine), id ``number`` (facts must differ)."""
-        writers = self._writers
-        if len(writers) != len(self.fields):
-            writers[:] = [_field_writer(source, name) for source, name in self.fields.items()]
-        members = [f'{{"sid":"0","id":{number}']
-        for write in writers:
-            member = write(features, traits, segments, clusters)
-            if member is not None:
-                members.append(member)
-        return ",".join(members) + "}"
+        return fact_json(number, self.members(features, traits, segments, clusters))
+
+
+def fact_json(number: int, members: str) -> str:
+    """A fact with id ``number`` and the fields ``members`` (``FactLayout.members``)."""
+    return f'{{"sid":"0","id":{number}{members}}}'
 
 
 def engine_json(value: Any) -> bytes:
@@ -376,6 +459,8 @@ def _compile_leaf(rule: Rule, leaf: Leaf, layout: FactLayout, negate: bool) -> d
         return {name: not negate}
     terms: list[dict[str, Any]] = []
     for word, constant in comparisons(leaf):
+        for item in constant if word == "in_" else (constant,):
+            layout.compares(name, item)
         terms.append(_comparison(name, word, constant, negate))
     if not negate:
         return terms[0] if len(terms) == 1 else {"$and": terms}

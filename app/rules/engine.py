@@ -6,6 +6,11 @@ rule only), one state id for everything (the engine allows 1024), the customer's
 the fact, and every fact retracted once its matches are read. Asserting a fact fires every rule
 it matches, so one call tells which segments hold.
 
+The engine compares a feature only with the ruleset's constants, so a fact carries each feature
+as the number standing for its class (``FactLayout.members(by_class=True)``): a ruleset's facts
+are few, and each handle keeps the engine's answer per fact text. The engine decides every fact
+it has not seen; one seen before is answered from the handle's memory.
+
 A ruleset handle is used by one thread only (two threads sharing one lost firings when
 measured): ``Rulesets.for_thread`` keeps one set per thread and rule-set version, and deletes
 the handles of a version it no longer uses.
@@ -21,10 +26,15 @@ from typing import Any
 import durable_rules_engine as _engine
 import orjson
 
-from app.rules.compiler import CompiledRules, CompiledRuleset
+from app.rules.compiler import CompiledRules, CompiledRuleset, fact_json
 
 _NOT_HANDLED = 1  # assert result codes of the C engine
 _OBSERVED = 2
+# the engine's own fact for state "0", which it makes at a ruleset's first fact otherwise
+_STATE_FACT = '{"sid":"0","id":"sid-0","$s":1}'
+# answers a handle keeps (then it forgets them all): a ruleset's facts by class are far fewer,
+# unless it compares many features with many constants each
+MAX_REMEMBERED = 65_536
 _names = itertools.count()
 _local = threading.local()
 
@@ -34,7 +44,9 @@ class RuleEngineError(RuntimeError):
 
 
 class _Handle:
-    def __init__(self, ruleset: CompiledRuleset) -> None:
+    def __init__(self, ruleset: CompiledRuleset, *, by_class: bool = True) -> None:
+        """``by_class``: facts carry features by class and answers are remembered; without it
+        every fact carries the values as they are and goes to the engine (tests compare)."""
         self.ruleset = ruleset
         # names are unique per process: the engine keeps every name it was given
         name = f"{ruleset.name}-{next(_names)}"
@@ -44,8 +56,17 @@ class _Handle:
             raise RuleEngineError(
                 f"durable_rules refused ruleset {ruleset.name}: {error}"
             ) from error
+        try:
+            self._settle_state()
+        except Exception as error:
+            _engine.delete_ruleset(self._handle)
+            raise RuleEngineError(
+                f"durable_rules refused the state of ruleset {ruleset.name}: {error}"
+            ) from error
         self._facts = itertools.count()
         self._rules = frozenset(ruleset.definition)
+        self._by_class = by_class
+        self._answers: dict[str, frozenset[str]] = {}  # fact members -> the rules that hold
 
     def matching(
         self,
@@ -53,9 +74,33 @@ class _Handle:
         traits: Mapping[str, Any],
         segments: frozenset[str],
         clusters: frozenset[str],
-    ) -> set[str]:
+    ) -> frozenset[str]:
         """The rules of this ruleset that hold for these values."""
-        fact = self.ruleset.layout.fact(next(self._facts), features, traits, segments, clusters)
+        members = self.ruleset.layout.members(
+            features, traits, segments, clusters, by_class=self._by_class
+        )
+        if not self._by_class:
+            return self._decide(members)
+        found = self._answers.get(members)
+        if found is None:
+            found = self._decide(members)
+            if len(self._answers) >= MAX_REMEMBERED:
+                self._answers.clear()
+            self._answers[members] = found
+        return found
+
+    def _settle_state(self) -> None:
+        """Makes the engine's state "0" before any customer's fact, and drops what it fires.
+        Made by the first fact instead, its own fact (no fields) matches every rule that holds
+        on absent fields (a ``not``), and that firing was read as the first fact's."""
+        state = _engine.update_state(self._handle, _STATE_FACT)
+        if _engine.start_action_for_state(self._handle, state):
+            while _engine.complete_and_start_action(self._handle, state):
+                pass
+
+    def _decide(self, members: str) -> frozenset[str]:
+        """The rules the engine fires for a fact of ``members``, asserted and retracted."""
+        fact = fact_json(next(self._facts), members)
         try:
             result = _engine.assert_fact(self._handle, fact)
         except Exception as error:
@@ -63,7 +108,7 @@ class _Handle:
                 f"durable_rules refused a fact: {error}: {fact[:200]!r}"
             ) from error
         if result[0] == _NOT_HANDLED:
-            return set()
+            return frozenset()
         if result[0] == _OBSERVED:  # pragma: no cover - every fact has its own id
             raise RuleEngineError("durable_rules saw the same fact twice")
         fired: set[str] = set()
@@ -76,7 +121,7 @@ class _Handle:
                     self._read_action(more, fired)
         finally:
             _engine.retract_fact(self._handle, fact)
-        return fired
+        return frozenset(fired)
 
     def _read_action(self, action: str, fired: set[str]) -> None:
         """Adds the rule an action of the engine fired. The engine writes one rule per action,
@@ -96,7 +141,9 @@ class _Handle:
 class Rulesets:
     """The engine's rulesets for one version of the active rules, used by one thread."""
 
-    def __init__(self, rules: CompiledRules) -> None:
+    def __init__(self, rules: CompiledRules, *, by_class: bool = True) -> None:
+        """``by_class=False``: every fact goes to the engine with its values as they are, the
+        reference the remembered answers by class must agree with (tests only)."""
         self.rules = rules
         self._layers: list[list[_Handle]] = []
         try:
@@ -104,7 +151,7 @@ class Rulesets:
                 handles: list[_Handle] = []
                 self._layers.append(handles)
                 for ruleset in layer:
-                    handles.append(_Handle(ruleset))
+                    handles.append(_Handle(ruleset, by_class=by_class))
         except BaseException:  # a ruleset refused: the ones made before it are deleted
             self.close()
             raise
