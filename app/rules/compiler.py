@@ -23,7 +23,7 @@ import math
 import operator
 import re
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
@@ -196,6 +196,8 @@ def number_text(value: float | int) -> bytes:
 # One field of a fact, from (features, traits, segments, clusters): its JSON member after a comma
 # (``,"f0":12``), or "" when the fact leaves the field out.
 FieldWriter = Callable[[Mapping[str, Any], Mapping[str, Any], frozenset[str], frozenset[str]], str]
+# (features, segments, clusters) -> a key standing for a fact's members (``FactLayout.value_key``)
+ValueKey = Callable[[Mapping[str, Any], frozenset[str], frozenset[str]], Hashable | None]
 
 
 def _number_writer(key: str, member: str) -> FieldWriter:
@@ -343,6 +345,60 @@ class FactLayout:
                 for source, name in self.fields.items()
             ]
         return "".join([write(features, traits, segments, clusters) for write in writers])
+
+    def value_key(self, clocks: Iterable[str]) -> ValueKey | None:
+        """A function of (features, segments, clusters) to a key that is equal only where
+        ``members(by_class=True)`` is: the compared features' values as they are (those in
+        ``clocks``, which grow with the clock, by class), or None when a field is decided on
+        a trait or in Python. It costs a fraction of building the members, so answers can be
+        remembered by it first. The key is None for a value it cannot vouch for (a bool is
+        equal to 1, a list has no hash): the caller builds the members then."""
+        if any(source.kind not in ("feature", "segment", "cluster") for source in self.fields):
+            return None
+        keys = tuple(source.key for source in self.fields if source.kind == "feature")
+        timed = set(clocks)
+        classed = tuple(
+            (index, (*sorted(set(self.constants[name])), math.inf))
+            for index, (source, name) in enumerate(
+                (s, n) for s, n in self.fields.items() if s.kind == "feature"
+            )
+            if source.key in timed and self.constants.get(name)
+        )
+        reads_segments = any(source.kind == "segment" for source in self.fields)
+        reads_clusters = any(source.kind == "cluster" for source in self.fields)
+        get = operator.itemgetter(*keys) if len(keys) > 1 else None
+        plain_types = {int, float, str, type(None)}
+
+        def key(
+            features: Mapping[str, Any], segments: frozenset[str], clusters: frozenset[str]
+        ) -> Hashable | None:
+            try:
+                found = get(features) if get is not None else tuple(map(features.get, keys))
+            except KeyError:  # a stored profile from before a rule read this feature
+                found = tuple(map(features.get, keys))
+            if not plain_types.issuperset(map(type, found)):
+                return None
+            if classed:
+                values = list(found)
+                for index, limits in classed:
+                    value = values[index]
+                    if value is None or value.__class__ is str:
+                        continue
+                    if value.__class__ is float and not math.isfinite(value):
+                        values[index] = None  # no number: left out of the fact, like None
+                        continue
+                    if not -NUMBER_LIMIT < value < NUMBER_LIMIT:
+                        value = max(-NUMBER_LIMIT, min(NUMBER_LIMIT, value))
+                    at = bisect_left(limits, value)
+                    values[index] = (at, limits[at] == value)
+                found = tuple(values)
+            return (
+                found,
+                segments if reads_segments else None,
+                clusters if reads_clusters else None,
+            )
+
+        return key
 
     def fact(
         self,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 import durable_rules_engine as _engine
@@ -36,6 +36,7 @@ _STATE_FACT = '{"sid":"0","id":"sid-0","$s":1}'
 # unless it compares many features with many constants each
 MAX_REMEMBERED = 65_536
 _names = itertools.count()
+_NO_SEGMENTS: frozenset[str] = frozenset()
 _local = threading.local()
 
 
@@ -44,9 +45,12 @@ class RuleEngineError(RuntimeError):
 
 
 class _Handle:
-    def __init__(self, ruleset: CompiledRuleset, *, by_class: bool = True) -> None:
+    def __init__(
+        self, ruleset: CompiledRuleset, *, by_class: bool = True, clocks: Iterable[str] = ()
+    ) -> None:
         """``by_class``: facts carry features by class and answers are remembered; without it
-        every fact carries the values as they are and goes to the engine (tests compare)."""
+        every fact carries the values as they are and goes to the engine (tests compare).
+        ``clocks``: the features that grow with the clock (remembered by class too)."""
         self.ruleset = ruleset
         # names are unique per process: the engine keeps every name it was given
         name = f"{ruleset.name}-{next(_names)}"
@@ -67,6 +71,9 @@ class _Handle:
         self._rules = frozenset(ruleset.definition)
         self._by_class = by_class
         self._answers: dict[str, frozenset[str]] = {}  # fact members -> the rules that hold
+        # the same answers by the values they were given, found without building the members
+        self._by_value: dict[Hashable, frozenset[str]] = {}
+        self._value_key = ruleset.layout.value_key(clocks) if by_class else None
 
     def matching(
         self,
@@ -76,6 +83,25 @@ class _Handle:
         clusters: frozenset[str],
     ) -> frozenset[str]:
         """The rules of this ruleset that hold for these values."""
+        key = None if self._value_key is None else self._value_key(features, segments, clusters)
+        if key is not None:
+            found = self._by_value.get(key)
+            if found is None:
+                found = self._remembered(features, traits, segments, clusters)
+                if len(self._by_value) >= MAX_REMEMBERED:
+                    self._by_value.clear()
+                self._by_value[key] = found
+            return found
+        return self._remembered(features, traits, segments, clusters)
+
+    def _remembered(
+        self,
+        features: Mapping[str, Any],
+        traits: Mapping[str, Any],
+        segments: frozenset[str],
+        clusters: frozenset[str],
+    ) -> frozenset[str]:
+        """The answer for the fact these values make, from memory or from the engine."""
         members = self.ruleset.layout.members(
             features, traits, segments, clusters, by_class=self._by_class
         )
@@ -146,15 +172,18 @@ class Rulesets:
         reference the remembered answers by class must agree with (tests only)."""
         self.rules = rules
         self._layers: list[list[_Handle]] = []
+        clock_keys = [key for key, _ in rules.clocks]
         try:
             for layer in rules.layers:
                 handles: list[_Handle] = []
                 self._layers.append(handles)
                 for ruleset in layer:
-                    handles.append(_Handle(ruleset, by_class=by_class))
+                    handles.append(_Handle(ruleset, by_class=by_class, clocks=clock_keys))
         except BaseException:  # a ruleset refused: the ones made before it are deleted
             self.close()
             raise
+        only = [handle for layer in self._layers for handle in layer]
+        self._single = only[0] if len(only) == 1 else None
 
     @classmethod
     def for_thread(cls, rules: CompiledRules) -> Rulesets:
@@ -176,6 +205,8 @@ class Rulesets:
     ) -> frozenset[str]:
         """The ids of the rules that hold for these values, layer by layer (a later layer
         reads the memberships the earlier ones gave)."""
+        if self._single is not None:  # one ruleset (most rule sets): no layers to combine
+            return self._single.matching(features, traits, _NO_SEGMENTS, clusters)
         members: set[str] = set()
         for layer in self._layers:
             known = frozenset(members)
@@ -188,6 +219,7 @@ class Rulesets:
             for handle in layer:
                 handle.close()
         self._layers = []
+        self._single = None
 
 
 def refusals(rules: CompiledRules) -> list[tuple[CompiledRuleset, str]]:

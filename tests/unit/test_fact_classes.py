@@ -351,3 +351,66 @@ when:
         engine.close()
     assert got == [frozenset({"browsers"}) if views >= 5 else frozenset() for views in range(1000)]
     assert counting.asserted == 3  # below 5, at 5, above 5
+
+
+def test_answers_remembered_by_value_never_mistake_one_value_for_another(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Answers are found by the values first (no fact built): a time since an event, which
+    grows with the clock, by its class; every other value as it is, but never a bool for the
+    1 it equals, nor a number the engine cannot read for one it can."""
+    rules = [
+        schema.parse_rule(text, source="<test>")
+        for text in (
+            """
+id: left-carts
+name: Left carts
+when:
+  all:
+    - since: {event: Product Added}
+      gte: 30m
+    - feature: cart_value
+      gt: 0
+""",
+            """
+id: ones
+name: Ones
+when:
+  feature: events_total
+  eq: 1
+""",
+        )
+    ]
+    compiled = compile_rules([ActiveRule(rule, 1) for rule in rules])
+    built = []  # the facts built (an answer not found by the values)
+    remembered = engine_module._Handle._remembered
+
+    def counted(handle: Any, *args: Any) -> frozenset[str]:
+        built.append(args)
+        return remembered(handle, *args)
+
+    monkeypatch.setattr(engine_module._Handle, "_remembered", counted)
+    by_class, as_they_are = Rulesets(compiled), Rulesets(compiled, by_class=False)
+    since = "since(Product Added)"
+    try:
+        clock = [{since: ms, "cart_value": 20.0, "events_total": 3} for ms in range(0, 60_000, 7)]
+        for features in clock:
+            assert by_class.segments(features, {}) == frozenset()
+        assert len(built) == 1  # every value under 30m: one class, one fact
+        odd = [
+            {since: 1_800_000, "cart_value": 1, "events_total": 1},
+            {since: 1_800_000, "cart_value": True, "events_total": True},
+            {since: 1_800_000.0, "cart_value": 1.0, "events_total": 1.0},
+            {since: 1_800_000, "cart_value": math.nan, "events_total": 1},
+            {since: math.inf, "cart_value": 1, "events_total": 1},
+            {since: 10**20, "cart_value": 1, "events_total": 1},  # read as the limit
+            {since: None, "cart_value": 1, "events_total": 1},
+            {since: 10**20, "cart_value": 10**20, "events_total": 1},
+            {since: 1_799_999, "cart_value": "1", "events_total": [1]},
+            {"cart_value": 1},
+        ]
+        for features in [*odd, *odd, *reversed(odd)]:
+            assert by_class.segments(features, {}) == as_they_are.segments(features, {}), features
+    finally:
+        by_class.close()
+        as_they_are.close()
