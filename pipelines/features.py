@@ -841,22 +841,27 @@ class CustomerFeatures:
         dirty = self._dirty
         if last is None or now < last.at:
             values: dict[str, Any] = {}
-            deadlines = [compute(self, now, values) for compute in plan.groups]
-            last = self._observed = _Observed(now, values, deadlines, None)
+            deadlines: list[float] = []
+            for compute in plan.groups:
+                deadline = compute(self, now, values)
+                deadlines.append(_NEVER if deadline is None else deadline)
+            last = self._observed = _Observed(now, values, deadlines, _NEVER)
         else:
             values, deadlines = last.values, last.deadlines
-            if last.deadline is not None and now >= last.deadline:
-                dirty.update([i for i, d in enumerate(deadlines) if d is not None and d <= now])
+            if now >= last.deadline:
+                dirty.update([i for i, d in enumerate(deadlines) if d <= now])
             groups = plan.groups
             always = len(groups) - 1  # the always group, last: it reads the others' values
             dirty.discard(always)
             for index in sorted(dirty):
-                deadlines[index] = groups[index](self, now, values)
-            deadlines[always] = groups[always](self, now, values)
+                deadline = groups[index](self, now, values)
+                deadlines[index] = _NEVER if deadline is None else deadline
+            deadline = groups[always](self, now, values)
+            deadlines[always] = _NEVER if deadline is None else deadline
             last.at = now
         dirty.clear()
-        last.deadline = min([d for d in deadlines if d is not None], default=None)
-        return dict(values), last.deadline
+        soonest = last.deadline = min(deadlines)
+        return dict(values), None if soonest == _NEVER else int(soonest)
 
     def observe_after(self, now: int, name: str | None) -> tuple[dict[str, Any], int | None]:
         """``observe(now)`` after applying an event named ``name`` (``apply`` marked what it
@@ -948,8 +953,11 @@ def _rebuilt(
 class _Observed:
     at: int
     values: dict[str, Any]
-    deadlines: list[int | None]  # per group of the plan
-    deadline: int | None
+    deadlines: list[float]  # per group of the plan (_NEVER: none)
+    deadline: float  # the soonest of them
+
+
+_NEVER = math.inf
 
 
 # A group writes its features' values at an instant and returns its next deadline, if any.
@@ -1105,16 +1113,18 @@ def _cart_group(catalogue: Catalogue) -> GroupFn:
 
 def _top_category(state: CustomerFeatures, now: int, values: dict[str, Any]) -> int | None:
     window_start = now - TOP_CATEGORY_WINDOW_MS
-    counts: dict[str, int] = {}
+    top, most = None, 0  # the most viewed category, the first by name among equals
     deadline = None
     for category, times in state.category_views.items():
         inside = bisect.bisect_right(times, window_start)
-        count = bisect.bisect_right(times, now) - inside
-        if count:
-            counts[category] = count
+        count = (len(times) if times[-1] <= now else bisect.bisect_right(times, now)) - inside
+        if count > 0:
+            if count > most or (count == most and top is not None and category < top):
+                top, most = category, count
             exit_at = times[inside] + TOP_CATEGORY_WINDOW_MS
-            deadline = exit_at if deadline is None else min(deadline, exit_at)
-    values["top_category_30d"] = min(counts, key=lambda c: (-counts[c], c)) if counts else None
+            if deadline is None or exit_at < deadline:
+                deadline = exit_at
+    values["top_category_30d"] = top
     return deadline
 
 

@@ -473,7 +473,10 @@ class CompiledRules:
         it, as those values grow with the clock."""
         best = None
         for key, thresholds in self.clocks:
-            at = next_flip(now, features.get(key), thresholds)
+            value = features.get(key)
+            if value is None:  # no such event yet: nothing grows
+                continue
+            at = next_flip(now, value, thresholds)
             if at is not None and (best is None or at < best):
                 best = at
         return best
