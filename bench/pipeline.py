@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import signal
@@ -204,6 +205,59 @@ def floor_flow() -> Any:
     return flow
 
 
+def compute_only(events: list[dict[str, Any]]) -> tuple[float, int]:
+    """Seconds the flow's feature shards take over ``events`` in this process, with the active
+    rules and no Bytewax, Redis or sink (read in batches of 500 per partition, each followed by
+    its tick, as the source does), and the evaluations they made (each a profile update)."""
+    from app.bootstrap import migrated_session
+    from app.db import make_engine
+    from app.rules.active import RuleWatcher, seed
+    from app.settings import get_settings
+    from pipelines.records import ProfileUpdate
+    from pipelines.segmentation import FLOW_GC_THRESHOLD, FeatureShard, catalogue_for, route
+    from pipelines.sources import SourceItem, StreamEvent, Tick
+
+    settings = get_settings()
+    with migrated_session(settings) as session:
+        seed(session)
+    rules = RuleWatcher(make_engine(settings, pooled=False)).current().compiled
+    catalogue = catalogue_for(rules, settings.allowed_lateness_ms)
+    by_partition: dict[int, list[StreamEvent]] = {}
+    for n, item in enumerate(events):
+        partition = partition_of(item["customer_id"], PARTITIONS)
+        by_partition.setdefault(partition, []).append(StreamEvent(partition, str(n), item))
+    reads: list[tuple[int, list[SourceItem]]] = []  # (its tick's time, the read)
+    for partition, read in by_partition.items():
+        for start in range(0, len(read), 500):
+            chunk = read[start : start + 500]
+            at = int(chunk[-1].event["timestamp"])
+            reads.append((at, [*chunk, Tick(partition, at, False)]))
+    reads.sort(key=lambda read: read[0])
+    routed = []
+    for _, batch in reads:
+        per_shard: dict[str, list[SourceItem]] = {}
+        for read_item in batch:
+            for shard, value in route(read_item, PARTITIONS):
+                per_shard.setdefault(shard, []).append(value)
+        routed.append(per_shard)
+    shards: dict[str, FeatureShard] = {}
+    evaluations = 0
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*FLOW_GC_THRESHOLD)  # as the flow's process runs
+    started = time.perf_counter()
+    try:
+        for per_shard in routed:
+            for shard, values in per_shard.items():
+                logic = shards.get(shard)
+                if logic is None:
+                    logic = shards[shard] = FeatureShard(catalogue, rules, None, None, PARTITIONS)
+                out, _ = logic.on_batch(values)
+                evaluations += sum(isinstance(record, ProfileUpdate) for record in out)
+        return time.perf_counter() - started, evaluations
+    finally:
+        gc.set_threshold(*thresholds)
+
+
 def state_bytes_per_customer(recovery: Path) -> tuple[float, int]:
     with sqlite3.connect(recovery / "part-0.sqlite3") as db:
         rows = db.execute(
@@ -308,6 +362,7 @@ def main() -> None:
         floor_s = timed(url, client, events, "bench.pipeline:floor_flow()", work / "floor")
         recovery = work / "recovery"
         flow_s = timed(url, client, events, "pipelines.segmentation:flow_from_env()", recovery)
+        compute_s, evaluations = compute_only(events)
         assert processed_entries(client) == args.events
         per_customer, customers = state_bytes_per_customer(recovery)
         client.flushdb()
@@ -336,6 +391,16 @@ def main() -> None:
     print(
         f"| source -> features + rules -> sink | {flow_rate:,.0f} | {flow_rate / read_rate:.2f} "
         f"| {flow_rate / floor_rate:.2f} |"
+    )
+    compute_rate = args.events / compute_s
+    print(
+        f"| features + rules alone: no Bytewax, Redis or sink | {compute_rate:,.0f} | "
+        f"{compute_rate / read_rate:.2f} | {compute_rate / floor_rate:.2f} |"
+    )
+    print(
+        f"\nevaluations (an event, or a deadline: a value leaving a window, a session ending): "
+        f"{evaluations:,}, {evaluations / args.events:.2f} per event, "
+        f"{compute_s / evaluations * 1e6:.1f} us of CPU each"
     )
     print(f"\nrecovery state: {per_customer:,.0f} bytes per customer ({customers:,} customers)")
     if delays:

@@ -133,6 +133,9 @@ class ShardState:
 
 
 IDLE_SNAPSHOTS = 30
+# Every event allocates a few dozen short-lived objects next to millions of long-lived ones
+# (customer state): the default thresholds spend a third of the time in the collector.
+FLOW_GC_THRESHOLD = (50_000, 50, 100)
 REEVALUATED_PER_BATCH = 2_000
 
 
@@ -524,9 +527,7 @@ def flow_from_env() -> Dataflow:
     """The flow `segflow up` runs, configured like every Segflow process."""
     from app.settings import get_settings
 
-    # Every event allocates a few dozen short-lived objects next to millions of long-lived ones
-    # (customer state): the default thresholds spend a third of the time in the collector.
-    gc.set_threshold(50_000, 50, 100)
+    gc.set_threshold(*FLOW_GC_THRESHOLD)
     return segmentation_flow(
         get_settings(), stop_at_end=os.environ.get("SEGFLOW_STOP_AT_END") == "1"
     )
