@@ -207,20 +207,22 @@ def floor_flow() -> Any:
 
 def compute_only(events: list[dict[str, Any]]) -> tuple[float, int]:
     """Seconds the flow's feature shards take over ``events`` in this process, with the active
-    rules and no Bytewax, Redis or sink (read in batches of 500 per partition, each followed by
-    its tick, as the source does), and the evaluations they made (each a profile update)."""
-    from app.bootstrap import migrated_session
-    from app.db import make_engine
-    from app.rules.active import RuleWatcher, seed
+    rules and no Bytewax, Redis or sink (read in the source's batches per partition, each
+    followed by its tick, as the source does), and the evaluations they made (each a profile
+    update)."""
     from app.settings import get_settings
     from pipelines.records import ProfileUpdate
-    from pipelines.segmentation import FLOW_GC_THRESHOLD, FeatureShard, catalogue_for, route
-    from pipelines.sources import SourceItem, StreamEvent, Tick
+    from pipelines.segmentation import (
+        FLOW_GC_THRESHOLD,
+        FeatureShard,
+        active_rules,
+        catalogue_for,
+        route,
+    )
+    from pipelines.sources import BATCH, SourceItem, StreamEvent, Tick
 
     settings = get_settings()
-    with migrated_session(settings) as session:
-        seed(session)
-    rules = RuleWatcher(make_engine(settings, pooled=False)).current().compiled
+    rules = active_rules(settings).current().compiled
     catalogue = catalogue_for(rules, settings.allowed_lateness_ms)
     by_partition: dict[int, list[StreamEvent]] = {}
     for n, item in enumerate(events):
@@ -228,8 +230,8 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int]:
         by_partition.setdefault(partition, []).append(StreamEvent(partition, str(n), item))
     reads: list[tuple[int, list[SourceItem]]] = []  # (its tick's time, the read)
     for partition, read in by_partition.items():
-        for start in range(0, len(read), 500):
-            chunk = read[start : start + 500]
+        for start in range(0, len(read), BATCH):
+            chunk = read[start : start + BATCH]
             at = int(chunk[-1].event["timestamp"])
             reads.append((at, [*chunk, Tick(partition, at, False)]))
     reads.sort(key=lambda read: read[0])

@@ -498,19 +498,24 @@ def get_flow(
     return flow
 
 
+def active_rules(settings: Settings) -> RuleWatcher:
+    """A watcher of the rule set saved for these settings (the shipped rules seeded once)."""
+    from app.bootstrap import migrated_session
+    from app.db import make_engine
+    from app.rules.active import RuleWatcher, seed
+
+    with migrated_session(settings) as session:
+        seed(session)
+    return RuleWatcher(make_engine(settings, pooled=False))
+
+
 def segmentation_flow(
     settings: Settings, *, stop_at_end: bool = False, sink: Sink[Any] | None = None
 ) -> Dataflow:
     """The flow with the active rules and the features they read, for these settings; it
     follows the rules saved through the admin API as they change."""
-    from app.bootstrap import migrated_session
-    from app.db import make_engine
-    from app.rules.active import RuleWatcher, seed
-
     url = settings.redis_url or os.environ["REDIS_URL"]
-    with migrated_session(settings) as session:
-        seed(session)
-    watcher = RuleWatcher(make_engine(settings, pooled=False))
+    watcher = active_rules(settings)
     current = watcher.current()
     return get_flow(
         redis_url=url,
