@@ -247,6 +247,12 @@ def _gap_members(member: str, bounds: tuple[float, ...]) -> tuple[str, ...]:
     return tuple(gaps)
 
 
+def _class_limits(constants: Iterable[float]) -> tuple[float, ...]:
+    """The distinct constants sorted, then inf: ``bisect_left`` of a value is its class (the
+    constant it equals or the gap below it), with no length check needed."""
+    return (*sorted(set(constants)), math.inf)
+
+
 def _class_writer(key: str, member: str, constants: Iterable[float]) -> FieldWriter:
     """The feature ``key`` as ``member`` + one number standing for its class: the engine
     compares a feature only with ``constants`` (bounded as its JSON has them) by eq, ne, gt,
@@ -254,10 +260,10 @@ def _class_writer(key: str, member: str, constants: Iterable[float]) -> FieldWri
     +-NUMBER_LIMIT), so all it can tell of a value is which constant it equals or which gap
     between them it lies in. A value equal to a constant is written as that constant; one in a
     gap as a number inside the gap, or as itself where the gap holds no other number."""
-    bounds = tuple(sorted(set(constants)))
+    limits = _class_limits(constants)
+    bounds = limits[:-1]
     equal = tuple(member + number_text(bound).decode() for bound in bounds)
     gaps = _gap_members(member, bounds)
-    limits = (*bounds, math.inf)  # equal to no value: bisect's place needs no length check
     written = _number_writer(key, member)
 
     def write(
@@ -353,29 +359,35 @@ class FactLayout:
         a trait or in Python. It costs a fraction of building the members, so answers can be
         remembered by it first. The key is None for a value it cannot vouch for (a bool is
         equal to 1, a list has no hash): the caller builds the members then."""
-        if any(source.kind not in ("feature", "segment", "cluster") for source in self.fields):
+        kinds = {source.kind for source in self.fields}
+        if not kinds <= {"feature", "segment", "cluster"}:
             return None
-        keys = tuple(source.key for source in self.fields if source.kind == "feature")
+        compared = [
+            (source.key, name) for source, name in self.fields.items() if source.kind == "feature"
+        ]
+        keys = tuple(key for key, _ in compared)
         timed = set(clocks)
         classed = tuple(
-            (index, (*sorted(set(self.constants[name])), math.inf))
-            for index, (source, name) in enumerate(
-                (s, n) for s, n in self.fields.items() if s.kind == "feature"
-            )
-            if source.key in timed and self.constants.get(name)
+            (index, _class_limits(self.constants[name]))
+            for index, (key, name) in enumerate(compared)
+            if key in timed and self.constants.get(name)
         )
-        reads_segments = any(source.kind == "segment" for source in self.fields)
-        reads_clusters = any(source.kind == "cluster" for source in self.fields)
-        get = operator.itemgetter(*keys) if len(keys) > 1 else None
+        reads_segments, reads_clusters = "segment" in kinds, "cluster" in kinds
         plain_types = {int, float, str, type(None)}
+
+        def read(features: Mapping[str, Any]) -> tuple[Any, ...]:
+            return tuple(map(features.get, keys))
+
+        # two or more keys: one C call (given one key, itemgetter returns the value alone)
+        fetch = operator.itemgetter(*keys) if len(keys) > 1 else read
 
         def key(
             features: Mapping[str, Any], segments: frozenset[str], clusters: frozenset[str]
         ) -> Hashable | None:
             try:
-                found = get(features) if get is not None else tuple(map(features.get, keys))
+                found = fetch(features)
             except KeyError:  # a stored profile from before a rule read this feature
-                found = tuple(map(features.get, keys))
+                found = read(features)
             if not plain_types.issuperset(map(type, found)):
                 return None
             if classed:

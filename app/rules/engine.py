@@ -84,15 +84,13 @@ class _Handle:
     ) -> frozenset[str]:
         """The rules of this ruleset that hold for these values."""
         key = None if self._value_key is None else self._value_key(features, segments, clusters)
-        if key is not None:
-            found = self._by_value.get(key)
-            if found is None:
-                found = self._remembered(features, traits, segments, clusters)
-                if len(self._by_value) >= MAX_REMEMBERED:
-                    self._by_value.clear()
-                self._by_value[key] = found
-            return found
-        return self._remembered(features, traits, segments, clusters)
+        if key is None:
+            return self._remembered(features, traits, segments, clusters)
+        found = self._by_value.get(key)
+        if found is None:
+            found = self._remembered(features, traits, segments, clusters)
+            _remember(self._by_value, key, found)
+        return found
 
     def _remembered(
         self,
@@ -110,9 +108,7 @@ class _Handle:
         found = self._answers.get(members)
         if found is None:
             found = self._decide(members)
-            if len(self._answers) >= MAX_REMEMBERED:
-                self._answers.clear()
-            self._answers[members] = found
+            _remember(self._answers, members, found)
         return found
 
     def _settle_state(self) -> None:
@@ -162,6 +158,13 @@ class _Handle:
 
     def close(self) -> None:
         _engine.delete_ruleset(self._handle)
+
+
+def _remember(memory: dict[Any, frozenset[str]], key: Any, answer: frozenset[str]) -> None:
+    """Keep an answer; a full memory is forgotten at once (cheaper than tracking age)."""
+    if len(memory) >= MAX_REMEMBERED:
+        memory.clear()
+    memory[key] = answer
 
 
 class Rulesets:
