@@ -836,29 +836,21 @@ class CustomerFeatures:
         the cheap ``always`` group are computed again. A merge, a rule change, a fold or an
         instant before the last one recomputes every group.
         """
-        plan = self.catalogue.plan
         last = self._observed
         dirty = self._dirty
+        groups = self.catalogue.plan.groups
+        always = len(groups) - 1  # the always group, last: it reads the others' values
         if last is None or now < last.at:
-            values: dict[str, Any] = {}
-            deadlines: list[float] = []
-            for compute in plan.groups:
-                deadline = compute(self, now, values)
-                deadlines.append(_NEVER if deadline is None else deadline)
-            last = self._observed = _Observed(now, values, deadlines, _NEVER)
-        else:
-            values, deadlines = last.values, last.deadlines
-            if now >= last.deadline:
-                dirty.update([i for i, d in enumerate(deadlines) if d <= now])
-            groups = plan.groups
-            always = len(groups) - 1  # the always group, last: it reads the others' values
-            dirty.discard(always)
-            for index in sorted(dirty):
-                deadline = groups[index](self, now, values)
-                deadlines[index] = _NEVER if deadline is None else deadline
-            deadline = groups[always](self, now, values)
-            deadlines[always] = _NEVER if deadline is None else deadline
-            last.at = now
+            last = self._observed = _Observed(now, {}, [_NEVER] * len(groups), _NEVER)
+            dirty.update(range(always))
+        elif now >= last.deadline:
+            dirty.update([i for i, d in enumerate(last.deadlines) if d <= now])
+        values, deadlines = last.values, last.deadlines
+        dirty.discard(always)
+        for index in (*sorted(dirty), always):
+            deadline = groups[index](self, now, values)
+            deadlines[index] = _NEVER if deadline is None else deadline
+        last.at = now
         dirty.clear()
         soonest = last.deadline = min(deadlines)
         return dict(values), None if soonest == _NEVER else int(soonest)
@@ -1117,7 +1109,7 @@ def _top_category(state: CustomerFeatures, now: int, values: dict[str, Any]) -> 
     deadline = None
     for category, times in state.category_views.items():
         inside = bisect.bisect_right(times, window_start)
-        count = (len(times) if times[-1] <= now else bisect.bisect_right(times, now)) - inside
+        count = bisect.bisect_right(times, now) - inside
         if count > 0:
             if count > most or (count == most and top is not None and category < top):
                 top, most = category, count
