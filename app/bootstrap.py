@@ -3,13 +3,8 @@ token and a demo write key once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlmodel import Session
-
-from app import migrate
 from app.credentials import (
     create_admin_token,
     create_write_key,
@@ -17,8 +12,8 @@ from app.credentials import (
     list_write_keys,
     replace_write_key,
 )
-from app.db import make_engine, session_scope
 from app.dispatch import store as dispatch_store
+from app.migrate import migrated_session
 from app.rules import active as rules
 from app.settings import Settings
 
@@ -34,29 +29,11 @@ class FirstStart:
     demo_shop_key: str | None = None
 
 
-def migrated(settings: Settings) -> None:
-    """The data directory exists and the database is at the newest revision."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings)
-
-
-@contextmanager
-def migrated_session(settings: Settings) -> Iterator[Session]:
-    """A session of an up-to-date database, committed when the block succeeds."""
-    migrated(settings)
-    engine = make_engine(settings)
-    try:
-        with session_scope(engine) as session:
-            yield session
-    finally:
-        engine.dispose()
-
-
 def prepare(settings: Settings, *, demo_shop: str | None = None) -> FirstStart:
     """Migrate; create what a first start needs; with ``demo_shop``, a fresh write key for the
     simulated shop (keys are stored hashed: an old one cannot be read back)."""
     with migrated_session(settings) as session:
-        rules.seed(session)
+        rules.seed(session=session)
         dispatch_store.seed_shipped_templates(session=session)
         admin_token = None
         if settings.admin_token is None and not has_admin_tokens(session=session):

@@ -22,18 +22,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlmodel import Session
 
-from app import bootstrap
+from app import bootstrap, migrate
 from app import demo as shop
 from app.credentials import (
     DuplicateNameError,
     create_admin_token,
     create_write_key,
 )
+from app.dispatch import outbox
+from app.ingest.replay import FORMATS, ReplayError, replay_file
 from app.redis_server import EmbeddedRedisError, redis_url_for
-from app.replay import FORMATS, ReplayError, replay_file
-from app.rules.examples import check_rule_files
 from app.settings import Settings, get_settings
 from app.supervisor import ProcessSpec, Supervisor
+from pipelines.examples import check_rule_files
 
 err = Console(stderr=True)
 
@@ -211,17 +212,15 @@ def pipeline(workers: int, recovery: bool) -> None:
 @main.command()
 def dispatcher() -> None:
     """Deliver rule triggers as signed webhooks (retries, dead letters) until stopped."""
-    from app.dispatch.outbox import run
-
     settings = _settings()
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
-        asyncio.run(run(settings, url))
+        asyncio.run(outbox.run(settings, url))
 
 
 @main.command(name="migrate")
 def migrate_command() -> None:
     """Create or upgrade the SQL tables."""
-    bootstrap.migrated(_settings())
+    migrate.migrated(_settings())
     click.echo("database is up to date")
 
 
@@ -246,7 +245,7 @@ def writekey_create(name: str) -> None:
 
 def _create_secret(settings: Settings, create: Callable[[Session], str]) -> str:
     """Run ``create`` in a committed session of an up-to-date database; its secret."""
-    with bootstrap.migrated_session(settings) as session:
+    with migrate.migrated_session(settings) as session:
         return create(session)
 
 

@@ -11,7 +11,7 @@ import functools
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Required, TypedDict, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -31,6 +31,35 @@ _EPOCH_FLOOR_MS = 0  # 1970-01-01: replays of old public data sets are welcome
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
+
+
+# An entry of an event stream as the dataflow reads it (JSON): an ``Event``'s fields, or a control
+# entry that ``app.streams`` names (``erase``: forget the customer; ``merge``: hand this customer's
+# state to ``into``; ``absorb``: take in ``state``, the state of customer ``from``). Typed so
+# that mypy checks the dataflow's hot path; the functional form because ``from`` is a keyword.
+StreamEntry = TypedDict(
+    "StreamEntry",
+    {
+        "message_id": Required[str],
+        "type": Required[str],
+        "customer_id": Required[str],
+        "timestamp": Required[int],  # event time, ms
+        "user_id": str | None,
+        "anonymous_id": str | None,
+        "previous_id": str | None,
+        "group_id": str | None,
+        "event": str | None,
+        "received_at": int,
+        "properties": dict[str, Any],
+        "traits": dict[str, Any],
+        "context": dict[str, Any],
+        "source": str,
+        "into": str,
+        "from": str,
+        "state": str,
+    },
+    total=False,
+)
 
 
 class InvalidMessage(ValueError):

@@ -11,20 +11,14 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import health
-from app.admin import views as admin_views
+from app.api import activation, collector, customers, deliveries, health, rules, segments, status
+from app.api.deps import AppState
 from app.db import make_engine
-from app.deps import AppState
-from app.dispatch import delivery_views
-from app.dispatch import views as dispatch_views
 from app.errors import CollectorError
-from app.ingest import views as ingest_views
 from app.ingest.auth import WriteKeyCache
 from app.ingest.service import EventStore
 from app.redis_client import async_redis
 from app.redis_server import redis_url_for
-from app.rules import views as rule_views
-from app.segments import views as segment_views
 from app.settings import Settings, get_settings
 
 
@@ -58,13 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.include_router(ingest_views.router)
-    app.include_router(admin_views.router)
-    app.include_router(segment_views.router)
-    app.include_router(rule_views.router)
-    app.include_router(dispatch_views.destinations)
-    app.include_router(dispatch_views.templates)
-    app.include_router(delivery_views.router)
+    app.include_router(collector.router)
+    app.include_router(customers.router)
+    app.include_router(segments.router)
+    app.include_router(status.router)
+    app.include_router(rules.router)
+    app.include_router(activation.destinations)
+    app.include_router(activation.templates)
+    app.include_router(deliveries.router)
     app.include_router(health.router)
     app.add_exception_handler(CollectorError, _collector_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

@@ -69,7 +69,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.bootstrap import migrated_session  # noqa: E402
+from app.clock import now_ms  # noqa: E402
 from app.db import make_engine  # noqa: E402
 from app.dispatch import worker  # noqa: E402
 from app.dispatch.deliveries import Delivery, delivery_key  # noqa: E402
@@ -79,6 +79,7 @@ from app.dispatch.secret_box import SecretBox, generate_signing_secret, secret_b
 from app.dispatch.store import create_destination, seed_shipped_templates  # noqa: E402
 from app.dispatch.webhooks import USER_AGENT, signature_headers, webhook_client  # noqa: E402
 from app.dispatch.worker import Dispatcher  # noqa: E402
+from app.migrate import migrated_session  # noqa: E402
 from app.profiles.keys import TRIGGERS_KEY, profile_key, recent_events_key  # noqa: E402
 from app.profiles.service import get_profile  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
@@ -637,7 +638,7 @@ def sample_body(setup: DispatchSetup, client: redis.Redis) -> str:
     """One payload as the dispatcher renders it (the floor sends it)."""
     (customer,) = customers("sample", 1)
     seed_profiles(client, [customer])
-    now = worker.now_ms()
+    now = now_ms()
     delivery = Delivery(
         id=make_trigger(customer, setup.rule, setup.send).id,
         customer_id=customer,

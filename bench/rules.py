@@ -38,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.features import DEFAULT_LATENESS_MS  # noqa: E402
 from app.rules.compiler import ActiveRule, CompiledRules, compile_rules  # noqa: E402
 from app.rules.engine import Rulesets  # noqa: E402
 from app.rules.schema import (  # noqa: E402
@@ -52,8 +53,7 @@ from app.rules.schema import (  # noqa: E402
     snapshot_key,
 )
 from app.rules.schema import Any as AnyOf  # noqa: E402
-from pipelines.catalogue import default_catalogue  # noqa: E402
-from pipelines.features import DEFAULT_LATENESS_MS, CustomerFeatures  # noqa: E402
+from pipelines.features import CustomerFeatures, default_catalogue  # noqa: E402
 
 SEED = 7
 CUSTOMERS = 2_000

@@ -46,179 +46,35 @@ import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-from app.durations import format_duration_ms, parse_duration_ms
-
-Aggregate = Literal["count", "sum", "min", "max", "distinct"]
+from app.features import (
+    BUILTIN_INPUTS,
+    DEFAULT_LATENESS_MS,
+    DEFAULT_SESSION_GAP_MS,
+    ORDER,
+    PAGE_EVENT,
+    PROFILE_BUILTINS,
+    SCREEN_EVENT,
+    SESSION_BUILTINS,
+    TOP_CATEGORY_WINDOW_MS,
+    FeatureSpec,
+    LastValue,
+    LogKey,
+    Sequence,
+    Since,
+    Windowed,
+    event_name,
+)
 
 LOG_CAP = 512
 BUCKETS_PER_WINDOW = 64
-DEFAULT_SESSION_GAP_MS = 30 * 60_000
-DEFAULT_LATENESS_MS = 5 * 60_000
 SESSION_LOG_CAP = 256
-
-PAGE_EVENT = "Page Viewed"
-SCREEN_EVENT = "Screen Viewed"
-
-
-def event_name(event: Mapping[str, Any]) -> str | None:
-    """The name a feature counts an event under: a track's event, or Page/Screen Viewed."""
-    kind = event.get("type")
-    if kind == "track":
-        name = event.get("event")
-        return name if isinstance(name, str) else None
-    if kind == "page":
-        return PAGE_EVENT
-    if kind == "screen":
-        return SCREEN_EVENT
-    return None
 
 
 # --- the catalogue -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Windowed:
-    """An aggregate of one event over a sliding window, optionally filtered by properties.
-
-    ``count`` needs no property; ``sum``, ``min`` and ``max`` read a numeric property;
-    ``distinct`` counts distinct values of a property. ``window_ms`` None is the whole lifetime.
-    """
-
-    aggregate: Aggregate
-    event: str
-    window_ms: int | None
-    prop: str | None = None
-    where: tuple[tuple[str, Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.aggregate != "count" and not self.prop:
-            raise ValueError(f"{self.aggregate} of {self.event!r} needs a property")
-        if self.window_ms is not None and self.window_ms <= 0:
-            raise ValueError("a window must be longer than zero")
-
-    @cached_property
-    def name(self) -> str:
-        target = self.event if self.prop is None else f"{self.event}.{self.prop}"
-        parts = [target]
-        if self.window_ms is not None:
-            parts.append(format_duration_ms(self.window_ms))
-        parts += [f"{key}={value}" for key, value in self.where]
-        return f"{self.aggregate}({', '.join(parts)})"
-
-    @cached_property
-    def log_key(self) -> tuple[str, str | None, tuple[tuple[str, Any], ...]]:
-        """Features with the same key read the same log."""
-        return (self.event, self.prop, self.where)
-
-
-@dataclass(frozen=True)
-class Since:
-    """Milliseconds since the last ``event`` (None before the first one)."""
-
-    event: str
-
-    @cached_property
-    def name(self) -> str:
-        return f"since({self.event})"
-
-
-@dataclass(frozen=True)
-class LastValue:
-    """The ``prop`` of the last ``event``."""
-
-    event: str
-    prop: str
-
-    @cached_property
-    def name(self) -> str:
-        return f"last({self.event}.{self.prop})"
-
-
-@dataclass(frozen=True)
-class Sequence:
-    """Milliseconds since the newest completion of ``steps`` in order, the whole chain within
-    ``within_ms`` (None before the first completion). With ``same``, every step of a chain has
-    equal values of those properties ("viewed then added the same product_id in 10 min").
-
-    A chain is one distinct event per step with times ``t1 <= t2 <= ... <= tk`` (events at the
-    same instant apply together, so either order counts) and ``tk - within < t1``: the first
-    step is "in the last ``within``" as of the last one. It completes at ``tk``. An event
-    without one of the ``same`` properties takes part in no chain.
-    """
-
-    steps: tuple[str, ...]
-    within_ms: int
-    same: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if len(self.steps) < 2:
-            raise ValueError("a sequence needs at least two steps")
-        if self.within_ms <= 0:
-            raise ValueError("a sequence's time limit must be longer than zero")
-
-    @cached_property
-    def name(self) -> str:
-        same = f", same={'+'.join(self.same)}" if self.same else ""
-        return f"sequence({' > '.join(self.steps)}, {format_duration_ms(self.within_ms)}{same})"
-
-
-FeatureSpec = Windowed | Since | LastValue | Sequence
-LogKey = tuple[str, str | None, tuple[tuple[str, Any], ...]]
-
-
-def windowed(
-    aggregate: Aggregate,
-    event: str,
-    within: str | int | None = None,
-    *,
-    prop: str | None = None,
-    where: Mapping[str, Any] | None = None,
-) -> Windowed:
-    """``windowed("count", "Product Viewed", "10m")``: a spec from the words rules use."""
-    window = None if within is None else parse_duration_ms(within)
-    return Windowed(aggregate, event, window, prop, tuple(sorted((where or {}).items())))
-
-
-# The built-ins of DESIGN.md (RFM, browsing depth, session duration, interaction rate, top
-# category) in terms of the windowed features they read.
-ORDER = "Order Completed"
-BUILTIN_INPUTS: dict[str, tuple[FeatureSpec, ...]] = {
-    "rfm_recency_ms": (Since(ORDER),),
-    "rfm_frequency_30d": (windowed("count", ORDER, "30d"),),
-    "rfm_frequency_90d": (windowed("count", ORDER, "90d"),),
-    "rfm_monetary_30d": (windowed("sum", ORDER, "30d", prop="revenue"),),
-    "rfm_monetary_90d": (windowed("sum", ORDER, "90d", prop="revenue"),),
-    "interaction_rate_30d": (
-        windowed("count", "Product Viewed", "30d"),
-        windowed("count", "Product Added", "30d"),
-    ),
-    "top_category_30d": (),
-    "cart_value": (),
-    "cart_items": (),
-    "session_events": (),
-    "session_duration_ms": (),
-    "session_pages": (),
-    "session_products_viewed": (),
-    "browsing_depth": (),
-    "first_seen": (),
-    "last_seen": (),
-    "events_total": (),
-}
-
-
-SESSION_BUILTINS = frozenset(
-    {
-        "session_events",
-        "session_duration_ms",
-        "session_pages",
-        "session_products_viewed",
-        "browsing_depth",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -323,6 +179,15 @@ class Catalogue:
             else:
                 keep[key] = spec.window_ms
         return keep
+
+
+def default_catalogue(
+    allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
+    rule_features: tuple[FeatureSpec | str, ...] = (),
+) -> Catalogue:
+    """What the dataflow computes: the profile's built-ins and what the active rules read
+    (``app.rules`` derives that from each rule)."""
+    return Catalogue.of(*PROFILE_BUILTINS, *rule_features, allowed_lateness_ms=allowed_lateness_ms)
 
 
 # --- logs ----------------------------------------------------------------------------------------
@@ -954,7 +819,6 @@ _NEVER = math.inf
 
 # A group writes its features' values at an instant and returns its next deadline, if any.
 GroupFn = Callable[[CustomerFeatures, int, dict[str, Any]], int | None]
-TOP_CATEGORY_WINDOW_MS = 30 * 86_400_000
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from app.events import StreamEntry
+
 
 @dataclass(frozen=True)
 class Transition:
@@ -33,14 +35,14 @@ class ProfileUpdate:
     at: int  # event time of the change, ms
     features: dict[str, Any]
     traits: dict[str, Any]
-    events: tuple[dict[str, Any], ...] = ()  # the events applied at this change, if any
+    events: tuple[StreamEntry, ...] = ()  # the events applied at this change, if any
     segments: frozenset[str] = frozenset()
     transitions: tuple[Transition, ...] = ()
 
 
 @dataclass
 class LateEvent:
-    event: dict[str, Any]
+    event: StreamEntry
     newest: int
 
 
@@ -58,7 +60,7 @@ class Relay:
     there), appended once: replayed output finds its marker."""
 
     partition: int
-    entry: dict[str, Any]
+    entry: StreamEntry
     marker: str  # unique per entry: the append happens once per marker
 
 

@@ -18,27 +18,29 @@ import os
 import pickle
 import zlib
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from app.db import make_engine
+from app.events import StreamEntry
+from app.migrate import migrated_session
+from app.rules.active import RuleSet, RuleWatcher, seed
 from app.rules.compiler import CompiledRules
 from app.rules.engine import Rulesets
+from app.settings import Settings, get_settings
 from app.streams import ABSORB, ERASE, MERGE, partition_of
-from pipelines.catalogue import default_catalogue
-from pipelines.features import Catalogue, CustomerFeatures
+from pipelines.features import Catalogue, CustomerFeatures, default_catalogue
 from pipelines.records import Erased, LateEvent, ProfileUpdate, Relay, ShardProgress, Transition
 from pipelines.sinks import ProfileSink
 from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
-if TYPE_CHECKING:
-    from app.rules.active import RuleSet, RuleWatcher
-    from app.settings import Settings
-
 SHARDS_PER_PARTITION = 16
+# What a shard emits: the sink writes each kind (``pipelines.records``).
+ShardOutput = ProfileUpdate | LateEvent | Erased | Relay | ShardProgress
 
 
 class ShardState:
@@ -161,7 +163,7 @@ def route(item: SourceItem, partitions: int) -> list[tuple[str, SourceItem]]:
     """An event to its customer's shard; a tick to every shard of its partition."""
     if isinstance(item, Tick):
         return [(f"{item.partition}.{n}", item) for n in range(SHARDS_PER_PARTITION)]
-    return [(shard_of(str(item.event["customer_id"]), item.partition, partitions), item)]
+    return [(shard_of(item.event["customer_id"], item.partition, partitions), item)]
 
 
 class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
@@ -185,103 +187,127 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         self.state.catalogue = catalogue
 
     def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
-        out: list[ProfileUpdate | LateEvent | Erased | Relay | ShardProgress] = []
+        """One read of the partition: each stream entry, then the tick that closes it."""
+        out: list[ShardOutput] = []
         if self.watcher is not None:
             self._follow(self.watcher.current())
         if self.state.stale:
             out += self._reevaluate(REEVALUATED_PER_BATCH)
-        # Events at the same instant apply together: a customer's events are evaluated once their
-        # instant is complete: their next event is later, a deadline of theirs fires, or the
-        # partition's clock passes it (a tick), even if a read of the stream split them.
-        pending = self.state.pending
         events = 0
         newest = self.state.newest
         for item in values:
             if isinstance(item, Tick):
-                self.state.clock = max(self.state.clock or item.at, item.at)
-                out += [
-                    self._flush(customer_id)
-                    for customer_id, waiting in list(pending.items())
-                    if waiting.at < item.at or item.inclusive
-                ]
-                out += self.fire(item.at, inclusive=item.inclusive)
+                self._on_tick(item, out)
                 continue
-            event = item.event
+            entry = item.event
             events += 1
-            when = int(event["timestamp"])
+            when = int(entry["timestamp"])
             newest = when if newest is None else max(newest, when)
             self.state.clock = max(self.state.clock or when, when)
-            customer_id = str(event["customer_id"])
-            kind = event["type"]
+            customer_id = entry["customer_id"]
+            kind = entry["type"]
             if kind == ERASE:
-                pending.pop(customer_id, None)
-                self.state.merged.pop(customer_id, None)
-                out.append(Erased(customer_id, self._erase(customer_id)))
-                continue
-            into = self.state.merged.get(customer_id)
-            if into is not None:  # merged away: what still comes for them is the other's
-                if kind != MERGE:
-                    forwarded = {**event, "customer_id": into}
-                    out.append(self._relay(forwarded, f"forward:{event['message_id']}"))
-                continue
-            if kind == MERGE:
-                out += self._merge_away(customer_id, str(event["into"]), event)
-                continue
-            if kind == ABSORB:
-                out += self._absorb(customer_id, event)
-                continue
-            customer = self.state.customer(customer_id)
-            if customer is None:
-                customer = CustomerFeatures(self.catalogue)
-                self.state.add(customer_id, customer)
-            if customer.is_late(when, self.catalogue.allowed_lateness_ms):
-                out.append(LateEvent(event, customer.newest or when))
-                continue
-            waiting = pending.get(customer_id)
-            if waiting is not None and waiting.at != max(when, customer.newest or when):
-                out.append(self._flush(customer_id))  # before its deadlines up to now fire
-                waiting = None
-            out += self.fire(when, inclusive=False)  # what was due before this event
-            name = customer.apply(event)
-            if waiting is None:
-                waiting = pending[customer_id] = _Pending(customer.newest or when)
-            if name or kind == "identify":
-                waiting.events.append(event)
-            other = _merged_by(event)
-            if other is not None:
-                request: dict[str, Any] = {
-                    "type": MERGE,
-                    "customer_id": other,
-                    "into": customer_id,
-                    "timestamp": when,
-                    "message_id": f"merge:{event['message_id']}",
-                }
-                out.append(self._relay(request, str(request["message_id"])))
+                self._on_erase(customer_id, out)
+            elif customer_id in self.state.merged:
+                self._on_merged_away(entry, self.state.merged[customer_id], out)
+            elif kind == MERGE:
+                self._on_merge(customer_id, entry, out)
+            elif kind == ABSORB:
+                self._on_absorb(customer_id, entry, out)
+            else:
+                self._on_event(customer_id, entry, when, out)
         if events:
             self.state.processed += events
             self.state.newest = newest
             out.append(ShardProgress("", self.state.processed, newest))
         return out, StatefulBatchLogic.RETAIN
 
-    def _relay(self, entry: dict[str, Any], marker: str) -> Relay:
-        partition = partition_of(str(entry["customer_id"]), self.partitions)
+    # Events at the same instant apply together: a customer's events are evaluated once their
+    # instant is complete: their next event is later, a deadline of theirs fires, or the
+    # partition's clock passes it (a tick), even if a read of the stream split them.
+
+    def _on_tick(self, tick: Tick, out: list[ShardOutput]) -> None:
+        """The partition's clock moved to ``tick.at``: the instants before it are complete
+        (and the one at it, when ``inclusive``), and the deadlines up to it fire."""
+        self.state.clock = max(self.state.clock or tick.at, tick.at)
+        out += [
+            self._flush(customer_id)
+            for customer_id, waiting in list(self.state.pending.items())
+            if waiting.at < tick.at or tick.inclusive
+        ]
+        out += self.fire(tick.at, inclusive=tick.inclusive)
+
+    def _on_event(
+        self, customer_id: str, event: StreamEntry, when: int, out: list[ShardOutput]
+    ) -> None:
+        """A customer's event: what was due before it fires, then it applies (a late one goes
+        to failed events), and an identity it links is asked to merge into this customer."""
+        customer = self.state.customer(customer_id)
+        if customer is None:
+            customer = CustomerFeatures(self.catalogue)
+            self.state.add(customer_id, customer)
+        if customer.is_late(when, self.catalogue.allowed_lateness_ms):
+            out.append(self._on_late(event, customer.newest or when))
+            return
+        pending = self.state.pending
+        waiting = pending.get(customer_id)
+        if waiting is not None and waiting.at != max(when, customer.newest or when):
+            out.append(self._flush(customer_id))  # before its deadlines up to now fire
+            waiting = None
+        out += self.fire(when, inclusive=False)  # what was due before this event
+        name = customer.apply(event)
+        if waiting is None:
+            waiting = pending[customer_id] = _Pending(customer.newest or when)
+        if name or event["type"] == "identify":
+            waiting.events.append(event)
+        other = _merged_by(event)
+        if other is not None:
+            request: StreamEntry = {
+                "type": MERGE,
+                "customer_id": other,
+                "into": customer_id,
+                "timestamp": when,
+                "message_id": f"merge:{event['message_id']}",
+            }
+            out.append(self._relay(request, request["message_id"]))
+
+    @staticmethod
+    def _on_late(event: StreamEntry, newest: int) -> LateEvent:
+        """An event more than the allowed lateness behind its customer's newest: refused, to
+        failed events (reason ``late``)."""
+        return LateEvent(event, newest)
+
+    def _on_erase(self, customer_id: str, out: list[ShardOutput]) -> None:
+        """Forget the customer (GDPR): their state, deadlines and what waits to be evaluated."""
+        self.state.pending.pop(customer_id, None)
+        self.state.merged.pop(customer_id, None)
+        out.append(Erased(customer_id, self._erase(customer_id)))
+
+    def _on_merged_away(self, entry: StreamEntry, into: str, out: list[ShardOutput]) -> None:
+        """An entry for a customer merged away: it is the other's now, forwarded there."""
+        if entry["type"] != MERGE:
+            forwarded: StreamEntry = {**entry, "customer_id": into}
+            out.append(self._relay(forwarded, f"forward:{entry['message_id']}"))
+
+    def _relay(self, entry: StreamEntry, marker: str) -> Relay:
+        partition = partition_of(entry["customer_id"], self.partitions)
         return Relay(partition, entry, marker)
 
-    def _merge_away(self, customer_id: str, into: str, request: dict[str, Any]) -> list[Any]:
-        """Hand this (anonymous) customer's state to ``into`` through its partition, forget
-        it here, and forward whatever still comes for it."""
+    def _on_merge(self, customer_id: str, request: StreamEntry, out: list[ShardOutput]) -> None:
+        """Hand this (anonymous) customer's state to ``request["into"]`` through its partition
+        (an ``absorb`` entry), forget it here, and forward whatever still comes for it."""
+        into = request["into"]
         if into == customer_id:
-            return []
-        out: list[Any] = []
+            return
         if customer_id in self.state.pending:
             out.append(self._flush(customer_id))
         self.state.merged[customer_id] = into
         customer = self.state.customer(customer_id)
         if customer is None:
-            return out  # nothing known yet: later events are forwarded
+            return  # nothing known yet: later events are forwarded
         blob = pickle.dumps(customer, pickle.HIGHEST_PROTOCOL)
         out.append(Erased(customer_id, self._erase(customer_id)))
-        absorb = {
+        absorb: StreamEntry = {
             "type": ABSORB,
             "customer_id": into,
             "from": customer_id,
@@ -290,12 +316,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             "state": base64.b64encode(blob).decode(),
         }
         out.append(self._relay(absorb, absorb["message_id"]))
-        return out
 
-    def _absorb(self, customer_id: str, entry: dict[str, Any]) -> list[ProfileUpdate]:
+    def _on_absorb(self, customer_id: str, entry: StreamEntry, out: list[ShardOutput]) -> None:
         """Merge another identity's state into this customer: the features are as if every
         event had carried this customer's id (``CustomerFeatures.merge``)."""
-        out = []
         if customer_id in self.state.pending:
             out.append(self._flush(customer_id))
         other = CustomerFeatures.restore(base64.b64decode(entry["state"]), self.catalogue)
@@ -308,7 +332,6 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             customer.merge(other)
         now = customer.newest or int(entry["timestamp"])  # like an event of theirs: deadlines
         out.append(self._changed(customer_id, now, customer.observe(now)))  # after it fire
-        return out
 
     def _follow(self, current: RuleSet) -> None:
         """Run ``current`` from now on; every customer is re-evaluated under it (a few
@@ -444,10 +467,10 @@ class _Pending:
 
     def __init__(self, at: int) -> None:
         self.at = at
-        self.events: list[dict[str, Any]] = []
+        self.events: list[StreamEntry] = []
 
 
-def _merged_by(event: dict[str, Any]) -> str | None:
+def _merged_by(event: StreamEntry) -> str | None:
     """The other id an identify carrying both ids, or an alias, merges into this customer."""
     kind = event["type"]
     other = (
@@ -500,12 +523,8 @@ def get_flow(
 
 def active_rules(settings: Settings) -> RuleWatcher:
     """A watcher of the rule set saved for these settings (the shipped rules seeded once)."""
-    from app.bootstrap import migrated_session
-    from app.db import make_engine
-    from app.rules.active import RuleWatcher, seed
-
     with migrated_session(settings) as session:
-        seed(session)
+        seed(session=session)
     return RuleWatcher(make_engine(settings, pooled=False))
 
 
@@ -530,8 +549,6 @@ def segmentation_flow(
 
 def flow_from_env() -> Dataflow:
     """The flow `segflow up` runs, configured like every Segflow process."""
-    from app.settings import get_settings
-
     gc.set_threshold(*FLOW_GC_THRESHOLD)
     return segmentation_flow(
         get_settings(), stop_at_end=os.environ.get("SEGFLOW_STOP_AT_END") == "1"

@@ -13,6 +13,7 @@ import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from app.events import StreamEntry
 from app.profiles.keys import (
     TRIGGERS_KEY,
     members_key,
@@ -266,7 +267,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         self._client.close()
 
 
-def _shown(event: dict[str, Any]) -> bytes:
+def _shown(event: StreamEntry) -> bytes:
     """An event as the profile lists it (the same event always gives the same member)."""
     return orjson.dumps(
         {

@@ -13,7 +13,6 @@ when a replay ends, the timers it left due fire.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -22,6 +21,8 @@ import orjson
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from app.clock import now_ms
+from app.events import StreamEntry
 from app.streams import ALIVE_KEY, ALIVE_TTL_S, EVENT_FIELD, stream_key
 
 BATCH = 500  # hundreds of items per next_batch: multi-worker runs need them (DEPENDENCY-FACTS)
@@ -33,7 +34,7 @@ HEARTBEAT_MS = 1_000  # how often a partition says the dataflow runs (ALIVE_KEY)
 class StreamEvent(NamedTuple):  # tuples: made for every event, they cost least
     partition: int
     entry_id: str
-    event: dict[str, Any]
+    event: StreamEntry
 
 
 class Tick(NamedTuple):
@@ -45,10 +46,6 @@ class Tick(NamedTuple):
 
 
 SourceItem = StreamEvent | Tick
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _StreamPartition(StatefulSourcePartition[SourceItem, str]):

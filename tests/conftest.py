@@ -10,13 +10,17 @@ after it.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis
 import pytest
 import redis
+from hypothesis.configuration import set_hypothesis_home_dir
+from hypothesis.database import DirectoryBasedExampleDatabase
 from sqlalchemy import create_engine, delete, text
 from sqlmodel import Session
 
@@ -37,6 +41,15 @@ from app.redis_server import EmbeddedRedis
 from app.rules.active import seed
 from app.settings import Settings
 from tests.helpers import ServerThread
+
+# Hypothesis keeps what it learns (the failing examples it found, replayed first next time, and
+# its caches) outside the checkout: tests write nothing there.
+HYPOTHESIS_HOME = Path(tempfile.gettempdir()) / "segflow-hypothesis"
+set_hypothesis_home_dir(HYPOTHESIS_HOME)
+hypothesis.settings.register_profile(
+    "segflow", database=DirectoryBasedExampleDatabase(HYPOTHESIS_HOME / "examples")
+)
+hypothesis.settings.load_profile("segflow")
 
 EXTERNAL_REDIS = os.environ.get("REDIS_URL")
 EXTERNAL_DATABASE = os.environ.get("DATABASE_URL")
@@ -63,7 +76,7 @@ class Services:
 
 def _postgres_database(base_url: str) -> Iterator[str]:
     admin = create_engine(
-        Settings(DATABASE_URL=base_url).effective_database_url,  # type: ignore[call-arg]
+        Settings(DATABASE_URL=base_url).effective_database_url,
         isolation_level="AUTOCOMMIT",
     )
     name = f"segflow_test_{uuid.uuid4().hex[:10]}"
@@ -118,7 +131,7 @@ def settings(services: Services, redis_client: redis.Redis) -> Settings:
         tables = (RuleChange, RuleVersion, RuleRow, Destination, MessageTemplate, ShippedSeed)
         for table in tables:
             session.execute(delete(table))
-        seed(session)
+        seed(session=session)
         seed_shipped_templates(session=session)
         session.commit()
     engine.dispose()

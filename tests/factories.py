@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -14,6 +14,10 @@ from app.events import Event
 from app.streams import EVENT_FIELD, PROGRESS_KEY, partition_of, stream_key
 
 _ids = itertools.count(1)
+
+# What XRANGE answers on a client without decode_responses: (id, fields) pairs of bytes. redis-py
+# types it more loosely: str or bytes, and None that XRANGE never answers.
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 def track(user: str = "u1", event: str = "Product Viewed", **extra: Any) -> dict[str, Any]:
@@ -51,7 +55,7 @@ def stored_events(client: redis.Redis, partitions: int = 4) -> list[Event]:
     """Every event in every partition's stream."""
     events = []
     for partition in range(partitions):
-        for _id, fields in client.xrange(stream_key(partition)):  # type: ignore[union-attr]
+        for _id, fields in cast(StreamEntries, client.xrange(stream_key(partition))):
             events.append(Event.from_json(fields[EVENT_FIELD.encode()]))
     return events
 
@@ -124,4 +128,4 @@ def append_events(client: redis.Redis, events: list[dict[str, Any]], partitions:
 
 def processed_entries(client: redis.Redis) -> int:
     """Stream entries the dataflow has applied, summed over its shards (as /api/status does)."""
-    return sum(orjson.loads(value)[0] for value in client.hvals(PROGRESS_KEY))  # type: ignore[union-attr]
+    return sum(orjson.loads(value)[0] for value in client.hvals(PROGRESS_KEY))

@@ -29,9 +29,11 @@ def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 30.0, what: str
         time.sleep(0.05)
 
 
-def replay_messages(client: Any, settings: Any, tmp_path: Path, messages: list[dict]) -> None:
+def replay_messages(
+    client: Any, settings: Any, tmp_path: Path, messages: list[dict[str, Any]]
+) -> None:
     """Put Segment messages into the streams as ``segflow replay`` does (all must be valid)."""
-    from app.replay import replay_file
+    from app.ingest.replay import replay_file
 
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(json.dumps(m) for m in messages) + "\n")
@@ -168,7 +170,8 @@ def run_dataflow(settings: Any, sink: Any = None) -> None:
     from pipelines.segmentation import segmentation_flow
 
     assert settings.redis_url
-    run_main(segmentation_flow(settings, stop_at_end=True, sink=sink))
+    # bytewax's stub declares run_main without annotations
+    run_main(segmentation_flow(settings, stop_at_end=True, sink=sink))  # type: ignore[no-untyped-call]
 
 
 def pipeline_env(redis_url: str, data_dir: Path, partitions: int, **extra: str) -> dict[str, str]:

@@ -14,8 +14,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from app.features import BUILTIN_INPUTS
 from app.rules import schema as rules
-from pipelines.features import BUILTIN_INPUTS
 
 RECEIVED_AT = 1_893_456_000_000  # 2030-01-01T00:00:00Z: the collector's clock in these tests
 DAY_MS = 86_400_000

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from fastapi import FastAPI
 from starlette.routing import Match
+from starlette.types import Scope
 from uvicorn.main import main as uvicorn_cli
 
 from app.cli import main as segflow_cli
@@ -223,6 +224,7 @@ def test_api_and_dispatcher_share_the_data_dir_where_the_secret_key_is() -> None
 
     def data_volume(service: str) -> str | None:
         data_dir = SERVICES[service]["environment"]["SEGFLOW_DATA_DIR"]
+        volume: str
         for volume in SERVICES[service].get("volumes") or []:
             name, _, target = volume.partition(":")
             if target == data_dir:
@@ -399,7 +401,13 @@ def test_api_healthcheck_probes_readyz_on_the_served_port(clean_env: None) -> No
     assert int(probe[1]) == uvicorn_call("api").params["port"], "healthcheck port drifted"
     assert probe[2] == "/readyz", f"api's healthcheck probes {probe[2]}, not /readyz"
     # Ask the router itself (FastAPI may nest included routers), as a GET would reach it.
-    scope = {"type": "http", "method": "GET", "path": probe[2], "root_path": "", "headers": []}
+    scope: Scope = {
+        "type": "http",
+        "method": "GET",
+        "path": probe[2],
+        "root_path": "",
+        "headers": [],
+    }
     routes = create_app(Settings()).router.routes
     assert any(route.matches(scope)[0] == Match.FULL for route in routes), (
         f"GET {probe[2]} reaches no route of the app"

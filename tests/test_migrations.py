@@ -34,12 +34,12 @@ EXTERNAL_DATABASE = os.environ.get("DATABASE_URL")
 def fresh_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
     """Settings of an empty database: a SQLite file in tmp_path, or a new PostgreSQL one."""
     if request.param == "sqlite":
-        yield Settings(SEGFLOW_DATA_DIR=tmp_path)  # type: ignore[call-arg]
+        yield Settings(SEGFLOW_DATA_DIR=tmp_path)
         return
     if not EXTERNAL_DATABASE:
         pytest.skip("DATABASE_URL is not set: migrations are not checked on PostgreSQL")
     for url in _postgres_database(EXTERNAL_DATABASE):
-        yield Settings(SEGFLOW_DATA_DIR=tmp_path, DATABASE_URL=url)  # type: ignore[call-arg]
+        yield Settings(SEGFLOW_DATA_DIR=tmp_path, DATABASE_URL=url)
 
 
 def differences(settings: Settings) -> list[Any]:

@@ -12,7 +12,6 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 
 from app.db import make_engine
 from app.dispatch.deliveries import Delivery
@@ -80,7 +79,7 @@ class StoredOutbox:
         hit = cache.get(name)
         if hit is not None and time.monotonic() - hit[0] < CACHE_S:
             return hit[1]
-        value = await run_in_threadpool(load, name)
+        value = await asyncio.to_thread(load, name)
         cache[name] = (time.monotonic(), value)
         return value
 

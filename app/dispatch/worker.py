@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -33,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from app import metrics
+from app.clock import now_ms
 from app.dispatch import policy
 from app.dispatch.deliveries import Delivery, DeliveryStore
 from app.dispatch.webhooks import DeliveryResult, WebhookTarget, send_webhook, webhook_client
@@ -47,10 +47,6 @@ BLOCK_MS = 500
 IDLE_S = 0.05
 
 log = logging.getLogger(__name__)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class UndeliverableError(Exception):

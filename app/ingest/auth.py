@@ -15,7 +15,6 @@ import time
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 
 from app.credentials import active_write_key_hashes, hash_secret
 
@@ -58,7 +57,7 @@ class WriteKeyCache:
             if time.monotonic() - self._loaded_at < self._miss_reload_s:
                 return  # another request reloaded while this one waited
             try:
-                self._sources = await run_in_threadpool(self._load)
+                self._sources = await asyncio.to_thread(self._load)
             except SQLAlchemyError:
                 log.exception("could not reload write keys; keeping the ones already known")
             self._loaded_at = time.monotonic()

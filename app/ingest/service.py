@@ -7,7 +7,6 @@ if Redis cannot be reached it raises ``StoreUnavailable`` and the caller answers
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,10 +67,6 @@ class FailedEvent:
             "source": self.source,
             "raw": self.raw[:MAX_FAILED_RAW_CHARS],
         }
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def raw_text(raw: Any) -> str:

@@ -45,9 +45,9 @@ def shipped_rules() -> list[Rule]:
     return [rule for rule, _ in _shipped()]
 
 
-def seed(session: Session) -> int:
+def seed(*, session: Session) -> int:
     """Store the shipped rules on first start (never again: deletions are respected)."""
-    return store.seed_shipped(session, list(_shipped()))
+    return store.seed_shipped(session=session, rules=list(_shipped()))
 
 
 def shipped_compiled() -> CompiledRules:
@@ -79,7 +79,7 @@ class RuleWatcher:
             if time.monotonic() - self._checked >= self._poll_s:
                 try:
                     with Session(self._engine) as session:
-                        moved = store.revision(session) != self._current.revision
+                        moved = store.revision(session=session) != self._current.revision
                     if moved:
                         self._current = self._load()
                 except Exception:  # a database hiccup or a bad set: keep the running rules
@@ -89,8 +89,8 @@ class RuleWatcher:
 
     def _load(self) -> RuleSet:
         with Session(self._engine) as session:
-            revision = store.revision(session)
-            active = store.active_rules(session)
+            revision = store.revision(session=session)
+            active = store.active_rules(session=session)
         compiled = compile_rules(active)
         refused = refusals(compiled)
         if refused:  # saving checks this: only a set stored by other means gets here

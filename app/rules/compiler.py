@@ -31,6 +31,8 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from app.features import FeatureSpec, Since
+from app.features import Sequence as SequenceSpec
 from app.rules.schema import (
     All,
     ClusterCondition,
@@ -46,8 +48,6 @@ from app.rules.schema import (
     snapshot_key,
 )
 from app.rules.schema import Any as AnyOf
-from pipelines.features import FeatureSpec, Since
-from pipelines.features import Sequence as SequenceSpec
 
 # The engine's limits, with room: a fact satisfying more than 64 conditions fails (error 303),
 # more than 512 alpha nodes under one parent hangs create_ruleset.

@@ -67,15 +67,7 @@ from pydantic import (
 )
 
 from app.durations import format_duration_ms, parse_duration_ms
-from pipelines.features import (
-    BUILTIN_INPUTS,
-    Aggregate,
-    FeatureSpec,
-    Sequence,
-    Since,
-    Windowed,
-    windowed,
-)
+from app.features import BUILTIN_INPUTS, Aggregate, FeatureSpec, Sequence, Since, Windowed, windowed
 
 MAX_WINDOW_MS = 400 * 86_400_000  # the longest window the dataflow keeps events for
 MAX_PATTERN_LENGTH = 200
@@ -1181,6 +1173,47 @@ def _message(detail: Mapping[str, object]) -> str:
         return "needs at least one item"
     shown = "" if isinstance(given, dict | list) else f" (got {_describe(given)})"
     return f"{detail['msg']}{shown}"
+
+
+_PATH_PART = re.compile(r"\[(\d+)\]|\[(['\"])(.*?)\2\]|\.?([A-Za-z_][A-Za-z0-9_-]*)")
+
+
+def line_of(text: str | None, at: tuple[str | int, ...] | str) -> int | None:
+    """The 1-based line of the value at ``at`` in a rule's text (``("examples", 2)`` or the
+    field ``examples[2]``); the nearest enclosing value's line when ``at`` goes deeper than the
+    text; None without a readable text."""
+    if text is None:
+        return None
+    parts = _path_parts(at) if isinstance(at, str) else list(at)
+    try:
+        node = yaml.compose(text.replace("\t", " "), Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    if node is None:
+        return None
+    line = int(node.start_mark.line) + 1
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            entry = next((kv for kv in node.value if kv[0].value == str(part)), None)
+            if entry is None:
+                break
+            line, node = int(entry[0].start_mark.line) + 1, entry[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = int(node.start_mark.line) + 1
+        else:
+            break
+    return line
+
+
+def _path_parts(field: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for match in _PATH_PART.finditer(field):
+        index, _quote, quoted, name = match.groups()
+        parts.append(int(index) if index is not None else quoted if quoted is not None else name)
+    return parts
 
 
 # --- sets of rules -------------------------------------------------------------------------------

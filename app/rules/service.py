@@ -1,20 +1,45 @@
-"""What the rules API answers beyond storage: previews over current profiles, explanations."""
+"""What the rules API answers beyond storage: segments with their sizes, previews over current
+profiles, explanations."""
 
 from __future__ import annotations
 
-import time
 from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
+from app.clock import now_ms
+from app.profiles import segments
 from app.profiles.keys import profile_key
 from app.rules.explain import Evaluation, clock_keys, feature_keys
 from app.rules.schema import Rule
 
 PREVIEW_SAMPLE = 20
 _PROFILE_PATTERN = profile_key("*")
+
+
+class SegmentOut(BaseModel):
+    id: str
+    name: str
+    description: str
+    size: int
+
+
+class SegmentPage(BaseModel):
+    items: list[SegmentOut]
+    next_cursor: str | None = None
+
+
+async def list_segments(client: aioredis.Redis, *, rules: list[Rule]) -> SegmentPage:
+    """Every rule's segment, with its size now."""
+    sizes = await segments.sizes(client, [rule.id for rule in rules])
+    return SegmentPage(
+        items=[
+            SegmentOut(id=rule.id, name=rule.name, description=rule.description, size=size)
+            for rule, size in zip(rules, sizes, strict=True)
+        ]
+    )
 
 
 class Preview(BaseModel):
@@ -38,10 +63,6 @@ class Explanation(BaseModel):
     condition: dict[str, Any]
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _evaluation(
     rule: Rule, fields: dict[bytes, bytes], now: int, clocks: frozenset[str] | None = None
 ) -> Evaluation:
@@ -58,7 +79,7 @@ def _evaluation(
 
 async def preview(client: aioredis.Redis, rule: Rule, *, limit: int) -> Preview:
     """How many current profiles the rule would hold for now, scanning at most ``limit``."""
-    now = _now_ms()
+    now = now_ms()
     wanted = feature_keys(rule)
     clocks = clock_keys(rule)  # once, not per profile
     seen: set[str] = set()
@@ -107,7 +128,7 @@ async def explain(
     fields = cast(dict[bytes, bytes], await client.hgetall(profile_key(customer_id)))
     if not fields:
         return None
-    now = _now_ms()
+    now = now_ms()
     evaluation = _evaluation(rule, fields, now)
     tree = evaluation.tree()
     return Explanation(

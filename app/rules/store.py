@@ -2,10 +2,10 @@
 
 Every change is checked as the running system would meet it before anything is written: the
 document against the schema, the whole rule set (duplicate ids, unknown segments, cycles, the
-engine's size limits) with the new version in place, and the rule's own examples run through
-the dataflow's shard. A change that passes becomes a new version and one row of the audit
-trail; the newest audit row's id is the rule set's *revision*, which the dataflow polls to
-reload (``app.rules.active``).
+engine's size limits) with the new version in place, and the rule's own examples run (through
+the dataflow's shard: the caller passes that check, ``ExampleCheck``). A change that passes
+becomes a new version and one row of the audit trail; the newest audit row's id is the rule
+set's *revision*, which the dataflow polls to reload (``app.rules.active``).
 
 On first start the shipped rules in ``rules/`` are stored as version 1 of each, once: a rule
 an operator later deletes stays deleted.
@@ -17,8 +17,10 @@ import difflib
 import functools
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 import yaml
 from sqlalchemy import func
@@ -27,7 +29,7 @@ from sqlmodel import Session, col, select
 from app.models import RuleChange, RuleRow, RuleVersion, utcnow
 from app.rules.compiler import ActiveRule, compile_rules
 from app.rules.engine import refusals as engine_refusals
-from app.rules.schema import Rule, RuleError, RuleProblem, check_rule_set, parse_rule
+from app.rules.schema import Rule, RuleError, RuleProblem, check_rule_set, line_of, parse_rule
 
 YAML = "application/yaml"
 JSON = "application/json"
@@ -91,33 +93,33 @@ def _stored(row: RuleRow) -> StoredRule:
     )
 
 
-def current_rules(session: Session) -> list[StoredRule]:
+def current_rules(*, session: Session) -> list[StoredRule]:
     """Every stored rule, enabled or not, by id."""
     return [_stored(row) for row in session.exec(select(RuleRow).order_by(col(RuleRow.id)))]
 
 
-def get_rule(session: Session, rule_id: str) -> StoredRule:
+def get_rule(*, session: Session, rule_id: str) -> StoredRule:
     row = session.get(RuleRow, rule_id)
     if row is None:
         raise RuleNotFound(f"rule {rule_id!r}: no such rule")
     return _stored(row)
 
 
-def active_rules(session: Session) -> list[ActiveRule]:
+def active_rules(*, session: Session) -> list[ActiveRule]:
     """The enabled rules at their current versions: what the dataflow evaluates."""
     return [
         ActiveRule(stored.rule, stored.version)
-        for stored in current_rules(session)
+        for stored in current_rules(session=session)
         if stored.enabled
     ]
 
 
-def revision(session: Session) -> int:
+def revision(*, session: Session) -> int:
     """The rule set's revision: it moves with every change (0: nothing stored yet)."""
     return session.exec(select(func.max(RuleChange.id))).one() or 0
 
 
-def versions(session: Session, rule_id: str) -> list[RuleVersion]:
+def versions(*, session: Session, rule_id: str) -> list[RuleVersion]:
     """Every version of a rule, newest first (a deleted rule's too)."""
     query = select(RuleVersion).where(RuleVersion.rule_id == rule_id)
     found = list(session.exec(query.order_by(col(RuleVersion.version).desc())))
@@ -126,7 +128,7 @@ def versions(session: Session, rule_id: str) -> list[RuleVersion]:
     return found
 
 
-def changes(session: Session, rule_id: str) -> list[RuleChange]:
+def changes(*, session: Session, rule_id: str) -> list[RuleChange]:
     """The rule's audit trail, newest first."""
     query = select(RuleChange).where(RuleChange.rule_id == rule_id)
     found = list(session.exec(query.order_by(col(RuleChange.id).desc())))
@@ -138,13 +140,28 @@ def changes(session: Session, rule_id: str) -> list[RuleChange]:
 # --- checking -----------------------------------------------------------------------------------
 
 
-def problems_of(session: Session, rule: Rule, text: str | None = None) -> list[RuleProblem]:
+class ExampleCheck(Protocol):
+    """Runs a rule's examples (with ``others``, the rules of the segments it reads) and
+    answers the ones it contradicts as problems: ``pipelines.examples.example_problems``, which
+    runs them through the dataflow's own shard. The store takes it as a parameter, so the
+    rules domain never imports the dataflow."""
+
+    def __call__(
+        self, rule: Rule, *, others: Iterable[Rule], text: str | None
+    ) -> list[RuleProblem]: ...
+
+
+def problems_of(
+    *, session: Session, rule: Rule, text: str | None = None, examples: ExampleCheck
+) -> list[RuleProblem]:
     """What would stop ``rule`` from replacing its namesake in the stored set (none: it may)."""
-    others = [stored.rule for stored in current_rules(session) if stored.id != rule.id]
-    return problems_among(rule, others, text)
+    others = [stored.rule for stored in current_rules(session=session) if stored.id != rule.id]
+    return problems_among(rule=rule, others=others, text=text, examples=examples)
 
 
-def problems_among(rule: Rule, others: list[Rule], text: str | None = None) -> list[RuleProblem]:
+def problems_among(
+    *, rule: Rule, others: list[Rule], text: str | None = None, examples: ExampleCheck
+) -> list[RuleProblem]:
     rules = [*others, rule]
     try:
         check_rule_set(rules)
@@ -158,19 +175,17 @@ def problems_among(rule: Rule, others: list[Rule], text: str | None = None) -> l
             RuleProblem(
                 rule.id,
                 "when",
-                _line_of_when(text),
+                line_of(text, ("when",)),
                 f"the rule engine refuses this condition ({why}): make it simpler, or split "
                 "it into segments that read each other",
             )
         ]
-    from app.rules.examples import example_problems  # it runs the dataflow's shard
-
-    return example_problems(rule, others=others, text=text)
+    return examples(rule, others=others, text=text)
 
 
-def _checked(session: Session, text: str, media_type: str) -> Rule:
+def _checked(*, session: Session, text: str, media_type: str, examples: ExampleCheck) -> Rule:
     rule = parse_document(text, media_type)
-    problems = problems_of(session, rule, text)
+    problems = problems_of(session=session, rule=rule, text=text, examples=examples)
     if problems:
         raise RuleError(problems)
     return rule
@@ -179,8 +194,10 @@ def _checked(session: Session, text: str, media_type: str) -> Rule:
 # --- changing -----------------------------------------------------------------------------------
 
 
-def create_rule(session: Session, text: str, media_type: str, author: str) -> StoredRule:
-    rule = _checked(session, text, media_type)
+def create_rule(
+    *, session: Session, text: str, media_type: str, author: str, examples: ExampleCheck
+) -> StoredRule:
+    rule = _checked(session=session, text=text, media_type=media_type, examples=examples)
     if session.get(RuleRow, rule.id) is not None:
         raise RuleConflict(f"rule {rule.id!r} exists already: PUT /api/rules/{rule.id} edits it")
     newest = session.exec(
@@ -191,12 +208,13 @@ def create_rule(session: Session, text: str, media_type: str, author: str) -> St
 
 
 def update_rule(
+    *,
     session: Session,
     rule_id: str,
     text: str,
     media_type: str,
     author: str,
-    *,
+    examples: ExampleCheck,
     action: str = "update",
 ) -> StoredRule:
     row = session.get(RuleRow, rule_id)
@@ -215,21 +233,31 @@ def update_rule(
                 )
             ]
         )
-    rule = _checked(session, text, media_type)
+    rule = _checked(session=session, text=text, media_type=media_type, examples=examples)
     return _write(session, rule, text, media_type, author, row.version + 1, action, row.source)
 
 
-def set_enabled(session: Session, rule_id: str, enabled: bool, author: str) -> StoredRule:
+def set_enabled(
+    *, session: Session, rule_id: str, enabled: bool, author: str, examples: ExampleCheck
+) -> StoredRule:
     """A new version of the rule that says ``enabled: true`` or ``false``, comments kept."""
     row = session.get(RuleRow, rule_id)
     if row is None:
         raise RuleNotFound(f"rule {rule_id!r}: no such rule")
-    text = _with_enabled(row.source, row.media_type, enabled)
-    action = "enable" if enabled else "disable"
-    return update_rule(session, rule_id, text, row.media_type, author, action=action)
+    return update_rule(
+        session=session,
+        rule_id=rule_id,
+        text=_with_enabled(row.source, row.media_type, enabled),
+        media_type=row.media_type,
+        author=author,
+        examples=examples,
+        action="enable" if enabled else "disable",
+    )
 
 
-def rollback(session: Session, rule_id: str, version: int, author: str) -> StoredRule:
+def rollback(
+    *, session: Session, rule_id: str, version: int, author: str, examples: ExampleCheck
+) -> StoredRule:
     """Make an old version current again, as a new version (history is never rewritten)."""
     old = session.exec(
         select(RuleVersion).where(RuleVersion.rule_id == rule_id, RuleVersion.version == version)
@@ -237,17 +265,33 @@ def rollback(session: Session, rule_id: str, version: int, author: str) -> Store
     if old is None:
         raise RuleNotFound(f"rule {rule_id!r}: no version {version}")
     if session.get(RuleRow, rule_id) is None:
-        return create_rule(session, old.source, old.media_type, author)
-    return update_rule(session, rule_id, old.source, old.media_type, author, action="rollback")
+        return create_rule(
+            session=session,
+            text=old.source,
+            media_type=old.media_type,
+            author=author,
+            examples=examples,
+        )
+    return update_rule(
+        session=session,
+        rule_id=rule_id,
+        text=old.source,
+        media_type=old.media_type,
+        author=author,
+        examples=examples,
+        action="rollback",
+    )
 
 
-def delete_rule(session: Session, rule_id: str, author: str) -> None:
+def delete_rule(*, session: Session, rule_id: str, author: str) -> None:
     """Delete the rule (its segment empties); its versions and audit trail stay."""
     row = session.get(RuleRow, rule_id)
     if row is None:
         raise RuleNotFound(f"rule {rule_id!r}: no such rule")
     readers = sorted(
-        stored.id for stored in current_rules(session) if rule_id in stored.rule.segment_refs()
+        stored.id
+        for stored in current_rules(session=session)
+        if rule_id in stored.rule.segment_refs()
     )
     if readers:
         raise RuleConflict(
@@ -267,9 +311,9 @@ def delete_rule(session: Session, rule_id: str, author: str) -> None:
     session.flush()
 
 
-def seed_shipped(session: Session, rules: list[tuple[Rule, str]]) -> int:
+def seed_shipped(*, session: Session, rules: list[tuple[Rule, str]]) -> int:
     """Store the shipped rules as version 1, once ever; return how many were stored."""
-    if revision(session):
+    if revision(session=session):
         return 0
     for rule, text in rules:
         _write(session, rule, text, YAML, SHIPPED_AUTHOR, 1, "seed", old="")
@@ -359,12 +403,3 @@ def _with_enabled(source: str, media_type: str, enabled: bool) -> str:
     if parse_rule(text).enabled is not enabled:
         raise RuleError([RuleProblem(None, "enabled", None, "could not set 'enabled' in the text")])
     return text
-
-
-def _line_of_when(text: str | None) -> int | None:
-    if not text:
-        return None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.startswith("when:") or line.lstrip().startswith('"when"'):
-            return number
-    return None

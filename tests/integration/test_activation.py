@@ -207,7 +207,12 @@ def test_a_dispatcher_killed_mid_flight_loses_no_trigger(
 ):
     api, settings = private_api
     admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
-    slow = Receiver(lambda _n: (time.sleep(0.05), 200)[1])
+
+    def slowly(_n: int) -> int:
+        time.sleep(0.05)
+        return 200
+
+    slow = Receiver(slowly)
     created = httpx.post(
         f"{api.url}/api/destinations",
         json={"name": "email", "kind": "email", "url": slow.url},
@@ -234,7 +239,11 @@ def test_a_dispatcher_killed_mid_flight_loses_no_trigger(
                 [sys.executable, "-m", "app.cli", "dispatcher"], env=env, start_new_session=True
             )
             before = len(slow.requests)
-            wait_for(lambda b=before: len(slow.requests) > b + 3, timeout_s=60, what="sending")
+
+            def sending(b: int = before) -> bool:
+                return len(slow.requests) > b + 3
+
+            wait_for(sending, timeout_s=60, what="sending")
             os.killpg(dispatcher.pid, 9)
             dispatcher.wait()
         dispatcher = subprocess.Popen(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -20,7 +21,7 @@ from app.redis_server import pid_is_redis
 from app.rules.active import SHIPPED_RULES_DIR
 from app.streams import CONTROL_TYPES
 from tests.conftest import Services
-from tests.factories import stored_events
+from tests.factories import StreamEntries, stored_events
 from tests.helpers import free_port, wait_for
 
 SEGFLOW = [sys.executable, "-m", "app.cli"]
@@ -68,7 +69,7 @@ def write_jsonl(path: Path, messages: list[dict[str, object]], junk: str = "") -
 
 
 def test_replay_segment_jsonl_in_event_time_order_and_idempotent(services, redis_client, tmp_path):
-    messages = [
+    messages: list[dict[str, object]] = [
         {
             "type": "track",
             "userId": f"u{i % 7}",
@@ -269,7 +270,7 @@ def _sources(port: int) -> dict[str, int]:
     client = redis.Redis(port=port)
     counts: dict[str, int] = {}
     for partition in range(4):
-        for _, fields in client.xrange(f"events:{{{partition}}}"):
+        for _, fields in cast(StreamEntries, client.xrange(f"events:{{{partition}}}")):
             entry = json.loads(fields[b"e"])
             if entry["type"] not in CONTROL_TYPES:  # identity merges add entries of their own
                 counts[entry["source"]] = counts.get(entry["source"], 0) + 1

@@ -292,7 +292,7 @@ def test_health_readiness_and_metrics(api, credentials, redis_client, settings):
 
 
 def test_readiness_names_the_part_that_is_down(services, credentials, redis_client):
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         REDIS_URL="redis://127.0.0.1:1/0",
         DATABASE_URL=services.database_url,
         SEGFLOW_DATA_DIR=services.data_dir,

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import httpx
 import orjson
 import pytest
 import redis
+from bytewax.testing import TestingSink
 
 from app.profiles.keys import profile_key, recent_events_key
 from app.settings import Settings
-from tests.factories import iso, track_at
-from tests.helpers import read_profile, replay_messages, run_dataflow, wait_for
+from app.streams import stream_key
+from pipelines.records import ProfileUpdate
+from tests.factories import StreamEntries, iso, track_at
+from tests.helpers import (
+    free_port,
+    pipeline_env,
+    read_profile,
+    replay_messages,
+    run_dataflow,
+    wait_for,
+)
 
 MINUTE = 60_000
 
@@ -49,7 +63,8 @@ def test_events_become_profiles(settings: Settings, redis_client: redis.Redis, t
     assert bob["features"]["count(Order Completed, 30d)"] == 1
     assert bob["features"]["rfm_monetary_90d"] == 99.5
 
-    recent = [orjson.loads(m) for m in redis_client.zrevrange(recent_events_key("ada"), 0, -1)]
+    newest_first = cast(list[bytes], redis_client.zrevrange(recent_events_key("ada"), 0, -1))
+    recent = [orjson.loads(m) for m in newest_first]
     assert [(e["type"], e["event"], e["timestamp"] - now) for e in recent] == [  # newest first
         ("track", "Product Viewed", 0),
         ("identify", None, -30_000),
@@ -69,7 +84,7 @@ def test_late_events_are_kept_as_failed_with_reason_late(
     replay_messages(redis_client, settings, tmp_path, [late])
     run_dataflow(settings)  # resumes from nothing: state is rebuilt, then the late one arrives
 
-    failed = redis_client.xrange("failed-events")
+    failed = cast(StreamEntries, redis_client.xrange("failed-events"))
     assert len(failed) == 1
     assert failed[0][1][b"reason"].startswith(b"late")
     assert read_profile(redis_client, "cy")["features"]["count(Product Viewed, 10m)"] == 1
@@ -79,12 +94,6 @@ def test_late_events_are_kept_as_failed_with_reason_late(
 def test_workers_and_processes_give_the_same_profiles(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path, layout: str
 ):
-    import os
-    import subprocess
-    import sys
-
-    from tests.helpers import free_port
-
     now = time.time_ns() // 1_000_000 - 1_000
     names = ["Product Viewed", "Product Added", "Order Completed"]
     messages = [
@@ -104,12 +113,15 @@ def test_workers_and_processes_give_the_same_profiles(
     for n in range(17):
         redis_client.delete(profile_key(f"c{n}"))
 
-    env = {
-        **os.environ,
-        "REDIS_URL": settings.redis_url or "",
-        "SEGFLOW_PARTITIONS": str(settings.partitions),
-        "SEGFLOW_STOP_AT_END": "1",
-    }
+    # the test's own database and data dir (never the checkout's .segflow/), rules seeded
+    database = {"DATABASE_URL": settings.database_url} if settings.database_url else {}
+    env = pipeline_env(
+        settings.redis_url or "",
+        settings.data_dir,
+        settings.partitions,
+        SEGFLOW_STOP_AT_END="1",
+        **database,
+    )
     run = [sys.executable, "-m", "bytewax.run", "pipelines.segmentation:flow_from_env()"]
     if layout == "2 workers":
         commands = [[*run, "-w", "2"]]
@@ -125,9 +137,6 @@ def test_workers_and_processes_give_the_same_profiles(
 
 def updates_of(settings: Settings, customer: str) -> list[tuple[int, int]]:
     """(instant, views in the last 10 min) of every profile change of ``customer``, in order."""
-    from bytewax.testing import TestingSink
-
-    from pipelines.records import ProfileUpdate
 
     seen: list[Any] = []
     run_dataflow(settings, sink=TestingSink(seen))
@@ -162,9 +171,6 @@ def test_a_replay_fires_deadlines_in_event_time_order(settings, redis_client, tm
 
 
 def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
-    import os
-    import subprocess
-    import sys
 
     # far enough ahead for the pipeline to start and apply the view first, even on a busy machine
     deadline = time.time_ns() // 1_000_000 + 6_000
@@ -206,13 +212,6 @@ def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
 def test_erasure_forgets_the_customer_everywhere_and_for_good(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path, api, credentials
 ):
-    import os
-    import subprocess
-    import sys
-
-    import httpx
-
-    from app.streams import stream_key
 
     now = time.time_ns() // 1_000_000 - 1_000
     replay_messages(
@@ -250,7 +249,8 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
         )
 
     def caught_up() -> bool:
-        return httpx.get(f"{api.url}/api/status", headers=headers).json()["lag"] == 0
+        lag: int = httpx.get(f"{api.url}/api/status", headers=headers).json()["lag"]
+        return lag == 0
 
     pipeline = start()
     try:
@@ -276,7 +276,9 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
             lambda: (
                 caught_up()
                 and b"Product Added"
-                in b"".join(redis_client.zrange(recent_events_key("other"), 0, -1))
+                in b"".join(
+                    cast(list[bytes], redis_client.zrange(recent_events_key("other"), 0, -1))
+                )
             )
         )
         time.sleep(0.5)
@@ -288,9 +290,10 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
     stored = [
         json.loads(f[b"e"])
         for p in range(settings.partitions)
-        for _, f in redis_client.xrange(stream_key(p))
+        for _, f in cast(StreamEntries, redis_client.xrange(stream_key(p)))
     ]
     assert [e["type"] for e in stored if e["customer_id"] == "gdpr"] == ["erase"]
-    assert b"gdpr" not in b"".join(f[b"raw"] for _, f in redis_client.xrange("failed-events"))
+    failed = cast(StreamEntries, redis_client.xrange("failed-events"))
+    assert b"gdpr" not in b"".join(f[b"raw"] for _, f in failed)
     missing = httpx.delete(f"{api.url}/api/customers/nobody", headers=headers)
     assert missing.status_code == 404

@@ -21,10 +21,11 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
+from app.clock import now_ms
 from app.dispatch import policy
 from app.dispatch.deliveries import DEAD_KEY, Delivery, DeliveryStore, delivery_key
 from app.dispatch.webhooks import WebhookTarget, webhook_body
-from app.dispatch.worker import Dispatcher, UndeliverableError, now_ms
+from app.dispatch.worker import Dispatcher, UndeliverableError
 from app.profiles.keys import TRIGGERS_KEY, profile_key
 from app.profiles.service import CustomerProfile
 from app.settings import Settings
@@ -157,7 +158,9 @@ def dispatch_until(
     max_connections: int | None = None,
 ) -> None:
     async def main() -> None:
-        options = {} if max_connections is None else {"max_connections": max_connections}
+        options: dict[str, Any] = (
+            {} if max_connections is None else {"max_connections": max_connections}
+        )
         client = aioredis.Redis.from_url(settings.redis_url or "", **options)
         dispatcher = Dispatcher(client, outbox, allow_private=True)
         running = asyncio.ensure_future(dispatcher.run())
@@ -311,7 +314,8 @@ def test_nothing_is_sent_without_consent_to_the_holdout_past_the_cap_or_nowhere(
     assert deferred.reason == "quiet hours"
     assert deferred.next_at is not None
     assert deferred.next_at > now_ms()
-    assert "does not exist" in (status[nowhere].reason if status[nowhere] else "")
+    undeliverable = status[nowhere]
+    assert "does not exist" in (undeliverable.reason if undeliverable else "")
 
 
 def test_a_backlog_larger_than_the_connection_pool_is_sent_without_waiting_for_leases(

@@ -4,13 +4,14 @@ profile equals a twin's that carried the user id all along."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import redis
@@ -18,7 +19,7 @@ import redis
 from app.profiles.erasure import ID_FIELDS
 from app.settings import Settings
 from app.streams import ERASE, EVENT_FIELD, stream_key
-from tests.factories import iso
+from tests.factories import StreamEntries, iso
 from tests.helpers import ServerThread, pipeline_env, wait_for
 
 
@@ -124,10 +125,10 @@ def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
 
         def merged(customer: str) -> bool:
             found = profile(customer)
-            return bool(found) and found["features"]["events_total"] == 6
+            return bool(found and found["features"]["events_total"] == 6)
 
         for customer in ("ann", "bob", "twin"):
-            wait_for(lambda c=customer: merged(c), timeout_s=20, what=f"{customer} merged")
+            wait_for(functools.partial(merged, customer), timeout_s=20, what=f"{customer} merged")
         twin = profile("twin")
         assert twin is not None
         for customer in ("ann", "bob"):
@@ -174,7 +175,7 @@ def naming(client: redis.Redis, customer_id: str, partitions: int = 4) -> list[s
     """The types of the stream entries that name the customer in any id field."""
     found = []
     for partition in range(partitions):
-        for _, fields in client.xrange(stream_key(partition)):  # type: ignore[union-attr]
+        for _, fields in cast(StreamEntries, client.xrange(stream_key(partition))):
             entry = json.loads(fields[EVENT_FIELD.encode()])
             if customer_id in (entry.get(name) for name in ID_FIELDS):
                 found.append(entry["type"])

@@ -50,8 +50,8 @@ import pytest
 import redis
 import yaml
 
+from app.ingest.replay import replay_file
 from app.profiles.keys import members_key, transitions_key
-from app.replay import replay_file
 from app.settings import Settings
 from app.streams import FAILED_EVENTS_KEY, partition_of
 from tests.factories import append_events, stored_event

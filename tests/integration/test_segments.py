@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import redis
 
 from app.profiles.keys import TRIGGERS_KEY
 from app.settings import Settings
+from tests.factories import StreamEntries
 from tests.factories import track_at as track
 from tests.helpers import ServerThread, run_dataflow
 from tests.helpers import replay_messages as replay
@@ -18,10 +20,10 @@ from tests.helpers import replay_messages as replay
 MINUTE = 60_000
 
 
-def get(api: ServerThread, token: str, path: str) -> dict:
+def get(api: ServerThread, token: str, path: str) -> dict[str, Any]:
     answer = httpx.get(f"{api.url}{path}", headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 200, answer.text
-    return answer.json()
+    return cast(dict[str, Any], answer.json())
 
 
 def test_replayed_history_gives_the_contract_transitions(
@@ -75,7 +77,7 @@ def test_replayed_history_gives_the_contract_transitions(
     assert members["items"] == ["ada"]
 
     def triggers() -> list[dict[bytes, bytes]]:
-        return [fields for _, fields in redis_client.xrange(TRIGGERS_KEY)]
+        return [fields for _, fields in cast(StreamEntries, redis_client.xrange(TRIGGERS_KEY))]
 
     sent = triggers()
     assert [(t[b"customer_id"], t[b"kind"], int(t[b"at"]) - t0) for t in sent] == [

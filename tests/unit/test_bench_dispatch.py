@@ -6,7 +6,10 @@ takes a few seconds."""
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
+from app.dispatch.secret_box import generate_signing_secret
+from app.dispatch.webhooks import signature_headers
 from bench import dispatch as bench
 
 TINY = ["--deliveries", "30", "--rate", "40", "--seconds", "0.5", "--warm-up", "5", "--verify"]
@@ -37,7 +40,7 @@ def test_the_benchmark_prints_its_four_paths_with_every_delivery_received(capsys
 
 def test_a_signature_the_receiver_cannot_verify_stops_the_run(monkeypatch):
     monkeypatch.delenv("REDIS_URL", raising=False)
-    other, sign = bench.SecretStr(bench.generate_signing_secret()), bench.signature_headers
+    other, sign = SecretStr(generate_signing_secret()), signature_headers
     monkeypatch.setattr(bench, "signature_headers", lambda **kw: sign(**{**kw, "secret": other}))
     with pytest.raises(SystemExit, match="401"):
         bench.main(TINY)

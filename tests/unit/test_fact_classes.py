@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import durable_rules_engine
 import pytest
 from hypothesis import HealthCheck, assume, given, reject, settings
 from hypothesis import strategies as st
@@ -87,6 +88,9 @@ def constants(negative: bool) -> st.SearchStrategy[Any]:
 @st.composite
 def compared_leaves(draw: st.DrawFn) -> schema.Leaf:
     """A leaf comparing one of FEATURES with one or two comparators of shared constants."""
+    kind: type[schema.Leaf]
+    fields: dict[str, Any]
+    negative: bool
     kind, fields, negative = draw(st.sampled_from(FEATURES))
     found: dict[str, Any] = {}
     for word in draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=2, unique=True)):
@@ -127,7 +131,7 @@ def rule_sets(draw: st.DrawFn) -> list[schema.Rule]:
     for number in range(draw(st.integers(0, 2))):
         refs = draw(st.sets(st.sampled_from([rule.id for rule in first]), min_size=1, max_size=2))
         reads = tuple(schema.SegmentCondition(segment=ref) for ref in sorted(refs))
-        combine = draw(st.sampled_from([schema.All, schema.Any]))
+        combine = draw(st.sampled_from((schema.All, schema.Any)))
         parts = (*reads, draw(trees(compared_leaves())))
         when = schema.All(all=parts) if combine is schema.All else schema.Any(any=parts)
         later.append(schema.Rule(id=f"l{number}", name=f"l{number}", when=when))
@@ -188,7 +192,7 @@ def rules_and_snapshots(draw: st.DrawFn) -> tuple[list[schema.Rule], list[Snapsh
     keys = {schema.snapshot_key(spec) for rule in rules for spec in rule.feature_specs()}
     numbers = compared_constants(rules)
     every = set().union(*numbers.values())
-    snapshots = []
+    snapshots: list[Snapshot] = []
     for _ in range(draw(st.integers(1, 12))):
         # a feature read only by Python-decided leaves still gets values near every constant
         features = {key: draw(values(numbers.get(key) or every)) for key in sorted(keys)}
@@ -342,7 +346,7 @@ when:
 """,
         source="<browsers>",
     )
-    counting = _CountingEngine(engine_module._engine)
+    counting = _CountingEngine(durable_rules_engine)
     monkeypatch.setattr(engine_module, "_engine", counting)
     engine = Rulesets(compile_rules([ActiveRule(rule, 1)]))
     try:
@@ -397,7 +401,7 @@ when:
         for features in clock:
             assert by_class.segments(features, {}) == frozenset()
         assert len(built) == 1  # every value under 30m: one class, one fact
-        odd = [
+        odd: list[dict[str, Any]] = [
             {since: 1_800_000, "cart_value": 1, "events_total": 1},
             {since: 1_800_000, "cart_value": True, "events_total": True},
             {since: 1_800_000.0, "cart_value": 1.0, "events_total": 1.0},

@@ -17,16 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.features import (
-    LOG_CAP,
-    Catalogue,
-    CustomerFeatures,
-    LastValue,
-    Since,
-    Windowed,
-    windowed,
-)
-from pipelines.features import Sequence as Chain
+from app.features import LastValue, Since, Windowed, windowed
+from app.features import Sequence as Chain
+from pipelines.features import LOG_CAP, Catalogue, CustomerFeatures
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE

@@ -5,6 +5,7 @@ known id from the start (DESIGN.md: "as if every event had carried the userId").
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -59,11 +60,14 @@ class Streams:
         return self.shards[customer_id]
 
     def send(self, event: dict[str, Any]) -> None:
-        queue = [event]
+        queue: list[Mapping[str, Any]] = [event]
         while queue:
             entry = orjson.loads(orjson.dumps(queue.pop(0)))
             shard = self.shard(entry["customer_id"])
-            items = [StreamEvent(0, "0-0", entry), Tick(0, entry["timestamp"] + 1, inclusive=True)]
+            items: list[StreamEvent | Tick] = [
+                StreamEvent(0, "0-0", entry),
+                Tick(0, entry["timestamp"] + 1, inclusive=True),
+            ]
             out, _ = shard.on_batch(items)
             for item in out:
                 self.out.append(item)

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.replay import (
+from app.ingest.replay import (
     ReplayError,
     Row,
     detect_format,

@@ -8,6 +8,7 @@ compiler. Values are drawn near the rule's own constants so every boundary is ex
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -48,7 +49,7 @@ def expected_leaf(leaf: schema.Leaf, value: Any) -> bool:
         return _number(value) and (limit is None or value < limit)
     if value is None:
         return False
-    checks = {
+    checks: dict[str, Callable[[Any], bool]] = {
         "eq": lambda c: _equal(value, c),
         "ne": lambda c: not _equal(value, c),
         "gt": lambda c: _number(value) and value > c,

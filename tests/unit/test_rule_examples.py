@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 
 from app.rules.active import SHIPPED_RULES_DIR
-from app.rules.examples import (
+from app.rules.schema import Rule, RuleError, line_of, load_rules_dir, parse_rule
+from pipelines.examples import (
     ExampleTransition,
     check_rule_files,
     example_problems,
     format_span,
-    line_of,
     run_examples,
 )
-from app.rules.schema import Rule, RuleError, load_rules_dir, parse_rule
 
 MINUTE = 60_000
 DAY = 86_400_000

@@ -14,6 +14,7 @@ import yaml
 from hypothesis import given, settings
 from pydantic import ValidationError
 
+from app.features import Sequence, Since, windowed
 from app.rules.schema import (
     All,
     ConditionNode,
@@ -33,7 +34,6 @@ from app.rules.schema import (
     parse_rule,
     snapshot_key,
 )
-from pipelines.features import Sequence, Since, windowed
 from tests.strategies import conditions, rule_models
 
 RULES_DIR = Path(__file__).parents[2] / "rules"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pickle
 
-from pipelines.features import Catalogue, CustomerFeatures, windowed
+from app.features import windowed
+from pipelines.features import Catalogue, CustomerFeatures
 from pipelines.segmentation import IDLE_SNAPSHOTS, ShardState
 
 CATALOGUE = Catalogue.of(windowed("count", "Product Viewed", "10m"))

@@ -3,6 +3,8 @@ and a trigger, and failing with the template, field and line named."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -43,7 +45,7 @@ def profile(*events: ProfileEvent, **traits: object) -> CustomerProfile:
 TRIGGER = TriggerContext(segment="cart-abandoners", kind="enter", at=AT, rule_version=3)
 
 
-def render(kind: str, *, customer: CustomerProfile | None = None, **sources: str) -> dict:
+def render(kind: str, *, customer: CustomerProfile | None = None, **sources: str) -> dict[str, Any]:
     template = compile_template(name="t", kind=kind, sources=sources)
     context = message_context(profile=customer or profile(first_name="Ada"), trigger=TRIGGER)
     return render_message(template, context).fields
@@ -57,7 +59,7 @@ def refusal(kind: str = "email", **sources: str) -> MessageTemplateError:
 
 def render_failure(kind: str = "push", **sources: str) -> MessageTemplateError:
     with pytest.raises(MessageTemplateError) as caught:
-        render(kind, **sources)
+        render(kind, customer=None, **sources)
     return caught.value
 
 

@@ -14,7 +14,8 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from app.deps import StateDep
+from app.api.deps import StateDep
+from app.clock import now_ms
 from app.errors import CollectorError
 from app.events import MAX_REQUEST_BYTES, MESSAGE_TYPES, InvalidMessage, parse_time_ms
 from app.ingest.auth import write_key_from_authorization
@@ -24,7 +25,6 @@ from app.ingest.service import (
     IngestResult,
     StoreUnavailable,
     ValidatedBatch,
-    now_ms,
     validate_batch,
 )
 from app.metrics import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_FAILED, REQUEST_LATENCY

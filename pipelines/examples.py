@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import orjson
-import yaml
 
-from app.events import Event
+from app.events import Event, StreamEntry
+from app.features import DEFAULT_LATENESS_MS, SESSION_BUILTINS, TOP_CATEGORY_WINDOW_MS, Windowed
+from app.features import Sequence as SequenceSpec
 from app.rules.compiler import ActiveRule, CompiledRules, compile_rules
 from app.rules.schema import (
     DEFAULT_EXAMPLE_CUSTOMER,
@@ -32,18 +32,11 @@ from app.rules.schema import (
     RuleError,
     RuleProblem,
     check_rule_set,
+    line_of,
     load_rules_dir,
     parse_rule,
 )
-from pipelines.catalogue import default_catalogue
-from pipelines.features import (
-    DEFAULT_LATENESS_MS,
-    SESSION_BUILTINS,
-    TOP_CATEGORY_WINDOW_MS,
-    Catalogue,
-    Windowed,
-)
-from pipelines.features import Sequence as SequenceSpec
+from pipelines.features import Catalogue, default_catalogue
 from pipelines.records import ProfileUpdate
 from pipelines.segmentation import FeatureShard
 from pipelines.sources import SourceItem, StreamEvent, Tick
@@ -247,7 +240,7 @@ def _transitions(
     ]
 
 
-def _stream_event(n: int, given: GivenEvent) -> dict[str, Any]:
+def _stream_event(n: int, given: GivenEvent) -> StreamEntry:
     """A given event as the stream carries it: a canonical ``app.events.Event``, as JSON."""
     when = EXAMPLE_START_MS + given.at
     event = Event(
@@ -262,7 +255,7 @@ def _stream_event(n: int, given: GivenEvent) -> dict[str, Any]:
         traits=given.traits,
         source=EXAMPLE_SOURCE,
     )
-    loaded: dict[str, Any] = orjson.loads(event.to_json())
+    loaded: StreamEntry = orjson.loads(event.to_json())
     return loaded
 
 
@@ -291,49 +284,6 @@ def format_span(ms: int) -> str:
             parts.append(f"{ms // size}{unit}")
             ms %= size
     return "".join(parts) or "0m"
-
-
-# --- lines ---------------------------------------------------------------------------------------
-
-_PATH_PART = re.compile(r"\[(\d+)\]|\[(['\"])(.*?)\2\]|\.?([A-Za-z_][A-Za-z0-9_-]*)")
-
-
-def line_of(text: str | None, at: Sequence[str | int] | str) -> int | None:
-    """The 1-based line of the value at ``at`` in a rule's text (``("examples", 2)`` or the
-    field ``examples[2]``); the nearest enclosing value's line when ``at`` goes deeper than the
-    text; None without a readable text."""
-    if text is None:
-        return None
-    parts = _path_parts(at) if isinstance(at, str) else list(at)
-    try:
-        node = yaml.compose(text.replace("\t", " "), Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None
-    if node is None:
-        return None
-    line = int(node.start_mark.line) + 1
-    for part in parts:
-        if isinstance(node, yaml.MappingNode):
-            entry = next((kv for kv in node.value if kv[0].value == str(part)), None)
-            if entry is None:
-                break
-            line, node = int(entry[0].start_mark.line) + 1, entry[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                break
-            node = node.value[part]
-            line = int(node.start_mark.line) + 1
-        else:
-            break
-    return line
-
-
-def _path_parts(field: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for match in _PATH_PART.finditer(field):
-        index, _quote, quoted, name = match.groups()
-        parts.append(int(index) if index is not None else quoted if quoted is not None else name)
-    return parts
 
 
 def _placed(problem: RuleProblem, source: str | None, text: str | None) -> RuleProblem:

@@ -26,8 +26,9 @@ from typing import IO, Any, Literal
 import orjson
 import redis
 
+from app.clock import now_ms
 from app.events import InvalidMessage, canonical_fields
-from app.ingest.service import FailedEvent, now_ms, raw_text
+from app.ingest.service import FailedEvent, raw_text
 from app.streams import (
     APPEND_SCRIPT,
     FAILED_EVENTS_KEY,

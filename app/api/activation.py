@@ -8,21 +8,19 @@ A destination's secret is answered once, by the POST that generated it, and neve
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response
-from pydantic import AfterValidator, BaseModel, Field
+from fastapi import HTTPException, Query, Response
+from pydantic import BaseModel, Field
 from redis import RedisError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.api.deps import AppState, Limit, Responses, StateDep, When, admin_router
+from app.clock import now_ms
 from app.db import session_scope
-from app.deps import Admin as AdminName
-from app.deps import AppState, StateDep
 from app.dispatch import store
 from app.dispatch.errors import (
     DestinationNotFound,
@@ -60,15 +58,10 @@ from app.dispatch.webhooks import (
 from app.models import Destination, MessageTemplate
 from app.profiles.service import get_profile
 
-Responses = dict[int | str, dict[str, Any]]
-Limit = Annotated[int, Query(ge=1, le=1000)]
 Cursor = Annotated[str | None, Query(pattern=NAME_PATTERN, description="The page's last name.")]
-# SQLite gives datetimes back without their zone: they were written in UTC
-When = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
-_UNAUTHORIZED: Responses = {401: {"description": "Missing or wrong bearer token."}}
 
-destinations = APIRouter(prefix="/api/destinations", tags=["destinations"], responses=_UNAUTHORIZED)
-templates = APIRouter(prefix="/api/templates", tags=["templates"], responses=_UNAUTHORIZED)
+destinations = admin_router(prefix="/api/destinations", tags=["destinations"])
+templates = admin_router(prefix="/api/templates", tags=["templates"])
 
 _NOT_JSON: Responses = {400: {"description": "The body is not JSON."}}
 _NO_DESTINATION: Responses = {404: {"description": "No such destination."}}
@@ -203,7 +196,7 @@ def _template_refused(error: MessageTemplateError) -> HTTPException:
 
 @destinations.get("", response_model=DestinationPage)
 def list_destinations(
-    state: StateDep, _admin: AdminName, limit: Limit = 100, cursor: Cursor = None
+    state: StateDep, limit: Limit = 100, cursor: Cursor = None
 ) -> DestinationPage:
     """Every destination by name (never its secret)."""
     with _stored(state) as session:
@@ -221,9 +214,7 @@ def list_destinations(
         **_NOT_JSON,
     },
 )
-def create_destination(
-    body: DestinationIn, state: StateDep, _admin: AdminName
-) -> DestinationCreated:
+def create_destination(body: DestinationIn, state: StateDep) -> DestinationCreated:
     """A new webhook destination. Without a `secret`, a `whsec_` secret is generated and
     answered here, once: keep it to verify signatures."""
     with _stored(state) as session:
@@ -237,7 +228,7 @@ def create_destination(
 
 
 @destinations.get("/{name}", response_model=DestinationOut, responses=_NO_DESTINATION)
-def read_destination(name: str, state: StateDep, _admin: AdminName) -> DestinationOut:
+def read_destination(name: str, state: StateDep) -> DestinationOut:
     with _stored(state) as session:
         return _destination_out(store.get_destination(session=session, name=name))
 
@@ -247,9 +238,7 @@ def read_destination(name: str, state: StateDep, _admin: AdminName) -> Destinati
     response_model=DestinationOut,
     responses={**_NO_DESTINATION, **_DESTINATION_REFUSED, **_NOT_JSON},
 )
-def update_destination(
-    name: str, body: DestinationUpdate, state: StateDep, _admin: AdminName
-) -> DestinationOut:
+def update_destination(name: str, body: DestinationUpdate, state: StateDep) -> DestinationOut:
     """Replace the settings (a setting left out takes its default); the secret stays unless
     a new one is given."""
     with _stored(state) as session:
@@ -264,7 +253,7 @@ def update_destination(
 
 
 @destinations.delete("/{name}", status_code=204, responses=_NO_DESTINATION)
-def delete_destination(name: str, state: StateDep, _admin: AdminName) -> Response:
+def delete_destination(name: str, state: StateDep) -> Response:
     """Triggers sent to it from now on are undeliverable."""
     with _stored(state) as session:
         store.delete_destination(session=session, name=name)
@@ -279,7 +268,7 @@ def delete_destination(name: str, state: StateDep, _admin: AdminName) -> Respons
         409: {"description": "The stored secret cannot be opened with this key."},
     },
 )
-async def send_test_delivery(name: str, state: StateDep, _admin: AdminName) -> TestDelivery:
+async def send_test_delivery(name: str, state: StateDep) -> TestDelivery:
     """Send a signed test delivery now (a disabled destination too) and answer how it went:
     `ok`, `outcome`, the receiver's `status_code`, `latency_ms`, `error`. The payload is
     `{"type": "segflow.test", "timestamp", "data": {"destination", "kind", "message"}}`."""
@@ -321,9 +310,7 @@ async def send_test_delivery(name: str, state: StateDep, _admin: AdminName) -> T
 
 
 @templates.get("", response_model=TemplatePage)
-def list_templates(
-    state: StateDep, _admin: AdminName, limit: Limit = 100, cursor: Cursor = None
-) -> TemplatePage:
+def list_templates(state: StateDep, limit: Limit = 100, cursor: Cursor = None) -> TemplatePage:
     """Every template by name: `name`, `kind`, `description`, `updated_at`."""
     with _stored(state) as session:
         rows, next_cursor = store.list_templates(session=session, after=cursor, limit=limit)
@@ -346,7 +333,7 @@ def list_templates(
         **_NOT_JSON,
     },
 )
-def create_template(body: TemplateIn, state: StateDep, _admin: AdminName) -> TemplateOut:
+def create_template(body: TemplateIn, state: StateDep) -> TemplateOut:
     """A new template; refused when a field does not parse or reaches Python internals."""
     with _stored(state) as session:
         return _template_out(store.create_template(session=session, spec=body))
@@ -362,7 +349,7 @@ def create_template(body: TemplateIn, state: StateDep, _admin: AdminName) -> Tem
         **_NOT_JSON,
     },
 )
-async def preview_template(body: PreviewIn, state: StateDep, _admin: AdminName) -> PreviewOut:
+async def preview_template(body: PreviewIn, state: StateDep) -> PreviewOut:
     """Render a stored template (by name) or one given in full for a real customer's profile
     and a trigger (default: entering segment `preview` now). Nothing is sent."""
     given = body.template
@@ -389,7 +376,7 @@ async def preview_template(body: PreviewIn, state: StateDep, _admin: AdminName) 
         trigger=TriggerContext(
             segment=trigger.segment,
             kind=trigger.kind,
-            at=trigger.at if trigger.at is not None else int(time.time() * 1000),
+            at=trigger.at if trigger.at is not None else now_ms(),
             rule_version=trigger.rule_version,
         ),
     )
@@ -406,7 +393,7 @@ async def preview_template(body: PreviewIn, state: StateDep, _admin: AdminName) 
 
 
 @templates.get("/{name}", response_model=TemplateOut, responses=_NO_TEMPLATE)
-def read_template(name: str, state: StateDep, _admin: AdminName) -> TemplateOut:
+def read_template(name: str, state: StateDep) -> TemplateOut:
     with _stored(state) as session:
         return _template_out(store.get_template(session=session, name=name))
 
@@ -416,16 +403,14 @@ def read_template(name: str, state: StateDep, _admin: AdminName) -> TemplateOut:
     response_model=TemplateOut,
     responses={**_NO_TEMPLATE, **_TEMPLATE_REFUSED, **_NOT_JSON},
 )
-def update_template(
-    name: str, body: TemplateSources, state: StateDep, _admin: AdminName
-) -> TemplateOut:
+def update_template(name: str, body: TemplateSources, state: StateDep) -> TemplateOut:
     """Replace the template's kind, description and sources (checked as on create)."""
     with _stored(state) as session:
         return _template_out(store.update_template(session=session, name=name, spec=body))
 
 
 @templates.delete("/{name}", status_code=204, responses=_NO_TEMPLATE)
-def delete_template(name: str, state: StateDep, _admin: AdminName) -> Response:
+def delete_template(name: str, state: StateDep) -> Response:
     """Triggers that name it from now on fail to render, with that reason."""
     with _stored(state) as session:
         store.delete_template(session=session, name=name)

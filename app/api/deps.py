@@ -5,17 +5,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app.credentials import admin_token_name, hash_secret
 from app.ingest.auth import WriteKeyCache
 from app.ingest.service import EventStore
+from app.rules import store as rules_store
+from app.rules.store import StoredRule
 from app.settings import Settings
 
 _ADMIN_CACHE_S = 5.0
@@ -48,6 +52,18 @@ def get_session(state: StateDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_stored_rules(state: StateDep) -> list[StoredRule]:
+    """Every stored rule, enabled or not (a plain def: FastAPI reads SQL in its thread pool)."""
+    with Session(state.engine) as session:
+        return rules_store.current_rules(session=session)
+
+
+StoredRules = Annotated[list[StoredRule], Depends(get_stored_rules)]
+Limit = Annotated[int, Query(ge=1, le=1000)]  # a page's size
+# SQLite gives datetimes back without their zone: they were written in UTC
+When = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
 
 _bearer = HTTPBearer(auto_error=False, description="The admin token `segflow up` printed.")
 
@@ -85,5 +101,19 @@ def require_admin(
     return name
 
 
-AdminDep = Depends(require_admin)
-Admin = Annotated[str, Depends(require_admin)]  # the admin's name, for the audit trail
+# The admin dependency, in one spelling: every admin router requires it (``admin_router``), and a
+# route that records who acted reads the name from it (``admin: Admin``; FastAPI checks the
+# token once per request).
+Admin = Annotated[str, Depends(require_admin)]  # the admin token's name, for the audit trail
+Responses = dict[int | str, dict[str, Any]]
+UNAUTHORIZED: Responses = {401: {"description": "Missing or wrong bearer token."}}
+
+
+def admin_router(*, prefix: str, tags: list[str], responses: Responses | None = None) -> APIRouter:
+    """A router of the admin API: every route answers 401 without a valid admin token."""
+    return APIRouter(
+        prefix=prefix,
+        tags=list(tags),
+        dependencies=[Depends(require_admin)],
+        responses={**UNAUTHORIZED, **(responses or {})},
+    )

@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from app import metrics
-from app.deps import StateDep
+from app.api.deps import StateDep
 from app.streams import ALIVE_KEY, ALIVE_TTL_S
 
 router = APIRouter(tags=["health"])

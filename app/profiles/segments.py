@@ -1,4 +1,5 @@
-"""Reading segments, their members and customers' transitions (the dataflow's sink writes them).
+"""Reading segments' sizes and members and customers' transitions (the dataflow's sink writes
+them).
 
 A segment is a rule's id; its members are a Redis set, a customer's transitions a sorted set
 scored by the event time of each transition.
@@ -12,19 +13,6 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from app.profiles.keys import members_key, transitions_key
-from app.rules.schema import Rule
-
-
-class SegmentOut(BaseModel):
-    id: str
-    name: str
-    description: str
-    size: int
-
-
-class SegmentPage(BaseModel):
-    items: list[SegmentOut]
-    next_cursor: str | None = None
 
 
 class MemberPage(BaseModel):
@@ -44,17 +32,13 @@ class TransitionPage(BaseModel):
     next_cursor: str | None
 
 
-async def list_segments(client: aioredis.Redis, *, rules: list[Rule]) -> SegmentPage:
+async def sizes(client: aioredis.Redis, segments: list[str]) -> list[int]:
+    """How many members each segment has now, in the order given."""
     pipe = client.pipeline(transaction=False)
-    for rule in rules:
-        pipe.scard(members_key(rule.id))
-    sizes = await pipe.execute()
-    return SegmentPage(
-        items=[
-            SegmentOut(id=rule.id, name=rule.name, description=rule.description, size=size)
-            for rule, size in zip(rules, sizes, strict=True)
-        ]
-    )
+    for segment in segments:
+        pipe.scard(members_key(segment))
+    found: list[int] = await pipe.execute()
+    return found
 
 
 async def members(

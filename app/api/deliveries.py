@@ -4,24 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import HTTPException, Query
 from pydantic import BaseModel
 from redis import RedisError
 
-from app.deps import AdminDep, StateDep
+from app.api.deps import Limit, StateDep, admin_router
+from app.clock import now_ms
 from app.dispatch.deliveries import DEAD_KEY, LOG_KEY, Delivery, DeliveryStore, index_key
-from app.dispatch.worker import now_ms
 
-router = APIRouter(
-    prefix="/api",
-    tags=["deliveries"],
-    dependencies=[AdminDep],
-    responses={
-        401: {"description": "Missing or wrong bearer token."},
-        503: {"description": "Redis unreachable."},
-    },
+router = admin_router(
+    prefix="/api", tags=["deliveries"], responses={503: {"description": "Redis unreachable."}}
 )
-Limit = Annotated[int, Query(ge=1, le=1000)]
 Cursor = Annotated[str | None, Query(pattern=r"^\d{1,9}$")]
 
 

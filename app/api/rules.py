@@ -10,22 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import AfterValidator, BaseModel, Field
+from fastapi import HTTPException, Query, Request, Response
+from pydantic import BaseModel, Field
 from redis import RedisError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.api.deps import Admin, Limit, Responses, StateDep, When, admin_router
 from app.db import session_scope
-from app.deps import Admin, StateDep
 from app.rules import service, store
 from app.rules.explain import feature_keys
 from app.rules.schema import RuleError, RuleProblem
 from app.rules.service import Preview
 from app.rules.store import JSON, YAML, RuleConflict, RuleNotFound, StoredRule
+from pipelines.examples import example_problems
 
 MAX_RULE_BYTES = 256 * 1024
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
@@ -37,16 +37,8 @@ _DOCUMENT = {
     },
 }
 
-router = APIRouter(
-    prefix="/api/rules",
-    tags=["rules"],
-    responses={401: {"description": "Missing or wrong bearer token."}},
-)
-Limit = Annotated[int, Query(ge=1, le=1000)]
+router = admin_router(prefix="/api/rules", tags=["rules"])
 T = TypeVar("T")
-# SQLite gives datetimes back without their zone: they were written in UTC
-When = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
-Responses = dict[int | str, dict[str, Any]]
 _NO_RULE: Responses = {404: {"description": "No such rule."}}
 _REFUSED: Responses = {
     422: {"description": "Refused: every problem, with its rule, field and line."}
@@ -184,12 +176,10 @@ def _stored(state: Any) -> Iterator[Session]:
 
 
 @router.get("", response_model=RulePage)
-def list_rules(
-    state: StateDep, _admin: Admin, limit: Limit = 100, cursor: str | None = None
-) -> RulePage:
+def list_rules(state: StateDep, limit: Limit = 100, cursor: str | None = None) -> RulePage:
     """Every rule, enabled or not, by id."""
     with _stored(state) as session:
-        rules = [r for r in store.current_rules(session) if cursor is None or r.id > cursor]
+        rules = [r for r in store.current_rules(session=session) if cursor is None or r.id > cursor]
     page = rules[:limit]
     return RulePage(
         items=[
@@ -219,7 +209,13 @@ async def create_rule(request: Request, state: StateDep, admin: Admin) -> RuleOu
 
     def create() -> StoredRule:
         with _stored(state) as session:
-            return store.create_rule(session, text, media_type, admin)
+            return store.create_rule(
+                session=session,
+                text=text,
+                media_type=media_type,
+                author=admin,
+                examples=example_problems,
+            )
 
     return _out(await run_in_threadpool(create))
 
@@ -230,7 +226,7 @@ async def create_rule(request: Request, state: StateDep, admin: Admin) -> RuleOu
     openapi_extra={"requestBody": _DOCUMENT},
     responses=_SENT,
 )
-async def validate_rule(request: Request, state: StateDep, _admin: Admin) -> Validation:
+async def validate_rule(request: Request, state: StateDep) -> Validation:
     """Check a rule as saving it would (schema, the rule set with it, its examples), without
     saving: ``valid`` and every problem."""
     text, media_type = await _document(request)
@@ -241,7 +237,9 @@ async def validate_rule(request: Request, state: StateDep, _admin: Admin) -> Val
         except RuleError as error:
             return Validation(valid=False, id=None, problems=_problems(error))
         with _stored(state) as session:
-            problems = store.problems_of(session, rule, text)
+            problems = store.problems_of(
+                session=session, rule=rule, text=text, examples=example_problems
+            )
         return Validation(
             valid=not problems,
             id=rule.id,
@@ -262,7 +260,6 @@ async def validate_rule(request: Request, state: StateDep, _admin: Admin) -> Val
 async def preview_rule(
     request: Request,
     state: StateDep,
-    _admin: Admin,
     limit: Annotated[int, Query(ge=1, le=1_000_000)] = 100_000,
 ) -> Preview:
     """How many current customers the rule would hold for now, and some of them. Features no
@@ -279,9 +276,9 @@ async def preview_rule(
 
 
 @router.get("/{rule_id}", response_model=RuleOut, responses=_NO_RULE)
-def read_rule(rule_id: str, state: StateDep, _admin: Admin) -> RuleOut:
+def read_rule(rule_id: str, state: StateDep) -> RuleOut:
     with _stored(state) as session:
-        return _out(store.get_rule(session, rule_id))
+        return _out(store.get_rule(session=session, rule_id=rule_id))
 
 
 @router.put(
@@ -296,7 +293,14 @@ async def update_rule(rule_id: str, request: Request, state: StateDep, admin: Ad
 
     def update() -> StoredRule:
         with _stored(state) as session:
-            return store.update_rule(session, rule_id, text, media_type, admin)
+            return store.update_rule(
+                session=session,
+                rule_id=rule_id,
+                text=text,
+                media_type=media_type,
+                author=admin,
+                examples=example_problems,
+            )
 
     return _out(await run_in_threadpool(update))
 
@@ -309,7 +313,7 @@ async def update_rule(rule_id: str, request: Request, state: StateDep, admin: Ad
 def delete_rule(rule_id: str, state: StateDep, admin: Admin) -> Response:
     """Delete the rule: its segment empties (members exit); versions and audit stay."""
     with _stored(state) as session:
-        store.delete_rule(session, rule_id, admin)
+        store.delete_rule(session=session, rule_id=rule_id, author=admin)
     return Response(status_code=204)
 
 
@@ -317,26 +321,41 @@ def delete_rule(rule_id: str, state: StateDep, admin: Admin) -> Response:
 def disable_rule(rule_id: str, state: StateDep, admin: Admin) -> RuleOut:
     """A new version with ``enabled: false``: members exit, nobody enters."""
     with _stored(state) as session:
-        return _out(store.set_enabled(session, rule_id, False, admin))
+        return _out(
+            store.set_enabled(
+                session=session,
+                rule_id=rule_id,
+                enabled=False,
+                author=admin,
+                examples=example_problems,
+            )
+        )
 
 
 @router.post("/{rule_id}/enable", response_model=RuleOut, responses={**_NO_RULE, **_REFUSED})
 def enable_rule(rule_id: str, state: StateDep, admin: Admin) -> RuleOut:
     with _stored(state) as session:
-        return _out(store.set_enabled(session, rule_id, True, admin))
+        return _out(
+            store.set_enabled(
+                session=session,
+                rule_id=rule_id,
+                enabled=True,
+                author=admin,
+                examples=example_problems,
+            )
+        )
 
 
 @router.get("/{rule_id}/versions", response_model=VersionPage, responses=_NO_RULE)
 def list_versions(
     rule_id: str,
     state: StateDep,
-    _admin: Admin,
     limit: Limit = 100,
     cursor: Annotated[str | None, Query(pattern=r"^\d{1,9}$")] = None,
 ) -> VersionPage:
     """Every version, newest first (a deleted rule's too); ``cursor``: below that version."""
     with _stored(state) as session:
-        found = store.versions(session, rule_id)
+        found = store.versions(session=session, rule_id=rule_id)
     page, more = _newest_first(found, lambda v: v.version, limit, cursor)
     items = [VersionOut.model_validate(v, from_attributes=True) for v in page]
     return VersionPage(items=items, next_cursor=more)
@@ -346,13 +365,12 @@ def list_versions(
 def list_changes(
     rule_id: str,
     state: StateDep,
-    _admin: Admin,
     limit: Limit = 100,
     cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$")] = None,
 ) -> ChangePage:
     """The audit trail: who changed the rule, when, and the diff; newest first."""
     with _stored(state) as session:
-        found = store.changes(session, rule_id)
+        found = store.changes(session=session, rule_id=rule_id)
     page, more = _newest_first(found, lambda c: c.id or 0, limit, cursor)
     items = [ChangeOut.model_validate(c, from_attributes=True) for c in page]
     return ChangePage(items=items, next_cursor=more)
@@ -379,4 +397,12 @@ def _newest_first(
 def rollback_rule(rule_id: str, body: RollbackIn, state: StateDep, admin: Admin) -> RuleOut:
     """Make an old version current again, as a new version checked like any change."""
     with _stored(state) as session:
-        return _out(store.rollback(session, rule_id, body.version, admin))
+        return _out(
+            store.rollback(
+                session=session,
+                rule_id=rule_id,
+                version=body.version,
+                author=admin,
+                examples=example_problems,
+            )
+        )

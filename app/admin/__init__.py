@@ -1,1 +1,0 @@
-"""The admin REST API (bearer token)."""

@@ -1,0 +1,99 @@
+"""Admin endpoints for one customer: the profile, GDPR erasure, transitions and explanations.
+Views are thin: profiles, erasure and explanations are read by their services."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import HTTPException, Query
+from redis import RedisError
+
+from app.api.deps import Limit, StateDep, StoredRules, admin_router
+from app.clock import now_ms
+from app.profiles import erasure, segments
+from app.profiles import service as profiles
+from app.profiles.erasure import ErasureReport
+from app.profiles.segments import TransitionPage
+from app.profiles.service import CustomerProfile
+from app.rules.service import Explanation, explain
+
+router = admin_router(
+    prefix="/api/customers",
+    tags=["customers"],
+    responses={503: {"description": "Redis unreachable."}},
+)
+Cursor = Annotated[str | None, Query(pattern=r"^\d{1,20}$")]
+
+
+def _unreachable(what: str, error: Exception) -> HTTPException:
+    return HTTPException(503, detail=f"{what}: Redis unreachable ({error})")
+
+
+@router.get(
+    "/{customer_id}",
+    response_model=CustomerProfile,
+    responses={404: {"description": "No events from this customer yet."}},
+)
+async def read_customer(customer_id: str, state: StateDep) -> CustomerProfile:
+    """A customer's traits, features (as of their last change), and recent events."""
+    try:
+        found = await profiles.get_profile(state.redis, customer_id)
+    except (RedisError, OSError) as error:
+        raise _unreachable("profiles", error) from error
+    if found is None:
+        raise HTTPException(404, detail=f"customer {customer_id!r}: no profile")
+    return found
+
+
+@router.delete(
+    "/{customer_id}",
+    response_model=ErasureReport,
+    responses={404: {"description": "Segflow holds nothing about this customer."}},
+)
+async def erase_customer(customer_id: str, state: StateDep) -> ErasureReport:
+    """GDPR erasure: the profile, the dataflow's state and every stored event of the customer."""
+    try:
+        report = await erasure.erase_customer(
+            state.redis, customer_id, partitions=state.settings.partitions, now=now_ms()
+        )
+    except (RedisError, OSError) as error:
+        raise _unreachable("erasure", error) from error
+    if report is None:
+        raise HTTPException(404, detail=f"customer {customer_id!r}: nothing to erase")
+    return report
+
+
+@router.get("/{customer_id}/transitions", response_model=TransitionPage)
+async def list_transitions(
+    customer_id: str, state: StateDep, limit: Limit = 100, cursor: Cursor = None
+) -> TransitionPage:
+    """When the customer entered and left segments, oldest first, in event time."""
+    try:
+        return await segments.transitions(state.redis, customer_id, limit=limit, cursor=cursor)
+    except (RedisError, OSError) as error:
+        raise _unreachable("segments", error) from error
+
+
+@router.get(
+    "/{customer_id}/explain",
+    response_model=Explanation,
+    responses={404: {"description": "No such customer or segment."}},
+)
+async def explain_membership(
+    customer_id: str,
+    state: StateDep,
+    rules: StoredRules,
+    segment: Annotated[str, Query(min_length=1)],
+) -> Explanation:
+    """Why the customer is in the segment or not: its rule's condition tree with each leaf's
+    current value and truth, next to the membership the dataflow keeps."""
+    found = {stored.id: stored for stored in rules}.get(segment)
+    if found is None:
+        raise HTTPException(404, detail=f"segment {segment!r}: no such segment")
+    try:
+        explained = await explain(state.redis, customer_id, found.rule, found.version)
+    except (RedisError, OSError) as error:
+        raise _unreachable("segments", error) from error
+    if explained is None:
+        raise HTTPException(404, detail=f"customer {customer_id!r}: no profile")
+    return explained

@@ -1,1 +1,0 @@
-"""Segments: the rules' memberships as the dataflow keeps them in Redis, and their API."""
