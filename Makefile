@@ -19,16 +19,20 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/segflow up --port $(PORT)
 
+# Tests write nothing into the checkout: no bytecode, no pytest cache (pyproject.toml), hypothesis's
+# examples in the temporary directory (tests/conftest.py), data in each test's own directory.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -m "not slow"
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -m "not slow"
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -m slow
 
+# Style, types (the tests' too) and the direction of imports (pyproject.toml's contracts).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy app pipelines
+	$(BIN)/mypy app pipelines tests
+	$(BIN)/lint-imports
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
