@@ -251,8 +251,9 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
     def _keep_late(self, item: LateEvent) -> None:
         fields = {
             "received_at": item.event.get("received_at", 0),
-            "reason": "late: more than the allowed lateness behind the customer's "
-            f"newest event ({item.newest})",
+            "reason": "late",
+            "detail": "more than the allowed lateness behind the customer's newest event "
+            f"({item.newest})",
             "source": item.event.get("source", ""),
             "raw": orjson.dumps(item.event).decode(),
         }

@@ -23,7 +23,8 @@ class BadCursor(ValueError):
 class FailedEventOut(BaseModel):
     id: str
     received_at: int
-    reason: str
+    reason: str  # what went wrong; a late event's is exactly "late"
+    detail: str | None = None  # more on the reason, where there is more to say
     source: str
     raw: str
 
@@ -51,6 +52,7 @@ async def page(client: aioredis.Redis, *, limit: int, cursor: str | None) -> Fai
             id=entry_id.decode(),
             received_at=int(fields[b"received_at"]),
             reason=fields[b"reason"].decode(),
+            detail=fields[b"detail"].decode() if b"detail" in fields else None,
             source=fields[b"source"].decode(),
             raw=fields[b"raw"].decode(),
         )

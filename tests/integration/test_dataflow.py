@@ -86,7 +86,8 @@ def test_late_events_are_kept_as_failed_with_reason_late(
 
     failed = cast(StreamEntries, redis_client.xrange("failed-events"))
     assert len(failed) == 1
-    assert failed[0][1][b"reason"].startswith(b"late")
+    assert failed[0][1][b"reason"] == b"late"
+    assert failed[0][1][b"detail"].startswith(b"more than the allowed lateness")
     assert read_profile(redis_client, "cy")["features"]["count(Product Viewed, 10m)"] == 1
 
 
