@@ -23,7 +23,11 @@ MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit per message
 MAX_REQUEST_BYTES = 500 * 1024  # Segment's limit per request (a batch)
 MAX_ID_CHARS = 1024
 MAX_NAME_CHARS = 1024
-# Event times this far ahead of the collector's clock are a broken clock, not the future.
+# Event time never runs ahead of arrival: a timestamp more than FUTURE_TOLERANCE_MS ahead of its
+# received_at is taken as received_at (the event keeps the one sent as ``future_timestamp``), so
+# no sender's clock can move a watermark or a deadline; one more than MAX_FUTURE_MS ahead is a
+# broken clock, refused.
+FUTURE_TOLERANCE_MS = 10_000
 MAX_FUTURE_MS = 24 * 3600 * 1000
 _EPOCH_FLOOR_MS = 0  # 1970-01-01: replays of old public data sets are welcome
 
@@ -54,6 +58,7 @@ StreamEntry = TypedDict(
         "traits": dict[str, Any],
         "context": dict[str, Any],
         "source": str,
+        "future_timestamp": int | None,
         "into": str,
         "from": str,
         "state": str,
@@ -89,6 +94,9 @@ class Event(BaseModel):
     traits: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     source: str = ""  # the write key's name, or "replay:<file>"
+    # the timestamp the sender gave, when it was more than FUTURE_TOLERANCE_MS ahead of
+    # received_at (``timestamp`` is then received_at)
+    future_timestamp: int | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump())
@@ -217,6 +225,13 @@ def _event_time_ms(message: SegmentMessage, received_at: int, batch_sent_at: str
     return when
 
 
+def _arrived(when: int, received_at: int) -> tuple[int, int | None]:
+    """The event time, and the timestamp sent when it was ahead of arrival (else None)."""
+    if when > received_at + FUTURE_TOLERANCE_MS:
+        return received_at, when
+    return when, None
+
+
 def _optional_time(text: str | None, field: str) -> int | None:
     return None if text is None else parse_time_ms(text, field)
 
@@ -302,7 +317,8 @@ def canonical_fields(
         traits = context["traits"]
     sent_at = defaults.get("sentAt")
     batch_sent_at = sent_at if isinstance(sent_at, str) else None
-    return {  # Event's fields, in its order
+    when, future = _arrived(_event_time_ms(message, received_at, batch_sent_at), received_at)
+    fields = {  # Event's fields, in its order
         "message_id": message.messageId or str(uuid.uuid4()),
         "type": message.type,
         "customer_id": customer_id,
@@ -311,10 +327,13 @@ def canonical_fields(
         "previous_id": message.previousId,
         "group_id": message.groupId,
         "event": message.event if message.type == "track" else message.name,
-        "timestamp": _event_time_ms(message, received_at, batch_sent_at),
+        "timestamp": when,
         "received_at": received_at,
         "properties": message.properties or {},
         "traits": traits or {},
         "context": context or {},
         "source": source,
     }
+    if future is not None:
+        fields["future_timestamp"] = future
+    return fields

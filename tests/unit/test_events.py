@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.events import Event, InvalidMessage, validate_message
+from app.events import FUTURE_TOLERANCE_MS, Event, InvalidMessage, validate_message
+from tests.factories import iso
 from tests.strategies import (
     C0_CONTROLS,
     DAY_MS,
@@ -66,7 +67,9 @@ def test_a_valid_message_becomes_the_event_it_describes(case: SegmentCase) -> No
     assert event.previous_id == message.get("previousId")
     assert event.group_id == message.get("groupId")
     assert event.event == case.event
-    assert event.timestamp == case.timestamp_ms
+    ahead = case.timestamp_ms > RECEIVED_AT + FUTURE_TOLERANCE_MS  # taken as its arrival
+    assert event.timestamp == (RECEIVED_AT if ahead else case.timestamp_ms)
+    assert event.future_timestamp == (case.timestamp_ms if ahead else None)
     assert event.received_at == RECEIVED_AT
     assert event.properties == message.get("properties", {})
     assert event.context == message.get("context", {})
@@ -121,10 +124,11 @@ def test_a_message_without_any_time_happened_when_it_arrived() -> None:
     assert validate(track()).timestamp == RECEIVED_AT
 
 
-def test_a_timestamp_exactly_24_hours_ahead_is_still_accepted() -> None:
+def test_a_timestamp_exactly_24_hours_ahead_is_still_accepted_as_its_arrival() -> None:
     event = validate(track(timestamp="2024-05-02T12:00:00Z"), received_at=MAY_1_NOON)
 
-    assert event.timestamp == MAY_1_NOON + DAY_MS
+    assert event.timestamp == MAY_1_NOON
+    assert event.future_timestamp == MAY_1_NOON + DAY_MS
 
 
 def test_numeric_ids_are_kept_as_text() -> None:
@@ -420,6 +424,28 @@ def test_a_bad_batch_sent_at_is_refused_by_name() -> None:
 
 def test_an_instant_just_before_1970_is_refused() -> None:
     assert "1970" in refusal(track(timestamp="1969-12-31T23:59:59.999500Z"))
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from(["timestamp", "originalTimestamp"]),
+    iso_times(min_ms=RECEIVED_AT + FUTURE_TOLERANCE_MS + 1, max_ms=RECEIVED_AT + DAY_MS),
+)
+def test_a_time_ahead_of_arrival_is_taken_as_arrival_and_kept_as_sent(
+    field: str, when: IsoTime
+) -> None:
+    event = validate(track(**{field: when.text}))
+
+    assert event.timestamp == event.received_at == RECEIVED_AT
+    assert event.future_timestamp == when.epoch_ms
+
+
+def test_a_time_within_the_tolerance_ahead_stays_as_sent() -> None:
+    ahead = RECEIVED_AT + FUTURE_TOLERANCE_MS
+    event = validate(track(timestamp=iso(ahead)))
+
+    assert event.timestamp == ahead
+    assert event.future_timestamp is None
 
 
 @settings(max_examples=200)
