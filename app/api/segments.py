@@ -17,7 +17,7 @@ router = admin_router(
     tags=["segments"],
     responses={503: {"description": "Redis unreachable."}},
 )
-Cursor = Annotated[str | None, Query(pattern=r"^\d{1,20}$")]
+Cursor = Annotated[str | None, Query(pattern=r"^\d{1,18}$")]  # fits Redis's 64-bit integers
 
 
 def _unreachable(error: Exception) -> HTTPException:
