@@ -340,7 +340,13 @@ def bench(name: str, options: tuple[str, ...]) -> None:
     default=None,
     help="The file's layout; by default told from its name or CSV header.",
 )
-def replay(file: Path, file_format: str | None) -> None:
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1, min_open=False),
+    default=None,
+    help="Append at most this many events per second (default: as fast as Redis takes them).",
+)
+def replay(file: Path, file_format: str | None, rate: float | None) -> None:
     """Replay FILE's events into Segflow in event-time order."""
     settings = _settings()
     progress = Progress(
@@ -363,6 +369,7 @@ def replay(file: Path, file_format: str | None) -> None:
                     dedup_ttl_s=settings.dedup_window_s,
                     file_format=file_format,  # type: ignore[arg-type]
                     on_progress=lambda rows: progress.update(task, completed=rows),
+                    rate=rate,
                 )
         except ReplayError as error:
             raise click.ClickException(str(error)) from None

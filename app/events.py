@@ -59,6 +59,7 @@ StreamEntry = TypedDict(
         "context": dict[str, Any],
         "source": str,
         "future_timestamp": int | None,
+        "replay": str,  # the lane: a replay's id (absent: the collector's, live)
         "into": str,
         "from": str,
         "state": str,
@@ -97,6 +98,7 @@ class Event(BaseModel):
     # the timestamp the sender gave, when it was more than FUTURE_TOLERANCE_MS ahead of
     # received_at (``timestamp`` is then received_at)
     future_timestamp: int | None = None
+    replay: str | None = None  # the replay that appended it (its lane); None: the collector's
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump())

@@ -11,13 +11,21 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
+
 FAILED_EVENTS_KEY = "failed-events"
 ERASE = "erase"  # the type of the stream entry that tells the dataflow to forget a customer
 # Identity merges (pipelines.segmentation): the anonymous customer's shard is told to hand its
 # state over (MERGE), and the known customer's shard takes it in (ABSORB).
 MERGE = "merge"
 ABSORB = "absorb"
-CONTROL_TYPES = frozenset({ERASE, MERGE, ABSORB})
+# A replay's own clock (see "How time works" in pipelines/segmentation.py): after each batch it
+# appends, ``segflow replay`` tells every partition how far it has come (PROGRESS: every event of
+# the replay before ``timestamp`` is in the streams), and when it is done (REPLAY_END).
+PROGRESS = "progress"
+REPLAY_END = "replay-end"
+CONTROL_TYPES = frozenset({ERASE, MERGE, ABSORB, PROGRESS, REPLAY_END})
+LIVE = ""  # the lane of events from the collector; a replay's lane is its id
 ALIVE_KEY = "dataflow-alive"  # set by the running dataflow's source, expiring: /readyz reads it
 ALIVE_TTL_S = 10
 PROGRESS_KEY = "dataflow-progress"  # hash: shard -> [entries processed, newest event time]
@@ -111,6 +119,30 @@ def stored_flags(
         for position, stored in zip(plan.positions, result, strict=True):
             flags[position] = bool(stored)
     return flags
+
+
+def lane_markers(
+    lane: str, at: int, *, partitions: int, seq: int, end: bool = False
+) -> list[tuple[str, bytes]]:
+    """(stream, entry) for each partition: replay ``lane`` has appended every event before
+    ``at`` (or, with ``end``, every event it has). Markers are not events: no stats count
+    them and the dataflow turns them into its lane's ticks."""
+    kind = REPLAY_END if end else PROGRESS
+    return [
+        (
+            stream_key(partition),
+            orjson.dumps(
+                {
+                    "type": kind,
+                    "customer_id": "",
+                    "replay": lane,
+                    "timestamp": at,
+                    "message_id": f"{kind}:{lane}:{seq}:{partition}",
+                }
+            ),
+        )
+        for partition in range(partitions)
+    ]
 
 
 def relay_marker_key(partition: int, marker: str) -> str:

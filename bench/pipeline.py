@@ -42,9 +42,10 @@ sys.path.insert(0, str(ROOT))
 from app.profiles.keys import profile_key  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
 from app.streams import EVENT_FIELD, partition_of, stream_key  # noqa: E402
-from tests.factories import append_events, processed_entries, stored_event  # noqa: E402
+from tests.factories import append_replay, processed_entries, stored_event  # noqa: E402
 
 PARTITIONS = 4
+LANE = "replay-bench"  # the history is replayed: its deadlines fire by the replay's progress
 CUSTOMERS = 20_000
 CATEGORIES = ("shoes", "bags", "hats", "shirts", "socks", "coats")
 PRICES = (4.5, 9.99, 12.5, 19.0, 25.0, 49.9, 89.0, 129.0, 240.0)
@@ -152,7 +153,7 @@ def timed(
     client.flushdb()
     empty = run_flow(url, flow, recovery.with_name(f"{recovery.name}-empty"))
     client.flushdb()
-    append_events(client, events, PARTITIONS)
+    append_replay(client, events, PARTITIONS, lane=LANE)  # a shop's history: a replay
     return run_flow(url, flow, recovery) - empty
 
 
@@ -227,13 +228,14 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int]:
     by_partition: dict[int, list[StreamEvent]] = {}
     for n, item in enumerate(events):
         partition = partition_of(item["customer_id"], PARTITIONS)
-        by_partition.setdefault(partition, []).append(StreamEvent(partition, str(n), item))
+        entry = {**item, "replay": LANE}
+        by_partition.setdefault(partition, []).append(StreamEvent(partition, str(n), entry))
     reads: list[tuple[int, list[SourceItem]]] = []  # (its tick's time, the read)
     for partition, read in by_partition.items():
         for start in range(0, len(read), BATCH):
             chunk = read[start : start + BATCH]
             at = int(chunk[-1].event["timestamp"])
-            reads.append((at, [*chunk, Tick(partition, at, False)]))
+            reads.append((at, [*chunk, Tick(partition, at, False, LANE)]))
     reads.sort(key=lambda read: read[0])
     routed = []
     for _, batch in reads:

@@ -4,9 +4,31 @@
 
 Customers are sharded into a few keys with a dict of customers per shard: Bytewax's recovery
 snapshots each changed key per interval, and a few large keys cost far less than a million
-small ones (DEPENDENCY-FACTS.md). A shard belongs to one stream partition (``"<p>.<n>"``), so
-the partition's ``Tick``s (see ``pipelines.sources``) say when its customers' deadlines may fire:
-by event time while a partition is being read, by the wall clock once it has caught up.
+small ones (DEPENDENCY-FACTS.md). A shard belongs to one stream partition (``"<p>.<n>"``).
+
+How time works
+--------------
+Every value, and so every membership, is a function of a customer's events and an instant of
+event time; a transition is dated at the instant it happens, never when it is processed. A
+customer changes at two kinds of instants: their own events, and their *deadlines* (a view
+leaving a window, a session ending, a rule's "at least 30 min ago" turning). A deadline may
+fire once no event of the customer before it can still come: that is the job of a clock, and a
+customer's deadlines depend only on the customer's own events and on the clock of their *lane*:
+
+- The live lane (events from the collector): the wall clock, as the source reads it (a little
+  behind, and while catching up, the time Redis appended what it has read). Event time never
+  runs ahead of arrival (the collector takes a timestamp far ahead as its arrival), so no
+  sender's clock, no other customer and no pause in reading moves it wrongly.
+- A replay's lane (``segflow replay``): the replay's own progress, which it appends to every
+  partition behind its events (``app.streams.lane_markers``); an empty read proves nothing, so
+  it never jumps to today in the middle of a replay. When the replay ends, its customers go
+  over to the live lane and the deadlines now due fire, dated at their own instants. A replay
+  or a backfill beside live traffic disturbs neither: each lane keeps its own clock.
+
+A customer belongs to the lane of their newest event. Before one of their events applies, their
+own deadlines before it fire (their events prove their own timeline); events at one instant
+apply together and are evaluated once the instant is complete (a live customer's at the end of
+the read that brought them, a replay's once its lane's clock passes the instant).
 """
 
 from __future__ import annotations
@@ -32,7 +54,7 @@ from app.rules.active import RuleSet, RuleWatcher, seed
 from app.rules.compiler import CompiledRules
 from app.rules.engine import Rulesets
 from app.settings import Settings, get_settings
-from app.streams import ABSORB, ERASE, MERGE, partition_of
+from app.streams import ABSORB, ERASE, LIVE, MERGE, partition_of
 from pipelines.features import Catalogue, CustomerFeatures, default_catalogue
 from pipelines.records import Erased, LateEvent, ProfileUpdate, Relay, ShardProgress, Transition
 from pipelines.sinks import ProfileSink
@@ -59,12 +81,12 @@ class ShardState:
         self.frozen: dict[str, bytes] = {}  # every customer, as of the last snapshot
         self.changed: set[str] = set()  # live customers changed since the last snapshot
         self.idle: dict[str, int] = {}  # live customer -> snapshots since they last changed
-        self.deadlines: list[tuple[int, str]] = []  # heap: (event time, customer id)
-        # per customer, the deadline already in the heap (so one instant is never queued twice)
+        self.lanes: dict[str, LaneClock] = {LIVE: LaneClock()}  # by lane: its clock, deadlines
+        self.lane_of: dict[str, str] = {}  # customer -> their replay lane (absent: live)
+        # per customer, the deadline already in their lane's heap (an instant is queued once)
         self.scheduled: dict[str, int] = {}
         self.processed = 0
         self.newest: int | None = None
-        self.clock: int | None = None  # the newest instant seen: event time or a tick's
         self.revision: int | None = None  # the rule set's revision the customers are in under
         self.stale: list[str] = []  # customers not yet re-evaluated under that revision
         # customers with events applied at one instant, evaluated once that instant is complete
@@ -117,11 +139,11 @@ class ShardState:
         self.freeze()
         kept = (
             "frozen",
-            "deadlines",
+            "lanes",
+            "lane_of",
             "scheduled",
             "processed",
             "newest",
-            "clock",
             "revision",
             "stale",
             "pending",
@@ -131,10 +153,57 @@ class ShardState:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__()  # type: ignore[misc]
+        if "deadlines" in state:  # a snapshot from before lanes: one clock, the live one's
+            live = self.lanes[LIVE]
+            live.heap, live.at = state.pop("deadlines"), state.pop("clock", None)
         self.__dict__.update(state)
+
+    def lane(self, name: str) -> LaneClock:
+        found = self.lanes.get(name)
+        if found is None:
+            found = self.lanes[name] = LaneClock()
+        return found
+
+    def clock_of(self, customer_id: str) -> LaneClock:
+        """The clock the customer's deadlines fire by: their lane's."""
+        return self.lane(self.lane_of.get(customer_id, LIVE))
+
+
+class LaneClock:
+    """One lane's clock in a shard, and the deadlines of the lane's customers (a heap of
+    (instant, customer id), stale entries skipped when popped)."""
+
+    __slots__ = ("at", "heap", "inclusive", "seen")
+
+    def __init__(self) -> None:
+        self.at: int | None = None  # every event of the lane before it has been read
+        self.inclusive = False  # ... and at it
+        self.heap: list[tuple[int, str]] = []
+        self.seen: int | None = None  # the live clock when the lane last moved (replays)
+
+    def advance(self, at: int, inclusive: bool) -> None:
+        if self.at is None or at > self.at:
+            self.at, self.inclusive = at, inclusive
+        elif at == self.at:
+            self.inclusive = self.inclusive or inclusive
+
+    def passed(self, instant: int) -> bool:
+        """Whether the clock is past ``instant`` (no event of the lane at it can come)."""
+        return self.at is not None and (
+            instant < self.at or (self.inclusive and instant == self.at)
+        )
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.at, self.inclusive, self.heap, self.seen)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.at, self.inclusive, self.heap, self.seen = state
 
 
 IDLE_SNAPSHOTS = 30
+# A replay lane that has not moved for this long (its replay was stopped and not run again) ends,
+# so its customers' deadlines fire by the wall clock instead of waiting for ever.
+REPLAY_STALL_MS = 10 * 60_000
 # Every event allocates a few dozen short-lived objects next to millions of long-lived ones
 # (customer state): the default thresholds spend a third of the time in the collector.
 FLOW_GC_THRESHOLD = (50_000, 50, 100)
@@ -167,9 +236,9 @@ def route(item: SourceItem, partitions: int) -> list[tuple[str, SourceItem]]:
 
 
 class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
-    """Applies a shard's events and fires its customers' deadlines as its partition's clock
-    passes them. A deadline's snapshot is taken at the deadline's own instant, so live runs and
-    replays emit the same changes at the same event times."""
+    """Applies a shard's events and fires its customers' deadlines as their lanes' clocks pass
+    them (see "How time works" above). A deadline's snapshot is taken at the deadline's own
+    instant, so live runs and replays emit the same changes at the same event times."""
 
     def __init__(
         self,
@@ -203,7 +272,6 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             events += 1
             when = int(entry["timestamp"])
             newest = when if newest is None else max(newest, when)
-            self.state.clock = max(self.state.clock or when, when)
             customer_id = entry["customer_id"]
             kind = entry["type"]
             if kind == ERASE:
@@ -223,19 +291,50 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         return out, StatefulBatchLogic.RETAIN
 
     # Events at the same instant apply together: a customer's events are evaluated once their
-    # instant is complete: their next event is later, a deadline of theirs fires, or the
-    # partition's clock passes it (a tick), even if a read of the stream split them.
+    # instant is complete: their next event is later, a deadline of theirs fires, or their
+    # lane's clock passes it (a tick), even if a read of the stream split them.
 
     def _on_tick(self, tick: Tick, out: list[ShardOutput]) -> None:
-        """The partition's clock moved to ``tick.at``: the instants before it are complete
-        (and the one at it, when ``inclusive``), and the deadlines up to it fire."""
-        self.state.clock = max(self.state.clock or tick.at, tick.at)
+        """A lane's clock moved to ``tick.at``: the lane's instants before it are complete (and
+        the one at it, when ``inclusive``), and its deadlines up to it fire. A live tick ends
+        each read: the live customers' instants read so far are evaluated now."""
+        if tick.end:
+            self._end_lane(tick.lane, out)
+            return
+        lane = self.state.lane(tick.lane)
+        lane.advance(tick.at, tick.inclusive)
+        live = tick.lane == LIVE
+        lane_of = self.state.lane_of
         out += [
             self._flush(customer_id)
             for customer_id, waiting in list(self.state.pending.items())
-            if waiting.at < tick.at or tick.inclusive
+            if lane_of.get(customer_id, LIVE) == tick.lane and (live or lane.passed(waiting.at))
         ]
-        out += self.fire(tick.at, inclusive=tick.inclusive)
+        out += self.fire(tick.lane, tick.at, inclusive=tick.inclusive)
+        if live:
+            self._end_stalled_lanes(tick.at, out)
+        else:
+            lane.seen = self.state.lanes[LIVE].at
+
+    def _end_lane(self, name: str, out: list[ShardOutput]) -> None:
+        """A replay is done: its customers go over to the live clock, and what is due fires."""
+        if name == LIVE or self.state.lanes.pop(name, None) is None:
+            return
+        live = self.state.lanes[LIVE]
+        for customer_id in [c for c, lane in self.state.lane_of.items() if lane == name]:
+            if customer_id in self.state.pending:
+                out.append(self._flush(customer_id))
+            del self.state.lane_of[customer_id]
+            deadline = self.state.scheduled.get(customer_id)
+            if deadline is not None:
+                heapq.heappush(live.heap, (deadline, customer_id))
+        if live.at is not None:
+            out += self.fire(LIVE, live.at, inclusive=live.inclusive)
+
+    def _end_stalled_lanes(self, now: int, out: list[ShardOutput]) -> None:
+        for name, lane in list(self.state.lanes.items()):
+            if name != LIVE and lane.seen is not None and now - lane.seen > REPLAY_STALL_MS:
+                self._end_lane(name, out)
 
     def _on_event(
         self, customer_id: str, event: StreamEntry, when: int, out: list[ShardOutput]
@@ -249,12 +348,18 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if customer.is_late(when, self.catalogue.allowed_lateness_ms):
             out.append(self._on_late(event, customer.newest or when))
             return
+        lane = event.get("replay") or LIVE
+        if customer.newest is None or when >= customer.newest:
+            self._join_lane(customer_id, lane)
         pending = self.state.pending
         waiting = pending.get(customer_id)
         if waiting is not None and waiting.at != max(when, customer.newest or when):
             out.append(self._flush(customer_id))  # before its deadlines up to now fire
             waiting = None
-        out += self.fire(when, inclusive=False)  # what was due before this event
+        self._fire_own(customer_id, when, out)  # what was due before this event
+        if lane != LIVE:  # a replay's event: the replay has come to its instant
+            out += self.fire(lane, when, inclusive=False)
+            self.state.lane(lane).seen = self.state.lanes[LIVE].at
         name = customer.apply(event)
         if waiting is None:
             waiting = pending[customer_id] = _Pending(customer.newest or when)
@@ -270,6 +375,29 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                 "message_id": f"merge:{event['message_id']}",
             }
             out.append(self._relay(request, request["message_id"]))
+
+    def _join_lane(self, customer_id: str, lane: str) -> None:
+        """The customer's newest event came in ``lane``: their deadlines follow its clock."""
+        lane_of = self.state.lane_of
+        if lane_of.get(customer_id, LIVE) == lane:
+            return
+        if lane == LIVE:
+            del lane_of[customer_id]
+        else:
+            lane_of[customer_id] = lane
+        deadline = self.state.scheduled.get(customer_id)
+        if deadline is not None:
+            heapq.heappush(self.state.lane(lane).heap, (deadline, customer_id))
+
+    def _fire_own(self, customer_id: str, before: int, out: list[ShardOutput]) -> None:
+        """The customer's own deadlines before ``before`` (an event of theirs at it)."""
+        scheduled = self.state.scheduled
+        while (deadline := scheduled.get(customer_id)) is not None and deadline < before:
+            del scheduled[customer_id]
+            customer = self.state.customer(customer_id)
+            assert customer is not None, "a deadline outlived its customer"
+            customer.expire(customer.newest or deadline)
+            out.append(self._changed(customer_id, deadline, customer.observe(deadline)))
 
     @staticmethod
     def _on_late(event: StreamEntry, newest: int) -> LateEvent:
@@ -335,7 +463,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
 
     def _follow(self, current: RuleSet) -> None:
         """Run ``current`` from now on; every customer is re-evaluated under it (a few
-        thousand per batch), entering and leaving segments at the shard's clock.
+        thousand per batch), entering and leaving segments at each customer's clock.
 
         Features a new rule reads start counting now: the state keeps only what the rules it
         ran under asked for. A recovered shard already under this revision changes nothing."""
@@ -359,7 +487,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             customer = self.state.customer(customer_id)
             if customer is None:
                 continue  # erased since
-            at = max(self.state.clock or 0, customer.newest or 0)
+            at = max(self.state.clock_of(customer_id).at or 0, customer.newest or 0)
             update = self._changed(customer_id, at, customer.observe(at))
             if update.transitions:
                 out.append(update)
@@ -379,11 +507,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         customer = self.state.customer(customer_id)
         segments = customer.segments if customer is not None else frozenset()
         self.state.forget(customer_id)
-        self.state.scheduled.pop(customer_id, None)
-        kept = [entry for entry in self.state.deadlines if entry[1] != customer_id]
-        if len(kept) != len(self.state.deadlines):
-            heapq.heapify(kept)
-            self.state.deadlines = kept
+        self.state.scheduled.pop(customer_id, None)  # its heap entries are skipped when popped
+        self.state.lane_of.pop(customer_id, None)
         return segments
 
     def _changed(
@@ -410,7 +535,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             queued = self.state.scheduled.get(customer_id)
             if queued is None or deadline < queued or queued <= now:
                 self.state.scheduled[customer_id] = deadline
-                heapq.heappush(self.state.deadlines, (deadline, customer_id))
+                heapq.heappush(self.state.clock_of(customer_id).heap, (deadline, customer_id))
         return ProfileUpdate(
             customer_id,
             now,
@@ -435,18 +560,21 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                     found.append(Transition(segment, kind, now, active.version, actions))
         return tuple(found)
 
-    def fire(self, now: int, *, inclusive: bool) -> list[ProfileUpdate]:
-        """Snapshot every customer whose deadline is before ``now`` (or at it: ``inclusive``)."""
+    def fire(self, lane: str, now: int, *, inclusive: bool) -> list[ProfileUpdate]:
+        """Snapshot every customer of ``lane`` whose deadline is before ``now`` (or at it:
+        ``inclusive``), at the deadline's own instant."""
         out = []
-        while self.state.deadlines and (
-            self.state.deadlines[0][0] < now or (inclusive and self.state.deadlines[0][0] == now)
-        ):
-            deadline, customer_id = heapq.heappop(self.state.deadlines)
+        heap = self.state.lane(lane).heap
+        scheduled, lane_of = self.state.scheduled, self.state.lane_of
+        while heap and (heap[0][0] < now or (inclusive and heap[0][0] == now)):
+            deadline, customer_id = heapq.heappop(heap)
+            if lane_of.get(customer_id, LIVE) != lane:
+                continue  # gone over to another lane (its entry is in that lane's heap)
             if customer_id in self.state.pending:  # its changes come first, and may move it
                 out.append(self._flush(customer_id))
-            if self.state.scheduled.get(customer_id) != deadline:
+            if scheduled.get(customer_id) != deadline:
                 continue  # erased, or an instant already fired
-            del self.state.scheduled[customer_id]
+            del scheduled[customer_id]
             customer = self.state.customer(customer_id)
             assert customer is not None, "a deadline outlived its customer"
             customer.expire(customer.newest or deadline)

@@ -4,11 +4,15 @@ Like Bytewax's Kafka connector, progress belongs to recovery: a partition's resu
 id of the last entry it emitted, so a restarted dataflow reads on from exactly there, and
 nothing is acknowledged on the Redis side.
 
-The source is also the dataflow's clock. After each batch a partition emits a ``Tick`` with the
-newest event time it has read: every event of that partition up to that time has been read, so
-deadlines before it may fire (event time: a replay's timers fire in event-time order). Once a
-partition has caught up, its ticks follow the wall clock, so live deadlines fire on time and,
-when a replay ends, the timers it left due fire.
+The source also tells the dataflow's clocks, one per lane (see "How time works" in
+``pipelines.segmentation``), as ``Tick``s:
+
+- the live lane (events from the collector): after each read, the wall clock less
+  ``LIVE_MARGIN_MS`` (events still being appended), or, while the partition is behind, the time
+  Redis appended the last entry read (its id) less that margin. Event time never runs ahead of
+  arrival, so no sender's clock moves it, and an empty read is the wall clock's word.
+- a replay's lane: its progress markers (``app.streams.lane_markers``), read in the stream in
+  their place behind the replay's events, become that lane's ticks; its end marker ends it.
 """
 
 from __future__ import annotations
@@ -23,12 +27,25 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from app.clock import now_ms
 from app.events import StreamEntry
-from app.streams import ALIVE_KEY, ALIVE_TTL_S, EVENT_FIELD, stream_key
+from app.streams import (
+    ALIVE_KEY,
+    ALIVE_TTL_S,
+    EVENT_FIELD,
+    LIVE,
+    PROGRESS,
+    REPLAY_END,
+    stream_key,
+)
 
 BATCH = 500  # hundreds of items per next_batch: multi-worker runs need them (DEPENDENCY-FACTS)
 IDLE_WAIT = timedelta(milliseconds=20)
 IDLE_TICK_MS = 100  # how often a caught-up partition tells the wall-clock time
 HEARTBEAT_MS = 1_000  # how often a partition says the dataflow runs (ALIVE_KEY)
+# The live clock runs this far behind the time an event is stamped received_at and the time
+# Redis appends it (a request's validation and append), so the events in between are rarely
+# behind it. One that is, is a late event: it corrects what it changes.
+LIVE_MARGIN_MS = 250
+_MARKERS = frozenset({PROGRESS, REPLAY_END})
 
 
 class StreamEvent(NamedTuple):  # tuples: made for every event, they cost least
@@ -38,11 +55,15 @@ class StreamEvent(NamedTuple):  # tuples: made for every event, they cost least
 
 
 class Tick(NamedTuple):
-    """Every event of ``partition`` before ``at`` (or at it, when ``inclusive``) has been read."""
+    """The clock of one lane of ``partition``: every event of the lane before ``at`` (or at it,
+    when ``inclusive``) has been read. ``end``: the lane (a replay) is done; its customers go
+    over to the live clock."""
 
     partition: int
     at: int
     inclusive: bool
+    lane: str = LIVE
+    end: bool = False
 
 
 SourceItem = StreamEvent | Tick
@@ -57,7 +78,7 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
         self._stop_at_end = stop_at_end
         self._awake: datetime | None = None
         self._last_idle_tick = 0
-        self._read_until = 0  # newest event time read (event time never goes back here)
+        self._live = 0  # the live lane's clock (it never goes back)
         self._last_heartbeat = 0
         # The read of the next batch is sent before this one is handed on, and its reply read
         # at the next call: the dataflow computes while Redis reads (one connection, in order).
@@ -79,15 +100,18 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
         self._ask()  # the next batch, read while this one is processed
         items: list[SourceItem] = []
         partition, field = self._partition, EVENT_FIELD.encode()
-        read_until = self._read_until
         for entry_id, fields in entries:
-            event = orjson.loads(fields[1] if fields[0] == field else _field(fields, field))
-            items.append(StreamEvent(partition, entry_id.decode(), event))
-            when = event["timestamp"]
-            if when > read_until:
-                read_until = when
-        self._read_until = read_until = int(read_until)
-        items.append(Tick(partition, read_until, inclusive=False))
+            entry = orjson.loads(fields[1] if fields[0] == field else _field(fields, field))
+            kind = entry["type"]
+            if kind in _MARKERS:  # a replay's progress, or its end
+                end = kind == REPLAY_END
+                items.append(Tick(partition, int(entry["timestamp"]), end, entry["replay"], end))
+            else:
+                items.append(StreamEvent(partition, entry_id.decode(), entry))
+        # Behind (a full read): what Redis had appended by the last entry read; else now.
+        appended = now if len(entries) < BATCH else min(now, _id_ms(entries[-1][0]))
+        self._live = max(self._live, appended - LIVE_MARGIN_MS)
+        items.append(Tick(partition, self._live, inclusive=True))
         return items
 
     def _ask(self) -> None:
@@ -131,12 +155,13 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
             if self._last_idle_tick:
                 raise StopIteration
             self._last_idle_tick = now
-            return [Tick(self._partition, now, inclusive=True)]
+            return [Tick(self._partition, now, inclusive=True)]  # nothing more comes: no margin
         self._awake = datetime.now(UTC) + IDLE_WAIT
         if now - self._last_idle_tick < IDLE_TICK_MS:
             return []
         self._last_idle_tick = now
-        return [Tick(self._partition, now, inclusive=True)]
+        self._live = max(self._live, now - LIVE_MARGIN_MS)
+        return [Tick(self._partition, self._live, inclusive=True)]
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -147,6 +172,11 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
     def close(self) -> None:
         self._drop()
         self._client.close()
+
+
+def _id_ms(entry_id: bytes) -> int:
+    """The time (ms, Redis's clock) a stream entry was appended: the first part of its id."""
+    return int(entry_id.split(b"-", 1)[0])
 
 
 def _field(fields: list[bytes], name: bytes) -> bytes:

@@ -11,7 +11,14 @@ import orjson
 import redis
 
 from app.events import Event
-from app.streams import EVENT_FIELD, PROGRESS_KEY, partition_of, stream_key
+from app.streams import (
+    CONTROL_TYPES,
+    EVENT_FIELD,
+    PROGRESS_KEY,
+    lane_markers,
+    partition_of,
+    stream_key,
+)
 
 _ids = itertools.count(1)
 
@@ -52,11 +59,14 @@ def track_at(user: str, event: str, at: int, **properties: Any) -> dict[str, Any
 
 
 def stored_events(client: redis.Redis, partitions: int = 4) -> list[Event]:
-    """Every event in every partition's stream."""
+    """Every event in every partition's stream (not the control entries: replays' progress,
+    erasures, identity merges)."""
     events = []
     for partition in range(partitions):
         for _id, fields in cast(StreamEntries, client.xrange(stream_key(partition))):
-            events.append(Event.from_json(fields[EVENT_FIELD.encode()]))
+            entry = orjson.loads(fields[EVENT_FIELD.encode()])
+            if entry["type"] not in CONTROL_TYPES:
+                events.append(Event.model_validate(entry))
     return events
 
 
@@ -123,6 +133,41 @@ def append_events(client: redis.Redis, events: list[dict[str, Any]], partitions:
         pipe.xadd(stream_key(partition), {EVENT_FIELD: orjson.dumps(event)})
         if n % 1000 == 0:
             pipe.execute()
+    pipe.execute()
+
+
+def append_replay(
+    client: redis.Redis,
+    events: list[dict[str, Any]],
+    partitions: int,
+    *,
+    lane: str = "replay-test",
+    batch: int = 500,
+) -> None:
+    """XADD stored events (in event-time order) as ``segflow replay`` would: in ``lane``, each
+    batch followed by the lane's progress, then its end."""
+    seq = 0
+    for start in range(0, len(events), batch):
+        chunk = [{**event, "replay": lane} for event in events[start : start + batch]]
+        seq += 1
+        markers = lane_markers(lane, chunk[-1]["timestamp"], partitions=partitions, seq=seq)
+        _append_with(client, chunk, markers, partitions)
+    end = lane_markers(lane, 0, partitions=partitions, seq=seq + 1, end=True)
+    _append_with(client, [], end, partitions)
+
+
+def _append_with(
+    client: redis.Redis,
+    events: list[dict[str, Any]],
+    markers: list[tuple[str, bytes]],
+    partitions: int,
+) -> None:
+    pipe = client.pipeline(transaction=False)
+    for event in events:
+        partition = partition_of(event["customer_id"], partitions)
+        pipe.xadd(stream_key(partition), {EVENT_FIELD: orjson.dumps(event)})
+    for stream, entry in markers:
+        pipe.xadd(stream, {EVENT_FIELD: entry})
     pipe.execute()
 
 

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +28,37 @@ def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 30.0, what: str
     while not predicate():
         assert time.monotonic() < deadline, f"timed out{': ' + what if what else ''}"
         time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    """The ids of the processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def wait_for_line(
+    process: subprocess.Popen[str], pattern: str, seen: list[str], timeout_s: float = 60.0
+) -> str:
+    """Read ``process``'s output until a line matches ``pattern`` (each line kept in
+    ``seen``); fail the test if none does within ``timeout_s``."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if re.search(pattern, line):
+            return line
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
 
 
 def replay_messages(

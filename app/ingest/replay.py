@@ -5,6 +5,12 @@ Readers turn each row into a Segment-spec message with a messageId derived from 
 replaying the same file twice stores nothing twice. Rows are validated as they stream in, sorted
 by event time in bounded chunks on disk, merged, and appended in pipelined batches: a file of
 millions of rows never sits in memory whole.
+
+A replay is a lane of its own: its events carry its id (``replay``), and after each batch every
+partition is told how far in event time the replay has come, then that it ended
+(``app.streams.lane_markers``). The dataflow fires its customers' deadlines by that progress,
+never by the wall clock or by other traffic, so replays and backfills run beside live events
+without disturbing them.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import heapq
 import io
 import re
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,8 +38,10 @@ from app.events import InvalidMessage, canonical_fields
 from app.ingest.service import FailedEvent, raw_text
 from app.streams import (
     APPEND_SCRIPT,
+    EVENT_FIELD,
     FAILED_EVENTS_KEY,
     SerializedEvent,
+    lane_markers,
     plan_appends,
     stored_flags,
 )
@@ -279,14 +288,14 @@ class _SortedSpill:
         self._chunks.append(path)
         self._buffer = []
 
-    def __iter__(self) -> Iterator[SerializedEvent]:
+    def __iter__(self) -> Iterator[tuple[int, SerializedEvent]]:
+        """(event time, event), in event-time order."""
         if self._buffer:
             self._spill()
         files = [path.open("rb") for path in self._chunks]
         try:
             streams = [(_read_spilled(line) for line in handle) for handle in files]
-            for _, event in heapq.merge(*streams, key=lambda item: item[0]):
-                yield event
+            yield from heapq.merge(*streams, key=lambda item: item[0])
         finally:
             for handle in files:
                 handle.close()
@@ -309,12 +318,15 @@ def replay_file(
     file_format: Format | None = None,
     on_progress: Callable[[int], None] | None = None,
     chunk_rows: int = SORT_CHUNK_ROWS,
+    rate: float | None = None,
 ) -> ReplaySummary:
-    """Replay ``path`` into the event streams; ``on_progress`` gets the count of rows read."""
+    """Replay ``path`` into the event streams; ``on_progress`` gets the count of rows read;
+    ``rate``: append at most that many events per second."""
     if not path.is_file():
         raise ReplayError(f"{path}: no such file")
     file_format = file_format or detect_format(path)
     source = f"replay:{path.name}"
+    lane = replay_lane(path)
     received_at = now_ms()
     summary = ReplaySummary()
     script = client.register_script(APPEND_SCRIPT)
@@ -337,37 +349,61 @@ def replay_file(
                 fail(row.error or "unreadable row", row.raw)
                 continue
             try:
-                spill.add(canonical_fields(row.message, received_at=received_at, source=source))
+                fields = canonical_fields(row.message, received_at=received_at, source=source)
             except InvalidMessage as error:
                 fail(f"line {row.line}: {error}", raw_text(row.message))
+            else:
+                fields["replay"] = lane
+                spill.add(fields)
         _flush_failed(client, failed)
         if on_progress is not None:
             on_progress(summary.rows)
 
         batch: list[SerializedEvent] = []
-        for event in spill:
+        appended = 0  # batches appended: each is followed by the lane's progress marker
+        started = time.monotonic()
+        for at, event in spill:
             batch.append(event)
             if len(batch) >= APPEND_BATCH:
-                _append(client, script, batch, partitions, dedup_ttl_s, summary)
-        _append(client, script, batch, partitions, dedup_ttl_s, summary)
+                appended += 1
+                markers = lane_markers(lane, at, partitions=partitions, seq=appended)
+                _append(client, script, batch, markers, partitions, dedup_ttl_s, summary)
+                if rate is not None:  # the time these events may take at ``rate``
+                    time.sleep(
+                        max(0.0, started + appended * APPEND_BATCH / rate - time.monotonic())
+                    )
+        # the end: the lane's customers go over to the wall clock, and their due timers fire
+        end = lane_markers(lane, received_at, partitions=partitions, seq=appended + 1, end=True)
+        _append(client, script, batch, end, partitions, dedup_ttl_s, summary)
     return summary
+
+
+def replay_lane(path: Path) -> str:
+    """The lane of a replay of ``path``: the same file (name, size, time) gets the same lane, so
+    a replay stopped half-way and run again carries on where it was."""
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    return f"replay-{hashlib.sha256(key).hexdigest()[:12]}"
 
 
 def _append(
     client: redis.Redis,
     script: Any,
     batch: list[SerializedEvent],
+    markers: list[tuple[str, bytes]],
     partitions: int,
     dedup_ttl_s: int,
     summary: ReplaySummary,
 ) -> None:
-    if not batch:
-        return
+    """Append ``batch`` (each event once), then the lane's ``markers`` behind it."""
     plans = plan_appends(batch, partitions=partitions, dedup_ttl_s=dedup_ttl_s)
     pipe = client.pipeline(transaction=False)
     for plan in plans:
         script(keys=plan.keys, args=plan.args, client=pipe)
-    flags = stored_flags(plans, pipe.execute(), len(batch))
+    for stream, entry in markers:
+        pipe.xadd(stream, {EVENT_FIELD: entry})
+    results = pipe.execute()
+    flags = stored_flags(plans, results[: len(plans)], len(batch))
     stored = sum(flags)
     summary.accepted += stored
     summary.duplicates += len(flags) - stored

@@ -22,7 +22,7 @@ from app.rules.active import SHIPPED_RULES_DIR
 from app.streams import CONTROL_TYPES
 from tests.conftest import Services
 from tests.factories import StreamEntries, stored_events
-from tests.helpers import free_port, wait_for
+from tests.helpers import children, free_port, wait_for, wait_for_line
 
 SEGFLOW = [sys.executable, "-m", "app.cli"]
 
@@ -278,32 +278,6 @@ def _sources(port: int) -> dict[str, int]:
     return counts
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _wait_for_line(process: subprocess.Popen[str], pattern: str, seen: list[str]) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if re.search(pattern, line):
-            return line
-    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
-
-
 @pytest.mark.parametrize("services", ["embedded"], indirect=True)
 def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
@@ -319,9 +293,9 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
     )
     seen: list[str] = []
     try:
-        token = _wait_for_line(process, r"^\s+admin token", seen).split()[-1]
-        key = _wait_for_line(process, r"^\s+demo write key", seen).split()[-1]
-        _wait_for_line(process, r"Ctrl-C", seen)
+        token = wait_for_line(process, r"^\s+admin token", seen).split()[-1]
+        key = wait_for_line(process, r"^\s+demo write key", seen).split()[-1]
+        wait_for_line(process, r"Ctrl-C", seen)
         base = f"http://127.0.0.1:{port}"
         sent = httpx.post(
             f"{base}/v1/track", auth=(key, ""), json={"userId": "u", "event": "Product Viewed"}
@@ -340,19 +314,19 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
         # counted twice, nothing is lost.
         (pipeline_pid,) = [
             p
-            for p in _children(process.pid)
+            for p in children(process.pid)
             if b"app.cli\x00pipeline" in Path(f"/proc/{p}/cmdline").read_bytes()
         ]
         os.killpg(pipeline_pid, signal.SIGKILL)
-        _wait_for_line(process, r"pipeline exited with code -9 .*restarting", seen)
+        wait_for_line(process, r"pipeline exited with code -9 .*restarting", seen)
 
         (api_pid,) = [
             p
-            for p in _children(process.pid)
+            for p in children(process.pid)
             if b"uvicorn" in Path(f"/proc/{p}/cmdline").read_bytes()
         ]
         os.kill(api_pid, signal.SIGKILL)
-        _wait_for_line(process, r"api exited with code -9 .*restarting", seen)
+        wait_for_line(process, r"api exited with code -9 .*restarting", seen)
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -391,9 +365,9 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
         text=True,
     )
     seen = []
-    line = _wait_for_line(second, r"^\s+admin token", seen)
+    line = wait_for_line(second, r"^\s+admin token", seen)
     assert "sfa_" not in line
-    _wait_for_line(second, r"Ctrl-C", seen)
+    wait_for_line(second, r"Ctrl-C", seen)
     assert not any("demo write key" in s for s in seen)
     state = json.loads((tmp_path / "data" / "redis" / "server.json").read_text())
     wait_for(lambda: _sources(state["port"]).get("demo-shop", 0) > 0)  # the simulated shop
@@ -411,8 +385,8 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
     )
     seen = []
     try:
-        _wait_for_line(third, r"ending api .* left by an earlier run", seen)
-        _wait_for_line(third, r"Ctrl-C", seen)
+        wait_for_line(third, r"ending api .* left by an earlier run", seen)
+        wait_for_line(third, r"Ctrl-C", seen)
         sent = httpx.post(
             f"http://127.0.0.1:{port}/v1/track",
             auth=(key, ""),
