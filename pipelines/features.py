@@ -543,6 +543,7 @@ class CustomerFeatures:
     events_total: int = 0
     newest: int | None = None  # the newest event time seen (lateness is measured from it)
     segments: frozenset[str] = frozenset()  # the rule segments the customer is in
+    evaluated: int | None = None  # the latest instant ``segments`` was evaluated at
     # the last ``observe`` and the groups of features changed since (by events or a fold):
     # derived, so recovery snapshots leave them out
     _observed: _Observed | None = field(default=None, repr=False, compare=False)
@@ -597,6 +598,7 @@ class CustomerFeatures:
                     for name, log in self.sequences.items()
                     if log.entries or log.completed is not None
                 ),
+                self.evaluated,
             ),
         )
 
@@ -797,6 +799,7 @@ def _rebuilt(
         name: SequenceLog(entries, completed, arrivals)
         for name, entries, completed, arrivals in (rest[8] if len(rest) > 8 else ())
     }
+    customer.evaluated = rest[9] if len(rest) > 9 else customer.newest  # from before it was kept
     customer._observed = None
     customer._dirty = set()
     customer._expired_at = None

@@ -19,11 +19,31 @@ class Transition:
     actions: tuple[dict[str, Any], ...] = ()  # the rule's on_enter / on_exit actions
 
     def shown(self) -> dict[str, Any]:
+        """As the transitions list holds it (the same transition: the same member)."""
         return {
             "segment": self.segment,
             "kind": self.kind,
             "at": self.at,
             "rule_version": self.rule_version,
+        }
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A late event replayed in its place changed the customer's history: the transitions
+    written before that no longer hold, and the ones that do instead."""
+
+    message_id: str  # the late event's
+    at: int  # its instant
+    retracted: tuple[Transition, ...]
+    added: tuple[Transition, ...]
+
+    def shown(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "at": self.at,
+            "retracted": [t.shown() for t in self.retracted],
+            "added": [t.shown() for t in self.added],
         }
 
 
@@ -38,6 +58,7 @@ class ProfileUpdate:
     events: tuple[StreamEntry, ...] = ()  # the events applied at this change, if any
     segments: frozenset[str] = frozenset()
     transitions: tuple[Transition, ...] = ()
+    correction: Correction | None = None  # a late event changed transitions already written
 
 
 @dataclass

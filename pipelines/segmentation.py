@@ -49,6 +49,7 @@ from bytewax.outputs import Sink
 
 from app.db import make_engine
 from app.events import StreamEntry
+from app.features import event_name
 from app.migrate import migrated_session
 from app.rules.active import RuleSet, RuleWatcher, seed
 from app.rules.compiler import CompiledRules
@@ -56,7 +57,16 @@ from app.rules.engine import Rulesets
 from app.settings import Settings, get_settings
 from app.streams import ABSORB, ERASE, LIVE, MERGE, partition_of
 from pipelines.features import Catalogue, CustomerFeatures, default_catalogue
-from pipelines.records import Erased, LateEvent, ProfileUpdate, Relay, ShardProgress, Transition
+from pipelines.records import (
+    Correction,
+    Erased,
+    LateEvent,
+    ProfileUpdate,
+    Relay,
+    ShardProgress,
+    Transition,
+)
+from pipelines.rewind import Anchor, Rewind, RewindBook, differences
 from pipelines.sinks import ProfileSink
 from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
@@ -92,6 +102,9 @@ class ShardState:
         # customers with events applied at one instant, evaluated once that instant is complete
         self.pending: dict[str, _Pending] = {}
         self.merged: dict[str, str] = {}  # anonymous id -> the customer it was merged into
+        # live customers' recent history, to correct late events from (not in snapshots:
+        # after a restart, late events count from their customer's newest instant for a while)
+        self.rewinds = RewindBook()
 
     def customer(self, customer_id: str) -> CustomerFeatures | None:
         """The customer's state, to be changed (None: unknown here)."""
@@ -208,6 +221,10 @@ REPLAY_STALL_MS = 10 * 60_000
 # (customer state): the default thresholds spend a third of the time in the collector.
 FLOW_GC_THRESHOLD = (50_000, 50, 100)
 REEVALUATED_PER_BATCH = 2_000
+# A live customer's history is kept to correct late events from while the live clock is within
+# this much (at least; the allowed lateness if longer) of their last event, and saved states
+# are taken at most this often per customer's activity (``pipelines.rewind``).
+REWIND_MIN_MS = 60_000
 
 
 _CATALOGUES: dict[tuple[str, int], Catalogue] = {}
@@ -313,6 +330,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         out += self.fire(tick.lane, tick.at, inclusive=tick.inclusive)
         if live:
             self._end_stalled_lanes(tick.at, out)
+            self.state.rewinds.expire(tick.at, self._rewind_ms)
         else:
             lane.seen = self.state.lanes[LIVE].at
 
@@ -349,6 +367,12 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             out.append(self._on_late(event, customer.newest or when))
             return
         lane = event.get("replay") or LIVE
+        behind = lane == LIVE and _behind(customer, when)
+        if behind:
+            if self._correct(customer_id, event, out):
+                self._ask_merge(customer_id, event, when, out)
+                return
+            self.state.rewinds.drop(customer_id)  # no saved state before it: counted as of now
         if customer.newest is None or when >= customer.newest:
             self._join_lane(customer_id, lane)
         pending = self.state.pending
@@ -360,11 +384,20 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if lane != LIVE:  # a replay's event: the replay has come to its instant
             out += self.fire(lane, when, inclusive=False)
             self.state.lane(lane).seen = self.state.lanes[LIVE].at
+        rewind = None if behind else self._rewind_for(customer_id, customer, when, waiting)
         name = customer.apply(event)
+        if rewind is not None:
+            rewind.applied(event, when, customer.newest or when, self.catalogue.allowed_lateness_ms)
         if waiting is None:
             waiting = pending[customer_id] = _Pending(customer.newest or when)
         if name or event["type"] == "identify":
             waiting.events.append(event)
+        self._ask_merge(customer_id, event, when, out)
+
+    def _ask_merge(
+        self, customer_id: str, event: StreamEntry, when: int, out: list[ShardOutput]
+    ) -> None:
+        """An identity the event links to this customer is asked to merge into them."""
         other = _merged_by(event)
         if other is not None:
             request: StreamEntry = {
@@ -385,9 +418,136 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             del lane_of[customer_id]
         else:
             lane_of[customer_id] = lane
+            self.state.rewinds.drop(customer_id)  # a replay's events come in time order
         deadline = self.state.scheduled.get(customer_id)
         if deadline is not None:
             heapq.heappush(self.state.lane(lane).heap, (deadline, customer_id))
+
+    # --- late events: a live customer's history replayed with it in its place ---------------
+
+    @property
+    def _rewind_ms(self) -> int:
+        return max(self.catalogue.allowed_lateness_ms, REWIND_MIN_MS)
+
+    def _rewind_for(
+        self, customer_id: str, customer: CustomerFeatures, when: int, waiting: _Pending | None
+    ) -> Rewind | None:
+        """A live customer's rewind, about to take an in-order event at ``when``: the state as
+        evaluated so far is saved first when one is due (and none of their events wait)."""
+        if customer_id in self.state.lane_of:
+            return None  # a replay's customer
+        saving = waiting is None
+        book = self.state.rewinds
+        rewind = book.get(customer_id)
+        if rewind is None:
+            if customer.newest is None:
+                rewind = Rewind([Anchor(None, None, frozenset(), None)])
+            elif saving:
+                rewind = Rewind([self._anchor(customer_id, customer)])
+            else:
+                return None
+        elif saving and rewind.due_anchor(customer.evaluated, self._rewind_ms):
+            rewind.add_anchor(self._anchor(customer_id, customer))
+        book.touch(customer_id, rewind)
+        return rewind
+
+    def _anchor(self, customer_id: str, customer: CustomerFeatures) -> Anchor:
+        blob = pickle.dumps(customer, pickle.HIGHEST_PROTOCOL)
+        deadline = self.state.scheduled.get(customer_id)
+        return Anchor(customer.evaluated, blob, customer.segments, deadline)
+
+    def _correct(self, customer_id: str, event: StreamEntry, out: list[ShardOutput]) -> bool:
+        """An event behind what the customer has been evaluated through: their history is
+        replayed with it in its place, and what changed is a correction. False when that
+        cannot be done (it then counts from the customer's newest instant).
+
+        After the customer's newest event (a deadline of theirs fired past its instant), their
+        state now is their state then: the timelines with and without it are stepped from
+        there. Behind an event of theirs, the replay starts from a saved state
+        (``pipelines.rewind``), if one before it is still kept."""
+        when = int(event["timestamp"])
+        rewind = self.state.rewinds.get(customer_id)
+        if customer_id in self.state.pending:
+            out.append(self._flush(customer_id))
+        customer = self.state.live[customer_id]
+        until = max(customer.evaluated or when, customer.newest or when)
+        if customer.newest is not None and when > customer.newest:
+            blob = pickle.dumps(customer, pickle.HIGHEST_PROTOCOL)
+            start = CustomerFeatures.restore(blob, self.catalogue)
+            _, deadline, _ = self._evaluate(start, when - 1)  # the segments just before it
+            anchor = Anchor(when - 1, None, start.segments, deadline)
+            _, _, before = self._replay(start, anchor, [], until)
+            replayed = CustomerFeatures.restore(blob, self.catalogue)
+            events = [event]
+            if rewind is not None:
+                rewind.anchor_before(when)  # the ones after it do not hold it
+                rewind.events.append(event)
+                rewind.times.append(when)
+        else:
+            found = rewind.anchor_before(when) if rewind is not None else None
+            if rewind is None or found is None:
+                return False
+            anchor = found
+            before = rewind.emitted_since(anchor)
+            if anchor.blob is None:
+                replayed = CustomerFeatures(self.catalogue)
+            else:
+                replayed = CustomerFeatures.restore(anchor.blob, self.catalogue)
+            rewind.events.append(event)
+            rewind.times.append(when)
+            events = rewind.since(anchor)
+        replayed.segments, replayed.evaluated = anchor.segments, anchor.at
+        self.state.live[customer_id] = replayed
+        self.state.changed.add(customer_id)
+        features, deadline, after = self._replay(replayed, anchor, events, until)
+        retracted, kept, added = differences(before, after)
+        if rewind is not None:
+            rewind.replace_since(anchor.at, kept)
+            self.state.rewinds.touch(customer_id, rewind)
+        self._schedule(customer_id, until, deadline)
+        counted = event_name(event) is not None or event["type"] == "identify"
+        out.append(
+            ProfileUpdate(
+                customer_id,
+                until,
+                features,
+                dict(replayed.traits),
+                events=(event,) if counted else (),
+                segments=replayed.segments,
+                transitions=tuple(added),
+                correction=Correction(event["message_id"], when, tuple(retracted), tuple(added))
+                if retracted or added
+                else None,
+            )
+        )
+        return True
+
+    def _replay(
+        self, customer: CustomerFeatures, anchor: Anchor, events: list[StreamEntry], until: int
+    ) -> tuple[dict[str, Any], int | None, list[Transition]]:
+        """Apply ``events`` (in event-time order) after ``anchor`` as an in-order stream would,
+        deadlines firing between them, through ``until``: the features then, the next
+        deadline after it, and every transition on the way."""
+        deadline, found = anchor.deadline, []
+        index = 0
+        while index < len(events):
+            instant = int(events[index]["timestamp"])
+            while deadline is not None and deadline < instant:
+                customer.expire(customer.newest or deadline)
+                _, deadline, changes = self._evaluate(customer, deadline)
+                found += changes
+            while index < len(events) and int(events[index]["timestamp"]) == instant:
+                customer.apply(events[index])
+                index += 1
+            _, deadline, changes = self._evaluate(customer, instant)
+            found += changes
+        while deadline is not None and deadline <= until:
+            customer.expire(customer.newest or deadline)
+            _, deadline, changes = self._evaluate(customer, deadline)
+            found += changes
+        features, deadline, changes = self._evaluate(customer, until)
+        found += changes
+        return features, deadline, found
 
     def _fire_own(self, customer_id: str, before: int, out: list[ShardOutput]) -> None:
         """The customer's own deadlines before ``before`` (an event of theirs at it)."""
@@ -451,6 +611,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if customer_id in self.state.pending:
             out.append(self._flush(customer_id))
         other = CustomerFeatures.restore(base64.b64decode(entry["state"]), self.catalogue)
+        self.state.rewinds.drop(customer_id)  # their history is two histories now
         customer = self.state.customer(customer_id)
         if customer is None:
             other.segments = frozenset()
@@ -472,6 +633,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if self.state.revision is not None or len(self.state):
             self.state.stale = self.state.customer_ids()
         self.state.revision = current.revision
+        self.state.rewinds.clear()  # saved states are evaluated under the rules before
         if current.compiled is self.rules:
             return
         self.rules = current.compiled
@@ -509,6 +671,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         self.state.forget(customer_id)
         self.state.scheduled.pop(customer_id, None)  # its heap entries are skipped when popped
         self.state.lane_of.pop(customer_id, None)
+        self.state.rewinds.drop(customer_id)
         return segments
 
     def _changed(
@@ -520,17 +683,12 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         Every applied event and every deadline changes a value (a deadline is, by
         construction, an instant at which a windowed value, the session or a rule's
         time-since threshold turns)."""
-        features, deadline = observed
         customer = self.state.live[customer_id]
-        transitions: tuple[Transition, ...] = ()
-        if self.rules is not None:
-            segments = Rulesets.for_thread(self.rules).segments(features, customer.traits)
-            if segments != customer.segments:
-                transitions = self._transitions(customer.segments, segments, now)
-                customer.segments = segments
-            flip = self.rules.next_flip(now, features)
-            if flip is not None and (deadline is None or flip < deadline):
-                deadline = flip
+        features, deadline, transitions = self._segment(customer, now, observed)
+        if transitions:
+            rewind = self.state.rewinds.get(customer_id)
+            if rewind is not None:
+                rewind.emitted += transitions
         if deadline is not None:
             queued = self.state.scheduled.get(customer_id)
             if queued is None or deadline < queued or queued <= now:
@@ -542,12 +700,44 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             features,
             dict(customer.traits),
             segments=customer.segments,
-            transitions=transitions,
+            transitions=tuple(transitions),
         )
+
+    def _evaluate(
+        self, customer: CustomerFeatures, now: int
+    ) -> tuple[dict[str, Any], int | None, list[Transition]]:
+        return self._segment(customer, now, customer.observe(now))
+
+    def _segment(
+        self, customer: CustomerFeatures, now: int, observed: tuple[dict[str, Any], int | None]
+    ) -> tuple[dict[str, Any], int | None, list[Transition]]:
+        """The segments the customer is in at ``now`` (changed in place, with the transitions),
+        and the next instant anything can change: a feature's deadline or a rule's flip."""
+        features, deadline = observed
+        transitions: list[Transition] = []
+        if self.rules is not None:
+            segments = Rulesets.for_thread(self.rules).segments(features, customer.traits)
+            if segments != customer.segments:
+                transitions = self._transitions(customer.segments, segments, now)
+                customer.segments = segments
+            flip = self.rules.next_flip(now, features)
+            if flip is not None and (deadline is None or flip < deadline):
+                deadline = flip
+        if customer.evaluated is None or now > customer.evaluated:
+            customer.evaluated = now
+        return features, deadline, transitions
+
+    def _schedule(self, customer_id: str, now: int, deadline: int | None) -> None:
+        """The customer's next deadline is ``deadline`` (after ``now``), whatever was queued."""
+        if deadline is None:
+            self.state.scheduled.pop(customer_id, None)
+            return
+        self.state.scheduled[customer_id] = deadline
+        heapq.heappush(self.state.clock_of(customer_id).heap, (deadline, customer_id))
 
     def _transitions(
         self, before: frozenset[str], after: frozenset[str], now: int
-    ) -> tuple[Transition, ...]:
+    ) -> list[Transition]:
         assert self.rules is not None
         found = []
         for kind, segments in (("exit", before - after), ("enter", after - before)):
@@ -558,7 +748,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                 else:
                     actions = active.actions[kind]
                     found.append(Transition(segment, kind, now, active.version, actions))
-        return tuple(found)
+        return found
 
     def fire(self, lane: str, now: int, *, inclusive: bool) -> list[ProfileUpdate]:
         """Snapshot every customer of ``lane`` whose deadline is before ``now`` (or at it:
@@ -596,6 +786,13 @@ class _Pending:
     def __init__(self, at: int) -> None:
         self.at = at
         self.events: list[StreamEntry] = []
+
+
+def _behind(customer: CustomerFeatures, when: int) -> bool:
+    """Whether an event at ``when`` comes after the customer's later events, or after their
+    evaluation past its instant (a deadline fired, or its instant was evaluated already)."""
+    newest, evaluated = customer.newest, customer.evaluated
+    return (newest is not None and when < newest) or (evaluated is not None and when <= evaluated)
 
 
 def _merged_by(event: StreamEntry) -> str | None:

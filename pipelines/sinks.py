@@ -16,10 +16,13 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from app.events import StreamEntry
 from app.profiles.keys import (
     TRIGGERS_KEY,
+    corrections_key,
     members_key,
     profile_key,
     recent_events_key,
+    retracted_key,
     transitions_key,
+    trigger_id,
     trigger_marker_key,
 )
 from app.streams import (
@@ -30,10 +33,19 @@ from app.streams import (
     stats_key,
     stream_key,
 )
-from pipelines.records import Erased, LateEvent, ProfileUpdate, Relay, ShardProgress, Transition
+from pipelines.records import (
+    Correction,
+    Erased,
+    LateEvent,
+    ProfileUpdate,
+    Relay,
+    ShardProgress,
+    Transition,
+)
 
 RECENT_EVENTS = 20
 TRANSITIONS_KEPT = 1_000  # per customer, the newest
+CORRECTIONS_KEPT = 100  # per customer, the newest
 TRIGGER_MARKER_TTL_S = 7 * 86_400
 LATE_MARKER_TTL_S = 86_400
 RELAY_MARKER_TTL_S = 7 * 86_400
@@ -50,9 +62,11 @@ return 1
 """
 
 # One call per changed customer (their keys share a slot): the profile, overwritten whole, the
-# batch's events added to the recent events (the newest kept), and the batch's transitions.
+# batch's events added to the recent events (the newest kept), the transitions late events
+# retracted removed and the batch's transitions added.
 # KEYS: profile, recent events, transitions; ARGV: customer id, at, features, traits, segments,
-# recent events kept, number of recent events, (score, member) per event, then per transition.
+# recent events kept, number of recent events, (score, member) per event, number of retracted
+# transitions, their members, then (score, member) per transition.
 _WRITE_PROFILE = """
 redis.call('HSET', KEYS[1], 'customer_id', ARGV[1], 'at', ARGV[2], 'features', ARGV[3],
            'traits', ARGV[4], 'segments', ARGV[5])
@@ -64,6 +78,12 @@ if recent > 0 then
     i = i + 2
   end
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[6]) - 1)
+end
+local retracted = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, retracted do
+  redis.call('ZREM', KEYS[3], ARGV[i])
+  i = i + 1
 end
 if i <= #ARGV then
   for j = i, #ARGV, 2 do redis.call('ZADD', KEYS[3], ARGV[j], ARGV[j + 1]) end
@@ -152,20 +172,30 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         # every event of the batch in their recent events (unless they were erased after it).
         profiles: dict[str, ProfileUpdate | None] = {}  # None: erased
         recent: dict[str, dict[bytes, int]] = {}
-        transitions: dict[str, list[Transition]] = {}
+        # per customer, each transition member's last word: added (with it) or retracted
+        transitions: dict[str, dict[bytes, tuple[Transition, bool]]] = {}
+        corrections: dict[str, list[Correction]] = {}
         left: dict[str, frozenset[str]] = {}  # erased customers' segments
         progress: dict[str, bytes] = {}
         for item in items:
             if isinstance(item, ProfileUpdate):
                 profiles[item.customer_id] = item
+                if item.correction is not None:
+                    corrections.setdefault(item.customer_id, []).append(item.correction)
+                    changes = transitions.setdefault(item.customer_id, {})
+                    for gone in item.correction.retracted:
+                        changes[orjson.dumps(gone.shown())] = (gone, False)
                 if item.transitions:
-                    transitions.setdefault(item.customer_id, []).extend(item.transitions)
+                    changes = transitions.setdefault(item.customer_id, {})
+                    for transition in item.transitions:
+                        changes[orjson.dumps(transition.shown())] = (transition, True)
                 for event in item.events:
                     recent.setdefault(item.customer_id, {})[_shown(event)] = int(event["timestamp"])
             elif isinstance(item, Erased):
                 profiles[item.customer_id] = None
                 recent.pop(item.customer_id, None)
                 transitions.pop(item.customer_id, None)
+                corrections.pop(item.customer_id, None)
                 left[item.customer_id] = item.segments
             elif isinstance(item, LateEvent):
                 self._keep_late(item)
@@ -186,7 +216,9 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 self._forget(customer_id, left.get(customer_id, frozenset()))
                 continue
             events = recent.get(customer_id, {})
-            changes = transitions.get(customer_id, [])
+            changed = transitions.get(customer_id, {})
+            added = [(m, t) for m, (t, kept) in changed.items() if kept]
+            retracted = [(m, t) for m, (t, kept) in changed.items() if not kept]
             self._redis.script(
                 _WRITE_PROFILE,
                 [
@@ -203,14 +235,28 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                     RECENT_EVENTS,
                     len(events),
                     *(x for member, score in events.items() for x in (score, member)),
-                    *(x for t in changes for x in (t.at, orjson.dumps(t.shown()))),
+                    len(retracted),
+                    *(member for member, _ in retracted),
+                    *(x for member, t in added for x in (t.at, member)),
                 ],
             )
-            for segment in {t.segment for t in changes}:  # where they are now, once
+            for segment in {t.segment for t, _ in changed.values()}:  # where they are now
                 verb = "SADD" if segment in update.segments else "SREM"
                 self._redis.command(verb, members_key(segment), customer_id)
-            for transition in changes:
+            for _, transition in added:
                 self._trigger(customer_id, transition)
+            for _, transition in retracted:
+                self._retract(customer_id, transition)
+            for correction in corrections.get(customer_id, ()):
+                self._redis.command(
+                    "ZADD",
+                    corrections_key(customer_id),
+                    correction.at,
+                    orjson.dumps(correction.shown()),
+                )
+                self._redis.command(
+                    "ZREMRANGEBYRANK", corrections_key(customer_id), 0, -CORRECTIONS_KEPT - 1
+                )
         if progress:  # after the profiles, on the same connection: progress implies them
             self._redis.command("HSET", PROGRESS_KEY, *(x for p in progress.items() for x in p))
         self._redis.send()
@@ -218,7 +264,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
     def _forget(self, customer_id: str, segments: frozenset[str]) -> None:
         """An erased customer: every key about them, one a call (they may be in different
         cluster slots), and their place in every segment."""
-        for key in (profile_key, recent_events_key, transitions_key):
+        for key in (profile_key, recent_events_key, transitions_key, corrections_key):
             self._redis.command("DEL", key(customer_id))
         for segment in segments:
             self._redis.command("SREM", members_key(segment), customer_id)
@@ -228,11 +274,11 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         its marker)."""
         for index, action in enumerate(transition.actions):
             send = action.get("send") or {}
-            trigger_id = (
-                f"{customer_id}:{transition.segment}:{transition.kind}:{transition.at}:{index}"
+            trigger = trigger_id(
+                customer_id, transition.segment, transition.kind, transition.at, index
             )
             fields = {
-                "trigger_id": trigger_id,
+                "trigger_id": trigger,
                 "customer_id": customer_id,
                 "segment": transition.segment,
                 "kind": transition.kind,
@@ -244,9 +290,18 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             }
             self._redis.script(
                 _APPEND_ONCE,
-                [TRIGGERS_KEY, trigger_marker_key(trigger_id)],
+                [TRIGGERS_KEY, trigger_marker_key(trigger)],
                 [TRIGGER_MARKER_TTL_S, *(x for pair in fields.items() for x in pair)],
             )
+
+    def _retract(self, customer_id: str, transition: Transition) -> None:
+        """A late event retracted the transition: its actions' triggers are marked, and the
+        dispatcher drops one still waiting (a rule's ``settle`` makes them wait)."""
+        for index in range(len(transition.actions)):
+            trigger = trigger_id(
+                customer_id, transition.segment, transition.kind, transition.at, index
+            )
+            self._redis.command("SET", retracted_key(trigger), "1", "EX", TRIGGER_MARKER_TTL_S)
 
     def _keep_late(self, item: LateEvent) -> None:
         fields = {

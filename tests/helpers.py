@@ -89,6 +89,28 @@ def read_profile(client: Any, customer_id: str) -> dict[str, Any]:
     }
 
 
+SEGFLOW = [sys.executable, "-m", "app.cli"]
+
+
+def start_segflow(
+    data_dir: Path, *, api_workers: int
+) -> tuple[subprocess.Popen[str], int, dict[str, str]]:
+    """`segflow up` on ``data_dir`` with its embedded Redis and SQLite (no ``REDIS_URL`` or
+    ``DATABASE_URL``), as `make up` runs it: the process (output in ``stdout``), its port and
+    its environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env |= {"SEGFLOW_DATA_DIR": str(data_dir), "SEGFLOW_API_WORKERS": str(api_workers)}
+    port = free_port()
+    process = subprocess.Popen(
+        [*SEGFLOW, "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return process, port, env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ from app.clock import now_ms
 from app.profiles import erasure, segments
 from app.profiles import service as profiles
 from app.profiles.erasure import ErasureReport
-from app.profiles.segments import TransitionPage
+from app.profiles.segments import CorrectionPage, TransitionPage
 from app.profiles.service import CustomerProfile
 from app.rules.service import Explanation, explain
 
@@ -70,6 +70,18 @@ async def list_transitions(
     """When the customer entered and left segments, oldest first, in event time."""
     try:
         return await segments.transitions(state.redis, customer_id, limit=limit, cursor=cursor)
+    except (RedisError, OSError) as error:
+        raise _unreachable("segments", error) from error
+
+
+@router.get("/{customer_id}/corrections", response_model=CorrectionPage)
+async def list_corrections(
+    customer_id: str, state: StateDep, limit: Limit = 100, cursor: Cursor = None
+) -> CorrectionPage:
+    """What late events corrected in the customer's transitions: each late event that changed
+    them, with the transitions it retracted and added (the transitions list is corrected)."""
+    try:
+        return await segments.corrections(state.redis, customer_id, limit=limit, cursor=cursor)
     except (RedisError, OSError) as error:
         raise _unreachable("segments", error) from error
 

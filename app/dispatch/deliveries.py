@@ -9,7 +9,8 @@ after the lease. Dead letters are in ``deliveries:dead``, replayable.
 Statuses: ``scheduled`` (waiting for an attempt, retries included), ``delivered``,
 ``held_out`` (the rule's holdout group: recorded, not sent), ``suppressed`` (no consent),
 ``capped`` (frequency cap), ``undeliverable`` (no such destination), ``failed`` (the template
-did not render: nothing sent), ``dead`` (the last attempt failed, or the receiver refused).
+did not render: nothing sent), ``dead`` (the last attempt failed, or the receiver refused),
+``retracted`` (a late event corrected the transition before it was sent: nothing sent).
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ DEAD_KEY = "deliveries:dead"
 LOG_KEY = "deliveries:log"
 LEASE_MS = 30_000  # longer than an attempt takes (its timeout, and a wait for its turn)
 TERMINAL = frozenset(
-    {"delivered", "held_out", "suppressed", "capped", "undeliverable", "failed", "dead"}
+    {
+        "delivered",
+        "held_out",
+        "suppressed",
+        "capped",
+        "undeliverable",
+        "failed",
+        "dead",
+        "retracted",
+    }
 )
 
 
@@ -77,14 +87,15 @@ class Delivery(BaseModel):
 
 
 # Create the delivery once (a trigger read twice finds it), index it and make it due.
-# KEYS: delivery, log, by customer, by rule, by destination, due; ARGV: created_at, id, n fields
+# KEYS: delivery, log, by customer, by rule, by destination, due; ARGV: created_at, id, due at,
+# then the fields
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 for i = 2, 5 do redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2]) end
-redis.call('ZADD', KEYS[6], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[6], ARGV[3], ARGV[2])
 return 1
 """
 
@@ -125,8 +136,8 @@ class DeliveryStore:
         self._reserve = client.register_script(_RESERVE)
 
     async def create(self, deliveries: list[Delivery]) -> list[bool]:
-        """Record new deliveries, due now, in one round trip; False for one that exists
-        already (a trigger read again)."""
+        """Record new deliveries, due at their ``next_at``, in one round trip; False for one
+        that exists already (a trigger read again)."""
         pipe = self._redis.pipeline(transaction=False)
         for delivery in deliveries:
             flat = [x for pair in delivery.fields().items() for x in pair]
@@ -139,7 +150,14 @@ class DeliveryStore:
                 DUE_KEY,
             ]
             await self._create(
-                keys=keys, args=[delivery.created_at, delivery.id, *flat], client=pipe
+                keys=keys,
+                args=[
+                    delivery.created_at,
+                    delivery.id,
+                    delivery.next_at or delivery.created_at,
+                    *flat,
+                ],
+                client=pipe,
             )
         return [bool(created) for created in await pipe.execute()]
 

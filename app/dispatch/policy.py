@@ -48,6 +48,12 @@ def cap_window_ms(send: Mapping[str, Any]) -> int | None:
     return _duration_ms(cap["per"]) if cap else None
 
 
+def settle_ms(send: Mapping[str, Any]) -> int:
+    """How long a trigger waits before its first attempt (a late event may retract it)."""
+    settle = send.get("settle")
+    return _duration_ms(settle) if settle else 0
+
+
 def quiet_until(send: Mapping[str, Any], traits: Mapping[str, Any], now: int) -> int | None:
     """When quiet hours (in the customer's timezone) end, if ``now`` is inside them."""
     quiet = send.get("quiet_hours")

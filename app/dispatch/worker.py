@@ -5,13 +5,15 @@
 Two loops share one Redis:
 
 - *intake* reads the ``triggers`` stream in the consumer group ``dispatcher`` and records each
-  trigger as a delivery, due now (``app.dispatch.deliveries``); only then is the entry
+  trigger as a delivery, due now, or once its rule's ``settle`` has passed (a late event may
+  retract its transition meanwhile) (``app.dispatch.deliveries``); only then is the entry
   acknowledged, so a trigger read by a dispatcher that died is read again, and found recorded.
-- *attempts* lease the deliveries that are due and try each: consent, holdout, frequency cap and
-  quiet hours first (``app.dispatch.policy``), then the destination, the template, and a POST
-  signed per Standard Webhooks. A timeout, a 5xx or a 429 is tried again later (Retry-After
-  honoured, else backoff with jitter); after ``MAX_ATTEMPTS``, or on another 4xx, the delivery
-  is a dead letter, replayable through the admin API.
+- *attempts* lease the deliveries that are due and try each: retracted (not sent), consent,
+  holdout, frequency cap and quiet hours first (``app.dispatch.policy``), then the
+  destination, the template, and a POST signed per Standard Webhooks. A timeout, a 5xx or a
+  429 is tried again later (Retry-After honoured, else backoff with jitter); after
+  ``MAX_ATTEMPTS``, or on another 4xx, the delivery is a dead letter, replayable through the
+  admin API.
 
 The ``webhook-id`` is the trigger's id, the same on every attempt: a receiver that saw it
 already can drop the repeat (a dispatcher killed between sending and recording sends again).
@@ -36,7 +38,7 @@ from app.clock import now_ms
 from app.dispatch import policy
 from app.dispatch.deliveries import Delivery, DeliveryStore
 from app.dispatch.webhooks import DeliveryResult, WebhookTarget, send_webhook, webhook_client
-from app.profiles.keys import TRIGGERS_KEY
+from app.profiles.keys import TRIGGERS_KEY, retracted_key
 from app.profiles.service import CustomerProfile, get_profile
 
 GROUP = "dispatcher"
@@ -199,6 +201,11 @@ class Dispatcher:
         traits = profile.traits
         send = delivery.send
         if delivery.attempts == 0:
+            if await self._redis.exists(retracted_key(delivery.id)):
+                why = (
+                    "a late event corrected the customer's history: the transition no longer holds"
+                )
+                return _finished(delivery, "retracted", now, why)
             if policy.opted_out(send, traits):
                 return _finished(delivery, "suppressed", now, f"consent: {policy.OPT_OUT_TRAIT}")
             if policy.held_out(delivery.customer_id, delivery.rule, send.get("holdout_percent", 0)):
@@ -279,6 +286,7 @@ def _delivery(fields: Mapping[bytes, bytes], now: int) -> Delivery:
         return fields.get(name.encode(), b"").decode()
 
     send = orjson.loads(fields[b"send"]) if b"send" in fields else {}
+    settle = policy.settle_ms(send)
     return Delivery(
         id=text("trigger_id"),
         customer_id=text("customer_id"),
@@ -292,5 +300,6 @@ def _delivery(fields: Mapping[bytes, bytes], now: int) -> Delivery:
         status="scheduled",
         created_at=now,
         updated_at=now,
-        next_at=now,
+        next_at=now + settle,
+        reason=f"settling for {settle} ms" if settle else "",
     )

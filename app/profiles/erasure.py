@@ -21,7 +21,13 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from app.profiles.keys import members_key, profile_key, recent_events_key, transitions_key
+from app.profiles.keys import (
+    corrections_key,
+    members_key,
+    profile_key,
+    recent_events_key,
+    transitions_key,
+)
 from app.streams import (
     ERASE,
     EVENT_FIELD,
@@ -72,7 +78,12 @@ async def erase_customer(
         )
         segments = orjson.loads(await client.hget(profile_key(erased), "segments") or b"[]")
         pipe = client.pipeline(transaction=False)  # the segments' sets are in other slots
-        pipe.delete(profile_key(erased), recent_events_key(erased), transitions_key(erased))
+        pipe.delete(
+            profile_key(erased),
+            recent_events_key(erased),
+            transitions_key(erased),
+            corrections_key(erased),
+        )
         for segment in segments:
             pipe.srem(members_key(segment), erased)
         removed += (await pipe.execute())[0]

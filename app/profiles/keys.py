@@ -16,6 +16,11 @@ def transitions_key(customer_id: str) -> str:
     return f"transitions:{{{customer_id}}}"
 
 
+def corrections_key(customer_id: str) -> str:
+    """What late events corrected in the customer's transitions (``pipelines.records``)."""
+    return f"corrections:{{{customer_id}}}"
+
+
 def members_key(segment: str) -> str:
     """The set of a segment's members (the segment id is the hash tag)."""
     return f"members:{{{segment}}}"
@@ -27,3 +32,14 @@ TRIGGERS_KEY = "triggers"  # stream of segment enter / exit actions, for the dis
 def trigger_marker_key(trigger_id: str) -> str:
     """Set once a trigger is in the stream (its slot is the stream's)."""
     return f"{{{TRIGGERS_KEY}}}:seen:{trigger_id}"
+
+
+def trigger_id(customer_id: str, segment: str, kind: str, at: int, index: int) -> str:
+    """A rule action's trigger: the transition it comes from and the action's place in the
+    rule (the same transition always gives the same id; the webhook-id)."""
+    return f"{customer_id}:{segment}:{kind}:{at}:{index}"
+
+
+def retracted_key(trigger_id: str) -> str:
+    """Set when a late event retracted the trigger's transition: not sent if still waiting."""
+    return f"{{{TRIGGERS_KEY}}}:retracted:{trigger_id}"

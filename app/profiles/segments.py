@@ -12,7 +12,7 @@ from typing import cast
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from app.profiles.keys import members_key, transitions_key
+from app.profiles.keys import corrections_key, members_key, transitions_key
 
 
 class MemberPage(BaseModel):
@@ -29,6 +29,21 @@ class TransitionOut(BaseModel):
 
 class TransitionPage(BaseModel):
     items: list[TransitionOut]  # oldest first
+    next_cursor: str | None
+
+
+class CorrectionOut(BaseModel):
+    """A late event (``message_id``, at its instant ``at``) replayed in its place changed the
+    customer's transitions: these were retracted, these added."""
+
+    message_id: str
+    at: int  # the late event's time, ms
+    retracted: list[TransitionOut]
+    added: list[TransitionOut]
+
+
+class CorrectionPage(BaseModel):
+    items: list[CorrectionOut]  # oldest first, by the late event's time
     next_cursor: str | None
 
 
@@ -56,10 +71,25 @@ async def transitions(
     client: aioredis.Redis, customer_id: str, *, limit: int, cursor: str | None
 ) -> TransitionPage:
     """Oldest first, by event time; ``cursor`` is the number of items already read."""
+    found, more = await _page(client, transitions_key(customer_id), limit, cursor)
+    items = [TransitionOut.model_validate_json(item) for item in found]
+    return TransitionPage(items=items, next_cursor=more)
+
+
+async def corrections(
+    client: aioredis.Redis, customer_id: str, *, limit: int, cursor: str | None
+) -> CorrectionPage:
+    """What late events corrected, oldest first (the newest kept); ``cursor`` as above."""
+    found, more = await _page(client, corrections_key(customer_id), limit, cursor)
+    items = [CorrectionOut.model_validate_json(item) for item in found]
+    return CorrectionPage(items=items, next_cursor=more)
+
+
+async def _page(
+    client: aioredis.Redis, key: str, limit: int, cursor: str | None
+) -> tuple[list[bytes], str | None]:
+    """A page of a sorted set in score order, and the cursor of the next page, if any."""
     start = int(cursor) if cursor else 0
-    found = cast(
-        list[bytes], await client.zrange(transitions_key(customer_id), start, start + limit)
-    )
-    items = [TransitionOut.model_validate_json(item) for item in found[:limit]]
-    more = len(found) > limit
-    return TransitionPage(items=items, next_cursor=str(start + limit) if more else None)
+    found = cast(list[bytes], await client.zrange(key, start, start + limit))
+    more = str(start + limit) if len(found) > limit else None
+    return found[:limit], more

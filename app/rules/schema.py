@@ -736,7 +736,9 @@ class Send(_Node):
     ``marketing`` sends are not made to customers whose ``marketing_opt_out`` trait is true;
     ``at_most`` caps them per customer; ``holdout_percent`` of customers (the same ones every
     time, by a hash of customer and rule) are recorded as held out instead, to measure lift;
-    ``quiet_hours`` defers, never drops."""
+    ``quiet_hours`` defers, never drops. ``settle`` waits that long before the first attempt,
+    so that a late event can still retract the transition (a late ``Order Completed``
+    cancels a cart reminder instead of racing it): a retracted one is not sent."""
 
     destination: Name
     template: Name
@@ -744,6 +746,7 @@ class Send(_Node):
     at_most: FrequencyCap | None = None
     holdout_percent: float = Field(default=0, ge=0, le=100)
     quiet_hours: QuietHours | None = None
+    settle: Window | None = None
 
 
 class Action(_Node):

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import cast
@@ -22,9 +21,7 @@ from app.rules.active import SHIPPED_RULES_DIR
 from app.streams import CONTROL_TYPES
 from tests.conftest import Services
 from tests.factories import StreamEntries, stored_events
-from tests.helpers import children, free_port, wait_for, wait_for_line
-
-SEGFLOW = [sys.executable, "-m", "app.cli"]
+from tests.helpers import SEGFLOW, children, start_segflow, wait_for, wait_for_line
 
 
 def run(services: Services, *args: str) -> subprocess.CompletedProcess[str]:
@@ -280,17 +277,7 @@ def _sources(port: int) -> dict[str, int]:
 
 @pytest.mark.parametrize("services", ["embedded"], indirect=True)
 def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env["SEGFLOW_DATA_DIR"] = str(tmp_path / "data")
-    env["SEGFLOW_API_WORKERS"] = "2"
-    port = free_port()
-    process = subprocess.Popen(
-        [*SEGFLOW, "up", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, port, env = start_segflow(tmp_path / "data", api_workers=2)
     seen: list[str] = []
     try:
         token = wait_for_line(process, r"^\s+admin token", seen).split()[-1]

@@ -26,7 +26,7 @@ from app.dispatch import policy
 from app.dispatch.deliveries import DEAD_KEY, Delivery, DeliveryStore, delivery_key
 from app.dispatch.webhooks import WebhookTarget, webhook_body
 from app.dispatch.worker import Dispatcher, UndeliverableError
-from app.profiles.keys import TRIGGERS_KEY, profile_key
+from app.profiles.keys import TRIGGERS_KEY, profile_key, retracted_key
 from app.profiles.service import CustomerProfile
 from app.settings import Settings
 
@@ -332,3 +332,39 @@ def test_a_backlog_larger_than_the_connection_pool_is_sent_without_waiting_for_l
         max_connections=12,
     )
     assert sorted(receiver.delivered_ids()) == sorted(ids)
+
+
+def test_a_settling_trigger_waits_and_one_retracted_meanwhile_is_not_sent(
+    settings, redis_client, receiver
+):
+    kept = trigger(redis_client, 1, customer="kept", settle="2s")
+    retracted = trigger(redis_client, 2, customer="late-order", settle="2s")
+
+    def recorded() -> bool:
+        return all(delivery(redis_client, i) is not None for i in (kept, retracted))
+
+    def finished() -> bool:
+        found = [delivery(redis_client, i) for i in (kept, retracted)]
+        return all(d is not None and d.status != "scheduled" for d in found)
+
+    seen: list[Delivery] = []
+
+    def done() -> bool:
+        # what the dataflow's sink does when a late event retracts the transition, while the
+        # trigger settles
+        if not seen and recorded():
+            waiting = delivery(redis_client, retracted)
+            assert waiting is not None
+            seen.append(waiting)
+            redis_client.set(retracted_key(retracted), "1")
+        return finished()
+
+    dispatch_until(settings, LoopbackOutbox(receiver), done)
+    sent, dropped = delivery(redis_client, kept), delivery(redis_client, retracted)
+    assert sent is not None
+    assert dropped is not None
+    assert (sent.status, dropped.status) == ("delivered", "retracted")
+    assert (seen[0].status, seen[0].reason) == ("scheduled", "settling for 2000 ms")
+    assert "late event" in dropped.reason
+    assert sent.updated_at - sent.created_at >= 2_000  # not before its settle
+    assert receiver.delivered_ids() == [kept]

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,11 +27,10 @@ import pytest
 import redis
 
 from app.streams import stream_key
-from tests.helpers import children, free_port, wait_for, wait_for_line
+from tests.helpers import SEGFLOW, children, start_segflow, wait_for, wait_for_line
 from tests.oracle import Change, event_time_ms, mismatch_report, oracle_transitions, raw_events
 from tests.personas import DAY, iso, shop_history
 
-SEGFLOW = [sys.executable, "-m", "app.cli"]
 PARTITIONS = 4
 
 
@@ -85,16 +83,7 @@ class RunningSegflow:
 @pytest.fixture
 def segflow(tmp_path: Path) -> Iterator[RunningSegflow]:
     """`segflow up` on a fresh data dir with its embedded Redis and SQLite, as `make up` runs."""
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env |= {"SEGFLOW_DATA_DIR": str(tmp_path / "data"), "SEGFLOW_API_WORKERS": "1"}
-    port = free_port()
-    process = subprocess.Popen(
-        [*SEGFLOW, "up", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, port, env = start_segflow(tmp_path / "data", api_workers=1)
     seen: list[str] = []
     try:
         token = wait_for_line(process, r"^\s+admin token", seen).split()[-1]

@@ -13,7 +13,7 @@ reports is before the wall clock at which the dataflow started.
 The history (``tests/personas.py``) arrives partly out of order, within the allowed lateness.
 ``segflow replay`` sorts its file by event time, so the replay test checks the replay's sort and
 dedup; the tests of the live path below append events in the order they arrive, as the
-collector does, and show where the dataflow still differs from the contract (xfail, strict).
+collector does: late events are replayed in their place and what they change is corrected.
 """
 
 from __future__ import annotations
@@ -37,7 +37,16 @@ from app.streams import FAILED_EVENTS_KEY, partition_of
 from tests.factories import append_events, stored_event
 from tests.helpers import ServerThread, replay_messages, run_dataflow
 from tests.oracle import (
+    ADDED,
+    CHECKOUT,
+    DAY,
+    HOUR,
+    MINUTE,
+    ORDERED,
+    REMOVED,
+    SECOND,
     SEGMENTS,
+    VIEWED,
     AmbiguousInstant,
     event_time_ms,
     mismatch_report,
@@ -46,18 +55,6 @@ from tests.oracle import (
     recorded_transitions,
 )
 from tests.personas import ALLOWED_LATENESS_MS, iso, shop_history
-
-SECOND = 1_000
-MINUTE = 60 * SECOND
-HOUR = 60 * MINUTE
-DAY = 24 * HOUR
-
-VIEWED = "Product Viewed"
-ADDED = "Product Added"
-REMOVED = "Product Removed"
-CHECKOUT = "Checkout Started"
-ORDERED = "Order Completed"
-CART_EVENTS = (ADDED, REMOVED, ORDERED)
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 SEED = 20_250_101
@@ -302,11 +299,6 @@ def arrive(client: redis.Redis, settings: Settings, messages: list[dict[str, Any
     append_events(client, events, settings.partitions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a late event (within the allowed lateness) changes membership at the customer's "
-    "newest event time, not at its own; a replay of the same events gives its own instant",
-)
 def test_a_late_event_counts_from_its_own_instant(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
@@ -325,12 +317,6 @@ def test_a_late_event_counts_from_its_own_instant(
     assert got == expected, mismatch_report(expected, got, events)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deadlines fire by the newest event time read from the customer's stream partition, "
-    "so an event behind another customer's newest (not late for its own customer) arrives "
-    "after deadlines past its instant have fired: transitions out of time order",
-)
 def test_an_event_behind_another_customers_counts_from_its_own_instant(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
@@ -362,11 +348,6 @@ def test_an_event_behind_another_customers_counts_from_its_own_instant(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="late events, and events behind another customer's newest, count from the wrong "
-    "instant on the live path (the two tests above)",
-)
 def test_the_shop_history_sent_live_gives_exactly_the_oracles_transitions(
     settings: Settings,
     redis_client: redis.Redis,

@@ -10,8 +10,10 @@ from typing import Any, cast
 import httpx
 import redis
 
-from app.profiles.keys import TRIGGERS_KEY
+from app.profiles.keys import TRIGGERS_KEY, retracted_key, trigger_id
 from app.settings import Settings
+from app.streams import partition_of
+from pipelines.sources import BATCH
 from tests.factories import StreamEntries
 from tests.factories import track_at as track
 from tests.helpers import ServerThread, run_dataflow
@@ -99,3 +101,49 @@ def test_an_unknown_segment_is_404(api: ServerThread, credentials: dict[str, str
     )
     assert answer.status_code == 404
     assert "no-such" in answer.json()["detail"]
+
+
+def test_a_late_order_retracts_the_cart_reminder_and_the_correction_is_listed(
+    settings: Settings,
+    redis_client: redis.Redis,
+    api: ServerThread,
+    credentials: dict[str, str],
+):
+    """The live path: an add, the 30-min deadline fired by the wall clock, then an order placed
+    at 29 min arrives (a phone back online): the enter is retracted, its trigger marked, and
+    the correction listed."""
+    t0 = (time.time_ns() // 1_000_000) - 3 * 60 * MINUTE
+    token = credentials["admin_token"]
+
+    def send(messages: list[dict[str, Any]]) -> None:
+        with httpx.Client(base_url=api.url, auth=(credentials["write_key"], "")) as collector:
+            answer = collector.post("/v1/batch", json={"batch": messages})
+            assert answer.status_code == 200, answer.text
+
+    def transitions() -> list[tuple[str, str, int]]:
+        items = get(api, token, "/api/customers/ada/transitions")["items"]
+        return [(item["segment"], item["kind"], item["at"] - t0) for item in items]
+
+    # one dataflow run: the add, then more than a read of other customers' views in ada's
+    # partition (the live clock passes 30 min at the end of that read: the reminder fires),
+    # then the order
+    partition = partition_of("ada", settings.partitions)
+    others = [
+        f"v{n}" for n in range(5_000) if partition_of(f"v{n}", settings.partitions) == partition
+    ]
+    send([track("ada", "Product Added", t0, product_id="p1", price=20.0)])
+    views = [track(c, "Product Viewed", t0 + n, product_id="p1") for n, c in enumerate(others)]
+    for start in range(0, 2 * BATCH, 100):
+        send(views[start : start + 100])
+    send([track("ada", "Order Completed", t0 + 29 * MINUTE, order_id="o1", revenue=20.0)])
+    run_dataflow(settings)
+    assert transitions() == []
+    (correction,) = get(api, token, "/api/customers/ada/corrections")["items"]
+    assert correction["at"] - t0 == 29 * MINUTE
+    assert correction["added"] == []
+    assert [(t["segment"], t["kind"], t["at"] - t0) for t in correction["retracted"]] == [
+        ("cart-abandoners", "enter", 30 * MINUTE)
+    ]
+    assert get(api, token, "/api/segments/cart-abandoners/members")["items"] == []
+    reminder = trigger_id("ada", "cart-abandoners", "enter", t0 + 30 * MINUTE, 0)
+    assert redis_client.exists(retracted_key(reminder))
