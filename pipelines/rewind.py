@@ -54,8 +54,7 @@ class Rewind:
     """One live customer's anchors, events and transitions since the oldest anchor."""
 
     anchors: list[Anchor]
-    events: list[StreamEntry] = field(default_factory=list)
-    times: list[int] = field(default_factory=list)  # the events' times (arrival order)
+    events: list[StreamEntry] = field(default_factory=list)  # in arrival order
     emitted: list[Transition] = field(default_factory=list)
     touched: int = 0  # the live clock after the read that brought their last event
 
@@ -65,19 +64,21 @@ class Rewind:
         if len(self.events) >= EVENTS_CAP:
             return True
         newest = self.anchors[-1]
-        since = newest.at if newest.at is not None else (self.times[0] if self.times else None)
+        since = newest.at
+        if since is None and self.events:
+            since = int(self.events[0]["timestamp"])
         return evaluated is not None and since is not None and evaluated - since >= lateness_ms
 
     def add_anchor(self, anchor: Anchor) -> None:
         if len(self.events) >= EVENTS_CAP:  # too busy to keep more: start again from here
-            self.anchors, self.events, self.times, self.emitted = [anchor], [], [], []
+            self.anchors, self.events, self.emitted = [anchor], [], []
         else:
             self.anchors.append(anchor)
 
-    def applied(self, event: StreamEntry, when: int, newest: int, lateness_ms: int) -> None:
-        """An event applied; anchors no allowed late event can need any more are let go."""
+    def applied(self, event: StreamEntry, newest: int, lateness_ms: int) -> None:
+        """An in-order event applied; anchors no allowed late event can need any more are let
+        go."""
         self.events.append(event)
-        self.times.append(when)
         oldest_needed = 0
         for index, anchor in enumerate(self.anchors):
             if anchor.at is not None and anchor.at < newest - lateness_ms:
@@ -86,9 +87,11 @@ class Rewind:
             del self.anchors[:oldest_needed]
             self._forget_through(self.anchors[0].at)
 
-    def anchor_before(self, instant: int) -> Anchor | None:
-        """The newest anchor a replay for an event at ``instant`` can start from; the ones
-        after it are dropped (the late event is not in them)."""
+    def late(self, event: StreamEntry) -> Anchor | None:
+        """A late event, taken in: the newest anchor a replay with it can start from (None:
+        none is old enough); the anchors after its instant are dropped (it is not in them)."""
+        instant = int(event["timestamp"])
+        self.events.append(event)
         for index in range(len(self.anchors) - 1, -1, -1):
             if self.anchors[index].before(instant):
                 del self.anchors[index + 1 :]
@@ -97,9 +100,9 @@ class Rewind:
 
     def since(self, anchor: Anchor) -> list[StreamEntry]:
         """The events after ``anchor``, in event-time order (arrival order at one instant)."""
-        later = [i for i, when in enumerate(self.times) if anchor.before(when)]
-        later.sort(key=self.times.__getitem__)  # stable: arrival order at one instant
-        return [self.events[i] for i in later]
+        later = [event for event in self.events if anchor.before(int(event["timestamp"]))]
+        later.sort(key=lambda event: int(event["timestamp"]))  # stable: arrivals at one instant
+        return later
 
     def emitted_since(self, anchor: Anchor) -> list[Transition]:
         return [t for t in self.emitted if anchor.at is None or t.at > anchor.at]
@@ -112,10 +115,7 @@ class Rewind:
     def _forget_through(self, at: int | None) -> None:
         if at is None:
             return
-        kept = [i for i, when in enumerate(self.times) if when > at]
-        if len(kept) < len(self.times):
-            self.events = [self.events[i] for i in kept]
-            self.times = [self.times[i] for i in kept]
+        self.events = [event for event in self.events if int(event["timestamp"]) > at]
         self.emitted = [t for t in self.emitted if t.at > at]
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import gc
 import heapq
+import itertools
 import os
 import pickle
 import zlib
@@ -384,10 +385,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if lane != LIVE:  # a replay's event: the replay has come to its instant
             out += self.fire(lane, when, inclusive=False)
             self.state.lane(lane).seen = self.state.lanes[LIVE].at
-        rewind = None if behind else self._rewind_for(customer_id, customer, when, waiting)
+        rewind = None if behind else self._rewind_for(customer_id, customer, waiting)
         name = customer.apply(event)
         if rewind is not None:
-            rewind.applied(event, when, customer.newest or when, self.catalogue.allowed_lateness_ms)
+            rewind.applied(event, customer.newest or when, self.catalogue.allowed_lateness_ms)
         if waiting is None:
             waiting = pending[customer_id] = _Pending(customer.newest or when)
         if name or event["type"] == "identify":
@@ -430,10 +431,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         return max(self.catalogue.allowed_lateness_ms, REWIND_MIN_MS)
 
     def _rewind_for(
-        self, customer_id: str, customer: CustomerFeatures, when: int, waiting: _Pending | None
+        self, customer_id: str, customer: CustomerFeatures, waiting: _Pending | None
     ) -> Rewind | None:
-        """A live customer's rewind, about to take an in-order event at ``when``: the state as
-        evaluated so far is saved first when one is due (and none of their events wait)."""
+        """A live customer's rewind, about to take an in-order event: the state as evaluated
+        so far is saved first when one is due (and none of their events wait)."""
         if customer_id in self.state.lane_of:
             return None  # a replay's customer
         saving = waiting is None
@@ -480,11 +481,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             replayed = CustomerFeatures.restore(blob, self.catalogue)
             events = [event]
             if rewind is not None:
-                rewind.anchor_before(when)  # the ones after it do not hold it
-                rewind.events.append(event)
-                rewind.times.append(when)
+                rewind.late(event)
         else:
-            found = rewind.anchor_before(when) if rewind is not None else None
+            found = rewind.late(event) if rewind is not None else None
             if rewind is None or found is None:
                 return False
             anchor = found
@@ -493,8 +492,6 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                 replayed = CustomerFeatures(self.catalogue)
             else:
                 replayed = CustomerFeatures.restore(anchor.blob, self.catalogue)
-            rewind.events.append(event)
-            rewind.times.append(when)
             events = rewind.since(anchor)
         replayed.segments, replayed.evaluated = anchor.segments, anchor.at
         self.state.live[customer_id] = replayed
@@ -504,7 +501,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if rewind is not None:
             rewind.replace_since(anchor.at, kept)
             self.state.rewinds.touch(customer_id, rewind)
-        self._schedule(customer_id, until, deadline)
+        self._schedule(customer_id, deadline)
         counted = event_name(event) is not None or event["type"] == "identify"
         out.append(
             ProfileUpdate(
@@ -528,36 +525,42 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         """Apply ``events`` (in event-time order) after ``anchor`` as an in-order stream would,
         deadlines firing between them, through ``until``: the features then, the next
         deadline after it, and every transition on the way."""
-        deadline, found = anchor.deadline, []
-        index = 0
-        while index < len(events):
-            instant = int(events[index]["timestamp"])
-            while deadline is not None and deadline < instant:
-                customer.expire(customer.newest or deadline)
-                _, deadline, changes = self._evaluate(customer, deadline)
-                found += changes
-            while index < len(events) and int(events[index]["timestamp"]) == instant:
-                customer.apply(events[index])
-                index += 1
+        deadline, found = anchor.deadline, list[Transition]()
+        for instant, together in itertools.groupby(events, key=lambda e: int(e["timestamp"])):
+            deadline = self._fire_replayed(customer, deadline, instant, found)
+            for event in together:
+                customer.apply(event)
             _, deadline, changes = self._evaluate(customer, instant)
             found += changes
-        while deadline is not None and deadline <= until:
-            customer.expire(customer.newest or deadline)
-            _, deadline, changes = self._evaluate(customer, deadline)
-            found += changes
+        deadline = self._fire_replayed(customer, deadline, until + 1, found)
         features, deadline, changes = self._evaluate(customer, until)
         found += changes
         return features, deadline, found
+
+    def _fire_replayed(
+        self, customer: CustomerFeatures, deadline: int | None, before: int, found: list[Transition]
+    ) -> int | None:
+        """In a replay, the deadlines before ``before`` fire (their transitions into ``found``);
+        the next one after them."""
+        while deadline is not None and deadline < before:
+            customer.expire(customer.newest or deadline)
+            _, deadline, changes = self._evaluate(customer, deadline)
+            found += changes
+        return deadline
 
     def _fire_own(self, customer_id: str, before: int, out: list[ShardOutput]) -> None:
         """The customer's own deadlines before ``before`` (an event of theirs at it)."""
         scheduled = self.state.scheduled
         while (deadline := scheduled.get(customer_id)) is not None and deadline < before:
-            del scheduled[customer_id]
-            customer = self.state.customer(customer_id)
-            assert customer is not None, "a deadline outlived its customer"
-            customer.expire(customer.newest or deadline)
-            out.append(self._changed(customer_id, deadline, customer.observe(deadline)))
+            out.append(self._fire_deadline(customer_id, deadline))
+
+    def _fire_deadline(self, customer_id: str, deadline: int) -> ProfileUpdate:
+        """The customer's deadline fires: their snapshot at its own instant."""
+        del self.state.scheduled[customer_id]
+        customer = self.state.customer(customer_id)
+        assert customer is not None, "a deadline outlived its customer"
+        customer.expire(customer.newest or deadline)
+        return self._changed(customer_id, deadline, customer.observe(deadline))
 
     @staticmethod
     def _on_late(event: StreamEntry, newest: int) -> LateEvent:
@@ -700,21 +703,21 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             features,
             dict(customer.traits),
             segments=customer.segments,
-            transitions=tuple(transitions),
+            transitions=transitions,
         )
 
     def _evaluate(
         self, customer: CustomerFeatures, now: int
-    ) -> tuple[dict[str, Any], int | None, list[Transition]]:
+    ) -> tuple[dict[str, Any], int | None, tuple[Transition, ...]]:
         return self._segment(customer, now, customer.observe(now))
 
     def _segment(
         self, customer: CustomerFeatures, now: int, observed: tuple[dict[str, Any], int | None]
-    ) -> tuple[dict[str, Any], int | None, list[Transition]]:
+    ) -> tuple[dict[str, Any], int | None, tuple[Transition, ...]]:
         """The segments the customer is in at ``now`` (changed in place, with the transitions),
         and the next instant anything can change: a feature's deadline or a rule's flip."""
         features, deadline = observed
-        transitions: list[Transition] = []
+        transitions: tuple[Transition, ...] = ()
         if self.rules is not None:
             segments = Rulesets.for_thread(self.rules).segments(features, customer.traits)
             if segments != customer.segments:
@@ -727,8 +730,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             customer.evaluated = now
         return features, deadline, transitions
 
-    def _schedule(self, customer_id: str, now: int, deadline: int | None) -> None:
-        """The customer's next deadline is ``deadline`` (after ``now``), whatever was queued."""
+    def _schedule(self, customer_id: str, deadline: int | None) -> None:
+        """The customer's next deadline is ``deadline``, whatever was queued."""
         if deadline is None:
             self.state.scheduled.pop(customer_id, None)
             return
@@ -737,7 +740,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
 
     def _transitions(
         self, before: frozenset[str], after: frozenset[str], now: int
-    ) -> list[Transition]:
+    ) -> tuple[Transition, ...]:
         assert self.rules is not None
         found = []
         for kind, segments in (("exit", before - after), ("enter", after - before)):
@@ -748,7 +751,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                 else:
                     actions = active.actions[kind]
                     found.append(Transition(segment, kind, now, active.version, actions))
-        return found
+        return tuple(found)
 
     def fire(self, lane: str, now: int, *, inclusive: bool) -> list[ProfileUpdate]:
         """Snapshot every customer of ``lane`` whose deadline is before ``now`` (or at it:
@@ -764,11 +767,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                 out.append(self._flush(customer_id))
             if scheduled.get(customer_id) != deadline:
                 continue  # erased, or an instant already fired
-            del scheduled[customer_id]
-            customer = self.state.customer(customer_id)
-            assert customer is not None, "a deadline outlived its customer"
-            customer.expire(customer.newest or deadline)
-            out.append(self._changed(customer_id, deadline, customer.observe(deadline)))
+            out.append(self._fire_deadline(customer_id, deadline))
         return out
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:

@@ -216,9 +216,12 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 self._forget(customer_id, left.get(customer_id, frozenset()))
                 continue
             events = recent.get(customer_id, {})
-            changed = transitions.get(customer_id, {})
-            added = [(m, t) for m, (t, kept) in changed.items() if kept]
-            retracted = [(m, t) for m, (t, kept) in changed.items() if not kept]
+            changed = transitions.get(customer_id)
+            added: list[tuple[bytes, Transition]] = []
+            retracted: list[tuple[bytes, Transition]] = []
+            if changed:  # most customers of a batch have none
+                for member, (transition, kept) in changed.items():
+                    (added if kept else retracted).append((member, transition))
             self._redis.script(
                 _WRITE_PROFILE,
                 [
@@ -240,9 +243,10 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                     *(x for member, t in added for x in (t.at, member)),
                 ],
             )
-            for segment in {t.segment for t, _ in changed.values()}:  # where they are now
-                verb = "SADD" if segment in update.segments else "SREM"
-                self._redis.command(verb, members_key(segment), customer_id)
+            if changed:
+                for segment in {t.segment for t, _ in changed.values()}:  # where they are now
+                    verb = "SADD" if segment in update.segments else "SREM"
+                    self._redis.command(verb, members_key(segment), customer_id)
             for _, transition in added:
                 self._trigger(customer_id, transition)
             for _, transition in retracted:

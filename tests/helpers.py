@@ -101,14 +101,19 @@ def start_segflow(
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env |= {"SEGFLOW_DATA_DIR": str(data_dir), "SEGFLOW_API_WORKERS": str(api_workers)}
     port = free_port()
-    process = subprocess.Popen(
-        [*SEGFLOW, "up", "--port", str(port)],
+    return segflow_up(env, port), port, env
+
+
+def segflow_up(env: dict[str, str], port: int, *options: str) -> subprocess.Popen[str]:
+    """`segflow up` on ``port`` with ``env`` (another start on the same data: ``env`` as
+    ``start_segflow`` gave it), its output in ``stdout``."""
+    return subprocess.Popen(
+        [*SEGFLOW, "up", "--port", str(port), *options],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    return process, port, env
 
 
 def free_port() -> int:

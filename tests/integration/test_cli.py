@@ -21,7 +21,14 @@ from app.rules.active import SHIPPED_RULES_DIR
 from app.streams import CONTROL_TYPES
 from tests.conftest import Services
 from tests.factories import StreamEntries, stored_events
-from tests.helpers import SEGFLOW, children, start_segflow, wait_for, wait_for_line
+from tests.helpers import (
+    SEGFLOW,
+    children,
+    segflow_up,
+    start_segflow,
+    wait_for,
+    wait_for_line,
+)
 
 
 def run(services: Services, *args: str) -> subprocess.CompletedProcess[str]:
@@ -344,13 +351,7 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
 
     # A second start finds the data, prints no secret again; killed with SIGKILL, it leaves its
     # processes behind, and a third start ends them and serves on the same port.
-    second = subprocess.Popen(
-        [*SEGFLOW, "up", "--port", str(port), "--demo"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    second = segflow_up(env, port, "--demo")
     seen = []
     line = wait_for_line(second, r"^\s+admin token", seen)
     assert "sfa_" not in line
@@ -363,13 +364,7 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
     assert second.stdout is not None
     second.stdout.close()
 
-    third = subprocess.Popen(
-        [*SEGFLOW, "up", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    third = segflow_up(env, port)
     seen = []
     try:
         wait_for_line(third, r"ending api .* left by an earlier run", seen)
