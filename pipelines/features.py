@@ -748,6 +748,7 @@ class CustomerFeatures:
         self.first_seen = _min(self.first_seen, other.first_seen)
         self.last_seen = _max(self.last_seen, other.last_seen)
         self.newest = _max(self.newest, other.newest)
+        self.evaluated = _max(self.evaluated, other.evaluated)
         self.events_total += other.events_total
 
     def is_late(self, when: int, allowed_lateness_ms: int) -> bool:

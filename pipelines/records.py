@@ -76,6 +76,17 @@ class Erased:
 
 
 @dataclass
+class Merged:
+    """An anonymous customer merged into ``into``: the sinks move what they wrote about them
+    (recent events, transitions, corrections) into ``into``'s lists, each moved transition
+    marked with the id it came from, and delete the rest, leaving their segments."""
+
+    customer_id: str
+    into: str
+    segments: frozenset[str] = frozenset()
+
+
+@dataclass
 class Relay:
     """A stream entry for another customer's partition (identity merges move state and events
     there), appended once: replayed output finds its marker."""

@@ -62,6 +62,7 @@ from pipelines.records import (
     Correction,
     Erased,
     LateEvent,
+    Merged,
     ProfileUpdate,
     Relay,
     ShardProgress,
@@ -73,7 +74,7 @@ from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
 SHARDS_PER_PARTITION = 16
 # What a shard emits: the sink writes each kind (``pipelines.records``).
-ShardOutput = ProfileUpdate | LateEvent | Erased | Relay | ShardProgress
+ShardOutput = ProfileUpdate | LateEvent | Erased | Merged | Relay | ShardProgress
 
 
 class ShardState:
@@ -586,7 +587,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
 
     def _on_merge(self, customer_id: str, request: StreamEntry, out: list[ShardOutput]) -> None:
         """Hand this (anonymous) customer's state to ``request["into"]`` through its partition
-        (an ``absorb`` entry), forget it here, and forward whatever still comes for it."""
+        (an ``absorb`` entry), forget it here, and forward whatever still comes for it; the
+        sink moves their recent events and transitions to the other's lists."""
         into = request["into"]
         if into == customer_id:
             return
@@ -597,7 +599,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if customer is None:
             return  # nothing known yet: later events are forwarded
         blob = pickle.dumps(customer, pickle.HIGHEST_PROTOCOL)
-        out.append(Erased(customer_id, self._erase(customer_id)))
+        out.append(Merged(customer_id, into, self._erase(customer_id)))
         absorb: StreamEntry = {
             "type": ABSORB,
             "customer_id": into,
@@ -610,18 +612,21 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
 
     def _on_absorb(self, customer_id: str, entry: StreamEntry, out: list[ShardOutput]) -> None:
         """Merge another identity's state into this customer: the features are as if every
-        event had carried this customer's id (``CustomerFeatures.merge``)."""
+        event had carried this customer's id (``CustomerFeatures.merge``), and so are the
+        segments from here on."""
         if customer_id in self.state.pending:
             out.append(self._flush(customer_id))
         other = CustomerFeatures.restore(base64.b64decode(entry["state"]), self.catalogue)
         self.state.rewinds.drop(customer_id)  # their history is two histories now
         customer = self.state.customer(customer_id)
         if customer is None:
-            other.segments = frozenset()
             customer = other
             self.state.add(customer_id, customer)
         else:
             customer.merge(other)
+            # In the segments either was in (the sink moved the other's transitions and
+            # memberships here): what the merged history changes is a transition now.
+            customer.segments |= other.segments
         now = customer.newest or int(entry["timestamp"])  # like an event of theirs: deadlines
         out.append(self._changed(customer_id, now, customer.observe(now)))  # after it fire
 

@@ -37,6 +37,7 @@ from pipelines.records import (
     Correction,
     Erased,
     LateEvent,
+    Merged,
     ProfileUpdate,
     Relay,
     ShardProgress,
@@ -162,41 +163,55 @@ def late_marker_key(message_id: str) -> str:
     return f"{{{FAILED_EVENTS_KEY}}}:late:{message_id}"
 
 
+class _Batch:
+    """What a run of sink items changes, per customer: a customer changes many times in a
+    batch, and only their last profile is written, with every event of the batch in their
+    recent events (unless they were erased after it)."""
+
+    def __init__(self) -> None:
+        self.profiles: dict[str, ProfileUpdate | None] = {}  # None: erased
+        self.recent: dict[str, dict[bytes, int]] = {}
+        # per customer, each transition member's last word: added (with it) or retracted
+        self.transitions: dict[str, dict[bytes, tuple[Transition, bool]]] = {}
+        self.corrections: dict[str, list[Correction]] = {}
+        self.left: dict[str, frozenset[str]] = {}  # erased customers' segments
+        self.progress: dict[str, bytes] = {}
+
+    def add(self, item: ProfileUpdate | Erased) -> None:
+        customer_id = item.customer_id
+        if isinstance(item, Erased):
+            self.profiles[customer_id] = None
+            self.recent.pop(customer_id, None)
+            self.transitions.pop(customer_id, None)
+            self.corrections.pop(customer_id, None)
+            self.left[customer_id] = item.segments
+            return
+        self.profiles[customer_id] = item
+        if item.correction is not None:
+            self.corrections.setdefault(customer_id, []).append(item.correction)
+            changes = self.transitions.setdefault(customer_id, {})
+            for gone in item.correction.retracted:
+                changes[orjson.dumps(gone.shown())] = (gone, False)
+        if item.transitions:
+            changes = self.transitions.setdefault(customer_id, {})
+            for transition in item.transitions:
+                changes[orjson.dumps(transition.shown())] = (transition, True)
+        if item.events:
+            recent = self.recent.setdefault(customer_id, {})
+            for event in item.events:
+                recent[_shown(event)] = int(event["timestamp"])
+
+
 class _ProfilePartition(StatelessSinkPartition[Any]):
     def __init__(self, url: str) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=10)
         self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE)
 
     def write_batch(self, items: list[Any]) -> None:
-        # A customer changes many times in a batch: only their last profile is written, with
-        # every event of the batch in their recent events (unless they were erased after it).
-        profiles: dict[str, ProfileUpdate | None] = {}  # None: erased
-        recent: dict[str, dict[bytes, int]] = {}
-        # per customer, each transition member's last word: added (with it) or retracted
-        transitions: dict[str, dict[bytes, tuple[Transition, bool]]] = {}
-        corrections: dict[str, list[Correction]] = {}
-        left: dict[str, frozenset[str]] = {}  # erased customers' segments
-        progress: dict[str, bytes] = {}
+        batch = _Batch()
         for item in items:
-            if isinstance(item, ProfileUpdate):
-                profiles[item.customer_id] = item
-                if item.correction is not None:
-                    corrections.setdefault(item.customer_id, []).append(item.correction)
-                    changes = transitions.setdefault(item.customer_id, {})
-                    for gone in item.correction.retracted:
-                        changes[orjson.dumps(gone.shown())] = (gone, False)
-                if item.transitions:
-                    changes = transitions.setdefault(item.customer_id, {})
-                    for transition in item.transitions:
-                        changes[orjson.dumps(transition.shown())] = (transition, True)
-                for event in item.events:
-                    recent.setdefault(item.customer_id, {})[_shown(event)] = int(event["timestamp"])
-            elif isinstance(item, Erased):
-                profiles[item.customer_id] = None
-                recent.pop(item.customer_id, None)
-                transitions.pop(item.customer_id, None)
-                corrections.pop(item.customer_id, None)
-                left[item.customer_id] = item.segments
+            if isinstance(item, ProfileUpdate | Erased):
+                batch.add(item)
             elif isinstance(item, LateEvent):
                 self._keep_late(item)
             elif isinstance(item, Relay):
@@ -209,14 +224,22 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                     ],
                     [RELAY_MARKER_TTL_S, EVENT_FIELD, orjson.dumps(item.entry)],
                 )
+            elif isinstance(item, Merged):  # rare: what came before it is written first
+                self._write(batch)
+                batch = _Batch()
+                self._move(item)
             elif isinstance(item, ShardProgress):
-                progress[item.shard] = orjson.dumps([item.processed, item.newest])
-        for customer_id, update in profiles.items():
+                batch.progress[item.shard] = orjson.dumps([item.processed, item.newest])
+        self._write(batch)
+        self._redis.send()
+
+    def _write(self, batch: _Batch) -> None:
+        for customer_id, update in batch.profiles.items():
             if update is None:
-                self._forget(customer_id, left.get(customer_id, frozenset()))
+                self._forget(customer_id, batch.left.get(customer_id, frozenset()))
                 continue
-            events = recent.get(customer_id, {})
-            changed = transitions.get(customer_id)
+            events = batch.recent.get(customer_id, {})
+            changed = batch.transitions.get(customer_id)
             added: list[tuple[bytes, Transition]] = []
             retracted: list[tuple[bytes, Transition]] = []
             if changed:  # most customers of a batch have none
@@ -251,19 +274,54 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 self._trigger(customer_id, transition)
             for _, transition in retracted:
                 self._retract(customer_id, transition)
-            for correction in corrections.get(customer_id, ()):
+            for correction in batch.corrections.get(customer_id, ()):
                 self._redis.command(
                     "ZADD",
                     corrections_key(customer_id),
                     correction.at,
                     orjson.dumps(correction.shown()),
                 )
-                self._redis.command(
-                    "ZREMRANGEBYRANK", corrections_key(customer_id), 0, -CORRECTIONS_KEPT - 1
-                )
-        if progress:  # after the profiles, on the same connection: progress implies them
-            self._redis.command("HSET", PROGRESS_KEY, *(x for p in progress.items() for x in p))
+                self._trim(corrections_key(customer_id), CORRECTIONS_KEPT)
+        if batch.progress:  # after the profiles, on the same connection: progress implies them
+            progress = batch.progress.items()
+            self._redis.command("HSET", PROGRESS_KEY, *(x for p in progress for x in p))
+
+    def _move(self, merged: Merged) -> None:
+        """The anonymous customer's recent events, transitions and corrections join the known
+        customer's lists (each transition marked ``merged_from``) and the known customer joins
+        their segments' members, then their keys go.
+
+        Their keys and the known customer's may be in different cluster slots, so this reads
+        them (after what is queued is written) and writes the known customer's with plain
+        commands. Replayed after a crash it moves again what was written again: the same
+        members, so the lists are as before."""
         self._redis.send()
+        self._redis.flush()
+        anonymous, into = merged.customer_id, merged.into
+        kept = (
+            (recent_events_key, RECENT_EVENTS),
+            (transitions_key, TRANSITIONS_KEPT),
+            (corrections_key, CORRECTIONS_KEPT),
+        )
+        with self._client.pipeline(transaction=False) as pipe:
+            for key, _ in kept:
+                pipe.zrange(key(anonymous), 0, -1, withscores=True)
+            found = pipe.execute()
+        for (key, most), members in zip(kept, found, strict=True):
+            if not members:
+                continue
+            if key is transitions_key:
+                members = [(_moved(member, anonymous), score) for member, score in members]
+            self._redis.command(
+                "ZADD", key(into), *(x for member, score in members for x in (int(score), member))
+            )
+            self._trim(key(into), most)
+        for segment in merged.segments:  # theirs too now: the absorb that follows this is
+            self._redis.command("SADD", members_key(segment), into)  # evaluated from there
+        self._forget(anonymous, merged.segments)
+
+    def _trim(self, key: str, most: int) -> None:
+        self._redis.command("ZREMRANGEBYRANK", key, 0, -most - 1)
 
     def _forget(self, customer_id: str, segments: frozenset[str]) -> None:
         """An erased customer: every key about them, one a call (they may be in different
@@ -325,6 +383,14 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
     def close(self) -> None:
         self._redis.flush()
         self._client.close()
+
+
+def _moved(member: bytes, anonymous: str) -> bytes:
+    """A transition as the known customer's list holds it after a merge: marked with the
+    anonymous id it happened to (the first one, along a chain of merges)."""
+    shown = orjson.loads(member)
+    shown.setdefault("merged_from", anonymous)
+    return orjson.dumps(shown)
 
 
 def _shown(event: StreamEntry) -> bytes:

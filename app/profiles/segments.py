@@ -25,6 +25,8 @@ class TransitionOut(BaseModel):
     kind: str  # "enter" | "exit"
     at: int  # event time, ms
     rule_version: int
+    # set when it happened to an anonymous id since merged into this customer: that id
+    merged_from: str | None = None
 
 
 class TransitionPage(BaseModel):

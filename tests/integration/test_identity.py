@@ -37,7 +37,7 @@ def shop(who: dict[str, str], start: int, tag: str) -> list[dict[str, Any]]:
             properties={"product_id": f"p{n}"},
             **who,
         )
-        for n in range(4)
+        for n in range(5)  # the fifth enters browsing-enthusiasts
     ] + [
         message(
             "track",
@@ -125,7 +125,7 @@ def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
 
         def merged(customer: str) -> bool:
             found = profile(customer)
-            return bool(found and found["features"]["events_total"] == 6)
+            return bool(found and found["features"]["events_total"] == 7)
 
         for customer in ("ann", "bob", "twin"):
             wait_for(functools.partial(merged, customer), timeout_s=20, what=f"{customer} merged")
@@ -137,6 +137,25 @@ def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
             assert found["features"] == twin["features"]
             assert found["segments"] == twin["segments"] == ["browsing-enthusiasts"]
         assert profile("ann")["traits"] == {"plan": "gold"}  # type: ignore[index]
+        # The anonymous history joined the known customer's lists: her events are the twin's,
+        # and so are her transitions (the enter happened to anon-ann, and says so).
+        assert profile("ann")["events"] == twin["events"]  # type: ignore[index]
+        bob_events = [e["timestamp"] - start for e in profile("bob")["events"]]  # type: ignore[index]
+        assert bob_events == [7000, 5000, 4000, 3000, 2000, 1000, 0]  # an alias is no event
+
+        def transitions(customer: str) -> list[dict[str, Any]]:
+            page = httpx.get(f"{api.url}/api/customers/{customer}/transitions", headers=admin)
+            return cast(list[dict[str, Any]], page.json()["items"])
+
+        assert [{**t, "merged_from": None} for t in transitions("ann")] == transitions("twin")
+        assert [(t["at"] - start, t["merged_from"]) for t in transitions("ann")] == [
+            (4000, "anon-ann")
+        ]
+        assert [(t["at"] - start, t["merged_from"]) for t in transitions("bob")] == [
+            (4000, "anon-bob")
+        ]
+        members = httpx.get(f"{api.url}/api/segments/browsing-enthusiasts/members", headers=admin)
+        assert sorted(members.json()["items"]) == ["ann", "bob", "twin"]
         wait_for(lambda: profile("anon-ann") is None, what="the anonymous profile gone")
         assert profile("anon-bob") is None
         status = httpx.get(f"{api.url}/api/status", headers=admin).json()
@@ -150,7 +169,7 @@ def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
         # anon-ann is ann (what comes for anon-ann now is a stranger's, not forwarded to her).
         erased = httpx.delete(f"{api.url}/api/customers/ann", headers=admin)
         assert erased.status_code == 200, erased.text
-        assert erased.json()["events_deleted"] >= 7  # her 2 own, and anon-ann's 5 with the merge
+        assert erased.json()["events_deleted"] >= 8  # her 2 own, and anon-ann's 6 with the merge
         assert naming(redis_client, "anon-ann") == [ERASE]  # only the erasure record stays
         stranger = message(
             "track",
