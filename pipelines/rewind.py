@@ -44,6 +44,7 @@ class Anchor:
     blob: bytes | None  # the pickled state (None: nothing known yet)
     segments: frozenset[str]
     deadline: int | None  # their next deadline after ``at``
+    newest: int | None = None  # the state's newest event (``at`` may be past it: deadlines)
 
     def before(self, instant: int) -> bool:
         return self.at is None or self.at < instant
@@ -96,6 +97,15 @@ class Rewind:
             if self.anchors[index].before(instant):
                 del self.anchors[index + 1 :]
                 return self.anchors[index]
+        return None
+
+    def holding_none_after(self, instant: int) -> int | None:
+        """The index of the newest anchor whose state holds no event at or after ``instant``
+        (evaluated past it all the same: its deadlines fired), if any."""
+        for index in range(len(self.anchors) - 1, -1, -1):
+            newest = self.anchors[index].newest
+            if newest is not None and newest < instant:
+                return index
         return None
 
     def since(self, anchor: Anchor) -> list[StreamEntry]:

@@ -120,6 +120,11 @@ class ShardState:
         self.changed.add(customer_id)
         return found
 
+    def saved(self, customer_id: str) -> bytes | None:
+        """The customer as the last snapshot serialized them, if unchanged since (a sparse
+        customer's usually are: their saved state for corrections costs nothing then)."""
+        return None if customer_id in self.changed else self.frozen.get(customer_id)
+
     def add(self, customer_id: str, customer: CustomerFeatures) -> None:
         self.live[customer_id] = customer
         self.changed.add(customer_id)
@@ -361,6 +366,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
     ) -> None:
         """A customer's event: what was due before it fires, then it applies (a late one goes
         to failed events), and an identity it links is asked to merge into this customer."""
+        saved = self.state.saved(customer_id)
         customer = self.state.customer(customer_id)
         if customer is None:
             customer = CustomerFeatures(self.catalogue)
@@ -386,7 +392,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if lane != LIVE:  # a replay's event: the replay has come to its instant
             out += self.fire(lane, when, inclusive=False)
             self.state.lane(lane).seen = self.state.lanes[LIVE].at
-        rewind = None if behind else self._rewind_for(customer_id, customer, waiting)
+        rewind = None if behind else self._rewind_for(customer_id, customer, waiting, saved)
         name = customer.apply(event)
         if rewind is not None:
             rewind.applied(event, customer.newest or when, self.catalogue.allowed_lateness_ms)
@@ -432,10 +438,15 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         return max(self.catalogue.allowed_lateness_ms, REWIND_MIN_MS)
 
     def _rewind_for(
-        self, customer_id: str, customer: CustomerFeatures, waiting: _Pending | None
+        self,
+        customer_id: str,
+        customer: CustomerFeatures,
+        waiting: _Pending | None,
+        saved: bytes | None,
     ) -> Rewind | None:
         """A live customer's rewind, about to take an in-order event: the state as evaluated
-        so far is saved first when one is due (and none of their events wait)."""
+        so far is saved first when one is due (and none of their events wait); ``saved`` is
+        that state serialized already, when the last snapshot has it unchanged."""
         if customer_id in self.state.lane_of:
             return None  # a replay's customer
         saving = waiting is None
@@ -445,18 +456,18 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if customer.newest is None:
                 rewind = Rewind([Anchor(None, None, frozenset(), None)])
             elif saving:
-                rewind = Rewind([self._anchor(customer_id, customer)])
+                rewind = Rewind([self._anchor(customer_id, customer, saved)])
             else:
                 return None
         elif saving and rewind.due_anchor(customer.evaluated, self._rewind_ms):
-            rewind.add_anchor(self._anchor(customer_id, customer))
+            rewind.add_anchor(self._anchor(customer_id, customer, saved))
         book.touch(customer_id, rewind)
         return rewind
 
-    def _anchor(self, customer_id: str, customer: CustomerFeatures) -> Anchor:
-        blob = pickle.dumps(customer, pickle.HIGHEST_PROTOCOL)
+    def _anchor(self, customer_id: str, customer: CustomerFeatures, saved: bytes | None) -> Anchor:
+        blob = saved if saved is not None else pickle.dumps(customer, pickle.HIGHEST_PROTOCOL)
         deadline = self.state.scheduled.get(customer_id)
-        return Anchor(customer.evaluated, blob, customer.segments, deadline)
+        return Anchor(customer.evaluated, blob, customer.segments, deadline, customer.newest)
 
     def _correct(self, customer_id: str, event: StreamEntry, out: list[ShardOutput]) -> bool:
         """An event behind what the customer has been evaluated through: their history is
@@ -484,11 +495,16 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if rewind is not None:
                 rewind.late(event)
         else:
-            found = rewind.late(event) if rewind is not None else None
-            if rewind is None or found is None:
+            if rewind is None:
                 return False
-            anchor = found
-            before = rewind.emitted_since(anchor)
+            found = rewind.late(event)
+            if found is not None:
+                anchor, before = found, rewind.emitted_since(found)
+            else:
+                stepped = self._step_back(rewind, when)
+                if stepped is None:
+                    return False
+                anchor, before = stepped
             if anchor.blob is None:
                 replayed = CustomerFeatures(self.catalogue)
             else:
@@ -519,6 +535,26 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             )
         )
         return True
+
+    def _step_back(self, rewind: Rewind, when: int) -> tuple[Anchor, list[Transition]] | None:
+        """No saved state is from before ``when``, but one holds no event after it: the
+        customer was quiet, and deadlines of theirs fired past ``when`` (a rewind started
+        after a quiet spell saves the state as evaluated through the wall clock). That state
+        evaluated again just before ``when`` is one to replay from; it replaces the saved
+        ones from there. Also the transitions written since: from the deadlines stepped over
+        (before the rewind kept what it emitted) and the ones the rewind kept after."""
+        index = rewind.holding_none_after(when)
+        if index is None:
+            return None
+        found = rewind.anchors[index]
+        assert found.blob is not None, "an anchor with an event before it has a state"
+        assert found.at is not None
+        start = CustomerFeatures.restore(found.blob, self.catalogue)
+        _, deadline, _ = self._evaluate(start, when - 1)  # the segments just before it
+        anchor = Anchor(when - 1, found.blob, start.segments, deadline, found.newest)
+        _, _, stepped = self._replay(start, anchor, [], found.at)
+        rewind.anchors[index:] = [anchor]
+        return anchor, stepped + [t for t in rewind.emitted if t.at > found.at]
 
     def _replay(
         self, customer: CustomerFeatures, anchor: Anchor, events: list[StreamEntry], until: int
@@ -649,6 +685,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         self.state.catalogue = self.catalogue
         for customer in self.state.live.values():
             customer.adopt(self.catalogue)
+        self.state.changed.update(self.state.live)  # their snapshots are not what they are
 
     def _reevaluate(self, most: int) -> list[ProfileUpdate]:
         out = []

@@ -66,10 +66,13 @@ def written(out: Iterable[Any]) -> dict[str, list[Change]]:
     }
 
 
-def run_live(arrivals: list[tuple[int, int, Sent]], end: int, read_ms: int = 1) -> list[Any]:
+def run_live(
+    arrivals: list[tuple[int, int, Sent]], end: int, read_ms: int = 1, snapshots: bool = False
+) -> list[Any]:
     """Feed ``(arrival, n, sent)`` in arrival order, what arrives within ``read_ms`` in one
     read, the live clock moving to the last arrival after each read (it fires deadlines up to
-    there), then the clock far past everything."""
+    there), then the clock far past everything. With ``snapshots``, the state is snapshotted
+    after each read, as Bytewax does at each epoch (saved states then reuse the snapshot's)."""
     shard = FeatureShard(CATALOGUE, RULES, None)
     out: list[Any] = []
     ordered = sorted(arrivals, key=lambda a: (a[0], a[1]))
@@ -79,6 +82,8 @@ def run_live(arrivals: list[tuple[int, int, Sent]], end: int, read_ms: int = 1) 
             [*(entry(n, sent) for _, n, sent in items), Tick(0, items[-1][0], inclusive=False)]
         )
         out += batch
+        if snapshots:
+            shard.state.freeze()
     batch, _ = shard.on_batch([Tick(0, end, inclusive=True)])
     return out + list(batch)
 
@@ -111,9 +116,9 @@ STEPS = st.lists(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(STEPS, st.sampled_from([1, 20 * SECOND, 2 * MINUTE]))
+@given(STEPS, st.sampled_from([1, 20 * SECOND, 2 * MINUTE]), st.booleans())
 def test_late_events_within_the_lateness_give_the_oracles_transitions(
-    steps: list[Step], read_ms: int
+    steps: list[Step], read_ms: int, snapshots: bool
 ) -> None:
     sent = [(customer, name, T0 + at, props) for customer, (name, props), at, _ in steps]
     messages = [message(n, s) for n, s in enumerate(sent)]
@@ -122,7 +127,7 @@ def test_late_events_within_the_lateness_give_the_oracles_transitions(
     except AmbiguousInstant:
         assume(False)
     arrivals = [(T0 + at + delay, n, sent[n]) for n, (_, _, at, delay) in enumerate(steps)]
-    out = run_live(arrivals, T0 + 400 * DAY, read_ms)
+    out = run_live(arrivals, T0 + 400 * DAY, read_ms, snapshots)
     assert written(out) == expected
 
 
@@ -169,6 +174,52 @@ def test_an_order_arriving_after_the_cart_reminder_retracts_it():
     assert [(t.segment, t.kind, t.at) for t in correction.retracted] == [enter[1:]]
     assert correction.retracted[0].actions  # the reminder's send, which the dispatcher skips
     assert all(change[1] != "cart-abandoners" for change in written(out).get("ada", []))
+
+
+def test_a_saved_state_is_the_snapshots_only_while_the_customer_is_unchanged_since() -> None:
+    """Saved states reuse the last snapshot's serialized customer when it is current. Here
+    the snapshot is taken after the first view; the state saved before the 6:10 view is the
+    one after the 6:00 view, which that snapshot does not hold. The late 11:00 view makes five
+    in ten minutes at 12:00 only when counted with the 6:00 one."""
+    at = [0, 6 * MINUTE, 6 * MINUTE + 10 * SECOND, 6 * MINUTE + 20 * SECOND, 12 * MINUTE]
+    sent = [("ada", "Product Viewed", T0 + t, {"product_id": "p1"}) for t in [*at, 11 * MINUTE]]
+    shard = FeatureShard(CATALOGUE, RULES, None)
+    first, _ = shard.on_batch([entry(0, sent[0]), Tick(0, T0, inclusive=False)])
+    out = list(first)
+    shard.state.freeze()
+    reads: list[list[StreamEvent | Tick]] = [
+        [*(entry(n, sent[n]) for n in range(1, 5)), Tick(0, T0 + 12 * MINUTE, inclusive=False)],
+        [entry(5, sent[5]), Tick(0, T0 + 13 * MINUTE, inclusive=False)],
+        [Tick(0, T0 + 400 * DAY, inclusive=True)],
+    ]
+    for read in reads:
+        batch, _ = shard.on_batch(read)
+        out += batch
+    expected = oracle_transitions([message(n, s) for n, s in enumerate(sent)])
+    assert ("ada", "browsing-enthusiasts", "enter", T0 + 12 * MINUTE) in expected["ada"]
+    assert written(out) == expected
+
+
+def test_a_late_add_after_a_quiet_spell_retracts_the_reminder_its_deadline_gave() -> None:
+    """Bob is quiet for half an hour: his history is let go (the live clock moves with Ada's
+    view), and his cart deadline fires at 31:00 before his view at 31:30 applies. An add dated
+    31:00 comes after the view: the state saved before the view is evaluated through 31:00,
+    so the replay steps back from it to just before the add."""
+    sent: list[Sent] = [
+        ("bob", "Product Added", T0 + MINUTE, {"product_id": "p1", "price": 20}),
+        ("ada", "Product Viewed", T0 + 10 * MINUTE, {"product_id": "p1"}),
+        ("bob", "Product Viewed", T0 + 31 * MINUTE + 30 * SECOND, {"product_id": "p1"}),
+        ("bob", "Product Added", T0 + 31 * MINUTE, {"product_id": "p1", "price": 20}),
+    ]
+    arrivals = [(max(s[2] for s in sent[: n + 1]), n, s) for n, s in enumerate(sent)]
+    out = run_live(arrivals, T0 + 400 * DAY)
+    corrections = [u.correction for u in out if isinstance(u, ProfileUpdate) and u.correction]
+    assert [(t.segment, t.kind, t.at) for c in corrections for t in c.retracted] == [
+        ("cart-abandoners", "enter", T0 + 31 * MINUTE)
+    ]
+    expected = oracle_transitions([message(n, s) for n, s in enumerate(sent)])
+    assert written(out)["bob"] == expected["bob"]
+    assert expected["bob"] == [("bob", "cart-abandoners", "enter", T0 + 61 * MINUTE)]
 
 
 def test_history_is_kept_bounded_and_let_go_after_the_retention():
