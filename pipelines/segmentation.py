@@ -366,11 +366,12 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
     ) -> None:
         """A customer's event: what was due before it fires, then it applies (a late one goes
         to failed events), and an identity it links is asked to merge into this customer."""
-        saved = self.state.saved(customer_id)
-        customer = self.state.customer(customer_id)
+        state = self.state
+        saved = state.saved(customer_id)
+        customer = state.customer(customer_id)
         if customer is None:
             customer = CustomerFeatures(self.catalogue)
-            self.state.add(customer_id, customer)
+            state.add(customer_id, customer)
         if customer.is_late(when, self.catalogue.allowed_lateness_ms):
             out.append(self._on_late(event, customer.newest or when))
             return
@@ -380,19 +381,27 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if self._correct(customer_id, event, out):
                 self._ask_merge(customer_id, event, when, out)
                 return
-            self.state.rewinds.drop(customer_id)  # no saved state before it: counted as of now
-        if customer.newest is None or when >= customer.newest:
+            state.rewinds.drop(customer_id)  # no saved state before it: counted as of now
+        if (customer.newest is None or when >= customer.newest) and state.lane_of.get(
+            customer_id, LIVE
+        ) != lane:
             self._join_lane(customer_id, lane)
-        pending = self.state.pending
+        pending = state.pending
         waiting = pending.get(customer_id)
         if waiting is not None and waiting.at != max(when, customer.newest or when):
             out.append(self._flush(customer_id))  # before its deadlines up to now fire
             waiting = None
-        self._fire_own(customer_id, when, out)  # what was due before this event
+        deadline = state.scheduled.get(customer_id)
+        if deadline is not None and deadline < when:
+            self._fire_own(customer_id, when, out)  # what was due before this event
+        rewind = None
         if lane != LIVE:  # a replay's event: the replay has come to its instant
-            out += self.fire(lane, when, inclusive=False)
-            self.state.lane(lane).seen = self.state.lanes[LIVE].at
-        rewind = None if behind else self._rewind_for(customer_id, customer, waiting, saved)
+            clock = state.lane(lane)
+            if clock.heap and clock.heap[0][0] < when:
+                out += self.fire(lane, when, inclusive=False)
+            clock.seen = state.lanes[LIVE].at
+        elif not behind:
+            rewind = self._rewind_for(customer_id, customer, waiting, saved)
         name = customer.apply(event)
         if rewind is not None:
             rewind.applied(event, customer.newest or when, self.catalogue.allowed_lateness_ms)
@@ -400,7 +409,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             waiting = pending[customer_id] = _Pending(customer.newest or when)
         if name or event["type"] == "identify":
             waiting.events.append(event)
-        self._ask_merge(customer_id, event, when, out)
+        if event["type"] in ("identify", "alias"):
+            self._ask_merge(customer_id, event, when, out)
 
     def _ask_merge(
         self, customer_id: str, event: StreamEntry, when: int, out: list[ShardOutput]
