@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -63,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.add_exception_handler(CollectorError, _collector_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     return app
 
 
@@ -91,6 +95,24 @@ async def _collector_error(_request: Request, error: CollectorError) -> Response
     if error.retry_after_s is not None:
         headers = {"Retry-After": str(error.retry_after_s)}
     return _collector_body(error.status_code, error.code, error.message, headers)
+
+
+async def _validation_error(_request: Request, error: RequestValidationError) -> Response:
+    """FastAPI's 422 (``{"detail": [...]}``), with the inputs JSON cannot hold (a body's
+    ``NaN`` or ``Infinity``, which Python's JSON reader takes) shown as text: written as they
+    are, they made the answer itself fail, a 500."""
+    detail = _json_safe(jsonable_encoder(error.errors()))
+    return Response(orjson.dumps({"detail": detail}), 422, media_type="application/json")
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> Response:

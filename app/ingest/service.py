@@ -7,6 +7,7 @@ if Redis cannot be reached it raises ``StoreUnavailable`` and the caller answers
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,9 @@ from app.streams import (
 )
 
 APPEND_SCRIPT_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's id
+# orjson writes at most this many levels of objects and arrays (it reads 1,024): a message
+# nested deeper is refused on its own, and the rest of its batch is stored.
+MAX_NESTING = 254
 MAX_FAILED_RAW_CHARS = 600 * 1024  # a whole request body fits; nothing the collector read is cut
 
 
@@ -76,7 +80,11 @@ def raw_text(raw: Any) -> str:
     try:
         return orjson.dumps(raw).decode()
     except (TypeError, orjson.JSONEncodeError):
-        return repr(raw)
+        pass
+    try:  # nested deeper than orjson writes, or not JSON's types
+        return json.dumps(raw, ensure_ascii=False, default=repr)
+    except (RecursionError, ValueError):
+        return f"(a {type(raw).__name__} nested too deeply to show)"
 
 
 @dataclass
@@ -106,7 +114,12 @@ def validate_batch(
                 forced_type=forced_type,
                 defaults=defaults,
             )
-            payload = orjson.dumps(event)
+            try:
+                payload = orjson.dumps(event)
+            except orjson.JSONEncodeError:  # its only failure on parsed JSON: the depth
+                raise InvalidMessage(
+                    f"message is nested more than {MAX_NESTING} levels deep"
+                ) from None
             if len(payload) > MAX_MESSAGE_BYTES:
                 raise MessageTooLarge(f"message is larger than {MAX_MESSAGE_BYTES // 1024} KB")
         except InvalidMessage as error:

@@ -113,6 +113,23 @@ def test_gzip_bodies_are_accepted(api, credentials, redis_client):
     assert response.json()["accepted"] == 2
 
 
+def test_every_gzip_member_is_read_and_trailing_garbage_refused(api, credentials, redis_client):
+    """``gzip -c a b`` writes two members: both are the body (the first alone was read, and
+    the rest silently dropped)."""
+    text = json.dumps({"batch": [track("ann"), track("bo")]}).encode()
+    middle = len(text) // 2
+    two = gzip.compress(text[:middle]) + gzip.compress(text[middle:])
+    gz = {"Content-Encoding": "gzip"}
+    response = post(api, "/v1/batch", two, credentials["write_key"], headers=gz)
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == 2
+    junk = post(
+        api, "/v1/batch", gzip.compress(text) + b"junk", credentials["write_key"], headers=gz
+    )
+    assert (junk.status_code, junk.json()["code"]) == (400, "invalid_gzip")
+    assert len(stored_events(redis_client)) == 2
+
+
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status", "code"),
     [
@@ -165,6 +182,39 @@ def test_bad_input_gets_a_4xx_in_segments_error_shape(
     assert payload["code"] == code
     assert payload["message"]
     assert stored_events(redis_client) == []
+
+
+def test_a_message_nested_too_deeply_is_refused_alone(api, credentials, redis_client):
+    """orjson reads 1,024 levels and writes 254: a message between the two was a 500 that
+    lost its whole batch (and SDKs retry a 5xx for ever)."""
+    key = credentials["write_key"]
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(300):
+        inner["a"] = {}
+        inner = inner["a"]  # type: ignore[assignment]
+    good, bad = track("alice"), track("bob", properties=deep)
+    response = post(api, "/v1/batch", {"batch": [good, bad]}, key)
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == 1
+    assert response.json()["errors"] == [
+        {
+            "index": 1,
+            "messageId": bad["messageId"],
+            "error": "message is nested more than 254 levels deep",
+        }
+    ]
+    assert [e.message_id for e in stored_events(redis_client)] == [good["messageId"]]
+    single = post(api, "/v1/track", bad, key)
+    assert (single.status_code, single.json()["code"]) == (400, "invalid_message")
+    failed = httpx.get(
+        f"{api.url}/api/failed-events",
+        headers={"Authorization": f"Bearer {credentials['admin_token']}"},
+    ).json()["items"]
+    assert [item["reason"] for item in failed] == [
+        "message is nested more than 254 levels deep"
+    ] * 2
+    assert json.loads(failed[0]["raw"])["messageId"] == bad["messageId"]
 
 
 def test_unicode_is_kept_exactly(api, credentials, redis_client):

@@ -358,6 +358,18 @@ def test_bad_settings_are_refused_naming_the_field(private_admin: Admin, receive
     assert refused({**base, "kind": "sms"})[0]["loc"] == ["body", "kind"]
     assert refused({**base, "name": "Bad Name"})[0]["loc"] == ["body", "name"]
     assert refused({**base, "timeout_s": 0})[0]["loc"] == ["body", "timeout_s"]
+    for number in ("NaN", "Infinity"):  # Python's JSON reader takes them: the answer was a 500
+        text = json.dumps(base)[:-1] + f', "timeout_s": {number}}}'
+        answer = httpx.post(
+            f"{private_admin.url}/api/destinations",
+            content=text.encode(),
+            headers={**private_admin.headers, "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert answer.status_code == 422, answer.text
+        (problem,) = answer.json()["detail"]
+        assert problem["loc"] == ["body", "timeout_s"]
+        assert problem["input"] in ("nan", "inf")
     assert refused({**base, "headers": {"webhook-signature": "v1,x"}})[0]["loc"][:2] == [
         "body",
         "headers",
