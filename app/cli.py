@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -33,7 +35,7 @@ from app.dispatch import outbox
 from app.ingest.replay import FORMATS, ReplayError, replay_file
 from app.redis_server import EmbeddedRedisError, redis_url_for
 from app.settings import Settings, get_settings
-from app.supervisor import ProcessSpec, Supervisor
+from app.supervisor import ProcessSpec, Supervisor, end_leftovers
 from pipelines.examples import check_rule_files
 
 err = Console(stderr=True)
@@ -74,11 +76,67 @@ def up(host: str, port: int, demo: bool, pipeline: bool) -> None:
     _configure_logging()
     settings = _settings()
     data_dir = settings.data_dir.resolve()
+    with _data_dir_lock(data_dir):
+        # A killed run's api may hold the port until the kernel has ended it.
+        ended = end_leftovers(data_dir / PROCESSES_FILE)
+        _check_port_free(host, port, wait_s=10.0 if ended else 0.0)
+        try:
+            with redis_url_for(settings.redis_url, data_dir, adopt=True) as url:
+                _serve(settings, data_dir, url, host=host, port=port, demo=demo, pipeline=pipeline)
+        except EmbeddedRedisError as error:
+            raise click.ClickException(str(error)) from None
+
+
+LOCK_FILE = "segflow.lock"
+PROCESSES_FILE = "processes.json"  # the process groups `segflow up` runs (``Supervisor``)
+
+
+@contextlib.contextmanager
+def _data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """One `segflow up` (or `segflow rebuild`) per data dir: a second `up` would end the
+    first one's processes and run a second dataflow on its recovery store. The lock goes with
+    this process (the kernel lets go of it however it ends), so a start after a crash is not
+    refused."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    handle = path.open("a+")
     try:
-        with redis_url_for(settings.redis_url, data_dir, adopt=True) as url:
-            _serve(settings, data_dir, url, host=host, port=port, demo=demo, pipeline=pipeline)
-    except EmbeddedRedisError as error:
-        raise click.ClickException(str(error)) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise click.ClickException(
+                f"{data_dir} is in use by `segflow up` (pid {holder}); stop it first "
+                "(Ctrl-C in its terminal), or give this command another SEGFLOW_DATA_DIR"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _check_port_free(host: str, port: int, *, wait_s: float = 0.0) -> None:
+    """Refuse a port something already listens on (after ``wait_s`` of trying), before
+    anything is prepared or printed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                probe.bind((host, port))
+                return
+            except OSError as error:
+                if time.monotonic() >= deadline:
+                    raise click.ClickException(
+                        f"cannot listen on {host}:{port}: {error.strerror}; another program "
+                        "may be using it (choose another with --port)"
+                    ) from None
+        time.sleep(0.1)
 
 
 def _serve(
@@ -131,13 +189,13 @@ def _serve(
             )
         )
     supervisor = Supervisor(
-        specs, base_env={**os.environ, **env}, state_file=data_dir / "processes.json"
+        specs, base_env={**os.environ, **env}, state_file=data_dir / PROCESSES_FILE
     )
 
     def announce() -> None:
         _wait_until_up(f"{base}/healthz")
         click.echo(f"Segflow is up at {base}")
-        click.echo(f"  admin:      {base}/admin    API docs: {base}/docs")
+        click.echo(f"  API docs: {base}/docs")
         if first.admin_token:
             click.echo(f"  admin token (shown once, keep it): {first.admin_token}")
         elif settings.admin_token is None:
@@ -207,6 +265,26 @@ def pipeline(workers: int, recovery: bool) -> None:
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
         code = subprocess.call(argv, env={**os.environ, "REDIS_URL": url})  # noqa: S603
     raise SystemExit(code)
+
+
+@main.command()
+def rebuild() -> None:
+    """Set the dataflow's recovery state aside: its next start rebuilds every customer from the
+    streams (when recovery cannot resume, e.g. "too old to resume")."""
+    data_dir = _settings().data_dir.resolve()
+    with _data_dir_lock(data_dir):
+        recovery = data_dir / "recovery"
+        if not recovery.exists():
+            click.echo(f"no recovery state in {data_dir}: the dataflow starts from the streams")
+            return
+        aside = data_dir / f"recovery.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        recovery.rename(aside)
+        click.echo(f"recovery state moved to {aside} (delete it once the rebuild is done)")
+        click.echo(
+            "the next `segflow up` reads every stream from its start and rebuilds each "
+            "customer's profile, segments and transitions (triggers already sent are not "
+            "sent again for 7 days)"
+        )
 
 
 @main.command()

@@ -58,15 +58,7 @@ class Supervisor:
         self._stopping = False
 
     def end_leftovers(self) -> None:
-        try:
-            groups = json.loads(self._state_file.read_text())
-        except (OSError, ValueError):
-            return
-        for name, pgid in groups.items():
-            if isinstance(pgid, int) and _group_alive(pgid):
-                log.warning("ending %s (process group %s) left by an earlier run", name, pgid)
-                _signal_group(pgid, signal.SIGKILL)
-        self._state_file.unlink(missing_ok=True)
+        end_leftovers(self._state_file)
 
     def _record_groups(self) -> None:
         groups = {c.spec.name: c.process.pid for c in self._children if c.process is not None}
@@ -152,6 +144,23 @@ class Supervisor:
             process.wait()
             log.info("stopped %s", child.spec.name)
         self._state_file.unlink(missing_ok=True)
+
+
+def end_leftovers(state_file: Path) -> bool:
+    """End the process groups an earlier supervisor recorded in ``state_file`` and left
+    running (it was killed); whether there were any."""
+    try:
+        groups = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return False
+    ended = False
+    for name, pgid in groups.items():
+        if isinstance(pgid, int) and _group_alive(pgid):
+            log.warning("ending %s (process group %s) left by an earlier run", name, pgid)
+            _signal_group(pgid, signal.SIGKILL)
+            ended = True
+    state_file.unlink(missing_ok=True)
+    return ended
 
 
 def _signal_group(leader_pid: int, signum: int) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from tests.factories import StreamEntries, stored_events
 from tests.helpers import (
     SEGFLOW,
     children,
+    free_port,
     segflow_up,
     start_segflow,
     wait_for,
@@ -304,6 +307,19 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
 
         wait_for(lambda: events_total() == 1)  # collector -> streams -> dataflow -> profile
 
+        # A second `segflow up` on the same data dir is refused, and the first runs on.
+        other = subprocess.run(
+            [*SEGFLOW, "up", "--port", str(free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert other.returncode != 0
+        assert "is in use by `segflow up`" in other.stderr, other.stderr
+        assert httpx.get(f"{base}/healthz").status_code == 200
+
         # The dataflow killed at any moment resumes from its recovery state: nothing is
         # counted twice, nothing is lost.
         (pipeline_pid,) = [
@@ -420,3 +436,49 @@ def test_demo_shop_sends_valid_shop_events(services, api, credentials, redis_cli
     merges = [e for e in events if e.type == "identify" and e.anonymous_id]
     assert merges, "the demo shop signs someone up (identify with both ids)"
     assert all(e.user_id and e.user_id != e.anonymous_id for e in merges)
+
+
+def test_up_on_a_port_in_use_says_so_and_prepares_nothing(tmp_path: Path) -> None:
+    """It printed "Segflow is up" and a fresh admin token (shown once, so lost), then retried
+    `Address already in use` for ever."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+        env["SEGFLOW_DATA_DIR"] = str(tmp_path / "data")
+        done = subprocess.run(
+            [*SEGFLOW, "up", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "admin token" not in done.stdout + done.stderr
+    assert not (tmp_path / "data" / "segflow.db").exists()  # the token is made on a later start
+
+
+def test_rebuild_sets_the_recovery_state_aside_unless_segflow_up_runs(
+    services: Services, tmp_path: Path
+) -> None:
+    recovery = services.data_dir / "recovery"
+    recovery.mkdir(parents=True)
+    (recovery / "part-0.sqlite3").write_bytes(b"a snapshot")
+    with (services.data_dir / "segflow.lock").open("a+") as held:  # as `segflow up` holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused = run(services, "rebuild")
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert refused.returncode != 0
+    assert "is in use by `segflow up`" in refused.stderr
+    assert recovery.exists()
+    done = run(services, "rebuild")
+    assert done.returncode == 0, done.stderr
+    assert not recovery.exists()
+    (aside,) = services.data_dir.glob("recovery.old-*")
+    assert (aside / "part-0.sqlite3").read_bytes() == b"a snapshot"
+    assert str(aside) in done.stdout
+    again = run(services, "rebuild")
+    assert "no recovery state" in again.stdout
