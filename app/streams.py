@@ -1,8 +1,9 @@
 """Redis key names shared by every stage, and the atomic append of events to their partition.
 
-Every key of one partition carries the hash tag ``{p}`` (``events:{3}``, ``dedup:{3}:<id>``,
-``stats:{3}``), so a Redis Cluster keeps each partition's keys in one slot and the append script
-can touch them together.
+Every key of one partition carries the hash tag ``{p}`` (``events:{3}``, ``stats:{3}``), so a
+Redis Cluster would keep each partition's keys in one slot. The dedup keys are per source, not
+per partition (the contract deduplicates a ``messageId`` per source, whichever customer it
+names), so the append script touches keys of more than one slot: one Redis server, as today.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ def stats_key(partition: int) -> str:
     return f"stats:{{{partition}}}"
 
 
-def dedup_key(partition: int, message_id: str) -> str:
-    return f"dedup:{{{partition}}}:{message_id}"
+def dedup_key(source: str, message_id: str) -> str:
+    """Marks ``message_id`` as seen from ``source`` (the write key's name, or a replay's). The
+    source's length comes first, so no source and id can spell another's."""
+    return f"dedup:{len(source)}:{source}:{message_id}"
 
 
 def partition_of(customer_id: str, partitions: int) -> int:
@@ -86,28 +89,31 @@ class SerializedEvent:
     customer_id: str
     message_id: str
     payload: bytes
+    source: str  # deduplication is per source
 
 
 def plan_appends(
     events: Sequence[SerializedEvent], *, partitions: int, dedup_ttl_s: int
 ) -> list[PartitionAppend]:
     """Group events by partition into one script call each (pure: no I/O)."""
-    groups: dict[int, tuple[PartitionAppend, str]] = {}
+    groups: dict[int, PartitionAppend] = {}
+    prefixes: dict[str, str] = {}  # per source (a request has one)
     for position, event in enumerate(events):
         partition = partition_of(event.customer_id, partitions)
-        found = groups.get(partition)
-        if found is None:
-            plan = PartitionAppend(
+        group = groups.get(partition)
+        if group is None:
+            group = groups[partition] = PartitionAppend(
                 keys=[stream_key(partition), stats_key(partition)],
                 args=[dedup_ttl_s],
                 positions=[],
             )
-            found = groups[partition] = (plan, dedup_key(partition, ""))
-        group, dedup_prefix = found
-        group.keys.append(dedup_prefix + event.message_id)  # hot loop: no call per key
+        prefix = prefixes.get(event.source)
+        if prefix is None:
+            prefix = prefixes[event.source] = dedup_key(event.source, "")
+        group.keys.append(prefix + event.message_id)  # hot loop: no call per key
         group.args.append(event.payload)
         group.positions.append(position)
-    return [plan for plan, _ in groups.values()]
+    return list(groups.values())
 
 
 def stored_flags(

@@ -305,7 +305,7 @@ def _read_spilled(line: bytes) -> tuple[int, SerializedEvent]:
     payload = line.rstrip(b"\n")
     fields = orjson.loads(payload)
     return fields["timestamp"], SerializedEvent(
-        fields["customer_id"], fields["message_id"], payload
+        fields["customer_id"], fields["message_id"], payload, fields["source"]
     )
 
 

@@ -134,7 +134,9 @@ def validate_batch(
             )
             batch.failed.append(FailedEvent(received_at, str(error), source, raw_text(raw)))
             continue
-        batch.serialized.append(SerializedEvent(event["customer_id"], event["message_id"], payload))
+        batch.serialized.append(
+            SerializedEvent(event["customer_id"], event["message_id"], payload, source)
+        )
     return batch
 
 

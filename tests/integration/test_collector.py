@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import uuid
 
 import httpx
 import pytest
 import redis
+from sqlmodel import Session
 
+from app.credentials import create_write_key
+from app.db import make_engine
 from app.main import create_app
 from app.settings import Settings
+from app.streams import partition_of
 from tests.factories import stored_events, track
 from tests.helpers import ServerThread, proxied, run_dataflow
 
@@ -55,6 +60,36 @@ def test_a_retried_batch_is_acknowledged_but_not_stored_again(api, credentials, 
     assert (first["accepted"], first["duplicates"]) == (2, 0)
     assert (again["accepted"], again["duplicates"]) == (0, 2)
     assert len(stored_events(redis_client)) == 2
+
+
+def test_a_message_id_is_deduplicated_per_source(api, credentials, redis_client, services):
+    """The same id from two sources is two events; from one source it is one, whichever
+    customer it names (it was per partition: two customers of different partitions both
+    stored, two sources of one customer dropped each other's)."""
+    engine = make_engine(services.settings())
+    other = f"app-{uuid.uuid4().hex[:6]}"
+    with Session(engine) as session:
+        other_key = create_write_key(session=session, name=other)
+        session.commit()
+    engine.dispose()
+    key = credentials["write_key"]
+    alice = track("alice")
+    bob = next(  # a customer of another partition than alice's, sending alice's id
+        {**track(name), "messageId": alice["messageId"]}
+        for name in (f"bob-{n}" for n in range(100))
+        if partition_of(name, 4) != partition_of("alice", 4)
+    )
+    answers = [
+        post(api, "/v1/batch", {"batch": [alice]}, key).json(),
+        post(api, "/v1/batch", {"batch": [alice]}, other_key).json(),  # another source
+        post(api, "/v1/batch", {"batch": [bob]}, key).json(),  # the first source's id again
+        post(api, "/v1/batch", {"batch": [alice]}, other_key).json(),  # a retry
+    ]
+    assert [(a["accepted"], a["duplicates"]) for a in answers] == [(1, 0), (1, 0), (0, 1), (0, 1)]
+    stored = stored_events(redis_client)
+    assert sorted((e.customer_id, e.source) for e in stored) == sorted(
+        [("alice", credentials["source"]), ("alice", other)]
+    )
 
 
 def test_same_message_id_twice_in_one_batch_is_stored_once(api, credentials, redis_client):

@@ -62,7 +62,11 @@ def test_partition_of_is_in_range_and_matches_crc32(customer_id: str, partitions
 def test_keys_of_a_partition_share_its_hash_tag() -> None:
     assert stream_key(3) == "events:{3}"
     assert stats_key(3) == "stats:{3}"
-    assert dedup_key(3, "m-1") == "dedup:{3}:m-1"
+
+
+def test_dedup_keys_are_per_source_and_no_source_spells_another() -> None:
+    assert dedup_key("shop", "m-1") == "dedup:4:shop:m-1"
+    assert dedup_key("a:b", "c") != dedup_key("a", "b:c")
 
 
 serialized_events = st.lists(
@@ -71,6 +75,7 @@ serialized_events = st.lists(
         customer_id=st.sampled_from(["u1", "u2", "u3", "anon-9", "顧客"]) | identifiers,
         message_id=st.sampled_from(["m-1", "m-2", "m-3"]) | identifiers,
         payload=st.binary(min_size=1, max_size=16),
+        source=st.sampled_from(["shop", "app", "replay:x.jsonl"]),
     ),
     max_size=40,
 )
@@ -85,8 +90,8 @@ def test_plan_appends_groups_each_event_into_its_partition_in_order(
 
     seen_partitions = []
     for plan in plans:
-        tags = {HASH_TAG.search(key).group(1) for key in plan.keys}  # type: ignore[union-attr]
-        assert len(tags) == 1  # one slot per script call in a Redis Cluster
+        tags = {HASH_TAG.search(key).group(1) for key in plan.keys[:2]}  # type: ignore[union-attr]
+        assert len(tags) == 1
         partition = int(tags.pop())
         seen_partitions.append(partition)
         assert plan.keys[:2] == [f"events:{{{partition}}}", f"stats:{{{partition}}}"]
@@ -98,7 +103,7 @@ def test_plan_appends_groups_each_event_into_its_partition_in_order(
         ):
             event = events[position]
             assert expected_partition(event.customer_id, partitions) == partition
-            assert key == f"dedup:{{{partition}}}:{event.message_id}"
+            assert key == dedup_key(event.source, event.message_id)
             assert payload == event.payload
 
     assert len(seen_partitions) == len(set(seen_partitions))  # one call per partition
@@ -127,29 +132,30 @@ def run_append_script(plan: PartitionAppend, redis_keys: set[str]) -> list[int]:
 def test_stored_flags_maps_each_answer_back_to_the_callers_event(
     events: list[SerializedEvent], partitions: int, stored_before: set[str]
 ) -> None:
-    # Some (customer, messageId) pairs were stored by an earlier request.
+    # Some (source, messageId) pairs were stored by an earlier request.
     redis_keys = {
-        f"dedup:{{{expected_partition(e.customer_id, partitions)}}}:{e.message_id}"
-        for e in events
-        if e.message_id in stored_before
+        dedup_key(e.source, e.message_id) for e in events if e.message_id in stored_before
     }
     plans = plan_appends(events, partitions=partitions, dedup_ttl_s=TTL_S)
     answers = [run_append_script(plan, redis_keys) for plan in plans]
 
     flags = stored_flags(plans, answers, len(events))
 
-    # Expected, in the caller's order: the first sight of a (partition, messageId) is stored.
-    seen = {
-        (expected_partition(e.customer_id, partitions), e.message_id)
-        for e in events
-        if e.message_id in stored_before
-    }
-    expected = []
-    for event in events:
-        where = (expected_partition(event.customer_id, partitions), event.message_id)
-        expected.append(where not in seen)
-        seen.add(where)
+    # Expected: of the events with one (source, messageId), none stored if an earlier request
+    # stored it, else exactly one, the first the script calls reach (partition by partition,
+    # each in the caller's order).
+    seen = {(e.source, e.message_id) for e in events if e.message_id in stored_before}
+    expected = [False] * len(events)
+    for plan in plans:
+        for position in plan.positions:
+            event = events[position]
+            expected[position] = (event.source, event.message_id) not in seen
+            seen.add((event.source, event.message_id))
     assert flags == expected
+    assert sum(flags) == len(
+        {(e.source, e.message_id) for e in events}
+        - {(e.source, e.message_id) for e in events if e.message_id in stored_before}
+    )
 
 
 def test_stored_flags_by_hand() -> None:
@@ -163,7 +169,7 @@ def test_stored_flags_by_hand() -> None:
 
 def test_stored_flags_refuses_answers_that_do_not_match_the_plan() -> None:
     plans = plan_appends(
-        [SerializedEvent("u1", "m-1", b"{}"), SerializedEvent("u1", "m-2", b"{}")],
+        [SerializedEvent("u1", "m-1", b"{}", "s"), SerializedEvent("u1", "m-2", b"{}", "s")],
         partitions=1,
         dedup_ttl_s=TTL_S,
     )
