@@ -21,7 +21,6 @@ import graphlib
 import hashlib
 import math
 import operator
-import re
 from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from app.rules.schema import (
     SegmentCondition,
     SequenceCondition,
     TraitCondition,
+    compile_pattern,
     snapshot_key,
 )
 from app.rules.schema import Any as AnyOf
@@ -136,7 +136,7 @@ def comparator(word: str, constant: Any) -> ValueTest:
 
         return contains
     if word == "matches":
-        pattern = re.compile(constant)
+        pattern = compile_pattern(constant)
         return lambda value: isinstance(value, str) and pattern.search(value[:10_000]) is not None
     raise ValueError(f"unknown comparator {word!r}")
 

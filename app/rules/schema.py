@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
+import re2
 import yaml
 from pydantic import (
     AfterValidator,
@@ -71,6 +72,7 @@ from app.features import BUILTIN_INPUTS, Aggregate, FeatureSpec, Sequence, Since
 
 MAX_WINDOW_MS = 400 * 86_400_000  # the longest window the dataflow keeps events for
 MAX_PATTERN_LENGTH = 200
+PATTERN_MEMORY_BYTES = 1 << 20  # RE2's budget per compiled pattern (its default is 8 MB)
 DEFAULT_EXAMPLE_CUSTOMER = "customer-1"
 BUILTIN_FEATURES = frozenset(BUILTIN_INPUTS)
 
@@ -193,15 +195,27 @@ def _window(ms: int) -> int:
     return ms
 
 
+def compile_pattern(text: str) -> typing.Any:
+    """A ``matches`` pattern, compiled by RE2: matching takes time linear in the text, whatever
+    the pattern (a backtracking engine takes exponential time on ``^(a+)+$``, and one trait
+    would stall the dataflow). RE2's syntax is Python's without backreferences and lookaround.
+    Raises ``ValueError`` saying why a pattern cannot be run."""
+    options = re2.Options()
+    options.log_errors = False  # a marketer's pattern is not the log's business
+    options.max_mem = PATTERN_MEMORY_BYTES
+    try:
+        return re2.compile(text, options=options)
+    except re2.error as error:
+        why = error.args[0].decode() if error.args and isinstance(error.args[0], bytes) else error
+        raise ValueError(f"{text!r} is not a regular expression RE2 runs: {why}") from None
+
+
 def _pattern(value: str) -> str:
     if len(value) > MAX_PATTERN_LENGTH:
         raise ValueError(
             f"the pattern is {len(value)} characters long; at most {MAX_PATTERN_LENGTH} are taken"
         )
-    try:
-        re.compile(value)
-    except re.error as error:
-        raise ValueError(f"{value!r} is not a valid regular expression: {error}") from None
+    compile_pattern(value)
     return value
 
 
@@ -316,7 +330,8 @@ class _Compared(_Node):
 
     ``eq``/``ne`` equal or differ; ``gt``/``gte``/``lt``/``lte`` compare numbers; ``in`` is one
     of a list; ``contains`` holds when text contains the text, or a list the value; ``matches``
-    is a regular expression (Python ``re`` syntax) the text matches. A missing value (no trait,
+    is a regular expression (RE2 syntax: Python's without backreferences and lookaround) the
+    text matches, in time linear in the text. A missing value (no trait,
     no event yet) satisfies no comparator.
     """
 

@@ -290,8 +290,15 @@ def test_yaml_reads_plain_data_as_json_would() -> None:
             "  trait: plan\n  matches: '(['\n",
             "when.matches",
             5,
-            "not a valid regular expression",
+            "not a regular expression RE2 runs: missing ]",
             id="bad pattern",
+        ),
+        pytest.param(
+            "  trait: plan\n  matches: '(a)\\1'\n",
+            "when.matches",
+            5,
+            "not a regular expression RE2 runs: invalid escape sequence",
+            id="a backreference",
         ),
         pytest.param(
             f"  trait: plan\n  matches: '{'a' * 201}'\n",
