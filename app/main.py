@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api import activation, collector, customers, deliveries, health, rules, segments, status
 from app.api.deps import AppState
 from app.db import make_engine
+from app.dispatch.rendering import TemplateRenderer
 from app.errors import CollectorError
 from app.ingest.auth import WriteKeyCache
 from app.ingest.service import EventStore
@@ -42,10 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 engine=engine,
                 store=store,
                 write_keys=WriteKeyCache(engine),
+                renderer=TemplateRenderer(processes=1),
             )
             try:
                 yield
             finally:
+                await app.state.segflow.renderer.close()
                 await client.aclose()
                 engine.dispose()
 

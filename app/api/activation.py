@@ -46,7 +46,6 @@ from app.dispatch.templates import (
     compile_template,
     jsonable_context,
     message_context,
-    render_message,
 )
 from app.dispatch.webhooks import (
     Outcome,
@@ -381,7 +380,7 @@ async def preview_template(body: PreviewIn, state: StateDep) -> PreviewOut:
         ),
     )
     try:
-        message = await run_in_threadpool(render_message, template, context)
+        message = await state.renderer.render(template, context)
     except MessageTemplateError as error:
         raise _template_refused(error) from error
     return PreviewOut(

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app.credentials import admin_token_name, hash_secret
+from app.dispatch.rendering import TemplateRenderer
 from app.ingest.auth import WriteKeyCache
 from app.ingest.service import EventStore
 from app.rules import store as rules_store
@@ -32,6 +33,7 @@ class AppState:
     engine: Engine
     store: EventStore
     write_keys: WriteKeyCache
+    renderer: TemplateRenderer  # previews render in its processes, never in the API's
     # token hash -> (monotonic time it was last confirmed, whose it is): admin calls skip SQL
     admin_tokens_seen: dict[str, tuple[float, str]] = field(default_factory=dict)
 

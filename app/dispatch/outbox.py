@@ -21,9 +21,10 @@ from app.dispatch.errors import (
     SecretUnreadable,
     TemplateNotFound,
 )
+from app.dispatch.rendering import TemplateRenderer
 from app.dispatch.secret_box import SecretBox, secret_box
 from app.dispatch.store import SendableDestination, load_template, sendable_destination
-from app.dispatch.templates import CompiledTemplate, message_context, render_message
+from app.dispatch.templates import CompiledTemplate, message_context
 from app.dispatch.webhooks import webhook_body
 from app.dispatch.worker import Dispatcher, RenderError, UndeliverableError
 from app.profiles.service import CustomerProfile
@@ -34,9 +35,10 @@ T = TypeVar("T")
 
 
 class StoredOutbox:
-    def __init__(self, engine: Engine, box: SecretBox) -> None:
+    def __init__(self, engine: Engine, box: SecretBox, renderer: TemplateRenderer) -> None:
         self._engine = engine
         self._box = box
+        self._renderer = renderer  # templates render in its processes, off this loop
         self._destinations: dict[str, tuple[float, SendableDestination | str]] = {}
         self._templates: dict[str, tuple[float, CompiledTemplate | str]] = {}
 
@@ -58,7 +60,8 @@ class StoredOutbox:
             "rule_version": delivery.rule_version,
         }
         try:
-            message = render_message(template, message_context(profile=profile, trigger=trigger))
+            context = message_context(profile=profile, trigger=trigger)
+            message = await self._renderer.render(template, context)
         except MessageTemplateError as error:
             raise RenderError(str(error)) from error
         data = {
@@ -113,9 +116,10 @@ async def run(settings: Settings, redis_url: str) -> None:
     """``segflow dispatcher``: deliver until SIGTERM or Ctrl-C."""
     client = aioredis.Redis.from_url(redis_url)
     engine = make_engine(settings)
+    renderer = TemplateRenderer()
     dispatcher = Dispatcher(
         client,
-        StoredOutbox(engine, secret_box(settings)),
+        StoredOutbox(engine, secret_box(settings), renderer),
         allow_private=settings.allow_private_destinations,
         consumer=CONSUMER,
     )
@@ -126,6 +130,7 @@ async def run(settings: Settings, redis_url: str) -> None:
         await dispatcher.run()
     finally:
         await dispatcher.close()
+        await renderer.close()
         await client.aclose()
         engine.dispose()
 

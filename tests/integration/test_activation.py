@@ -27,7 +27,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.factories import iso
 from tests.helpers import ServerThread, pipeline_env, wait_for
-from tests.integration.test_dispatcher import Receiver
+from tests.integration.test_dispatcher import Receiver, delivery
 
 QUICK_ABANDONERS = """\
 id: quick-abandoners
@@ -275,3 +275,62 @@ def trigger_entry(client: redis.Redis, customer: str, n: int, send: dict[str, An
         },
     )
     return trigger_id
+
+
+def test_a_template_that_renders_forever_fails_its_own_delivery_and_nothing_else(
+    redis_client: redis.Redis,
+    private_api: tuple[ServerThread, Settings],
+    credentials: dict[str, str],
+):
+    """Rendered in the dispatcher's loop, nested loops held up every other trigger for
+    minutes; now the render is killed after its time and only its delivery fails."""
+    api, settings = private_api
+    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    receiver = Receiver()
+    created = httpx.post(
+        f"{api.url}/api/destinations",
+        json={"name": "email", "kind": "email", "url": receiver.url},
+        headers=admin,
+    )
+    assert created.status_code == 201, created.text
+    loops = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+    stored = httpx.post(
+        f"{api.url}/api/templates",
+        json={"name": "forever", "kind": "email", "subject": "hi", "text": loops},
+        headers=admin,
+    )
+    assert stored.status_code == 201, stored.text
+    for customer in ("slow", *(f"g{n}" for n in range(6))):
+        redis_client.hset(f"profile:{{{customer}}}", mapping={"features": "{}", "traits": "{}"})
+    slow = trigger_entry(redis_client, "slow", 0, {"destination": "email", "template": "forever"})
+    good = [
+        trigger_entry(
+            redis_client, f"g{n}", n + 1, {"destination": "email", "template": "cart-reminder"}
+        )
+        for n in range(6)
+    ]
+    env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
+    env.pop("DATABASE_URL", None)
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
+    env["SEGFLOW_ALLOW_PRIVATE_DESTINATIONS"] = "1"
+    dispatcher = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "dispatcher"], env=env, start_new_session=True
+    )
+    try:
+
+        def failed() -> bool:
+            found = delivery(redis_client, slow)
+            return found is not None and found.status == "failed"
+
+        wait_for(lambda: set(receiver.delivered_ids()) == set(good), timeout_s=60, what="sent")
+        wait_for(failed, timeout_s=60, what="the slow template's delivery failed")
+    finally:
+        os.killpg(dispatcher.pid, 9)
+        dispatcher.wait()
+        receiver.close()
+    failure = delivery(redis_client, slow)
+    assert failure is not None
+    assert "renders for more than 2 s" in (failure.reason or ""), failure.reason
+    assert "forever" in (failure.reason or "")
+    assert slow not in receiver.delivered_ids()

@@ -18,6 +18,10 @@ from tests.helpers import ServerThread
 
 schema = schemathesis.openapi.from_dict(create_app().openapi())
 
+FRAMING_HEADERS = frozenset(
+    {"transfer-encoding", "content-length", "connection", "host", "upgrade", "expect", "te"}
+)
+
 
 @pytest.fixture(scope="module")
 def live(services: Services, credentials: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
@@ -47,6 +51,11 @@ def test_api_answers_every_generated_request_as_documented(
         # The token is always sent (its absence is tested on its own), and unknown query
         # parameters are ignored as HTTP APIs do: "negative data" here is not negative.
         excluded.append(checks.negative_data_rejection)
+    # Framing headers are the HTTP server's business, not the API's: a generated
+    # `transfer-encoding: ,@06;...` gets uvicorn's own 400 before any route runs.
+    for name in list(case.headers or {}):
+        if name.lower() in FRAMING_HEADERS:
+            del case.headers[name]
     if case.path == "/readyz":  # 503 is its documented answer while no dataflow runs here
         excluded.append(schemathesis.checks.not_a_server_error)
     case.call_and_validate(base_url=url, headers=headers, excluded_checks=excluded)
