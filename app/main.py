@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import activation, collector, customers, deliveries, health, rules, segments, status
+from app.api.body_timeout import BodyTimeout
 from app.api.deps import AppState
 from app.db import make_engine
 from app.dispatch.rendering import TemplateRenderer
@@ -57,6 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Real-time customer segmentation: Segment-compatible collector and admin API.",
         version="0.1.0",
         lifespan=lifespan,
+    )
+    app.add_middleware(
+        BodyTimeout, idle_s=settings.body_idle_timeout_s, total_s=settings.body_timeout_s
     )
     app.include_router(collector.router)
     app.include_router(customers.router)
@@ -125,7 +129,9 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
         error.headers = {**(error.headers or {}), "Allow": _allowed_methods(request)}
     # The SDKs read `code` and `message` from any non-200 answer and crash without them.
     if request.url.path.startswith("/v1/"):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")
+        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout"}.get(
+            error.status_code, "error"
+        )
         headers = dict(error.headers) if error.headers else None
         return _collector_body(error.status_code, code, str(error.detail), headers)
     return await http_exception_handler(request, error)

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     # How long a messageId is remembered to acknowledge SDK retries without storing twice.
     dedup_window_s: int = Field(default=86_400, ge=60, alias="SEGFLOW_DEDUP_WINDOW_S")
     api_workers: int = Field(default=0, ge=0, alias="SEGFLOW_API_WORKERS")
+    # A request's body must come within these: each part after the one before, all of it
+    # after the request's start (a client trickling its body holds no connection for long).
+    body_idle_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, alias="SEGFLOW_BODY_IDLE_TIMEOUT_S"
+    )
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600, alias="SEGFLOW_BODY_TIMEOUT_S")
     # How often the dataflow snapshots its state for recovery: after a crash it re-reads at
     # most this much of the streams.
     snapshot_interval_s: int = Field(default=2, ge=1, alias="SEGFLOW_SNAPSHOT_INTERVAL_S")

@@ -56,6 +56,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, text in {
         400: "Body not JSON, bad gzip, or (single-message calls) an invalid message.",
         401: "Missing or unknown write key.",
+        408: "The body did not arrive in time: nothing was stored, retry.",
         413: "Message over 32 KB or request over 500 KB.",
         503: "The event store is unreachable: nothing was stored, retry.",
     }.items()

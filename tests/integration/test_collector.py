@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
+import select
+import socket
 import uuid
 
 import httpx
@@ -387,3 +390,69 @@ def test_readiness_names_the_part_that_is_down(services, credentials, redis_clie
     assert response.status_code == 503
     assert response.json()["checks"]["redis"].startswith("unreachable")
     assert response.json()["checks"]["sql"] == "ok"
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize(
+    ("path", "auth", "shape"),
+    [("/v1/batch", "basic", "message"), ("/api/destinations", "bearer", "detail")],
+)
+def test_a_body_that_stops_coming_gets_408_and_the_connection_is_closed(
+    services, credentials, redis_client, path, auth, shape
+):
+    """Headers, part of the body, then nothing: the connection was held for as long as the
+    client liked. Now the read gives up after the idle timeout, answers 408 and closes."""
+    settings = services.settings(SEGFLOW_BODY_IDLE_TIMEOUT_S=0.5, SEGFLOW_BODY_TIMEOUT_S=30)
+    if auth == "basic":
+        token = base64.b64encode(f"{credentials['write_key']}:".encode()).decode()
+        authorization = f"Basic {token}"
+    else:
+        authorization = f"Bearer {credentials['admin_token']}"
+    with ServerThread(create_app(settings)) as api:
+        sock = socket.create_connection(("127.0.0.1", api.port), timeout=60)
+        with sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+                '{"batch": ['.encode()
+            )
+            answer = _answer(sock)  # the server closes: recv returns b"" at the end
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert b"connection: close" in head.lower()
+    assert "did not arrive in time" in json.loads(body)[shape]
+    assert stored_events(redis_client) == []
+
+
+def test_a_body_trickled_byte_by_byte_is_cut_off_at_the_total_timeout(
+    services, credentials, redis_client
+):
+    """Each byte within the idle timeout, never the whole body: the total timeout ends it."""
+    settings = services.settings(SEGFLOW_BODY_IDLE_TIMEOUT_S=30, SEGFLOW_BODY_TIMEOUT_S=2)
+    token = base64.b64encode(f"{credentials['write_key']}:".encode()).decode()
+    with ServerThread(create_app(settings)) as api:
+        sock = socket.create_connection(("127.0.0.1", api.port), timeout=60)
+        with sock:
+            sock.sendall(
+                f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n"
+                "Content-Length: 100000\r\n\r\n".encode()
+            )
+            answered = False
+            for _ in range(100_000):  # a byte every 0.1 s: the body would take hours
+                readable, _, _ = select.select([sock], [], [], 0.1)
+                if readable:
+                    answered = True
+                    break
+                sock.sendall(b" ")
+            assert answered, "the server kept reading the trickle"
+            answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b'"code":"request_timeout"' in answer
+    assert stored_events(redis_client) == []
