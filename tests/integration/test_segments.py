@@ -147,3 +147,23 @@ def test_a_late_order_retracts_the_cart_reminder_and_the_correction_is_listed(
     assert get(api, token, "/api/segments/cart-abandoners/members")["items"] == []
     reminder = trigger_id("ada", "cart-abandoners", "enter", t0 + 30 * MINUTE, 0)
     assert redis_client.exists(retracted_key(reminder))
+
+
+def test_a_cursor_out_of_range_is_refused_not_blamed_on_redis(
+    api: ServerThread, credentials: dict[str, str]
+):
+    """A cursor past Redis's 64-bit integers reached Redis, which refused it, and the API
+    answered 503 "Redis unreachable". It is the request that is wrong: 422, naming the cursor."""
+    huge = "9" * 25
+    for path in (
+        f"/api/customers/ada/transitions?cursor={huge}",
+        f"/api/customers/ada/corrections?cursor={huge}",
+        f"/api/segments/cart-abandoners/members?cursor={huge}",
+        f"/api/deliveries?cursor={huge}",
+        f"/api/dead-letters?cursor={huge}",
+    ):
+        answer = httpx.get(
+            f"{api.url}{path}", headers={"Authorization": f"Bearer {credentials['admin_token']}"}
+        )
+        assert answer.status_code == 422, (path, answer.text)
+        assert answer.json()["detail"][0]["loc"] == ["query", "cursor"], path
