@@ -39,7 +39,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 
 # Every benchmark in turn (minutes); `make bench BENCH=rules` runs one. With options:
-# `segflow bench NAME OPTIONS` (`python bench/NAME.py --help` lists them).
+# `segflow bench NAME OPTIONS` (`segflow bench NAME --help` lists them).
 bench: $(STAMP)
 	@set -e; for name in $(or $(BENCH),ingest pipeline crash rules dispatch corrections); do \
 		echo "== bench/$$name.py"; $(BIN)/segflow bench $$name; done

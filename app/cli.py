@@ -184,7 +184,7 @@ def _serve(
         specs.append(
             ProcessSpec(
                 "demo-shop",
-                [sys.executable, "-m", "app.cli", "demo", "--url", base],
+                [sys.executable, "-m", "app.cli", "demo", "--url", base, "--wait", "120"],
                 {DEMO_KEY_VARIABLE: first.demo_shop_key},
             )
         )
@@ -388,21 +388,50 @@ def rules_check(path: Path) -> None:
 )
 @click.option("--shoppers", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--seed", type=int, default=None, help="Make the shoppers' choices repeatable.")
-def demo(url: str, write_key: str, rate: float, shoppers: int, seed: int | None) -> None:
-    """Run the simulated shop: browsing, cart-abandoning and buying shoppers, live."""
+@click.option(
+    "--wait",
+    "wait_s",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 3600),
+    help="Seconds to wait for the collector to come up (by default it must answer at once).",
+)
+def demo(
+    url: str, write_key: str, rate: float, shoppers: int, seed: int | None, wait_s: float
+) -> None:
+    """Run the simulated shop: browsing, cart-abandoning and buying shoppers, live. It says
+    what it sends every few seconds, and stops at once when nothing answers at --url."""
     with contextlib.suppress(KeyboardInterrupt):
-        shop.run(url=url, write_key=write_key, rate=rate, shoppers=shoppers, seed=seed)
+        shop.run(
+            url=url,
+            write_key=write_key,
+            rate=rate,
+            shoppers=shoppers,
+            seed=seed,
+            wait_s=wait_s,
+            echo=click.echo,
+        )
 
 
 BENCHMARKS = ("ingest", "pipeline", "crash", "rules", "dispatch", "corrections")  # bench/NAME.py
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("name", type=click.Choice(BENCHMARKS), default="ingest")
+@main.command(
+    context_settings={"ignore_unknown_options": True}, add_help_option=False, options_metavar=""
+)
+@click.argument("name", required=False, metavar=f"[{'|'.join(BENCHMARKS)}]")
 @click.argument("options", nargs=-1, type=click.UNPROCESSED)
-def bench(name: str, options: tuple[str, ...]) -> None:
-    """Run the benchmark bench/NAME.py (from a source checkout) with its OPTIONS (`python
-    bench/NAME.py --help` lists them); it prints a table with its floor."""
+@click.pass_context
+def bench(ctx: click.Context, name: str | None, options: tuple[str, ...]) -> None:
+    """Run the benchmark bench/NAME.py (from a source checkout; `ingest` when no NAME is
+    given) with its OPTIONS; it prints a table with its floor. `segflow bench NAME --help`
+    lists the benchmark's own options."""
+    if name in ("--help", "-h"):
+        click.echo(ctx.get_help())
+        return
+    if name is not None and name not in BENCHMARKS:
+        raise click.BadParameter(f"{name!r} is not one of {', '.join(BENCHMARKS)}", ctx)
+    name = name or "ingest"
     script = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
     if not script.is_file():
         raise click.ClickException(f"{script} not found: benchmarks run from a source checkout")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -105,21 +106,109 @@ def visit(shopper: Shopper, rng: random.Random) -> Iterator[dict[str, Any]]:
         )
 
 
-def run(*, url: str, write_key: str, rate: float, shoppers: int, seed: int | None) -> None:
-    """Send visits at about ``rate`` events per second until interrupted."""
+REPORT_EVERY_S = 10.0
+
+
+class Unreachable(SystemExit):
+    """The collector cannot be reached, or is not a collector: the demo stops."""
+
+
+@dataclass
+class Tally:
+    events: int = 0
+    accepted: int = 0
+    visits: int = 0
+    last: str = ""
+
+    def add(self, shopper: Shopper, batch: list[dict[str, Any]], accepted: int) -> None:
+        self.visits += 1
+        self.events += len(batch)
+        self.accepted += accepted
+        names = Counter(m.get("event") or m["type"] for m in batch)
+        what = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in names.items())
+        self.last = f"{shopper.customer_id} ({shopper.persona}): {what}"
+
+    def line(self) -> str:
+        return (
+            f"demo shop: {self.events:,} events sent in {self.visits:,} visits, "
+            f"{self.accepted:,} accepted; last visit {self.last}"
+        )
+
+
+def run(
+    *,
+    url: str,
+    write_key: str,
+    rate: float,
+    shoppers: int,
+    seed: int | None,
+    wait_s: float = 0.0,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Send visits at about ``rate`` events per second until interrupted, saying what it
+    sends every ``REPORT_EVERY_S``. The collector must answer within ``wait_s`` of the start
+    (at once by default): a refused connection or an answer that is not the collector's stops
+    the demo with the reason, rather than retrying a wrong address for ever."""
     rng = random.Random(seed)
     crowd = [
         Shopper(f"anon-{n}" if persona == "signup" else f"shopper-{n}", persona)
         for n in range(shoppers)
         for persona in [rng.choice(PERSONAS)]
     ]
-    with httpx.Client(base_url=url, auth=(write_key, ""), timeout=10) as client:
+    target = f"{url.rstrip('/')}/v1/batch"
+    echo(
+        f"demo shop: sending {shoppers} simulated shoppers' events to {target}, "
+        f"about {rate:g} per second (Ctrl-C stops)"
+    )
+    tally = Tally()
+    give_up_at = time.monotonic() + wait_s
+    reported_at = time.monotonic()
+    down = False
+    with httpx.Client(auth=(write_key, ""), timeout=10) as client:
         while True:
-            batch = list(visit(rng.choice(crowd), rng))
+            shopper = rng.choice(crowd)
+            batch = list(visit(shopper, rng))
             try:
-                response = client.post("/v1/batch", json={"batch": batch})
-                if response.status_code == 401:
-                    raise SystemExit("demo shop: the collector refused the write key")
-            except httpx.HTTPError:
-                pass  # the API is restarting; this visit is lost, as a real visitor's would be
+                response = client.post(target, json={"batch": batch})
+            except httpx.HTTPError as error:
+                if not tally.visits:  # never reached: a wrong address, or Segflow not up
+                    if time.monotonic() >= give_up_at:
+                        raise Unreachable(
+                            f"demo shop: cannot reach {target} ({error}); is Segflow running "
+                            "there? Start it with `make up`, or give its address with --url"
+                        ) from None
+                    time.sleep(0.5)
+                    continue
+                if not down:  # the API is restarting: this visit is lost, as a visitor's
+                    echo(f"demo shop: {target} is unreachable ({error}); going on")
+                down = True
+            else:
+                _check(response, target)
+                if down:
+                    echo(f"demo shop: {target} answers again")
+                down = False
+                tally.add(shopper, batch, _accepted(response))
+            first = tally.visits == 1 and not down
+            if first or time.monotonic() - reported_at >= REPORT_EVERY_S:
+                echo(tally.line())
+                reported_at = time.monotonic()
             time.sleep(len(batch) / rate)
+
+
+def _check(response: httpx.Response, target: str) -> None:
+    """Stop on an answer no retry can change: a refused key, or no collector at ``target``."""
+    if response.status_code == 401:
+        raise Unreachable(f"demo shop: {target} refused the write key (401)")
+    if response.status_code in (404, 405):
+        raise Unreachable(
+            f"demo shop: {target} answered {response.status_code}: is --url Segflow's address?"
+        )
+
+
+def _accepted(response: httpx.Response) -> int:
+    if response.status_code != 200:
+        return 0
+    try:
+        return int(response.json().get("accepted", 0))
+    except (ValueError, AttributeError):
+        return 0

@@ -426,8 +426,9 @@ def test_demo_shop_sends_valid_shop_events(services, api, credentials, redis_cli
         assert time.monotonic() < deadline, "the demo shop sent too little"
         time.sleep(0.2)
     shop.terminate()
-    shop.communicate(timeout=10)
+    said, _ = shop.communicate(timeout=10)
 
+    assert f"to {api.url}/v1/batch" in said.splitlines()[0]  # it says where it sends
     events = stored_events(redis_client)
     assert redis_client.xlen("failed-events") == 0
     names = {e.event for e in events if e.type == "track"}
@@ -436,6 +437,40 @@ def test_demo_shop_sends_valid_shop_events(services, api, credentials, redis_cli
     merges = [e for e in events if e.type == "identify" and e.anonymous_id]
     assert merges, "the demo shop signs someone up (identify with both ids)"
     assert all(e.user_id and e.user_id != e.anonymous_id for e in merges)
+
+
+def test_demo_shop_at_a_wrong_address_stops_at_once_saying_why(tmp_path: Path) -> None:
+    """It printed nothing and retried a refused connection for ever."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    shop = subprocess.run(
+        [*SEGFLOW, "demo", "--url", nowhere, "--write-key", "k" * 32],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert shop.returncode != 0
+    assert f"cannot reach {nowhere}/v1/batch" in shop.stderr
+    assert "--url" in shop.stderr
+
+
+def test_demo_shop_says_what_it_sends(services, api, credentials, redis_client):
+    shop = subprocess.Popen(
+        [*SEGFLOW, "demo", "--url", api.url, "--write-key", credentials["write_key"]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        line = wait_for_line(shop, r"events sent in", seen, timeout_s=90)
+    finally:
+        shop.terminate()
+        shop.communicate(timeout=10)
+    assert re.search(r"demo shop: [\d,]+ events sent in [\d,]+ visits, [\d,]+ accepted", line)
+    assert re.search(r"last visit (shopper|anon)-\d+ \(\w+\): ", line), line
 
 
 def test_up_on_a_port_in_use_says_so_and_prepares_nothing(tmp_path: Path) -> None:
@@ -482,3 +517,26 @@ def test_rebuild_sets_the_recovery_state_aside_unless_segflow_up_runs(
     assert str(aside) in done.stdout
     again = run(services, "rebuild")
     assert "no recovery state" in again.stdout
+
+
+def test_bench_help_is_the_benchmarks_own(tmp_path: Path) -> None:
+    """`segflow bench NAME --help` showed the generic help, not the benchmark's options."""
+    own = subprocess.run(
+        [*SEGFLOW, "bench", "dispatch", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert own.returncode == 0, own.stderr
+    assert "--deliveries" in own.stdout  # an option only bench/dispatch.py has
+    general = subprocess.run(
+        [*SEGFLOW, "bench", "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert "|".join(("ingest", "pipeline", "crash")) in general.stdout
+    assert "NAME --help" in general.stdout
+    wrong = subprocess.run(
+        [*SEGFLOW, "bench", "nope"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert wrong.returncode != 0
+    assert "'nope' is not one of ingest" in wrong.stderr
