@@ -14,7 +14,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import activation, collector, customers, deliveries, health, rules, segments, status
+from app.api import (
+    activation,
+    collector,
+    customers,
+    deliveries,
+    docs,
+    health,
+    rules,
+    segments,
+    status,
+)
 from app.api.body_timeout import BodyTimeout
 from app.api.deps import AppState
 from app.db import make_engine
@@ -58,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Real-time customer segmentation: Segment-compatible collector and admin API.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by app.api.docs, with its files, not from a CDN
+        redoc_url=None,
     )
     app.add_middleware(
         BodyTimeout, idle_s=settings.body_idle_timeout_s, total_s=settings.body_timeout_s
@@ -71,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(activation.templates)
     app.include_router(deliveries.router)
     app.include_router(health.router)
+    docs.mount(app)
     app.add_exception_handler(CollectorError, _collector_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
