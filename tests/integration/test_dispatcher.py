@@ -34,10 +34,16 @@ SECRET = "whsec_" + base64.b64encode(b"a test secret of 32 bytes length").decode
 
 
 class Receiver:
-    """A webhook receiver on loopback; ``answer(n)`` gives the n-th request's status."""
+    """A webhook receiver on loopback; ``answer(n)`` gives the n-th request's status, or
+    ``per_id(k)`` the status of the k-th request (from 0) carrying the same webhook-id."""
 
-    def __init__(self, answer: Callable[[int], int] = lambda _n: 200) -> None:
+    def __init__(
+        self,
+        answer: Callable[[int], int] = lambda _n: 200,
+        per_id: Callable[[int], int] | None = None,
+    ) -> None:
         self.answer = answer
+        self.per_id = per_id
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.statuses: list[int] = []  # what each request was answered
         self.lock = threading.Lock()
@@ -51,7 +57,12 @@ class Receiver:
                     receiver.requests.append(
                         ({k.lower(): v for k, v in self.headers.items()}, body)
                     )
-                    status = receiver.answer(n)
+                    if receiver.per_id is None:
+                        status = receiver.answer(n)
+                    else:
+                        webhook_id = self.headers["webhook-id"]
+                        tried = sum(h["webhook-id"] == webhook_id for h, _ in receiver.requests)
+                        status = receiver.per_id(tried - 1)
                     receiver.statuses.append(status)
                 self.send_response(status)
                 if status == 429:
@@ -154,7 +165,7 @@ def dispatch_until(
     settings: Settings,
     outbox: Any,
     done: Callable[[], bool],
-    timeout_s: float = 20,
+    timeout_s: float = 120,
     max_connections: int | None = None,
 ) -> None:
     async def main() -> None:
@@ -203,12 +214,15 @@ def test_a_delivery_is_signed_per_standard_webhooks(settings, redis_client, rece
 def test_a_receiver_failing_half_the_time_gets_every_trigger_once_delivered(
     settings, redis_client, fast_retries
 ):
-    flaky = Receiver(lambda n: 500 if n % 2 == 0 else 200)
+    # Each trigger's first two attempts fail (a 500, then a 429), the third succeeds: which
+    # attempt fails does not depend on how concurrent attempts interleave.
+    flaky = Receiver(per_id=lambda k: (500, 429)[k] if k < 2 else 200)
     try:
         ids = [trigger(redis_client, n, customer=f"c{n}") for n in range(20)]
         dispatch_until(
             settings, LoopbackOutbox(flaky), lambda: len(set(flaky.delivered_ids())) == 20
         )
+        assert len(flaky.requests) == 60  # three attempts each, no more
         assert sorted(flaky.delivered_ids()) == sorted(ids)  # each exactly once
         assert flaky.unverified(SECRET) == []  # every attempt signed, retries too
     finally:
@@ -328,7 +342,7 @@ def test_a_backlog_larger_than_the_connection_pool_is_sent_without_waiting_for_l
         settings,
         LoopbackOutbox(receiver),
         lambda: len(set(receiver.delivered_ids())) == len(ids),
-        timeout_s=15,
+        timeout_s=28,  # under the 30 s lease a starved attempt would wait out, however busy
         max_connections=12,
     )
     assert sorted(receiver.delivered_ids()) == sorted(ids)
