@@ -119,14 +119,16 @@ async def _collector_error(_request: Request, error: CollectorError) -> Response
 
 async def _validation_error(_request: Request, error: RequestValidationError) -> Response:
     """FastAPI's 422 (``{"detail": [...]}``), with the inputs JSON cannot hold (a body's
-    ``NaN`` or ``Infinity``, which Python's JSON reader takes) shown as text: written as they
-    are, they made the answer itself fail, a 500."""
+    ``NaN`` or ``Infinity``, which Python's JSON reader takes, and integers past 64 bits)
+    shown as text: written as they are, they made the answer itself fail, a 500."""
     detail = _json_safe(jsonable_encoder(error.errors()))
     return Response(orjson.dumps({"detail": detail}), 422, media_type="application/json")
 
 
 def _json_safe(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:  # past what orjson writes
         return str(value)
     if isinstance(value, dict):
         return {key: _json_safe(item) for key, item in value.items()}

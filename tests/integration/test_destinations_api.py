@@ -370,6 +370,11 @@ def test_bad_settings_are_refused_naming_the_field(private_admin: Admin, receive
         (problem,) = answer.json()["detail"]
         assert problem["loc"] == ["body", "timeout_s"]
         assert problem["input"] in ("nan", "inf")
+    # an integer past 64 bits, anywhere in what the answer shows, made it fail the same way
+    huge = -4487058121557032749236224
+    (problem,) = refused({**base, "timeout_s": {"x": [huge]}})
+    assert problem["loc"] == ["body", "timeout_s"]
+    assert problem["input"] == {"x": [str(huge)]}
     assert refused({**base, "headers": {"webhook-signature": "v1,x"}})[0]["loc"][:2] == [
         "body",
         "headers",
