@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,9 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 write_keys=WriteKeyCache(engine),
                 renderer=TemplateRenderer(processes=1),
             )
+            recorder = asyncio.create_task(segments.record_history(app.state.segflow))
             try:
                 yield
             finally:
+                recorder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recorder
                 await app.state.segflow.renderer.close()
                 await client.aclose()
                 engine.dispose()

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     body_idle_timeout_s: float = Field(
         default=10.0, gt=0, le=3600, alias="SEGFLOW_BODY_IDLE_TIMEOUT_S"
     )
+    # How often each segment's size is recorded for its history (GET .../history).
+    segment_history_interval_s: int = Field(
+        default=60, ge=1, le=3600, alias="SEGFLOW_SEGMENT_HISTORY_INTERVAL_S"
+    )
     body_timeout_s: float = Field(default=60.0, gt=0, le=3600, alias="SEGFLOW_BODY_TIMEOUT_S")
     # How often the dataflow snapshots its state for recovery: after a crash it re-reads at
     # most this much of the streams.

@@ -1,0 +1,135 @@
+"""Segment size history: each segment's size sampled at a fixed interval, kept bounded, with
+sudden jumps and drops flagged.
+
+Samples. Every ``interval_ms`` (a minute by default) one recorder, whichever API process takes
+that interval's lock first (``SET NX``), reads every segment's size (``SCARD`` of its members)
+and adds ``(at, size)`` to the segment's ``minute`` series, ``at`` being the interval's start.
+The first sample of each hour also goes to the ``hour`` series. Each series is a sorted set
+scored by ``at`` and trimmed by age as it is written: ``minute`` keeps 7 days, ``hour`` 90 days.
+When no Segflow process runs there are no samples: readers see the gap as missing instants,
+never as invented sizes.
+
+Anomalies, by a robust z-score of the change. For a sample, the change is its size minus the
+previous sample's. Its baseline is the changes of the ``BASELINE`` samples before it (at least
+``MIN_BASELINE``, else it is never flagged): their median ``m`` and median absolute deviation
+``MAD``. The sample is an anomaly when ``|change - m| > THRESHOLD * scale``, where ``scale`` is
+``1.4826 * MAD`` (the standard deviation a normal distribution with that MAD has), but at least
+``max(1, 1 % of the previous size)``: a segment that never moved is not flagged for one
+customer more, and a large one not for its usual noise. Median and MAD ignore the odd spike in
+the baseline, so one anomaly does not hide the next.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+
+from app.profiles.keys import members_key
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+Resolution = Literal["minute", "hour"]
+KEEP_MS: dict[Resolution, int] = {"minute": 7 * DAY_MS, "hour": 90 * DAY_MS}
+DEFAULT_SPAN_MS: dict[Resolution, int] = {"minute": DAY_MS, "hour": 90 * DAY_MS}  # what's read
+
+BASELINE = 60  # changes before a sample that make its baseline
+MIN_BASELINE = 10
+THRESHOLD = 5.0
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: int  # ms since the epoch: the start of the interval it was taken in
+    size: int
+    anomaly: bool = False
+
+
+def history_key(segment: str, resolution: Resolution) -> str:
+    return f"segment-history:{{{segment}}}:{resolution}"
+
+
+def _tick_key(resolution: Resolution, at: int) -> str:
+    return f"segment-history:tick:{resolution}:{at}"
+
+
+async def record(
+    client: aioredis.Redis, segments: Sequence[str], *, now_ms: int, interval_ms: int = MINUTE_MS
+) -> bool:
+    """Sample every segment's size for the interval ``now_ms`` falls in, unless another
+    recorder already did; whether this call recorded."""
+    at = now_ms - now_ms % interval_ms
+    if not await client.set(_tick_key("minute", at), 1, nx=True, px=2 * interval_ms + 60_000):
+        return False
+    hour = now_ms - now_ms % HOUR_MS
+    hourly = bool(await client.set(_tick_key("hour", hour), 1, nx=True, px=2 * HOUR_MS))
+    pipe = client.pipeline(transaction=False)
+    for segment in segments:
+        pipe.scard(members_key(segment))
+    sizes: list[int] = await pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    for segment, size in zip(segments, sizes, strict=True):
+        _add(pipe, segment, "minute", at, size)
+        if hourly:
+            _add(pipe, segment, "hour", hour, size)
+    await pipe.execute()
+    return True
+
+
+def _add(
+    pipe: aioredis.client.Pipeline, segment: str, resolution: Resolution, at: int, size: int
+) -> None:
+    key = history_key(segment, resolution)
+    pipe.zadd(key, {f"{at}:{size}": at})
+    pipe.zremrangebyscore(key, "-inf", f"({at - KEEP_MS[resolution]}")
+
+
+async def read(
+    client: aioredis.Redis,
+    segment: str,
+    *,
+    resolution: Resolution = "minute",
+    since: int | None = None,
+    until: int | None = None,
+) -> list[Sample]:
+    """The segment's samples from ``since`` to ``until`` (ms, inclusive), oldest first, each
+    flagged by ``flag_anomalies`` over the samples before it (also those before ``since``: a
+    series holds at most 10,080 samples, so it is read whole up to ``until``)."""
+    high = "+inf" if until is None else until
+    found: Any = await client.zrangebyscore(history_key(segment, resolution), "-inf", high)
+    members: list[bytes] = found
+    samples = flag_anomalies([_parse(member) for member in members])
+    return [s for s in samples if since is None or s.at >= since]
+
+
+def _parse(member: bytes) -> Sample:
+    at, _, size = member.decode().partition(":")
+    return Sample(int(at), int(size))
+
+
+def flag_anomalies(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples, each flagged when its change stands out from the changes before it (see
+    the module's docstring for the rule)."""
+    changes = [b.size - a.size for a, b in itertools.pairwise(samples)]
+    flagged = [Sample(samples[0].at, samples[0].size)] if samples else []
+    for i, sample in enumerate(samples[1:]):
+        baseline = changes[max(0, i - BASELINE) : i]
+        flagged.append(
+            Sample(sample.at, sample.size, _stands_out(changes[i], baseline, samples[i].size))
+        )
+    return flagged
+
+
+def _stands_out(change: int, baseline: Sequence[int], previous_size: int) -> bool:
+    if len(baseline) < MIN_BASELINE:
+        return False
+    middle = statistics.median(baseline)
+    mad = statistics.median(abs(c - middle) for c in baseline)
+    scale = max(MAD_TO_SIGMA * mad, 1.0, 0.01 * previous_size)
+    return abs(change - middle) > THRESHOLD * scale
