@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up test test-slow lint fmt bench clean
+.PHONY: up test test-slow lint fmt bench clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,11 +21,20 @@ up: $(STAMP)
 
 # Tests write nothing into the checkout: no bytecode, no pytest cache (pyproject.toml), hypothesis's
 # examples in the temporary directory (tests/conftest.py), data in each test's own directory.
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -m "not slow"
 
 test-slow: $(STAMP)
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -m slow
+
+# The browser tests drive Debian's Chromium (tests/browser); installed here when missing and
+# this user may (root with apt-get), else they are skipped (outside CI) with the reason.
+browser:
+	@test -x /usr/bin/chromium || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+			|| { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
+		else echo "no /usr/bin/chromium: browser tests skipped (sudo apt-get install chromium)"; fi; }
 
 # Style, types (the tests' too) and the direction of imports (pyproject.toml's contracts).
 lint: $(STAMP)

@@ -195,6 +195,7 @@ def _serve(
     def announce() -> None:
         _wait_until_up(f"{base}/healthz")
         click.echo(f"Segflow is up at {base}")
+        click.echo(f"  admin UI: {base}/admin (log in with the admin token)")
         click.echo(f"  API docs: {base}/docs")
         if first.admin_token:
             click.echo(f"  admin token (shown once, keep it): {first.admin_token}")

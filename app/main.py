@@ -37,6 +37,7 @@ from app.ingest.service import EventStore
 from app.redis_client import async_redis
 from app.redis_server import redis_url_for
 from app.settings import Settings, get_settings
+from app.web import pages
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deliveries.router)
     app.include_router(health.router)
     docs.mount(app)
+    pages.mount(app)
     app.add_exception_handler(CollectorError, _collector_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

@@ -48,6 +48,7 @@ def extract(name: str, tarball: bytes, files: dict[str, str]) -> dict[str, str]:
             if member is None:
                 raise SystemExit(f"{name}: {file} is not in the package")
             data = member.read()
+            (target / file).parent.mkdir(parents=True, exist_ok=True)
             (target / file).write_bytes(data)
             sums[file] = hashlib.sha256(data).hexdigest()
     return sums

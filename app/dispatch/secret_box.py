@@ -17,6 +17,8 @@ import base64
 import binascii
 import contextlib
 import functools
+import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -60,6 +62,7 @@ class SecretBox:
     def __init__(self, keys: list[bytes]) -> None:
         if not keys:
             raise ValueError("a secret box needs a key")
+        self._newest = keys[0]
         try:
             self._fernet = MultiFernet([Fernet(key) for key in keys])
         except (ValueError, binascii.Error) as error:
@@ -71,6 +74,11 @@ class SecretBox:
 
     def __repr__(self) -> str:
         return "SecretBox(<keys hidden>)"
+
+    def derive(self, purpose: str) -> bytes:
+        """A key of its own for ``purpose`` (e.g. signing the admin UI's session cookies),
+        derived from the newest key: rotating the key ends what it signed."""
+        return hmac.new(self._newest, purpose.encode(), hashlib.sha256).digest()
 
     def seal(self, secret: str) -> str:
         return self._fernet.encrypt(secret.encode()).decode("ascii")

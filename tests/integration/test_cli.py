@@ -291,6 +291,8 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
     seen: list[str] = []
     try:
         token = wait_for_line(process, r"^\s+admin token", seen).split()[-1]
+        ui = next(line for line in seen if "admin UI:" in line).split()[2]
+        assert httpx.get(ui, follow_redirects=True).url.path == "/admin/login"  # behind login
         key = wait_for_line(process, r"^\s+demo write key", seen).split()[-1]
         wait_for_line(process, r"Ctrl-C", seen)
         base = f"http://127.0.0.1:{port}"

@@ -1,0 +1,37 @@
+// Segflow admin UI: what htmx does not do. No inline scripts (the pages' CSP forbids them).
+"use strict";
+
+function localTimes(root) {
+  // <time data-ms="..."> in the reader's own time zone
+  for (const node of root.querySelectorAll("time[data-ms]")) {
+    node.textContent = new Date(Number(node.dataset.ms)).toLocaleString();
+  }
+}
+
+function sizeChart() {
+  const target = document.getElementById("size-chart");
+  const source = document.getElementById("size-chart-data");
+  if (!target || !source || typeof uPlot === "undefined") return;
+  const data = JSON.parse(source.textContent);
+  const anomalies = data.size.map((size, i) => (data.anomaly[i] ? size : null));
+  const options = {
+    width: target.clientWidth || 800,
+    height: 260,
+    scales: { x: { time: true } },
+    series: [
+      {},
+      { label: "members", stroke: "#3b5bdb", width: 2, fill: "rgba(59,91,219,0.08)" },
+      { label: "anomaly", stroke: "#e03131", width: 0, points: { show: true, size: 9, fill: "#e03131" } },
+    ],
+    axes: [{}, { size: 60 }],
+  };
+  const chart = new uPlot(options, [data.at, data.size, anomalies], target);
+  target.dataset.rendered = String(data.at.length);
+  window.addEventListener("resize", () => chart.setSize({ width: target.clientWidth, height: 260 }));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  localTimes(document);
+  sizeChart();
+  document.body.addEventListener("htmx:afterSwap", (event) => localTimes(event.target));
+});

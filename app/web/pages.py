@@ -1,0 +1,345 @@
+"""``/admin``: the marketers' web UI, server-rendered (Jinja2) with htmx for the parts that
+refresh, served by the API's own app. Every page and call needs a session (``app.web.session``);
+every asset is Segflow's own (``/static``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from redis import RedisError
+from sqlmodel import Session
+
+from app.api.deps import AppState, StateDep, get_stored_rules
+from app.credentials import admin_name_by_hash, admin_token_name, hash_secret
+from app.dispatch.deliveries import DEAD_KEY
+from app.dispatch.secret_box import secret_box
+from app.ingest import failed_events
+from app.ingest.status import pipeline_status
+from app.profiles import history, segments
+from app.rules.store import StoredRule
+from app.streams import FAILED_EVENTS_KEY
+from app.web.session import (
+    CSRF_HEADER,
+    LOGIN_COOKIE,
+    LOGIN_S,
+    SESSION_COOKIE,
+    SESSION_S,
+    Signer,
+    WebSession,
+    csrf_matches,
+    login_nonce_matches,
+    new_login_nonce,
+    new_session,
+    read_session,
+)
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_SESSION_RECHECK_S = 5.0
+
+
+class LoginRequired(Exception):
+    """No valid session: pages go to the login form, htmx calls are told to."""
+
+    def __init__(self, next_path: str) -> None:
+        self.next_path = next_path
+
+
+def _signer(state: AppState) -> Signer:
+    return Signer(secret_box(state.settings).derive("segflow admin session"))
+
+
+def _token_still_valid(state: AppState, token_hash: str) -> bool:
+    seen = state.admin_tokens_seen.get(token_hash)
+    if seen is not None and time.monotonic() - seen[0] < _SESSION_RECHECK_S:
+        return True
+    bootstrap = state.settings.admin_token
+    with Session(state.engine) as session:
+        name = admin_name_by_hash(
+            session=session,
+            digest=token_hash,
+            bootstrap=bootstrap.get_secret_value() if bootstrap else None,
+        )
+    if name is None:
+        return False
+    state.admin_tokens_seen[token_hash] = (time.monotonic(), name)
+    return True
+
+
+def web_session(request: Request, state: StateDep) -> WebSession:
+    """The request's session, its token still valid and, for a change, its CSRF token sent."""
+    session = read_session(_signer(state), request.cookies.get(SESSION_COOKIE))
+    if session is None or not _token_still_valid(state, session.token_hash):
+        raise LoginRequired(request.url.path)
+    if request.method not in SAFE_METHODS and not csrf_matches(
+        session, request.headers.get(CSRF_HEADER)
+    ):
+        raise HTTPException(403, detail="the page is stale (CSRF token missing): reload it")
+    return session
+
+
+WebSessionDep = Annotated[WebSession, Depends(web_session)]
+router = APIRouter(prefix="/admin", include_in_schema=False)
+
+
+# Only Segflow's own scripts, styles and images; no framing; nothing cached of a session's pages.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def _html(
+    request: Request, name: str, context: dict[str, Any], status_code: int = 200
+) -> HTMLResponse:
+    response = TEMPLATES.TemplateResponse(request, name, context, status_code)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _page(
+    request: Request, name: str, session: WebSession, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    context = {"csrf": session.csrf, "path": request.url.path, **context}
+    return _html(request, name, context, status_code)
+
+
+# --- login ---------------------------------------------------------------------------------
+
+
+def _login_form(
+    request: Request, state: AppState, *, next_path: str, error: str | None, status_code: int
+) -> HTMLResponse:
+    nonce, cookie = new_login_nonce(_signer(state))
+    context = {"nonce": nonce, "next": next_path, "error": error}
+    response = _html(request, "login.html", context, status_code)
+    _set_cookie(request, response, LOGIN_COOKIE, cookie, LOGIN_S)
+    return response
+
+
+def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/admin",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def _local(next_path: str) -> str:
+    """Only a path of this UI: never an open redirect to another site."""
+    return next_path if next_path.startswith("/admin") and "//" not in next_path else "/admin"
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, state: StateDep, next: str = "/admin") -> HTMLResponse:
+    return _login_form(request, state, next_path=_local(next), error=None, status_code=200)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(
+    request: Request,
+    state: StateDep,
+    token: Annotated[str, Form(max_length=512)],
+    nonce: Annotated[str, Form(max_length=128)],
+    next: Annotated[str, Form(max_length=2048)] = "/admin",
+) -> Response:
+    next_path = _local(next)
+    signer = _signer(state)
+    if not login_nonce_matches(signer, request.cookies.get(LOGIN_COOKIE), nonce):
+        error = "The login form expired: enter the token again."
+        return _login_form(request, state, next_path=next_path, error=error, status_code=403)
+    bootstrap = state.settings.admin_token
+    with Session(state.engine) as session:
+        name = admin_token_name(
+            session=session,
+            token=token.strip(),
+            bootstrap=bootstrap.get_secret_value() if bootstrap else None,
+        )
+    if name is None:
+        error = "That is not a valid admin token."
+        return _login_form(request, state, next_path=next_path, error=error, status_code=401)
+    _, cookie = new_session(signer, hash_secret(token.strip()))
+    response = RedirectResponse(next_path, status_code=303)
+    _set_cookie(request, response, SESSION_COOKIE, cookie, SESSION_S)
+    response.delete_cookie(LOGIN_COOKIE, path="/admin")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, _session: WebSessionDep) -> Response:
+    response: Response
+    if request.headers.get("HX-Request"):  # htmx follows HX-Redirect, not a 303
+        response = Response(status_code=204, headers={"HX-Redirect": "/admin/login"})
+    else:
+        response = RedirectResponse("/admin/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/admin")
+    return response
+
+
+# --- overview ------------------------------------------------------------------------------
+
+
+@router.get("", response_class=HTMLResponse)
+def overview(request: Request, session: WebSessionDep) -> HTMLResponse:
+    return _page(request, "overview.html", session, title="Overview")
+
+
+class RateMeter:
+    """Events per second between this reading and the one before (per API process)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, int, int] | None = None
+
+    def rates(self, accepted: int, processed: int) -> tuple[float | None, float | None]:
+        now = time.monotonic()
+        last, self._last = self._last, (now, accepted, processed)
+        if last is None or now - last[0] < 0.5:
+            return None, None
+        elapsed = now - last[0]
+        return (accepted - last[1]) / elapsed, (processed - last[2]) / elapsed
+
+
+_rates = RateMeter()
+
+
+@router.get("/overview/stats", response_class=HTMLResponse)
+async def overview_stats(request: Request, state: StateDep, session: WebSessionDep) -> Response:
+    try:
+        status = await pipeline_status(state.redis, partitions=state.settings.partitions)
+        pipe = state.redis.pipeline(transaction=False)
+        pipe.xlen(FAILED_EVENTS_KEY)
+        pipe.zcard(DEAD_KEY)
+        failed, dead = await pipe.execute()
+    except (RedisError, OSError) as error:
+        return _page(request, "_overview_stats.html", session, down=str(error))
+    accepted_rate, processed_rate = _rates.rates(status.events_accepted, status.events_processed)
+    return _page(
+        request,
+        "_overview_stats.html",
+        session,
+        status=status,
+        accepted_rate=accepted_rate,
+        processed_rate=processed_rate,
+        failed=failed,
+        dead=dead,
+        down=None,
+    )
+
+
+# --- segments ------------------------------------------------------------------------------
+
+StoredRulesDep = Annotated[list[StoredRule], Depends(get_stored_rules)]
+
+
+@router.get("/segments", response_class=HTMLResponse)
+async def segment_list(
+    request: Request, state: StateDep, session: WebSessionDep, rules: StoredRulesDep
+) -> HTMLResponse:
+    sizes = await segments.sizes(state.redis, [stored.id for stored in rules])
+    now = int(time.time() * 1000)
+    rows = []
+    for stored, size in zip(rules, sizes, strict=True):
+        samples = await history.read(state.redis, stored.id, since=now - history.DAY_MS)
+        rows.append(
+            {
+                "rule": stored,
+                "size": size,
+                "hour": _change_since(samples, now - history.HOUR_MS, size),
+                "day": _change_since(samples, now - history.DAY_MS, size),
+                "anomalies": sum(s.anomaly for s in samples),
+            }
+        )
+    return _page(request, "segments.html", session, title="Segments", rows=rows)
+
+
+def _change_since(samples: list[history.Sample], since: int, size: int) -> int | None:
+    """How much the size changed since the first sample at or after ``since``."""
+    first = next((s for s in samples if s.at >= since), None)
+    return None if first is None else size - first.size
+
+
+@router.get("/segments/{segment_id}", response_class=HTMLResponse)
+async def segment_page(
+    request: Request,
+    segment_id: str,
+    state: StateDep,
+    session: WebSessionDep,
+    rules: StoredRulesDep,
+    cursor: str | None = None,
+) -> HTMLResponse:
+    stored = next((r for r in rules if r.id == segment_id), None)
+    if stored is None:
+        return _page(
+            request, "missing.html", session, 404, title="No such segment", what=segment_id
+        )
+    if cursor is not None and not (cursor.isdigit() and len(cursor) <= 18):
+        cursor = None
+    members = await segments.members(state.redis, segment_id, limit=50, cursor=cursor)
+    (size,) = await segments.sizes(state.redis, [segment_id])
+    samples = await history.read(state.redis, segment_id)
+    chart = {
+        "at": [s.at / 1000 for s in samples],
+        "size": [s.size for s in samples],
+        "anomaly": [s.anomaly for s in samples],
+    }
+    return _page(
+        request,
+        "segment.html",
+        session,
+        title=stored.rule.name,
+        stored=stored,
+        size=size,
+        members=members,
+        chart=chart,
+        anomalies=[s for s in samples if s.anomaly],
+    )
+
+
+# --- failed events -------------------------------------------------------------------------
+
+
+@router.get("/failed-events", response_class=HTMLResponse)
+async def failed_event_list(
+    request: Request, state: StateDep, session: WebSessionDep, cursor: str | None = None
+) -> HTMLResponse:
+    try:
+        found = await failed_events.page(state.redis, limit=50, cursor=cursor)
+    except failed_events.BadCursor:
+        found = await failed_events.page(state.redis, limit=50, cursor=None)
+    return _page(request, "failed_events.html", session, title="Failed events", page=found)
+
+
+# --- wiring --------------------------------------------------------------------------------
+
+
+async def _login_required(request: Request, error: LoginRequired) -> Response:
+    target = f"/admin/login?next={quote(error.next_path)}"
+    if request.headers.get("HX-Request"):
+        return Response(status_code=401, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
+
+
+def mount(app: FastAPI) -> None:
+    """The UI's routes, its login redirect, and ``/`` leading to it."""
+    app.include_router(router)
+    app.add_exception_handler(LoginRequired, _login_required)  # type: ignore[arg-type]
+
+    @app.get("/", include_in_schema=False)
+    def front_door() -> RedirectResponse:
+        return RedirectResponse("/admin", status_code=307)

@@ -1,0 +1,42 @@
+"""Browser tests: Debian's Chromium driven by Playwright (never a downloaded browser), headless,
+against the real app over loopback. Without /usr/bin/chromium they are skipped, except in CI,
+where a missing browser is a failure (`make test` installs it when it can)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("no /usr/bin/chromium: install Debian's chromium package")
+        pytest.skip("no /usr/bin/chromium (Debian's chromium package) for the browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        found = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield found
+        finally:
+            found.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1366, "height": 860})
+    opened = context.new_page()
+    opened.set_default_timeout(60_000)  # a busy machine: generous ceilings, never sleeps
+    try:
+        yield opened
+    finally:
+        context.close()
