@@ -414,7 +414,8 @@ def demo(
         )
 
 
-BENCHMARKS = ("ingest", "pipeline", "crash", "rules", "dispatch", "corrections")  # bench/NAME.py
+# bench/NAME.py
+BENCHMARKS = ("ingest", "pipeline", "crash", "rules", "dispatch", "corrections", "rule_saves")
 
 
 @main.command(

@@ -13,25 +13,37 @@ it has not seen; one seen before is answered from the handle's memory.
 
 A ruleset handle is used by one thread only (two threads sharing one lost firings when
 measured): ``Rulesets.for_thread`` keeps one set per thread and rule-set version, and deletes
-the handles of a version it no longer uses.
+the handles of a version it no longer uses, or of a thread that ended.
+
+Memory: the engine's ``delete_ruleset`` frees the ruleset but not its state, which is the most
+of it (about 125 KB for the shipped rules, tens of MB at 1,000 rules): every rule save and every
+reload kept one for good. A handle deletes its state first. ``delete_state`` frees the state's
+action context, which the engine leaves unset until an action runs on the state (freeing it then
+crashed the process), so every ruleset carries one more rule, ``_SETTLED``, that holds for the
+state's own fact only: settling the state runs it to the end, which sets the context and clears
+it again.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 import durable_rules_engine as _engine
 import orjson
 
-from app.rules.compiler import CompiledRules, CompiledRuleset, fact_json
+from app.rules.compiler import CompiledRules, CompiledRuleset, engine_json, fact_json
 
 _NOT_HANDLED = 1  # assert result codes of the C engine
 _OBSERVED = 2
 # the engine's own fact for state "0", which it makes at a ruleset's first fact otherwise
 _STATE_FACT = '{"sid":"0","id":"sid-0","$s":1}'
+# the rule every ruleset carries that holds for that fact alone (no rule id has a "~")
+_SETTLED = "~settled"
+_SETTLED_RULE = {"all": [{"m": {"$s": 1}}]}
 # answers a handle keeps (then it forgets them all): a ruleset's facts by class are far fewer,
 # unless it compares many features with many constants each
 MAX_REMEMBERED = 65_536
@@ -54,8 +66,10 @@ class _Handle:
         self.ruleset = ruleset
         # names are unique per process: the engine keeps every name it was given
         name = f"{ruleset.name}-{next(_names)}"
+        definition = engine_json({**ruleset.definition, _SETTLED: _SETTLED_RULE}).decode()
+        self._settled = False  # the state's action context was set and cleared: it can go
         try:
-            self._handle = _engine.create_ruleset(name, ruleset.definition_json())
+            self._handle = _engine.create_ruleset(name, definition)
         except Exception as error:  # the C engine raises a bare Exception with a code
             raise RuleEngineError(
                 f"durable_rules refused ruleset {ruleset.name}: {error}"
@@ -63,7 +77,7 @@ class _Handle:
         try:
             self._settle_state()
         except Exception as error:
-            _engine.delete_ruleset(self._handle)
+            self.close()
             raise RuleEngineError(
                 f"durable_rules refused the state of ruleset {ruleset.name}: {error}"
             ) from error
@@ -114,11 +128,14 @@ class _Handle:
     def _settle_state(self) -> None:
         """Makes the engine's state "0" before any customer's fact, and drops what it fires.
         Made by the first fact instead, its own fact (no fields) matches every rule that holds
-        on absent fields (a ``not``), and that firing was read as the first fact's."""
+        on absent fields (a ``not``), and that firing was read as the first fact's. ``_SETTLED``
+        fires here: once it ran to the end, the state can be deleted (were nothing fired, the
+        state would be left to the engine rather than crash the process)."""
         state = _engine.update_state(self._handle, _STATE_FACT)
         if _engine.start_action_for_state(self._handle, state):
             while _engine.complete_and_start_action(self._handle, state):
                 pass
+            self._settled = True
 
     def _decide(self, members: str) -> frozenset[str]:
         """The rules the engine fires for a fact of ``members``, asserted and retracted."""
@@ -157,6 +174,10 @@ class _Handle:
             fired.update(orjson.loads(action))
 
     def close(self) -> None:
+        """Frees the ruleset and its state (the engine frees only the ruleset otherwise)."""
+        if self._settled:
+            self._settled = False
+            _engine.delete_state(self._handle, "0")
         _engine.delete_ruleset(self._handle)
 
 
@@ -175,6 +196,8 @@ class Rulesets:
         reference the remembered answers by class must agree with (tests only)."""
         self.rules = rules
         self._layers: list[list[_Handle]] = []
+        # a thread that ends drops its sets without closing them: they are closed when collected
+        self._finalizer = weakref.finalize(self, _close, self._layers)
         clock_keys = [key for key, _ in rules.clocks]
         try:
             for layer in rules.layers:
@@ -218,11 +241,15 @@ class Rulesets:
         return frozenset(members)
 
     def close(self) -> None:
-        for layer in self._layers:
-            for handle in layer:
-                handle.close()
-        self._layers = []
+        self._finalizer()  # closes the handles once, whoever comes first
         self._single = None
+
+
+def _close(layers: list[list[_Handle]]) -> None:
+    for layer in layers:
+        for handle in layer:
+            handle.close()
+    layers.clear()
 
 
 def refusals(rules: CompiledRules) -> list[tuple[CompiledRuleset, str]]:
