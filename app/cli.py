@@ -256,6 +256,7 @@ def pipeline(workers: int, recovery: bool) -> None:
         "-w",
         str(workers),
     ]
+    env = {k: v for k, v in os.environ.items() if k != "SEGFLOW_RECOVERY_DIR"}
     if recovery:
         directory = (settings.data_dir / "recovery").resolve()
         if not directory.exists():
@@ -263,8 +264,10 @@ def pipeline(workers: int, recovery: bool) -> None:
             init_recovery(directory, RECOVERY_PARTITIONS)  # type: ignore[no-untyped-call]
         interval = settings.snapshot_interval_s
         argv += ["-r", str(directory), "-s", str(interval), "-b", "0"]
+        # the flow compacts it after erasures (pipelines.erasure)
+        env["SEGFLOW_RECOVERY_DIR"] = str(directory)
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
-        code = subprocess.call(argv, env={**os.environ, "REDIS_URL": url})  # noqa: S603
+        code = subprocess.call(argv, env={**env, "REDIS_URL": url})  # noqa: S603
     raise SystemExit(code)
 
 

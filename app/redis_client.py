@@ -11,7 +11,7 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.exceptions import DataError
+from redis.exceptions import DataError, ResponseError
 
 
 class _HiredisPackedConnection(aioredis.Connection):
@@ -35,3 +35,29 @@ def async_redis(url: str, **options: Any) -> aioredis.Redis:
     if url.startswith("redis://"):  # TLS and unix sockets keep redis-py's own classes
         options["connection_class"] = _HiredisPackedConnection
     return aioredis.Redis.from_url(url, **options)
+
+
+# What ``rewrite_aof`` found: Redis rewrites its append-only file now (or once a save under way
+# ends: ``started``); a rewrite was already under way, begun before what was just deleted, so
+# another is needed after it (``busy``); the server keeps no append-only file (``off``); or it
+# refuses CONFIG / BGREWRITEAOF, as managed services do (``unavailable``: the operator rewrites
+# it, see the README's erasure section).
+AOF_STARTED, AOF_BUSY, AOF_OFF, AOF_UNAVAILABLE = "started", "busy", "off", "unavailable"
+
+
+async def rewrite_aof(client: aioredis.Redis) -> str:
+    """Ask Redis to rewrite its append-only file from what it holds now, so deleted data
+    leaves the file too (it still holds the commands that wrote it). Never raises for a
+    server that refuses: erasure in Redis itself is done either way."""
+    try:
+        config: Any = await client.config_get("appendonly")
+        if _text(config.get(b"appendonly", config.get("appendonly", ""))) != "yes":
+            return AOF_OFF
+        await client.bgrewriteaof()
+    except ResponseError as error:
+        return AOF_BUSY if "already in progress" in str(error) else AOF_UNAVAILABLE
+    return AOF_STARTED
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value

@@ -76,6 +76,15 @@ class Erased:
 
 
 @dataclass
+class ErasureSeen:
+    """The dataflow applied the ``erase`` entry at ``entry_id`` of ``partition``: once its
+    recovery snapshots are past it, the erasure is finished there (``pipelines.erasure``)."""
+
+    partition: int
+    entry_id: str
+
+
+@dataclass
 class Merged:
     """An anonymous customer merged into ``into``: the sinks move what they wrote about them
     (recent events, transitions, corrections) into ``into``'s lists, each moved transition

@@ -41,6 +41,7 @@ import os
 import pickle
 import zlib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -61,6 +62,7 @@ from pipelines.features import Catalogue, CustomerFeatures, default_catalogue
 from pipelines.records import (
     Correction,
     Erased,
+    ErasureSeen,
     LateEvent,
     Merged,
     ProfileUpdate,
@@ -74,7 +76,9 @@ from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
 SHARDS_PER_PARTITION = 16
 # What a shard emits: the sink writes each kind (``pipelines.records``).
-ShardOutput = ProfileUpdate | LateEvent | Erased | Merged | Relay | ShardProgress
+# set by `segflow pipeline` for the flow it runs: the recovery store (`bytewax.run -r`)
+RECOVERY_DIR_ENV = "SEGFLOW_RECOVERY_DIR"
+ShardOutput = ProfileUpdate | LateEvent | Erased | ErasureSeen | Merged | Relay | ShardProgress
 
 
 class ShardState:
@@ -134,6 +138,18 @@ class ShardState:
         self.frozen.pop(customer_id, None)
         self.changed.discard(customer_id)
         self.idle.pop(customer_id, None)
+
+    def drop_mentions(self, customer_id: str) -> None:
+        """Take the customer's id out of the deadline heaps and the customers still to be
+        re-evaluated, which would otherwise carry it (skipped when reached) into the recovery
+        snapshots of an erased customer. Erasures are rare: a pass over each is fine."""
+        for lane in self.lanes.values():
+            kept = [entry for entry in lane.heap if entry[1] != customer_id]
+            if len(kept) != len(lane.heap):
+                heapq.heapify(kept)
+                lane.heap = kept
+        if customer_id in self.stale:
+            self.stale = [other for other in self.stale if other != customer_id]
 
     def __len__(self) -> int:
         return len(self.frozen.keys() | self.live.keys())
@@ -300,6 +316,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             kind = entry["type"]
             if kind == ERASE:
                 self._on_erase(customer_id, out)
+                out.append(ErasureSeen(item.partition, item.entry_id))
             elif customer_id in self.state.merged:
                 self._on_merged_away(entry, self.state.merged[customer_id], out)
             elif kind == MERGE:
@@ -724,9 +741,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         customer = self.state.customer(customer_id)
         segments = customer.segments if customer is not None else frozenset()
         self.state.forget(customer_id)
-        self.state.scheduled.pop(customer_id, None)  # its heap entries are skipped when popped
+        self.state.scheduled.pop(customer_id, None)
         self.state.lane_of.pop(customer_id, None)
         self.state.rewinds.drop(customer_id)
+        self.state.drop_mentions(customer_id)
         return segments
 
     def _changed(
@@ -875,9 +893,11 @@ def get_flow(
     watcher: RuleWatcher | None = None,
     stop_at_end: bool = False,
     sink: Sink[Any] | None = None,
+    recovery_dir: Path | None = None,
 ) -> Dataflow:
     """source -> features -> profile sink; ``stop_at_end`` for runs over a finished stream;
-    ``sink`` replaces the Redis sink (tests read every update in order through it)."""
+    ``sink`` replaces the Redis sink (tests read every update in order through it);
+    ``recovery_dir``: the recovery store the run snapshots into (compacted after erasures)."""
     flow = Dataflow("segmentation")
     items = op.input(
         "events", flow, RedisStreamSource(redis_url, partitions, stop_at_end=stop_at_end)
@@ -893,7 +913,8 @@ def get_flow(
     # (shard, ProfileUpdate | LateEvent | ShardProgress)
     named = op.map("name_progress", updates, _name_progress)
     # ProfileUpdate | LateEvent | ShardProgress (with its shard)
-    op.output("profiles", named, sink or ProfileSink(redis_url))
+    sink = sink or ProfileSink(redis_url, partitions=partitions, recovery_dir=recovery_dir)
+    op.output("profiles", named, sink)
     return flow
 
 
@@ -905,7 +926,11 @@ def active_rules(settings: Settings) -> RuleWatcher:
 
 
 def segmentation_flow(
-    settings: Settings, *, stop_at_end: bool = False, sink: Sink[Any] | None = None
+    settings: Settings,
+    *,
+    stop_at_end: bool = False,
+    sink: Sink[Any] | None = None,
+    recovery_dir: Path | None = None,
 ) -> Dataflow:
     """The flow with the active rules and the features they read, for these settings; it
     follows the rules saved through the admin API as they change."""
@@ -920,12 +945,17 @@ def segmentation_flow(
         watcher=watcher,
         stop_at_end=stop_at_end,
         sink=sink,
+        recovery_dir=recovery_dir,
     )
 
 
 def flow_from_env() -> Dataflow:
-    """The flow `segflow up` runs, configured like every Segflow process."""
+    """The flow `segflow up` runs, configured like every Segflow process (`segflow pipeline`
+    names its recovery store in ``RECOVERY_DIR_ENV``)."""
     gc.set_threshold(*FLOW_GC_THRESHOLD)
+    recovery = os.environ.get(RECOVERY_DIR_ENV)
     return segmentation_flow(
-        get_settings(), stop_at_end=os.environ.get("SEGFLOW_STOP_AT_END") == "1"
+        get_settings(),
+        stop_at_end=os.environ.get("SEGFLOW_STOP_AT_END") == "1",
+        recovery_dir=Path(recovery) if recovery else None,
     )

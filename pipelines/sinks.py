@@ -6,6 +6,7 @@ stream's slot guards the append)."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -33,9 +34,11 @@ from app.streams import (
     stats_key,
     stream_key,
 )
+from pipelines.erasure import PENDING_KEY, ErasureFinisher, committed_epoch, pending_field
 from pipelines.records import (
     Correction,
     Erased,
+    ErasureSeen,
     LateEvent,
     Merged,
     ProfileUpdate,
@@ -203,9 +206,13 @@ class _Batch:
 
 
 class _ProfilePartition(StatelessSinkPartition[Any]):
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, recovery_dir: Path | None, finisher: ErasureFinisher | None
+    ) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=10)
         self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE)
+        self._recovery_dir = recovery_dir
+        self._finisher = finisher
 
     def write_batch(self, items: list[Any]) -> None:
         batch = _Batch()
@@ -230,6 +237,12 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 self._move(item)
             elif isinstance(item, ShardProgress):
                 batch.progress[item.shard] = orjson.dumps([item.processed, item.newest])
+            elif isinstance(item, ErasureSeen):  # finished once recovery is past it
+                self._write(batch)  # after the profile's deletion
+                batch = _Batch()
+                field = pending_field(item.partition, item.entry_id)
+                epoch = committed_epoch(self._recovery_dir)
+                self._redis.command("HSETNX", PENDING_KEY, field, epoch)
         self._write(batch)
         self._redis.send()
 
@@ -382,6 +395,8 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
 
     def close(self) -> None:
         self._redis.flush()
+        if self._finisher is not None:
+            self._finisher.stop()
         self._client.close()
 
 
@@ -407,8 +422,17 @@ def _shown(event: StreamEntry) -> bytes:
 
 
 class ProfileSink(DynamicSink[Any]):
-    def __init__(self, url: str) -> None:
+    """``recovery_dir``: the dataflow's recovery store, compacted when erasures finish (the
+    first worker runs the ``ErasureFinisher``)."""
+
+    def __init__(self, url: str, *, partitions: int = 1, recovery_dir: Path | None = None) -> None:
         self._url = url
+        self._partitions = partitions
+        self._recovery_dir = recovery_dir
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProfilePartition:
-        return _ProfilePartition(self._url)
+        finisher = None
+        if worker_index == 0:
+            finisher = ErasureFinisher(self._url, self._partitions, self._recovery_dir)
+            finisher.start()
+        return _ProfilePartition(self._url, self._recovery_dir, finisher)

@@ -10,6 +10,7 @@ from redis import RedisError
 
 from app.api.deps import Limit, StateDep, StoredRules, admin_router
 from app.clock import now_ms
+from app.dispatch import erasure as dispatch_erasure
 from app.profiles import erasure, segments
 from app.profiles import service as profiles
 from app.profiles.erasure import ErasureReport
@@ -51,10 +52,16 @@ async def read_customer(customer_id: str, state: StateDep) -> CustomerProfile:
     responses={404: {"description": "Segflow holds nothing about this customer."}},
 )
 async def erase_customer(customer_id: str, state: StateDep) -> ErasureReport:
-    """GDPR erasure: the profile, the dataflow's state and every stored event of the customer."""
+    """GDPR erasure: the profile, the dataflow's state, every stored and failed event, trigger
+    and delivery of the customer; answers the profile as it was and what went (the README's
+    erasure section says what is erased later)."""
     try:
         report = await erasure.erase_customer(
-            state.redis, customer_id, partitions=state.settings.partitions, now=now_ms()
+            state.redis,
+            customer_id,
+            partitions=state.settings.partitions,
+            now=now_ms(),
+            forget_elsewhere=dispatch_erasure.forget_customers,
         )
     except (RedisError, OSError) as error:
         raise _unreachable("erasure", error) from error

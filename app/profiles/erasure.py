@@ -1,11 +1,24 @@
 """GDPR erasure: everything Segflow holds about one customer, everywhere.
 
-1. An ``erase`` entry goes into the customer's stream partition, behind their events: the
+At once (``erase_customer``, the API's ``DELETE /api/customers/{id}``):
+
+1. The customer's events are deleted from every partition, and their failed events (those whose
+   message names them in an identity field: ``userId``, ``anonymousId``, ``previousId``, or the
+   stored event's ids for a late one; never a property or an event name that happens to equal
+   the id).
+2. The profile keys and segment memberships are deleted, so the API stops showing them.
+3. What the caller erases elsewhere (``forget_elsewhere``: the dispatcher's triggers and
+   deliveries) goes too.
+4. An ``erase`` entry goes into the customer's stream partition, behind their events: the
    dataflow drops the customer's state and deadlines when it reads it, and its sink deletes the
-   profile. A dataflow that restarts from an older snapshot reads the entry again, so the
-   customer stays erased.
-2. The customer's events are deleted from every partition and from failed events.
-3. The profile keys are deleted now, so the API stops showing them at once.
+   profile again (events it was processing meanwhile may have written it back). A dataflow
+   that restarts from an older snapshot reads the entry again, so the customer stays erased.
+5. Redis is asked to rewrite its append-only file (``rewrite_aof``), which still holds the
+   commands that wrote the customer's data.
+
+Later, once the dataflow's recovery snapshots no longer hold the customer, the dataflow
+finishes the erasure (``pipelines.erasure``): the ``erase`` entry itself goes, the recovery
+store is compacted, and the append-only file is rewritten again.
 
 An anonymous id merged into the customer (``identify`` with both ids, ``alias``) is theirs too:
 its events, its profile and the dataflow's note that it was merged are erased the same way.
@@ -14,12 +27,13 @@ its events, its profile and the dataflow's note that it was merged are erased th
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from pydantic import BaseModel
 
 from app.profiles.keys import (
     corrections_key,
@@ -28,6 +42,8 @@ from app.profiles.keys import (
     recent_events_key,
     transitions_key,
 )
+from app.profiles.service import CustomerProfile, get_profile
+from app.redis_client import rewrite_aof
 from app.streams import (
     ERASE,
     EVENT_FIELD,
@@ -40,13 +56,32 @@ from app.streams import (
 SCAN_CHUNK = 1_000
 # the fields that name a customer: an event's ids, and an identity merge's two sides
 ID_FIELDS = ("customer_id", "user_id", "anonymous_id", "previous_id", "into", "from")
+# the fields of a failed event's message that name its customer: a Segment message's ids as
+# the collector or a replay stored it, and a stored event's ids (a late event's)
+IDENTITY_FIELDS = (
+    "userId",
+    "anonymousId",
+    "previousId",
+    "customer_id",
+    "user_id",
+    "anonymous_id",
+    "previous_id",
+)
+
+# What else to erase for the customer and their linked ids (the dispatcher's records): how
+# many records it deleted.
+ForgetElsewhere = Callable[[aioredis.Redis, set[str]], Awaitable[dict[str, int]]]
 
 
-class ErasureReport(BaseModel):
-    customer_id: str
+class ErasureReport(CustomerProfile):
+    """The profile as it was when erased (empty when there was none), and what went."""
+
     events_deleted: int
     failed_events_deleted: int
     profile_deleted: bool
+    deliveries_deleted: int = 0
+    triggers_deleted: int = 0
+    aof_rewrite: str = "off"  # see ``app.redis_client.rewrite_aof``
 
 
 def erase_entry(customer_id: str, now: int) -> dict[str, Any]:
@@ -61,58 +96,88 @@ def erase_entry(customer_id: str, now: int) -> dict[str, Any]:
 
 
 async def erase_customer(
-    client: aioredis.Redis, customer_id: str, *, partitions: int, now: int
+    client: aioredis.Redis,
+    customer_id: str,
+    *,
+    partitions: int,
+    now: int,
+    forget_elsewhere: ForgetElsewhere | None = None,
 ) -> ErasureReport | None:
     """Erase ``customer_id``; None when Segflow holds nothing about them."""
+    profile = await get_profile(client, customer_id)
     linked: set[str] = set()  # anonymous ids merged into the customer
-    deleted = await _delete_naming(client, {customer_id}, partitions, linked)
+    deleted = await delete_naming(client, {customer_id}, partitions, linked)
     linked.discard(customer_id)
     if linked:
-        deleted += await _delete_naming(client, linked, partitions, set())
-    failed = 0
+        deleted += await delete_naming(client, linked, partitions, set())
+    everyone = {customer_id, *linked}
+    failed = await delete_failed_events(client, everyone)
     removed = 0
-    for erased in (customer_id, *sorted(linked)):
-        needle = orjson.dumps(erased)
-        failed += await _delete_matching(
-            client, FAILED_EVENTS_KEY, lambda fields, n=needle: n in fields.get(b"raw", b"")
-        )
-        segments = orjson.loads(await client.hget(profile_key(erased), "segments") or b"[]")
-        pipe = client.pipeline(transaction=False)  # the segments' sets are in other slots
-        pipe.delete(
-            profile_key(erased),
-            recent_events_key(erased),
-            transitions_key(erased),
-            corrections_key(erased),
-        )
-        for segment in segments:
-            pipe.srem(members_key(segment), erased)
-        removed += (await pipe.execute())[0]
-    if not (deleted or failed or removed):
+    for erased in sorted(everyone):
+        removed += await _delete_profile(client, erased)
+    elsewhere = await forget_elsewhere(client, everyone) if forget_elsewhere else {}
+    if not (deleted or failed or removed or any(elsewhere.values())):
         return None
-    for erased in (customer_id, *sorted(linked)):
+    for erased in sorted(everyone):
         partition = partition_of(erased, partitions)
         pipe = client.pipeline(transaction=True)  # both keys carry the partition's hash tag
         pipe.xadd(stream_key(partition), {EVENT_FIELD: orjson.dumps(erase_entry(erased, now))})
         pipe.hincrby(stats_key(partition), "accepted", 1)
         await pipe.execute()
-    return ErasureReport(
+    shown = profile or CustomerProfile(
         customer_id=customer_id,
+        traits={},
+        features={},
+        segments=[],
+        cluster=None,
+        first_seen=None,
+        last_seen=None,
+        events=[],
+    )
+    return ErasureReport(
+        **shown.model_dump(),
         events_deleted=deleted,
         failed_events_deleted=failed,
         profile_deleted=bool(removed),
+        deliveries_deleted=elsewhere.get("deliveries", 0),
+        triggers_deleted=elsewhere.get("triggers", 0),
+        aof_rewrite=await rewrite_aof(client),
     )
 
 
-async def _delete_naming(
-    client: aioredis.Redis, ids: set[str], partitions: int, linked: set[str]
+async def _delete_profile(client: aioredis.Redis, customer_id: str) -> int:
+    """The profile's keys and the customer's place in their segments: how many keys went."""
+    segments = orjson.loads(await client.hget(profile_key(customer_id), "segments") or b"[]")
+    pipe = client.pipeline(transaction=False)  # the segments' sets are in other slots
+    pipe.delete(
+        profile_key(customer_id),
+        recent_events_key(customer_id),
+        transitions_key(customer_id),
+        corrections_key(customer_id),
+    )
+    for segment in segments:
+        pipe.srem(members_key(segment), customer_id)
+    deleted: int = (await pipe.execute())[0]
+    return deleted
+
+
+async def delete_naming(
+    client: aioredis.Redis,
+    ids: set[str],
+    partitions: int,
+    linked: set[str],
+    *,
+    upto: str = "+",
+    erase_entries: bool = False,
 ) -> int:
-    """Delete the stream entries naming any of ``ids``; add the other ids they name (merged
+    """Delete the stream entries naming any of ``ids`` (up to the entry id ``upto``; the
+    ``erase`` entries too with ``erase_entries``); add the other ids they name (merged
     identities) to ``linked``."""
 
     def names(fields: dict[bytes, bytes]) -> bool:
         event = orjson.loads(fields[EVENT_FIELD.encode()])
-        if event.get("type") == ERASE:
-            return False  # the erasure record itself stays: it keeps the customer erased
+        if event.get("type") == ERASE and not erase_entries:
+            return False  # the erasure record stays until the dataflow has passed it
         named = {event.get(name) for name in ID_FIELDS} - {None}
         if named & ids:
             linked.update(str(other) for other in named)
@@ -121,14 +186,54 @@ async def _delete_naming(
 
     deleted = 0
     for partition in range(partitions):
-        deleted += await _delete_matching(client, stream_key(partition), names)
+        deleted += await _delete_matching(client, stream_key(partition), names, upto)
     return deleted
 
 
-async def _delete_matching(client: aioredis.Redis, key: str, matches: Any) -> int:
+async def delete_failed_events(client: aioredis.Redis, ids: set[str], *, upto: str = "+") -> int:
+    """Delete the failed events whose message names one of ``ids`` in an identity field."""
+    patterns = [_identity_pattern(customer_id) for customer_id in ids]
+
+    def matches(fields: dict[bytes, bytes]) -> bool:
+        return names_customer(fields.get(b"raw", b""), ids, patterns)
+
+    return await _delete_matching(client, FAILED_EVENTS_KEY, matches, upto)
+
+
+def names_customer(raw: bytes, ids: set[str], patterns: Iterable[re.Pattern[bytes]]) -> bool:
+    """Whether a failed event's message names one of ``ids`` as its customer.
+
+    A message that is not JSON (a body that did not parse, a row a replay could not read) is
+    searched for ``"userId": "<id>"`` and its kin instead; anything else in it is not an
+    identity."""
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return any(pattern.search(raw) for pattern in patterns)
+    if not isinstance(message, dict):
+        return False
+    for name in IDENTITY_FIELDS:
+        value = message.get(name)
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            continue
+        if str(value) in ids:
+            return True
+    return False
+
+
+def _identity_pattern(customer_id: str) -> re.Pattern[bytes]:
+    names = b"|".join(re.escape(name.encode()) for name in IDENTITY_FIELDS)
+    quoted = re.escape(orjson.dumps(customer_id))
+    alternatives = quoted + (
+        b"|" + re.escape(customer_id.encode()) if customer_id.isdigit() else b""
+    )
+    return re.compile(rb'"(?:' + names + rb')"\s*:\s*(?:' + alternatives + rb")(?![\w.])")
+
+
+async def _delete_matching(client: aioredis.Redis, key: str, matches: Any, upto: str = "+") -> int:
     deleted, start = 0, "-"
     while True:
-        rows: Any = await client.xrange(key, min=start, max="+", count=SCAN_CHUNK)
+        rows: Any = await client.xrange(key, min=start, max=upto, count=SCAN_CHUNK)
         if not rows:
             return deleted
         doomed = [entry_id for entry_id, fields in rows if matches(fields)]

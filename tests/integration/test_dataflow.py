@@ -275,12 +275,10 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
 
         erased = httpx.delete(f"{api.url}/api/customers/gdpr", headers=headers)
         assert erased.status_code == 200
-        assert erased.json() == {
-            "customer_id": "gdpr",
-            "events_deleted": 2,
-            "failed_events_deleted": 1,
-            "profile_deleted": True,
-        }
+        report = erased.json()
+        assert report["customer_id"] == "gdpr"
+        assert (report["events_deleted"], report["failed_events_deleted"]) == (2, 1)
+        assert report["profile_deleted"] is True
         assert httpx.get(f"{api.url}/api/customers/gdpr", headers=headers).status_code == 404
         wait_for(caught_up)
 
@@ -308,7 +306,8 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
         for p in range(settings.partitions)
         for _, f in cast(StreamEntries, redis_client.xrange(stream_key(p)))
     ]
-    assert [e["type"] for e in stored if e["customer_id"] == "gdpr"] == ["erase"]
+    # the erase entry alone, until the dataflow's snapshots are past it (then it goes too)
+    assert {e["type"] for e in stored if e["customer_id"] == "gdpr"} <= {"erase"}
     failed = cast(StreamEntries, redis_client.xrange("failed-events"))
     assert b"gdpr" not in b"".join(f[b"raw"] for _, f in failed)
     missing = httpx.delete(f"{api.url}/api/customers/nobody", headers=headers)

@@ -170,7 +170,8 @@ def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
         erased = httpx.delete(f"{api.url}/api/customers/ann", headers=admin)
         assert erased.status_code == 200, erased.text
         assert erased.json()["events_deleted"] >= 8  # her 2 own, and anon-ann's 6 with the merge
-        assert naming(redis_client, "anon-ann") == [ERASE]  # only the erasure record stays
+        # only the erasure record stays, until the dataflow's snapshots are past it
+        assert set(naming(redis_client, "anon-ann")) <= {ERASE}
         stranger = message(
             "track",
             start + 9000,
