@@ -37,6 +37,7 @@ from app.redis_server import EmbeddedRedisError, redis_url_for
 from app.settings import Settings, get_settings
 from app.supervisor import ProcessSpec, Supervisor, end_leftovers
 from pipelines.examples import check_rule_files
+from pipelines.retention import StreamTrimmer
 
 err = Console(stderr=True)
 
@@ -255,6 +256,7 @@ def pipeline(workers: int, recovery: bool) -> None:
         "-w",
         str(workers),
     ]
+    directory: Path | None = None
     if recovery:
         directory = (settings.data_dir / "recovery").resolve()
         if not directory.exists():
@@ -263,7 +265,22 @@ def pipeline(workers: int, recovery: bool) -> None:
         interval = settings.snapshot_interval_s
         argv += ["-r", str(directory), "-s", str(interval), "-b", "0"]
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
-        code = subprocess.call(argv, env={**os.environ, "REDIS_URL": url})  # noqa: S603
+        # Beside the flow, the streams are trimmed behind its recovery state (none is
+        # trimmed without recovery: each start then re-reads them whole).
+        trimmer = StreamTrimmer(
+            url,
+            recovery=directory,
+            partitions=settings.partitions,
+            retention_ms=settings.stream_retention_ms,
+            failed_events_kept=settings.failed_events_kept,
+            every_s=settings.trim_interval_s,
+        )
+        with trimmer, subprocess.Popen(argv, env={**os.environ, "REDIS_URL": url}) as flow:  # noqa: S603
+            try:
+                code = flow.wait()
+            except BaseException:  # as subprocess.call does: the flow does not outlive us
+                flow.kill()
+                raise
     raise SystemExit(code)
 
 

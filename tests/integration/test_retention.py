@@ -1,0 +1,143 @@
+"""Redis does not only grow: `segflow pipeline` trims each partition's stream once every
+snapshot its recovery could resume from has passed an entry and the retention window is over,
+a crash after trimming resumes with nothing lost, and the failed events stay at their count."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from app.settings import Settings
+from app.streams import EVENT_FIELD, FAILED_EVENTS_KEY, partition_of, stream_key
+from pipelines.retention import _id_key, oldest_resume_positions
+from tests.factories import append_events, processed_entries, shop_events
+from tests.helpers import customer_profiles, pipeline_env, wait_for
+
+CUSTOMERS = 200
+HOUR_MS = 3_600_000
+
+
+@contextlib.contextmanager
+def segflow_pipeline(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """`segflow pipeline` in its own process group, SIGKILLed (a crash) when the block ends."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "pipeline"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def redis_now_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1_000 + int(micros) // 1_000
+
+
+def stream_lengths(client: redis.Redis, partitions: int) -> int:
+    return sum(int(client.xlen(stream_key(p))) for p in range(partitions))
+
+
+def append_at(
+    client: redis.Redis, events: list[dict[str, Any]], partitions: int, at_ms: int
+) -> None:
+    """Append as if Redis had taken them at ``at_ms`` (their ids say when: the retention)."""
+    for seq, event in enumerate(events, start=1):
+        key = stream_key(partition_of(event["customer_id"], partitions))
+        client.xadd(key, {EVENT_FIELD: orjson.dumps(event)}, id=f"{at_ms}-{seq}")
+
+
+def total_events(client: redis.Redis) -> int:
+    profiles = customer_profiles(client, CUSTOMERS)
+    return sum(orjson.loads(p[b"features"])["events_total"] for p in profiles.values())
+
+
+def test_streams_are_trimmed_behind_recovery_and_kept_within_retention(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    assert settings.redis_url
+    partitions = settings.partitions
+    now = redis_now_ms(redis_client)
+    # two hours old (past the one-hour retention), then fresh ones (within it)
+    old = shop_events(1_200, customers=CUSTOMERS, now=now - 1_000, seed=3, spacing_ms=2)
+    fresh = shop_events(800, customers=CUSTOMERS, now=now, seed=4, spacing_ms=1)
+    fresh = [{**event, "message_id": f"fresh-{event['message_id']}"} for event in fresh]
+    append_at(redis_client, old, partitions, now - 2 * HOUR_MS)
+    append_events(redis_client, fresh, partitions)
+    for n in range(120):  # more failed events than are kept
+        redis_client.xadd(FAILED_EVENTS_KEY, {"reason": "test", "raw": str(n)})
+    env = pipeline_env(
+        settings.redis_url,
+        tmp_path,
+        partitions,
+        SEGFLOW_SNAPSHOT_INTERVAL_S="1",
+        SEGFLOW_TRIM_INTERVAL_S="1",
+        SEGFLOW_STREAM_RETENTION="1h",
+        SEGFLOW_FAILED_EVENTS_KEPT="50",
+    )
+    with segflow_pipeline(env):
+        wait_for(lambda: processed_entries(redis_client) == 2_000, timeout_s=120, what="read")
+        wait_for(
+            lambda: stream_lengths(redis_client, partitions) == len(fresh),
+            timeout_s=60,
+            what="the old entries trimmed",
+        )
+        assert redis_client.xlen(FAILED_EVENTS_KEY) == 50
+        newest: Any = redis_client.xrevrange(FAILED_EVENTS_KEY, count=1)
+        assert newest[0][1][b"raw"] == b"119"  # the newest are the ones kept
+        positions = oldest_resume_positions(tmp_path / "recovery")
+    # every fresh entry is kept although recovery has read it: it is within the retention
+    assert stream_lengths(redis_client, partitions) == len(fresh)
+    for partition in range(partitions):  # and nothing a snapshot would resume before is gone
+        first: Any = redis_client.xrange(stream_key(partition), count=1)
+        if first:
+            assert _id_key(first[0][0].decode()) <= _id_key(positions[stream_key(partition)])
+    assert total_events(redis_client) == 2_000
+
+
+def test_a_crash_after_trimming_resumes_with_nothing_lost(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    assert settings.redis_url
+    partitions = settings.partitions
+    now = redis_now_ms(redis_client)
+    first = shop_events(2_000, customers=CUSTOMERS, now=now - 1_000, seed=5, spacing_ms=1)
+    then = shop_events(1_000, customers=CUSTOMERS, now=now, seed=6, spacing_ms=1)
+    then = [{**event, "message_id": f"then-{event['message_id']}"} for event in then]
+    env = pipeline_env(
+        settings.redis_url,
+        tmp_path,
+        partitions,
+        SEGFLOW_SNAPSHOT_INTERVAL_S="1",
+        SEGFLOW_TRIM_INTERVAL_S="1",
+        SEGFLOW_STREAM_RETENTION="0s",  # trim as soon as recovery allows
+    )
+    with segflow_pipeline(env):
+        append_events(redis_client, first, partitions)
+        wait_for(lambda: processed_entries(redis_client) == 2_000, timeout_s=120, what="read")
+        wait_for(
+            lambda: stream_lengths(redis_client, partitions) < 2_000 // 2,
+            timeout_s=60,
+            what="the streams trimmed behind recovery",
+        )
+        append_events(redis_client, then[:500], partitions)
+    # SIGKILLed: the restart resumes from its last snapshot, re-reading what came after it
+    with segflow_pipeline(env):
+        append_events(redis_client, then[500:], partitions)
+        wait_for(lambda: processed_entries(redis_client) == 3_000, timeout_s=120, what="resumed")
+    assert total_events(redis_client) == 3_000  # nothing lost, nothing counted twice
