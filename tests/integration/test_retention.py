@@ -13,14 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
+import pytest
 import redis
 
+from app.main import create_app
+from app.redis_server import EmbeddedRedis
 from app.settings import Settings
 from app.streams import EVENT_FIELD, FAILED_EVENTS_KEY, partition_of, stream_key
 from pipelines.retention import _id_key, oldest_resume_positions
-from tests.factories import append_events, processed_entries, shop_events
-from tests.helpers import customer_profiles, pipeline_env, wait_for
+from tests.conftest import Services
+from tests.factories import append_events, processed_entries, shop_events, stored_events, track
+from tests.helpers import ServerThread, customer_profiles, pipeline_env, wait_for
 
 CUSTOMERS = 200
 HOUR_MS = 3_600_000
@@ -141,3 +146,59 @@ def test_a_crash_after_trimming_resumes_with_nothing_lost(
         append_events(redis_client, then[500:], partitions)
         wait_for(lambda: processed_entries(redis_client) == 3_000, timeout_s=120, what="resumed")
     assert total_events(redis_client) == 3_000  # nothing lost, nothing counted twice
+
+
+@pytest.fixture
+def small_redis(tmp_path: Path) -> Iterator[redis.Redis]:
+    """A Redis of its own (never the shared one) whose memory is nearly full."""
+    server = EmbeddedRedis.ensure(tmp_path / "small-redis")
+    client = redis.Redis.from_url(server.url)
+    try:
+        # made by the server (SETRANGE): a 4 MB argument would sit in a query buffer that
+        # Redis frees a little later, and with it the memory that made it full
+        client.setrange("filler", 4_000_000, "x")
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory-policy", "noeviction")  # as docker-compose.yml runs Redis
+        client.config_set("maxmemory", used - 1_000_000)  # every write now answers OOM
+
+        def refuses_writes() -> bool:
+            try:
+                client.set("probe", "1")
+            except redis.exceptions.OutOfMemoryError:
+                return True
+            client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)
+            return False
+
+        wait_for(refuses_writes, what="the small Redis full")
+        yield client
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_full_redis_answers_503_and_loses_nothing(
+    services: Services, credentials: dict[str, str], small_redis: redis.Redis
+) -> None:
+    url = small_redis.connection_pool.connection_kwargs
+    settings = services.settings(REDIS_URL=f"redis://127.0.0.1:{url['port']}/0")
+    batch = [track(f"u{n}") for n in range(10)]
+    key = credentials["write_key"]
+    with ServerThread(create_app(settings)) as api:
+        full = httpx.post(f"{api.url}/v1/batch", json={"batch": batch}, auth=(key, ""), timeout=10)
+        single = httpx.post(f"{api.url}/v1/track", json=track("u0"), auth=(key, ""), timeout=10)
+        for answer in (full, single):  # what an SDK sees: retry later, nothing was claimed
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["code"] == "store_unavailable"
+            assert "out of memory" in answer.json()["message"]
+            assert answer.headers["retry-after"]
+        assert stored_events(small_redis) == []
+
+        small_redis.delete("filler")  # memory again (trimmed, or maxmemory raised)
+        retried = httpx.post(
+            f"{api.url}/v1/batch", json={"batch": batch}, auth=(key, ""), timeout=10
+        )
+    assert retried.status_code == 200
+    assert (retried.json()["accepted"], retried.json()["duplicates"]) == (10, 0)
+    assert sorted(e.message_id for e in stored_events(small_redis)) == sorted(
+        m["messageId"] for m in batch
+    )  # every event the SDK sent, once
