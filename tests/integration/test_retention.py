@@ -1,9 +1,12 @@
 """Redis does not only grow: `segflow pipeline` trims each partition's stream once every
 snapshot its recovery could resume from has passed an entry and the retention window is over,
-a crash after trimming resumes with nothing lost, and the failed events stay at their count."""
+a crash after trimming resumes with nothing lost, the failed events stay at their count, the
+dispatcher trims acknowledged triggers and finished deliveries, and a full Redis makes the
+collector answer 503 with nothing lost."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -17,8 +20,14 @@ import httpx
 import orjson
 import pytest
 import redis
+import redis.asyncio as aioredis
 
+from app.clock import now_ms
+from app.dispatch.deliveries import DUE_KEY, LOG_KEY, DeliveryStore, delivery_key, index_key
+from app.dispatch.retention import prune_deliveries, trim_triggers
+from app.dispatch.worker import GROUP, READ_COUNT, Dispatcher
 from app.main import create_app
+from app.profiles.keys import TRIGGERS_KEY
 from app.redis_server import EmbeddedRedis
 from app.settings import Settings
 from app.streams import EVENT_FIELD, FAILED_EVENTS_KEY, partition_of, stream_key
@@ -202,3 +211,65 @@ def test_a_full_redis_answers_503_and_loses_nothing(
     assert sorted(e.message_id for e in stored_events(small_redis)) == sorted(
         m["messageId"] for m in batch
     )  # every event the SDK sent, once
+
+
+def trigger_fields(n: int) -> dict[str, str | int]:
+    return {
+        "trigger_id": f"c{n}:cart-abandoners:enter:{n}:0",
+        "customer_id": f"c{n % 7}",
+        "segment": "cart-abandoners",
+        "kind": "enter",
+        "at": n,
+        "rule_version": 1,
+        "destination": "email",
+        "template": "cart-reminder",
+        "send": '{"destination": "email", "template": "cart-reminder"}',
+    }
+
+
+def test_triggers_and_finished_deliveries_stay_bounded(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """More triggers and deliveries than are kept: acknowledged triggers and finished
+    deliveries past their retention go, with every index; unread or unacknowledged
+    triggers and deliveries still due stay."""
+    assert settings.redis_url
+    for n in range(450):
+        redis_client.xadd(TRIGGERS_KEY, trigger_fields(n))  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[int, int]:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        dispatcher = Dispatcher(client, outbox=None)  # type: ignore[arg-type]  # no attempts
+        await dispatcher._ensure_group()
+        assert await dispatcher.intake() == READ_COUNT  # recorded, acknowledged
+        assert await dispatcher.intake() == READ_COUNT
+        # read by a dispatcher that died before acknowledging: must be read again
+        await client.xreadgroup(GROUP, "died", {TRIGGERS_KEY: ">"}, count=20)
+        store = DeliveryStore(client)
+        for n in range(300):  # finished; the other 100 are still scheduled
+            delivery = await store.get(f"c{n}:cart-abandoners:enter:{n}:0")
+            assert delivery is not None
+            await store.save(delivery.model_copy(update={"status": "delivered"}))
+        trimmed = await trim_triggers(client, group=GROUP, retention_ms=0)
+        month_on = now_ms() + 31 * 86_400_000
+        pruned = await prune_deliveries(client, now=month_on, retention_ms=30 * 86_400_000)
+        await client.aclose()
+        return trimmed, pruned
+
+    trimmed, pruned = asyncio.run(scenario())
+    assert trimmed == 2 * READ_COUNT
+    left: Any = redis_client.xrange(TRIGGERS_KEY)
+    assert [fields[b"at"] for _, fields in left] == [str(n).encode() for n in range(400, 450)]
+    assert pruned == 300
+    assert redis_client.zcard(LOG_KEY) == 100
+    assert (
+        redis_client.exists(
+            *(delivery_key(f"c{n}:cart-abandoners:enter:{n}:0") for n in range(400))
+        )
+        == 100
+    )
+    indexed = sum(int(redis_client.zcard(index_key("customer", f"c{n}"))) for n in range(7))
+    assert indexed == 100
+    assert redis_client.zcard(index_key("rule", "cart-abandoners")) == 100
+    assert redis_client.zcard(index_key("destination", "email")) == 100
+    assert redis_client.zcard(DUE_KEY) == 100  # still due: kept
