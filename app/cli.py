@@ -411,7 +411,15 @@ def demo(url: str, write_key: str, rate: float, shoppers: int, seed: int | None)
         shop.run(url=url, write_key=write_key, rate=rate, shoppers=shoppers, seed=seed)
 
 
-BENCHMARKS = ("ingest", "pipeline", "crash", "rules", "dispatch", "corrections")  # bench/NAME.py
+BENCHMARKS = (
+    "ingest",
+    "pipeline",
+    "crash",
+    "rules",
+    "dispatch",
+    "corrections",
+    "retention",
+)  # bench/NAME.py
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
