@@ -37,6 +37,7 @@ from app.redis_server import EmbeddedRedisError, redis_url_for
 from app.settings import Settings, get_settings
 from app.supervisor import ProcessSpec, Supervisor, end_leftovers
 from pipelines.examples import check_rule_files
+from pipelines.retention import StreamTrimmer
 
 err = Console(stderr=True)
 
@@ -257,6 +258,7 @@ def pipeline(workers: int, recovery: bool) -> None:
         str(workers),
     ]
     env = {k: v for k, v in os.environ.items() if k != "SEGFLOW_RECOVERY_DIR"}
+    directory: Path | None = None
     if recovery:
         directory = (settings.data_dir / "recovery").resolve()
         if not directory.exists():
@@ -267,7 +269,22 @@ def pipeline(workers: int, recovery: bool) -> None:
         # the flow compacts it after erasures (pipelines.erasure)
         env["SEGFLOW_RECOVERY_DIR"] = str(directory)
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
-        code = subprocess.call(argv, env={**env, "REDIS_URL": url})  # noqa: S603
+        # Beside the flow, the streams are trimmed behind its recovery state (none is
+        # trimmed without recovery: each start then re-reads them whole).
+        trimmer = StreamTrimmer(
+            url,
+            recovery=directory,
+            partitions=settings.partitions,
+            retention_ms=settings.stream_retention_ms,
+            failed_events_kept=settings.failed_events_kept,
+            every_s=settings.trim_interval_s,
+        )
+        with trimmer, subprocess.Popen(argv, env={**env, "REDIS_URL": url}) as flow:  # noqa: S603
+            try:
+                code = flow.wait()
+            except BaseException:  # as subprocess.call does: the flow does not outlive us
+                flow.kill()
+                raise
     raise SystemExit(code)
 
 
@@ -417,8 +434,16 @@ def demo(
         )
 
 
-# bench/NAME.py
-BENCHMARKS = ("ingest", "pipeline", "crash", "rules", "dispatch", "corrections", "rule_saves")
+BENCHMARKS = (
+    "ingest",
+    "pipeline",
+    "crash",
+    "rules",
+    "dispatch",
+    "corrections",
+    "retention",
+    "rule_saves",
+)  # bench/NAME.py
 
 
 @main.command(

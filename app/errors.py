@@ -6,6 +6,7 @@ The collector (``/v1``, SDKs): {"success": false, "code", "message"}
   InvalidMessage            app.events               one message cannot become an Event: named in
                                                      the batch's ``errors``, kept in failed events
   StoreUnavailable          app.ingest.service       Redis did not take a write -> 503, retried
+  StoreFull                 app.ingest.service       (StoreUnavailable) Redis at maxmemory -> 503
 Rules (``/api/rules``, ``segflow rules check``): {"detail": [{"rule", "field", "line", "message"}]}
   RuleError                 app.rules.schema         a rule or a set of rules refused -> 422
   RuleNotFound              app.rules.store          (LookupError) no such rule or version -> 404

@@ -53,6 +53,19 @@ class Settings(BaseSettings):
     # How often the dataflow snapshots its state for recovery: after a crash it re-reads at
     # most this much of the streams.
     snapshot_interval_s: int = Field(default=2, ge=1, alias="SEGFLOW_SNAPSHOT_INTERVAL_S")
+    # How long an event stays in its stream after the dataflow's recovery state has passed it:
+    # what `segflow rebuild` can rebuild from. Each retained event costs Redis memory (README,
+    # "Retention and memory").
+    stream_retention_ms: DurationMs = Field(default=86_400_000, alias="SEGFLOW_STREAM_RETENTION")
+    # How often `segflow pipeline` trims the streams (and the dispatcher its log).
+    trim_interval_s: int = Field(default=5, ge=1, alias="SEGFLOW_TRIM_INTERVAL_S")
+    # The newest failed events kept (the store is a stream; older ones are trimmed).
+    failed_events_kept: int = Field(default=100_000, ge=1, alias="SEGFLOW_FAILED_EVENTS_KEPT")
+    # How long a finished delivery (and a dead letter) stays in the delivery log; acknowledged
+    # triggers are kept as long as events (SEGFLOW_STREAM_RETENTION).
+    delivery_retention_ms: DurationMs = Field(
+        default=30 * 86_400_000, alias="SEGFLOW_DELIVERY_RETENTION"
+    )
 
     @property
     def sqlite_path(self) -> Path:

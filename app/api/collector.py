@@ -6,6 +6,7 @@ accept gzip, and answer every error in Segment's ``{"success", "code", "message"
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from app.ingest.schema import batch_body, single_body
 from app.ingest.service import (
     FailedEvent,
     IngestResult,
+    StoreFull,
     StoreUnavailable,
     ValidatedBatch,
     validate_batch,
@@ -155,28 +157,37 @@ async def _parse(request: Request, state: StateDep) -> tuple[dict[str, Any], str
     return payload, source, received_at
 
 
-def _store_unavailable() -> CollectorError:
+log = logging.getLogger(__name__)
+FULL_WARNING_EVERY_S = 10.0  # a full Redis refuses every request: say so, not each time
+_full_warned_at = [0.0]
+
+
+def _store_unavailable(error: StoreUnavailable) -> CollectorError:
+    if isinstance(error, StoreFull):
+        if time.monotonic() - _full_warned_at[0] >= FULL_WARNING_EVERY_S:
+            _full_warned_at[0] = time.monotonic()
+            log.warning("collector: Redis is full, events refused with 503: %s", error)
+        what = "the event store is out of memory (Redis maxmemory reached)"
+    else:
+        what = "the event store is unreachable"
     return CollectorError(
-        503,
-        "store_unavailable",
-        "the event store is unreachable; nothing was stored, retry",
-        retry_after_s=1,
+        503, "store_unavailable", f"{what}; nothing was stored, retry", retry_after_s=1
     )
 
 
 async def _record(state: StateDep, item: FailedEvent) -> None:
     try:
         await state.store.record_failed(item)
-    except StoreUnavailable:
-        raise _store_unavailable() from None
+    except StoreUnavailable as error:
+        raise _store_unavailable(error) from None
     EVENTS_FAILED.inc()
 
 
 async def _store(state: StateDep, batch: ValidatedBatch) -> IngestResult:
     try:
         result = await state.store.store(batch)
-    except StoreUnavailable:
-        raise _store_unavailable() from None
+    except StoreUnavailable as error:
+        raise _store_unavailable(error) from None
     EVENTS_ACCEPTED.inc(result.accepted)
     EVENTS_DUPLICATE.inc(result.duplicates)
     EVENTS_FAILED.inc(len(result.errors))

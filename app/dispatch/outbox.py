@@ -22,6 +22,7 @@ from app.dispatch.errors import (
     TemplateNotFound,
 )
 from app.dispatch.rendering import TemplateRenderer
+from app.dispatch.retention import DispatchRetention
 from app.dispatch.secret_box import SecretBox, secret_box
 from app.dispatch.store import SendableDestination, load_template, sendable_destination
 from app.dispatch.templates import CompiledTemplate, message_context
@@ -122,6 +123,11 @@ async def run(settings: Settings, redis_url: str) -> None:
         StoredOutbox(engine, secret_box(settings), renderer),
         allow_private=settings.allow_private_destinations,
         consumer=CONSUMER,
+        retention=DispatchRetention(
+            triggers_ms=settings.stream_retention_ms,
+            deliveries_ms=settings.delivery_retention_ms,
+            every_s=settings.trim_interval_s,
+        ),
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

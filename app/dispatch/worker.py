@@ -37,6 +37,7 @@ from app import metrics
 from app.clock import now_ms
 from app.dispatch import policy
 from app.dispatch.deliveries import Delivery, DeliveryStore
+from app.dispatch.retention import DispatchRetention
 from app.dispatch.webhooks import DeliveryResult, WebhookTarget, send_webhook, webhook_client
 from app.profiles.keys import TRIGGERS_KEY, retracted_key
 from app.profiles.service import CustomerProfile, get_profile
@@ -81,8 +82,10 @@ class Dispatcher:
         consumer: str = "dispatcher-1",
         http: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
+        retention: DispatchRetention | None = None,
     ) -> None:
         self._redis = client
+        self._retention = retention  # None: triggers and deliveries are kept (tests)
         self._store = DeliveryStore(client)
         self._outbox = outbox
         self._allow_private = allow_private
@@ -111,7 +114,10 @@ class Dispatcher:
             log.info(
                 "dispatch: %d deliveries in flight when the last run stopped are due", reclaimed
             )
-        await asyncio.gather(self._intake_loop(), self._attempt_loop())
+        loops = [self._intake_loop(), self._attempt_loop()]
+        if self._retention is not None:
+            loops.append(self._retention.run(self._redis, group=GROUP, stopping=self._stopping))
+        await asyncio.gather(*loops)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis import RedisError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 
 from app.events import MAX_MESSAGE_BYTES, InvalidMessage, canonical_fields
 from app.streams import (
@@ -36,6 +36,20 @@ MAX_FAILED_RAW_CHARS = 600 * 1024  # a whole request body fits; nothing the coll
 
 class StoreUnavailable(RuntimeError):
     """Redis did not take the write; nothing of this request may be reported as stored."""
+
+
+class StoreFull(StoreUnavailable):
+    """Redis refused the write for its ``maxmemory``: it answers again once memory is freed
+    (streams trimmed, or the limit raised), so SDKs retry as for an outage."""
+
+
+def _unavailable(error: Exception) -> StoreUnavailable:
+    """What a failed write says: a full Redis (its OOM reply, which a script's write inside
+    the append passes on as a plain error) or one that is not there."""
+    full = isinstance(error, OutOfMemoryError) or (
+        isinstance(error, ResponseError) and "OOM command not allowed" in str(error)
+    )
+    return (StoreFull if full else StoreUnavailable)(str(error))
 
 
 @dataclass
@@ -161,7 +175,7 @@ class EventStore:
                 await self._client.script_load(APPEND_SCRIPT)
                 results = await self._execute(plans, [])
         except (RedisError, OSError) as error:
-            raise StoreUnavailable(str(error)) from error
+            raise _unavailable(error) from error
         flags = stored_flags(plans, results, len(batch.serialized))
         accepted = sum(flags)
         return IngestResult(
@@ -183,4 +197,4 @@ class EventStore:
         try:
             await self._client.xadd(FAILED_EVENTS_KEY, item.fields())  # type: ignore[arg-type]
         except (RedisError, OSError) as error:
-            raise StoreUnavailable(str(error)) from error
+            raise _unavailable(error) from error
