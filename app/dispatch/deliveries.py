@@ -10,13 +10,15 @@ Statuses: ``scheduled`` (waiting for an attempt, retries included), ``delivered`
 ``held_out`` (the rule's holdout group: recorded, not sent), ``suppressed`` (no consent),
 ``capped`` (frequency cap), ``undeliverable`` (no such destination), ``failed`` (the template
 did not render: nothing sent), ``dead`` (the last attempt failed, or the receiver refused),
-``retracted`` (a late event corrected the transition before it was sent: nothing sent).
+``retracted`` (a late event corrected the transition before it was sent: nothing sent),
+``stale`` (the transition was older than the send's ``max_age`` when first decided: history,
+not news; nothing sent).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 import orjson
 import redis.asyncio as aioredis
@@ -26,18 +28,20 @@ DUE_KEY = "deliveries:due"
 DEAD_KEY = "deliveries:dead"
 LOG_KEY = "deliveries:log"
 LEASE_MS = 30_000  # longer than an attempt takes (its timeout, and a wait for its turn)
-TERMINAL = frozenset(
-    {
-        "delivered",
-        "held_out",
-        "suppressed",
-        "capped",
-        "undeliverable",
-        "failed",
-        "dead",
-        "retracted",
-    }
-)
+# Every status a delivery can have (the API's schema lists them): waiting, then one of the ends.
+DeliveryStatus = Literal[
+    "scheduled",
+    "delivered",
+    "held_out",
+    "suppressed",
+    "capped",
+    "undeliverable",
+    "failed",
+    "dead",
+    "retracted",
+    "stale",
+]
+TERMINAL = frozenset(get_args(DeliveryStatus)) - {"scheduled"}
 
 
 def delivery_key(delivery_id: str) -> str:
@@ -63,7 +67,7 @@ class Delivery(BaseModel):
     destination: str
     template: str
     send: dict[str, Any]
-    status: str
+    status: DeliveryStatus
     attempts: int = 0
     created_at: int
     updated_at: int
@@ -71,6 +75,9 @@ class Delivery(BaseModel):
     response_code: int | None = None
     latency_ms: float | None = None
     reason: str = ""
+    # past this wall-clock instant the first attempt is not made (the transition is history);
+    # None once a decision was made fresh (quiet hours deferred it) or an operator replayed it
+    stale_after: int | None = None
 
     def fields(self) -> dict[str, str]:
         return {
@@ -189,11 +196,14 @@ class DeliveryStore:
         when it is finished, into the dead letters when dead."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(delivery_key(delivery.id), mapping=delivery.fields())  # type: ignore[arg-type]
+        cleared = [name for name, value in delivery.model_dump().items() if value is None]
         if delivery.status == "scheduled" and delivery.next_at is not None:
             pipe.zadd(DUE_KEY, {delivery.id: delivery.next_at})
         else:
             pipe.zrem(DUE_KEY, delivery.id)
-            pipe.hdel(delivery_key(delivery.id), "next_at")
+            cleared.append("next_at")
+        if cleared:  # a field set to None is gone from the hash too, not left as it was
+            pipe.hdel(delivery_key(delivery.id), *set(cleared))
         if delivery.status == "dead":
             pipe.zadd(DEAD_KEY, {delivery.id: delivery.updated_at})
         else:
@@ -225,7 +235,9 @@ class DeliveryStore:
         return found, str(start + limit) if len(ids) > limit else None
 
     async def replay(self, delivery_id: str, now: int) -> Delivery | None:
-        """A dead letter, due again now with its attempts counted afresh."""
+        """A dead letter, due again now with its attempts counted afresh. The operator chose
+        to send it: its age no longer stops it (consent, holdout, the cap and quiet hours still
+        apply)."""
         delivery = await self.get(delivery_id)
         if delivery is None or delivery.status != "dead":
             return None
@@ -235,6 +247,7 @@ class DeliveryStore:
                 "attempts": 0,
                 "next_at": now,
                 "updated_at": now,
+                "stale_after": None,
                 "reason": f"replayed ({delivery.reason})",
             }
         )

@@ -22,6 +22,7 @@ import pytest
 import redis
 from standardwebhooks.webhooks import Webhook
 
+from app.clock import now_ms
 from app.dispatch import policy
 from app.main import create_app
 from app.settings import Settings
@@ -259,6 +260,7 @@ def test_a_dispatcher_killed_mid_flight_loses_no_trigger(
 
 
 def trigger_entry(client: redis.Redis, customer: str, n: int, send: dict[str, Any]) -> str:
+    """A trigger of a transition just now, as the dataflow appends it."""
     trigger_id = f"{customer}:{RULE}:enter:{n}:0"
     client.xadd(
         "triggers",
@@ -267,7 +269,7 @@ def trigger_entry(client: redis.Redis, customer: str, n: int, send: dict[str, An
             "customer_id": customer,
             "segment": RULE,
             "kind": "enter",
-            "at": n,
+            "at": now_ms() - 1_000 + n,
             "rule_version": 1,
             "destination": send["destination"],
             "template": send["template"],
