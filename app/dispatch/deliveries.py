@@ -4,7 +4,8 @@ One hash per delivery (``delivery:<trigger id>``: its trigger, status, attempts,
 indexed by time overall and per customer, rule and destination. Deliveries waiting for an
 attempt are in ``deliveries:due`` scored by when; a dispatcher *leases* one by moving its score
 ``LEASE_MS`` ahead before trying it, so a dispatcher killed mid-flight leaves it due again
-after the lease. Dead letters are in ``deliveries:dead``, replayable.
+after the lease. Dead letters, the deliveries an operator can replay once the cause is
+fixed (``dead``, ``undeliverable`` and ``failed`` ones), are in ``deliveries:dead``.
 
 Statuses: ``scheduled`` (waiting for an attempt, retries included), ``delivered``,
 ``held_out`` (the rule's holdout group: recorded, not sent), ``suppressed`` (no consent),
@@ -42,6 +43,9 @@ DeliveryStatus = Literal[
     "stale",
 ]
 TERMINAL = frozenset(get_args(DeliveryStatus)) - {"scheduled"}
+# What a replay makes due again: a receiver that failed, a destination missing, disabled or
+# refused, or a template missing or failing when the trigger came, may be fixed since.
+REPLAYABLE = frozenset({"dead", "undeliverable", "failed"})
 
 
 def delivery_key(delivery_id: str) -> str:
@@ -193,7 +197,7 @@ class DeliveryStore:
 
     async def save(self, delivery: Delivery) -> None:
         """Write the delivery's state; schedule it (``next_at``), or take it off the schedule
-        when it is finished, into the dead letters when dead."""
+        when it is finished, into the dead letters when replayable."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(delivery_key(delivery.id), mapping=delivery.fields())  # type: ignore[arg-type]
         cleared = [name for name, value in delivery.model_dump().items() if value is None]
@@ -204,7 +208,7 @@ class DeliveryStore:
             cleared.append("next_at")
         if cleared:  # a field set to None is gone from the hash too, not left as it was
             pipe.hdel(delivery_key(delivery.id), *set(cleared))
-        if delivery.status == "dead":
+        if delivery.status in REPLAYABLE:
             pipe.zadd(DEAD_KEY, {delivery.id: delivery.updated_at})
         else:
             pipe.zrem(DEAD_KEY, delivery.id)
@@ -235,11 +239,11 @@ class DeliveryStore:
         return found, str(start + limit) if len(ids) > limit else None
 
     async def replay(self, delivery_id: str, now: int) -> Delivery | None:
-        """A dead letter, due again now with its attempts counted afresh. The operator chose
-        to send it: its age no longer stops it (consent, holdout, the cap and quiet hours still
-        apply)."""
+        """A dead letter (``dead``, ``undeliverable`` or ``failed``), due again now with its
+        attempts counted afresh. The operator chose to send it: its age no longer stops it
+        (consent, holdout, the cap and quiet hours still apply)."""
         delivery = await self.get(delivery_id)
-        if delivery is None or delivery.status != "dead":
+        if delivery is None or delivery.status not in REPLAYABLE:
             return None
         delivery = delivery.model_copy(
             update={

@@ -15,7 +15,8 @@ Two loops share one Redis:
   destination, the template, and a POST signed per Standard Webhooks. A timeout, a 5xx or a
   429 is tried again later (Retry-After honoured, else backoff with jitter); after
   ``MAX_ATTEMPTS``, or on another 4xx, the delivery is a dead letter, replayable through the
-  admin API.
+  admin API (as is one whose destination was missing, ``undeliverable``, or whose template
+  was, ``failed``).
 
 The ``webhook-id`` is the trigger's id, the same on every attempt: a receiver that saw it
 already can drop the repeat (a dispatcher killed between sending and recording sends again).
