@@ -126,13 +126,17 @@ def leases_key(consumer: str) -> str:
     return f"deliveries:leases:{consumer}"
 
 
-# A frequency-cap slot: sends in (now - per, now] are counted; one more is taken if allowed.
+# A frequency-cap slot: sends after now - per are counted; one more is taken if allowed. Those
+# "after now" count too: two attempts at once read the clock in one order and reserve in the
+# other, and the later stamp must not hide from the earlier one.
 # KEYS: the customer's sends of this action; ARGV: now, per (ms), times, delivery id
 _RESERVE = """
 local now, per = tonumber(ARGV[1]), tonumber(ARGV[2])
 if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return 1 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - per)
-if redis.call('ZCOUNT', KEYS[1], '(' .. (now - per), now) >= tonumber(ARGV[3]) then return 0 end
+if redis.call('ZCOUNT', KEYS[1], '(' .. (now - per), '+inf') >= tonumber(ARGV[3]) then
+  return 0
+end
 redis.call('ZADD', KEYS[1], now, ARGV[4])
 redis.call('PEXPIRE', KEYS[1], per)
 return 1

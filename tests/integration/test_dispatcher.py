@@ -420,3 +420,41 @@ def test_a_replay_of_old_history_is_logged_stale_and_only_fresh_triggers_are_sen
     assert "max_age (1h)" in narrow.reason, narrow.reason
     assert old.attempts == 0
     assert redis_client.zscore(DEAD_KEY, october) is None  # history, not a letter to replay
+
+
+def test_the_cap_holds_when_two_attempts_reserve_in_the_other_order_than_they_read_the_clock(
+    settings,
+):
+    """Two deliveries to one capped customer attempted at once: the one that read the clock
+    later reserved first, and the other, counting only sends up to its own earlier instant,
+    did not see it: both were sent (a flaky failure of the test above)."""
+
+    def capped(n: int) -> Delivery:
+        return Delivery(
+            id=f"capped:cart-abandoners:enter:{n}:0",
+            customer_id="capped",
+            rule="cart-abandoners",
+            kind="enter",
+            at=n,
+            rule_version=1,
+            destination="email",
+            template="cart-reminder",
+            send={},
+            status="scheduled",
+            created_at=n,
+            updated_at=n,
+        )
+
+    async def reserve() -> list[bool]:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        store = DeliveryStore(client)
+        now = now_ms()
+        try:
+            return [
+                await store.reserve_send(capped(1), now + 1, 1, DAY),  # read the clock later
+                await store.reserve_send(capped(2), now, 1, DAY),
+            ]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(reserve()) == [True, False]
