@@ -94,7 +94,12 @@ TIMEOUT_S = 10.0  # the destination's per-attempt timeout (the API's default)
 WARM_UP = 200  # deliveries before each path, not counted: connections, caches, the template
 BURST_CHUNK = 500  # triggers per pipelined XADD of a backlog
 STALL_S = 60.0  # a path that receives nothing new for this long stops the run
-ADDED_AT = 1_800_000_000_000  # the carts' last add; the triggers fire 30 minutes later
+# The carts' last add, 30 minutes ago, so the triggers (30 minutes later) are fresh: older ones
+# would be recorded stale, not sent (a send's max_age). Fixed at the first import and inherited
+# by the receiver and feeder processes, which import this module again.
+ADDED_AT = int(
+    os.environ.setdefault("SEGFLOW_BENCH_ADDED_AT", str(time.time_ns() // 1_000_000 - 30 * 60_000))
+)
 TRIGGER_AT = ADDED_AT + 30 * 60_000
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"

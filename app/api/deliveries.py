@@ -1,4 +1,5 @@
-"""Admin endpoints for the delivery log and the dead letters (``app.dispatch.deliveries``)."""
+"""Admin endpoints for the delivery log and the dead letters (``app.dispatch.deliveries``): the
+``dead``, ``undeliverable`` and ``failed`` deliveries, replayable once their cause is fixed."""
 
 from __future__ import annotations
 
@@ -61,7 +62,10 @@ async def list_deliveries(
 async def list_dead_letters(
     state: StateDep, limit: Limit = 100, cursor: Cursor = None
 ) -> DeliveryPage:
-    """Deliveries whose last attempt failed (or whose receiver refused them), newest first."""
+    """Deliveries that can be replayed, newest first: ``dead`` (the last attempt failed, or the
+    receiver refused), ``undeliverable`` (the destination was missing, disabled or its address
+    refused when the trigger came) and ``failed`` (the template was missing or did not
+    render)."""
     try:
         items, more = await DeliveryStore(state.redis).page(DEAD_KEY, limit=limit, cursor=cursor)
     except (RedisError, OSError) as error:
@@ -72,14 +76,20 @@ async def list_dead_letters(
 @router.post(
     "/dead-letters/{delivery_id}/replay",
     response_model=Delivery,
-    responses={404: {"description": "No such dead letter."}},
+    responses={404: {"description": "No such dead, undeliverable or failed delivery."}},
 )
 async def replay_dead_letter(delivery_id: str, state: StateDep) -> Delivery:
-    """Try a dead letter again now, with its attempts counted afresh (same webhook-id)."""
+    """Try a dead, undeliverable or failed delivery again now, with its attempts counted
+    afresh (same webhook-id), whatever its age: consent, holdout, the cap and quiet hours
+    still decide."""
     try:
         found = await DeliveryStore(state.redis).replay(delivery_id, now_ms())
     except (RedisError, OSError) as error:
         raise _unreachable(error) from error
     if found is None:
-        raise HTTPException(404, detail=f"delivery {delivery_id!r}: no such dead letter")
+        raise HTTPException(
+            404,
+            detail=f"delivery {delivery_id!r}: no such dead, undeliverable or failed delivery "
+            "(only those are replayed; GET /api/deliveries shows its status)",
+        )
     return found

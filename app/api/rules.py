@@ -3,7 +3,8 @@ validate and preview. A rule is sent as its YAML text (``Content-Type: applicati
 the same document as JSON. Views are thin: storage and checks are in ``app.rules.store``.
 
 A refused rule answers 422 with ``{"detail": [{"rule", "field", "line", "message"}, ...]}``:
-every problem, each naming where it is.
+every problem, each naming where it is. A rule that sends to a destination or template that
+does not exist yet is saved, with ``warnings`` of the same shape naming each such send.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import Admin, Limit, Responses, StateDep, When, admin_router
 from app.db import session_scope
+from app.dispatch.store import send_warnings
 from app.rules import service, store
 from app.rules.explain import feature_keys
-from app.rules.schema import RuleError, RuleProblem
+from app.rules.schema import Rule, RuleError, RuleProblem, line_of
 from app.rules.service import Preview
 from app.rules.store import JSON, YAML, RuleConflict, RuleNotFound, StoredRule
 from pipelines.examples import example_problems
@@ -71,6 +73,8 @@ class RuleOut(RuleSummary):
     source: str  # the document as written
     features: list[str]  # what it reads, as profiles show them
     segments_read: list[str]
+    # sends whose destination or template does not exist (yet): saved, but not sent until then
+    warnings: list[ProblemOut] = []
 
 
 class RulePage(BaseModel):
@@ -111,15 +115,17 @@ class Validation(BaseModel):
     problems: list[ProblemOut]
     features: list[str] = []
     examples: int = 0
+    warnings: list[ProblemOut] = []
 
 
 class RollbackIn(BaseModel):
     version: int = Field(ge=1, le=999_999_999)
 
 
-def _out(stored: StoredRule) -> RuleOut:
+def _out(stored: StoredRule, session: Session) -> RuleOut:
     rule = stored.rule
     return RuleOut(
+        warnings=_warnings(session, rule, stored.source),
         id=rule.id,
         name=rule.name,
         enabled=stored.enabled,
@@ -131,6 +137,24 @@ def _out(stored: StoredRule) -> RuleOut:
         features=sorted(feature_keys(rule)),
         segments_read=sorted(rule.segment_refs()),
     )
+
+
+def _warnings(session: Session, rule: Rule, text: str) -> list[ProblemOut]:
+    """Each send of the rule whose destination or template is not there to send with."""
+    found = []
+    for kind, actions in (("on_enter", rule.on_enter), ("on_exit", rule.on_exit)):
+        for index, action in enumerate(actions):
+            send = action.send
+            wrong = send_warnings(
+                session=session, destination=send.destination, template=send.template
+            )
+            for what, message in wrong.items():
+                at = (kind, index, "send", what)
+                field = f"{kind}[{index}].send.{what}"
+                found.append(
+                    ProblemOut(rule=rule.id, field=field, line=line_of(text, at), message=message)
+                )
+    return found
 
 
 def _problems(error: RuleError) -> list[ProblemOut]:
@@ -207,17 +231,18 @@ async def create_rule(request: Request, state: StateDep, admin: Admin) -> RuleOu
     """Store a new rule (version 1): the running dataflow evaluates it within seconds."""
     text, media_type = await _document(request)
 
-    def create() -> StoredRule:
+    def create() -> RuleOut:
         with _stored(state) as session:
-            return store.create_rule(
+            stored = store.create_rule(
                 session=session,
                 text=text,
                 media_type=media_type,
                 author=admin,
                 examples=example_problems,
             )
+            return _out(stored, session)
 
-    return _out(await run_in_threadpool(create))
+    return await run_in_threadpool(create)
 
 
 @router.post(
@@ -240,12 +265,14 @@ async def validate_rule(request: Request, state: StateDep) -> Validation:
             problems = store.problems_of(
                 session=session, rule=rule, text=text, examples=example_problems
             )
+            warnings = _warnings(session, rule, text)
         return Validation(
             valid=not problems,
             id=rule.id,
             problems=[_problem(p) for p in problems],
             features=sorted(feature_keys(rule)),
             examples=len(rule.examples),
+            warnings=warnings,
         )
 
     return await run_in_threadpool(validate)
@@ -278,7 +305,7 @@ async def preview_rule(
 @router.get("/{rule_id}", response_model=RuleOut, responses=_NO_RULE)
 def read_rule(rule_id: str, state: StateDep) -> RuleOut:
     with _stored(state) as session:
-        return _out(store.get_rule(session=session, rule_id=rule_id))
+        return _out(store.get_rule(session=session, rule_id=rule_id), session)
 
 
 @router.put(
@@ -291,9 +318,9 @@ async def update_rule(rule_id: str, request: Request, state: StateDep, admin: Ad
     """Store a new version of the rule; customers enter or exit under it within seconds."""
     text, media_type = await _document(request)
 
-    def update() -> StoredRule:
+    def update() -> RuleOut:
         with _stored(state) as session:
-            return store.update_rule(
+            stored = store.update_rule(
                 session=session,
                 rule_id=rule_id,
                 text=text,
@@ -301,8 +328,9 @@ async def update_rule(rule_id: str, request: Request, state: StateDep, admin: Ad
                 author=admin,
                 examples=example_problems,
             )
+            return _out(stored, session)
 
-    return _out(await run_in_threadpool(update))
+    return await run_in_threadpool(update)
 
 
 @router.delete(
@@ -328,7 +356,8 @@ def disable_rule(rule_id: str, state: StateDep, admin: Admin) -> RuleOut:
                 enabled=False,
                 author=admin,
                 examples=example_problems,
-            )
+            ),
+            session,
         )
 
 
@@ -342,7 +371,8 @@ def enable_rule(rule_id: str, state: StateDep, admin: Admin) -> RuleOut:
                 enabled=True,
                 author=admin,
                 examples=example_problems,
-            )
+            ),
+            session,
         )
 
 
@@ -404,5 +434,6 @@ def rollback_rule(rule_id: str, body: RollbackIn, state: StateDep, admin: Admin)
                 version=body.version,
                 author=admin,
                 examples=example_problems,
-            )
+            ),
+            session,
         )

@@ -4,19 +4,22 @@ One hash per delivery (``delivery:<trigger id>``: its trigger, status, attempts,
 indexed by time overall and per customer, rule and destination. Deliveries waiting for an
 attempt are in ``deliveries:due`` scored by when; a dispatcher *leases* one by moving its score
 ``LEASE_MS`` ahead before trying it, so a dispatcher killed mid-flight leaves it due again
-after the lease. Dead letters are in ``deliveries:dead``, replayable.
+after the lease. Dead letters, the deliveries an operator can replay once the cause is
+fixed (``dead``, ``undeliverable`` and ``failed`` ones), are in ``deliveries:dead``.
 
 Statuses: ``scheduled`` (waiting for an attempt, retries included), ``delivered``,
 ``held_out`` (the rule's holdout group: recorded, not sent), ``suppressed`` (no consent),
 ``capped`` (frequency cap), ``undeliverable`` (no such destination), ``failed`` (the template
 did not render: nothing sent), ``dead`` (the last attempt failed, or the receiver refused),
-``retracted`` (a late event corrected the transition before it was sent: nothing sent).
+``retracted`` (a late event corrected the transition before it was sent: nothing sent),
+``stale`` (the transition was older than the send's ``max_age`` when first decided: history,
+not news; nothing sent).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 import orjson
 import redis.asyncio as aioredis
@@ -26,18 +29,23 @@ DUE_KEY = "deliveries:due"
 DEAD_KEY = "deliveries:dead"
 LOG_KEY = "deliveries:log"
 LEASE_MS = 30_000  # longer than an attempt takes (its timeout, and a wait for its turn)
-TERMINAL = frozenset(
-    {
-        "delivered",
-        "held_out",
-        "suppressed",
-        "capped",
-        "undeliverable",
-        "failed",
-        "dead",
-        "retracted",
-    }
-)
+# Every status a delivery can have (the API's schema lists them): waiting, then one of the ends.
+DeliveryStatus = Literal[
+    "scheduled",
+    "delivered",
+    "held_out",
+    "suppressed",
+    "capped",
+    "undeliverable",
+    "failed",
+    "dead",
+    "retracted",
+    "stale",
+]
+TERMINAL = frozenset(get_args(DeliveryStatus)) - {"scheduled"}
+# What a replay makes due again: a receiver that failed, a destination missing, disabled or
+# refused, or a template missing or failing when the trigger came, may be fixed since.
+REPLAYABLE = frozenset({"dead", "undeliverable", "failed"})
 
 
 def delivery_key(delivery_id: str) -> str:
@@ -63,7 +71,7 @@ class Delivery(BaseModel):
     destination: str
     template: str
     send: dict[str, Any]
-    status: str
+    status: DeliveryStatus
     attempts: int = 0
     created_at: int
     updated_at: int
@@ -71,6 +79,9 @@ class Delivery(BaseModel):
     response_code: int | None = None
     latency_ms: float | None = None
     reason: str = ""
+    # past this wall-clock instant the first attempt is not made (the transition is history);
+    # None once a decision was made fresh (quiet hours deferred it) or an operator replayed it
+    stale_after: int | None = None
 
     def fields(self) -> dict[str, str]:
         return {
@@ -115,13 +126,17 @@ def leases_key(consumer: str) -> str:
     return f"deliveries:leases:{consumer}"
 
 
-# A frequency-cap slot: sends in (now - per, now] are counted; one more is taken if allowed.
+# A frequency-cap slot: sends after now - per are counted; one more is taken if allowed. Those
+# "after now" count too: two attempts at once read the clock in one order and reserve in the
+# other, and the later stamp must not hide from the earlier one.
 # KEYS: the customer's sends of this action; ARGV: now, per (ms), times, delivery id
 _RESERVE = """
 local now, per = tonumber(ARGV[1]), tonumber(ARGV[2])
 if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return 1 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - per)
-if redis.call('ZCOUNT', KEYS[1], '(' .. (now - per), now) >= tonumber(ARGV[3]) then return 0 end
+if redis.call('ZCOUNT', KEYS[1], '(' .. (now - per), '+inf') >= tonumber(ARGV[3]) then
+  return 0
+end
 redis.call('ZADD', KEYS[1], now, ARGV[4])
 redis.call('PEXPIRE', KEYS[1], per)
 return 1
@@ -186,15 +201,18 @@ class DeliveryStore:
 
     async def save(self, delivery: Delivery) -> None:
         """Write the delivery's state; schedule it (``next_at``), or take it off the schedule
-        when it is finished, into the dead letters when dead."""
+        when it is finished, into the dead letters when replayable."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(delivery_key(delivery.id), mapping=delivery.fields())  # type: ignore[arg-type]
+        cleared = [name for name, value in delivery.model_dump().items() if value is None]
         if delivery.status == "scheduled" and delivery.next_at is not None:
             pipe.zadd(DUE_KEY, {delivery.id: delivery.next_at})
         else:
             pipe.zrem(DUE_KEY, delivery.id)
-            pipe.hdel(delivery_key(delivery.id), "next_at")
-        if delivery.status == "dead":
+            cleared.append("next_at")
+        if cleared:  # a field set to None is gone from the hash too, not left as it was
+            pipe.hdel(delivery_key(delivery.id), *set(cleared))
+        if delivery.status in REPLAYABLE:
             pipe.zadd(DEAD_KEY, {delivery.id: delivery.updated_at})
         else:
             pipe.zrem(DEAD_KEY, delivery.id)
@@ -225,9 +243,11 @@ class DeliveryStore:
         return found, str(start + limit) if len(ids) > limit else None
 
     async def replay(self, delivery_id: str, now: int) -> Delivery | None:
-        """A dead letter, due again now with its attempts counted afresh."""
+        """A dead letter (``dead``, ``undeliverable`` or ``failed``), due again now with its
+        attempts counted afresh. The operator chose to send it: its age no longer stops it
+        (consent, holdout, the cap and quiet hours still apply)."""
         delivery = await self.get(delivery_id)
-        if delivery is None or delivery.status != "dead":
+        if delivery is None or delivery.status not in REPLAYABLE:
             return None
         delivery = delivery.model_copy(
             update={
@@ -235,6 +255,7 @@ class DeliveryStore:
                 "attempts": 0,
                 "next_at": now,
                 "updated_at": now,
+                "stale_after": None,
                 "reason": f"replayed ({delivery.reason})",
             }
         )

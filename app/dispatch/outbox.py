@@ -31,7 +31,9 @@ from app.dispatch.worker import Dispatcher, RenderError, UndeliverableError
 from app.profiles.service import CustomerProfile
 from app.settings import Settings
 
-CACHE_S = 2.0  # an edited destination or template is used within this
+# An edited destination or template is used within this. Only what can be sent with is kept:
+# one created after its triggers came is used at once, by the replay of what it missed.
+CACHE_S = 2.0
 T = TypeVar("T")
 
 
@@ -84,7 +86,10 @@ class StoredOutbox:
         if hit is not None and time.monotonic() - hit[0] < CACHE_S:
             return hit[1]
         value = await asyncio.to_thread(load, name)
-        cache[name] = (time.monotonic(), value)
+        if isinstance(value, str):  # why there is none: asked again next time
+            cache.pop(name, None)
+        else:
+            cache[name] = (time.monotonic(), value)
         return value
 
     def _load_destination(self, name: str) -> SendableDestination | str:

@@ -1,5 +1,5 @@
 """What the dispatcher decides before it sends, as pure functions of a trigger, the customer and
-the time: consent, holdout, frequency cap, quiet hours, and when to try again.
+the time: freshness, consent, holdout, frequency cap, quiet hours, and when to try again.
 
 All times are wall-clock milliseconds. Nothing here does I/O, so each rule is tested alone.
 """
@@ -21,6 +21,9 @@ MAX_ATTEMPTS = 8
 BACKOFF_BASE_MS = 1_000
 BACKOFF_CAP_MS = 15 * 60_000
 RETRY_AFTER_CAP_MS = 60 * 60_000
+# A send's max_age when its rule gives none: a reminder of a day-old transition is still
+# welcome after an outage overnight; one of last month's (a replay of history) never is.
+DEFAULT_MAX_AGE = "1d"
 
 
 def opted_out(send: Mapping[str, Any], traits: Mapping[str, Any]) -> bool:
@@ -52,6 +55,14 @@ def settle_ms(send: Mapping[str, Any]) -> int:
     """How long a trigger waits before its first attempt (a late event may retract it)."""
     settle = send.get("settle")
     return _duration_ms(settle) if settle else 0
+
+
+def stale_after(send: Mapping[str, Any], at: int) -> int:
+    """The last wall-clock instant at which a trigger of a transition at ``at`` (event time) is
+    fresh enough to send: ``at`` plus the send's ``max_age`` (``DEFAULT_MAX_AGE`` without
+    one). Measured from the transition's instant, not from when it was read, so a replay of
+    old history is as stale as its events are old."""
+    return at + _duration_ms(send.get("max_age") or DEFAULT_MAX_AGE)
 
 
 def quiet_until(send: Mapping[str, Any], traits: Mapping[str, Any], now: int) -> int | None:

@@ -119,6 +119,33 @@ def list_destinations(
     return rows[:limit], rows[limit - 1].name if len(rows) > limit else None
 
 
+def send_warnings(*, session: Session, destination: str, template: str) -> dict[str, str]:
+    """Why a rule's send to ``destination`` with ``template`` could not go out now, by what is
+    wrong (``destination``, ``template``); empty when both are ready. A rule may be saved
+    before them (its triggers are recorded as undeliverable, or failed, until they exist),
+    so this warns, it does not refuse."""
+    found: dict[str, str] = {}
+    row = _destination_row(session, destination)
+    if row is None:
+        found["destination"] = (
+            f"destination {destination!r} does not exist yet: until an operator creates it "
+            "(POST /api/destinations) this send's triggers are recorded as undeliverable; "
+            "replay them then from /api/dead-letters"
+        )
+    elif row.disabled:
+        found["destination"] = (
+            f"destination {destination!r} is disabled: this send's triggers are recorded as "
+            "undeliverable while it is"
+        )
+    if _template_row(session, template) is None:
+        found["template"] = (
+            f"template {template!r} does not exist yet: until an operator creates it "
+            "(POST /api/templates) this send's deliveries fail; replay them then from "
+            "/api/dead-letters"
+        )
+    return found
+
+
 def sendable_destination(*, session: Session, box: SecretBox, name: str) -> SendableDestination:
     """The destination ready to send to: settings and the opened secret. Raises
     ``DestinationNotFound``, ``SecretUnreadable``."""

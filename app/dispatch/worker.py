@@ -8,12 +8,15 @@ Two loops share one Redis:
   trigger as a delivery, due now, or once its rule's ``settle`` has passed (a late event may
   retract its transition meanwhile) (``app.dispatch.deliveries``); only then is the entry
   acknowledged, so a trigger read by a dispatcher that died is read again, and found recorded.
-- *attempts* lease the deliveries that are due and try each: retracted (not sent), consent,
-  holdout, frequency cap and quiet hours first (``app.dispatch.policy``), then the
+- *attempts* lease the deliveries that are due and try each: retracted (not sent), stale (its
+  transition older than the send's ``max_age``: history, such as a replay of last month, is
+  not messaged), consent, holdout, frequency cap and quiet hours first
+  (``app.dispatch.policy``), then the
   destination, the template, and a POST signed per Standard Webhooks. A timeout, a 5xx or a
   429 is tried again later (Retry-After honoured, else backoff with jitter); after
   ``MAX_ATTEMPTS``, or on another 4xx, the delivery is a dead letter, replayable through the
-  admin API.
+  admin API (as is one whose destination was missing, ``undeliverable``, or whose template
+  was, ``failed``).
 
 The ``webhook-id`` is the trigger's id, the same on every attempt: a receiver that saw it
 already can drop the repeat (a dispatcher killed between sending and recording sends again).
@@ -26,6 +29,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
@@ -36,9 +40,10 @@ from redis.exceptions import ResponseError
 from app import metrics
 from app.clock import now_ms
 from app.dispatch import policy
-from app.dispatch.deliveries import Delivery, DeliveryStore
+from app.dispatch.deliveries import Delivery, DeliveryStatus, DeliveryStore
 from app.dispatch.retention import DispatchRetention
 from app.dispatch.webhooks import DeliveryResult, WebhookTarget, send_webhook, webhook_client
+from app.durations import format_duration_ms
 from app.profiles.keys import TRIGGERS_KEY, retracted_key
 from app.profiles.service import CustomerProfile, get_profile
 
@@ -212,15 +217,17 @@ class Dispatcher:
                     "a late event corrected the customer's history: the transition no longer holds"
                 )
                 return _finished(delivery, "retracted", now, why)
+            if delivery.stale_after is not None and now > delivery.stale_after:
+                return _finished(delivery, "stale", now, _stale_reason(delivery, now))
             if policy.opted_out(send, traits):
                 return _finished(delivery, "suppressed", now, f"consent: {policy.OPT_OUT_TRAIT}")
             if policy.held_out(delivery.customer_id, delivery.rule, send.get("holdout_percent", 0)):
                 return _finished(delivery, "held_out", now, "in the rule's holdout group")
             until = policy.quiet_until(send, traits, now)
             if until is not None:
-                return delivery.model_copy(
-                    update={"next_at": until, "updated_at": now, "reason": "quiet hours"}
-                )
+                # decided while fresh: the wait the rule asked for does not make it stale
+                update = {"next_at": until, "updated_at": now, "reason": "quiet hours"}
+                return delivery.model_copy(update={**update, "stale_after": None})
         try:
             target = await self._outbox.target(delivery.destination)
         except UndeliverableError as error:
@@ -283,8 +290,26 @@ class Dispatcher:
             )
 
 
-def _finished(delivery: Delivery, status: str, now: int, reason: str) -> Delivery:
+def _finished(delivery: Delivery, status: DeliveryStatus, now: int, reason: str) -> Delivery:
     return delivery.model_copy(update={"status": status, "updated_at": now, "reason": reason})
+
+
+def _stale_reason(delivery: Delivery, now: int) -> str:
+    age = _rough(max(0, now - delivery.at))
+    at = datetime.fromtimestamp(delivery.at / 1000, tz=UTC).isoformat(timespec="seconds")
+    max_age = delivery.send.get("max_age") or f"{policy.DEFAULT_MAX_AGE}, the default"
+    return (
+        f"the transition at {at} was {age} old when first decided, older than the send's "
+        f"max_age ({max_age}): not sent"
+    )
+
+
+def _rough(ms: int) -> str:
+    """A duration in its largest whole unit, rounded down: ``61d``, ``5h``, ``12m``."""
+    for unit in (86_400_000, 3_600_000, 60_000, 1_000):
+        if ms >= unit:
+            return format_duration_ms(ms // unit * unit)
+    return f"{ms}ms"
 
 
 def _delivery(fields: Mapping[bytes, bytes], now: int) -> Delivery:
@@ -293,12 +318,13 @@ def _delivery(fields: Mapping[bytes, bytes], now: int) -> Delivery:
 
     send = orjson.loads(fields[b"send"]) if b"send" in fields else {}
     settle = policy.settle_ms(send)
+    at = int(text("at") or 0)
     return Delivery(
         id=text("trigger_id"),
         customer_id=text("customer_id"),
         rule=text("segment"),
         kind=text("kind"),
-        at=int(text("at") or 0),
+        at=at,
         rule_version=int(text("rule_version") or 0),
         destination=text("destination"),
         template=text("template"),
@@ -308,4 +334,5 @@ def _delivery(fields: Mapping[bytes, bytes], now: int) -> Delivery:
         updated_at=now,
         next_at=now + settle,
         reason=f"settling for {settle} ms" if settle else "",
+        stale_after=policy.stale_after(send, at),
     )

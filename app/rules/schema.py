@@ -753,7 +753,13 @@ class Send(_Node):
     time, by a hash of customer and rule) are recorded as held out instead, to measure lift;
     ``quiet_hours`` defers, never drops. ``settle`` waits that long before the first attempt,
     so that a late event can still retract the transition (a late ``Order Completed``
-    cancels a cart reminder instead of racing it): a retracted one is not sent."""
+    cancels a cart reminder instead of racing it): a retracted one is not sent.
+
+    ``max_age`` keeps history from being messaged: a transition whose instant is older than
+    that when the dispatcher first decides (a replay of last month, a backlog after a long
+    outage) is recorded as ``stale``, not sent. Left out, the dispatcher's default applies
+    (``DEFAULT_MAX_AGE`` in ``app.dispatch.policy``, 1d: a dispatcher down overnight still
+    catches up)."""
 
     destination: Name
     template: Name
@@ -762,6 +768,19 @@ class Send(_Node):
     holdout_percent: float = Field(default=0, ge=0, le=100)
     quiet_hours: QuietHours | None = None
     settle: Window | None = None
+    max_age: Window | None = None
+
+    @field_validator("max_age")
+    @classmethod
+    def _longer_than_settle(cls, max_age: int | None, info: ValidationInfo) -> int | None:
+        settle = info.data.get("settle")
+        if max_age is not None and settle is not None and max_age <= settle:
+            raise ValueError(
+                f"max_age ({format_duration_ms(max_age)}) must be longer than settle "
+                f"({format_duration_ms(settle)}): every send would be stale before its first "
+                "attempt"
+            )
+        return max_age
 
 
 class Action(_Node):

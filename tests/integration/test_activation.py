@@ -22,6 +22,7 @@ import pytest
 import redis
 from standardwebhooks.webhooks import Webhook
 
+from app.clock import now_ms
 from app.dispatch import policy
 from app.main import create_app
 from app.settings import Settings
@@ -259,6 +260,7 @@ def test_a_dispatcher_killed_mid_flight_loses_no_trigger(
 
 
 def trigger_entry(client: redis.Redis, customer: str, n: int, send: dict[str, Any]) -> str:
+    """A trigger of a transition just now, as the dataflow appends it."""
     trigger_id = f"{customer}:{RULE}:enter:{n}:0"
     client.xadd(
         "triggers",
@@ -267,7 +269,7 @@ def trigger_entry(client: redis.Redis, customer: str, n: int, send: dict[str, An
             "customer_id": customer,
             "segment": RULE,
             "kind": "enter",
-            "at": n,
+            "at": now_ms() - 1_000 + n,
             "rule_version": 1,
             "destination": send["destination"],
             "template": send["template"],
@@ -334,3 +336,117 @@ def test_a_template_that_renders_forever_fails_its_own_delivery_and_nothing_else
     assert "renders for more than 2 s" in (failure.reason or ""), failure.reason
     assert "forever" in (failure.reason or "")
     assert slow not in receiver.delivered_ids()
+
+
+def dispatcher_process(settings: Settings) -> subprocess.Popen[bytes]:
+    env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
+    env.pop("DATABASE_URL", None)
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
+    env["SEGFLOW_ALLOW_PRIVATE_DESTINATIONS"] = "1"
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "dispatcher"], env=env, start_new_session=True
+    )
+
+
+LATER_RULE = QUICK_ABANDONERS.replace("destination: email", "destination: later").replace(
+    "template: cart-reminder", "template: later-note"
+)
+
+
+def test_a_rule_sending_to_what_does_not_exist_yet_is_saved_with_warnings(
+    private_api: tuple[ServerThread, Settings], credentials: dict[str, str]
+):
+    """Saving a rule that sends to a destination or template nobody created answered a plain
+    success; its triggers then went nowhere unnoticed."""
+    api, _settings = private_api
+    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    yaml_body = {**admin, "Content-Type": "application/yaml"}
+    saved = httpx.post(f"{api.url}/api/rules", content=LATER_RULE, headers=yaml_body)
+    assert saved.status_code == 201, saved.text
+    warnings = {w["field"]: w for w in saved.json()["warnings"]}
+    assert sorted(warnings) == ["on_enter[0].send.destination", "on_enter[0].send.template"]
+    destination, template = warnings.values()
+    assert "destination 'later' does not exist yet" in destination["message"]
+    assert "undeliverable" in destination["message"]
+    assert "template 'later-note' does not exist yet" in template["message"]
+    assert destination["rule"] == RULE
+    assert (destination["line"], template["line"]) == (11, 12)  # where the YAML names them
+    checked = httpx.post(f"{api.url}/api/rules/validate", content=LATER_RULE, headers=yaml_body)
+    assert [w["field"] for w in checked.json()["warnings"]] == sorted(warnings)
+
+    made = httpx.post(
+        f"{api.url}/api/destinations",
+        json={"name": "later", "kind": "email", "url": "http://127.0.0.1:9/hooks"},
+        headers=admin,
+    )
+    assert made.status_code == 201, made.text
+    note = {"name": "later-note", "kind": "email", "subject": "Hi", "text": "Your cart"}
+    made = httpx.post(f"{api.url}/api/templates", json=note, headers=admin)
+    assert made.status_code == 201, made.text
+    again = httpx.put(f"{api.url}/api/rules/{RULE}", content=LATER_RULE, headers=yaml_body)
+    assert again.status_code == 200, again.text
+    assert again.json()["warnings"] == []
+    assert httpx.get(f"{api.url}/api/rules/{RULE}", headers=admin).json()["warnings"] == []
+
+
+def test_triggers_sent_before_their_destination_existed_are_replayed_once_it_does(
+    redis_client: redis.Redis,
+    private_api: tuple[ServerThread, Settings],
+    credentials: dict[str, str],
+):
+    """Triggers that came before their destination existed were undeliverable for good: their
+    replay answered 404. Now they are dead letters, and a replay delivers each exactly once."""
+    api, settings = private_api
+    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    for customer in ("early", "noted"):
+        redis_client.hset(f"profile:{{{customer}}}", mapping={"features": "{}", "traits": "{}"})
+    early = trigger_entry(
+        redis_client, "early", 0, {"destination": "email", "template": "cart-reminder"}
+    )
+    receiver = Receiver()
+    dispatcher = dispatcher_process(settings)
+    try:
+
+        def status(trigger_id: str = early) -> str | None:
+            found = delivery(redis_client, trigger_id)
+            return found.status if found else None
+
+        wait_for(lambda: status() == "undeliverable", timeout_s=60, what="undeliverable")
+        letters = httpx.get(f"{api.url}/api/dead-letters", headers=admin).json()["items"]
+        assert [(d["id"], d["status"]) for d in letters] == [(early, "undeliverable")]
+        assert "destination 'email' does not exist" in letters[0]["reason"]
+
+        made = httpx.post(
+            f"{api.url}/api/destinations",
+            json={"name": "email", "kind": "email", "url": receiver.url},
+            headers=admin,
+        )
+        assert made.status_code == 201, made.text
+        replayed = httpx.post(f"{api.url}/api/dead-letters/{early}/replay", headers=admin)
+        assert replayed.status_code == 200, replayed.text
+        assert replayed.json()["status"] == "scheduled"
+
+        wait_for(lambda: status() == "delivered", timeout_s=60, what="the replay delivered")
+        again = httpx.post(f"{api.url}/api/dead-letters/{early}/replay", headers=admin)
+        assert again.status_code == 404, again.text  # delivered: nothing left to replay
+        assert "no such dead, undeliverable or failed delivery" in again.json()["detail"]
+
+        # the same for a template created after its triggers: failed, then replayed
+        noted = trigger_entry(
+            redis_client, "noted", 1, {"destination": "email", "template": "later-note"}
+        )
+        wait_for(lambda: status(noted) == "failed", timeout_s=60, what="failed")
+        note = {"name": "later-note", "kind": "email", "subject": "Hi", "text": "Your cart"}
+        assert httpx.post(f"{api.url}/api/templates", json=note, headers=admin).is_success
+        replayed = httpx.post(f"{api.url}/api/dead-letters/{noted}/replay", headers=admin)
+        assert replayed.status_code == 200, replayed.text
+        wait_for(lambda: status(noted) == "delivered", timeout_s=60, what="delivered")
+    finally:
+        os.killpg(dispatcher.pid, 9)
+        dispatcher.wait()
+        receiver.close()
+    assert receiver.delivered_ids() == [early, noted]
+    assert len(receiver.requests) == 2  # each exactly once
+    assert receiver.unverified(made.json()["secret"]) == []
+    assert httpx.get(f"{api.url}/api/dead-letters", headers=admin).json()["items"] == []

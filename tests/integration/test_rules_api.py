@@ -182,6 +182,7 @@ def test_validate_answers_every_problem_without_saving(admin: Admin):
         "problems": [],
         "features": ["count(Product Viewed, 10m)"],
         "examples": 1,
+        "warnings": [],  # it sends nothing
     }
     bad = admin.call(
         "POST", "/api/rules/validate", yaml=WINDOW_SHOPPERS.replace("within: 10m", "within: 0m")

@@ -41,6 +41,13 @@ def test_the_holdout_is_the_same_customers_every_time_and_about_the_share_asked(
     assert all(policy.held_out(c, "x", 100) for c in customers[:100])
 
 
+def test_a_send_is_fresh_for_its_max_age_from_the_transitions_instant():
+    at_ = at("2026-10-03T12:00")
+    assert policy.stale_after({"max_age": "6h"}, at_) == at_ + 6 * HOUR
+    assert policy.stale_after({"max_age": None}, at_) == at_ + 24 * HOUR  # the default, 1d
+    assert policy.stale_after({}, at_) == at_ + 24 * HOUR  # a trigger from before max_age
+
+
 def test_a_frequency_cap_counts_over_its_period():
     assert policy.cap_window_ms({"at_most": {"times": 1, "per": "24h"}}) == 24 * HOUR
     assert policy.cap_window_ms({}) is None

@@ -736,6 +736,9 @@ def test_a_word_of_the_language_in_the_wrong_place_gets_no_spelling_hint() -> No
         ("quiet_hours: {from: '25:00', until: '08:00'}", "on_enter[0].send.quiet_hours.from"),
         ("at_most: {times: 0, per: 1d}", "on_enter[0].send.at_most.times"),
         ("at_most: {times: 1, per: 0m}", "on_enter[0].send.at_most.per"),
+        ("max_age: 0m", "on_enter[0].send.max_age"),
+        ("max_age: soon", "on_enter[0].send.max_age"),
+        ("settle: 10m, max_age: 10m", "on_enter[0].send.max_age"),  # stale before it is tried
     ],
 )
 def test_how_a_send_is_made_is_checked(send: str, field: str) -> None:
@@ -746,3 +749,13 @@ def test_how_a_send_is_made_is_checked(send: str, field: str) -> None:
     with pytest.raises(RuleError) as refused:
         parse_rule(text)
     assert [problem.field for problem in refused.value.problems] == [field]
+
+
+def test_a_send_keeps_its_max_age_and_triggers_carry_it_as_written() -> None:
+    text = (
+        "id: x\nname: X\nwhen: {feature: cart_value, gt: 0}\n"
+        "on_enter:\n  - send: {destination: email, template: t, settle: 2m, max_age: 6h}\n"
+    )
+    (action,) = parse_rule(text).on_enter
+    assert action.send.max_age == 6 * 3_600_000
+    assert action.model_dump(mode="json")["send"]["max_age"] == "6h"  # what triggers carry
