@@ -17,11 +17,14 @@ from sqlmodel import Session
 
 from app.api.deps import AppState, StateDep, get_stored_rules
 from app.credentials import admin_name_by_hash, admin_token_name, hash_secret
-from app.dispatch.deliveries import DEAD_KEY
+from app.dispatch import erasure as dispatch_erasure
+from app.dispatch.deliveries import DEAD_KEY, DeliveryStore, index_key
 from app.dispatch.secret_box import secret_box
 from app.ingest import failed_events
 from app.ingest.status import pipeline_status
-from app.profiles import history, segments
+from app.profiles import erasure, history, segments
+from app.profiles import service as profiles
+from app.rules.service import explain
 from app.rules.store import StoredRule
 from app.streams import FAILED_EVENTS_KEY
 from app.web.session import (
@@ -309,6 +312,89 @@ async def segment_page(
         chart=chart,
         anomalies=[s for s in samples if s.anomaly],
     )
+
+
+# --- customers -----------------------------------------------------------------------------
+
+
+@router.get("/customers", response_class=HTMLResponse)
+async def customer_lookup(
+    request: Request,
+    state: StateDep,
+    session: WebSessionDep,
+    id: str = "",
+) -> Response:
+    wanted = id.strip()
+    if wanted and await profiles.get_profile(state.redis, wanted) is not None:
+        return RedirectResponse(f"/admin/customers/{quote(wanted, safe='')}", status_code=303)
+    return _page(
+        request, "customers.html", session, title="Customers", wanted=wanted, missing=bool(wanted)
+    )
+
+
+@router.get("/customers/{customer_id}", response_class=HTMLResponse)
+async def customer_page(
+    request: Request,
+    customer_id: str,
+    state: StateDep,
+    session: WebSessionDep,
+    rules: StoredRulesDep,
+) -> HTMLResponse:
+    profile = await profiles.get_profile(state.redis, customer_id)
+    if profile is None:
+        return _page(
+            request,
+            "customers.html",
+            session,
+            404,
+            title="Customers",
+            wanted=customer_id,
+            missing=True,
+        )
+    explained = [await explain(state.redis, customer_id, r.rule, r.version) for r in rules]
+    transitions = await segments.transitions(state.redis, customer_id, limit=50, cursor=None)
+    deliveries, _ = await DeliveryStore(state.redis).page(
+        index_key("customer", customer_id), limit=20, cursor=None
+    )
+    return _page(
+        request,
+        "customer.html",
+        session,
+        title=customer_id,
+        profile=profile,
+        explanations=[e for e in explained if e is not None],
+        names={r.id: r.rule.name for r in rules},
+        transitions=list(reversed(transitions.items)),
+        deliveries=deliveries,
+    )
+
+
+@router.post("/customers/{customer_id}/erase", response_class=HTMLResponse)
+async def erase_customer(
+    request: Request,
+    customer_id: str,
+    state: StateDep,
+    session: WebSessionDep,
+    confirm: Annotated[str, Form(max_length=1024)] = "",
+) -> HTMLResponse:
+    """GDPR erasure, once the customer's id is typed to confirm it."""
+    if confirm != customer_id:
+        # 200: htmx swaps only a successful answer in, and this one is the page's message
+        return _page(
+            request,
+            "_erased.html",
+            session,
+            error="Type the customer's id exactly to erase them.",
+            report=None,
+        )
+    report = await erasure.erase_customer(
+        state.redis,
+        customer_id,
+        partitions=state.settings.partitions,
+        now=int(time.time() * 1000),
+        forget_elsewhere=dispatch_erasure.forget_customers,
+    )
+    return _page(request, "_erased.html", session, error=None, report=report)
 
 
 # --- failed events -------------------------------------------------------------------------

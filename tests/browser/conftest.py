@@ -21,8 +21,9 @@ def browser() -> Iterator[Any]:
         if os.environ.get("CI"):
             pytest.fail("no /usr/bin/chromium: install Debian's chromium package")
         pytest.skip("no /usr/bin/chromium (Debian's chromium package) for the browser tests")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=60_000)  # a busy machine: generous ceilings, never sleeps
     with sync_playwright() as playwright:
         found = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:

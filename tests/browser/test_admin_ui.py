@@ -12,9 +12,10 @@ from playwright.sync_api import expect
 
 from app.main import create_app
 from app.profiles.history import MINUTE_MS, history_key
-from app.profiles.keys import members_key
+from app.profiles.keys import members_key, profile_key
 from app.streams import stats_key
-from tests.helpers import ServerThread
+from tests.factories import iso, track_at
+from tests.helpers import ServerThread, replay_messages, run_dataflow
 
 LOCAL = re.compile(r"^http://127\.0\.0\.1:\d+/")
 
@@ -95,3 +96,51 @@ def check_segment_page(page: Any, api: ServerThread, credentials: dict[str, str]
     page.click("text=More members")
     expect(page.locator("ul.members code").first).to_be_visible()
     assert not set(page.locator("ul.members code").all_inner_texts()) & set(shown)
+
+
+def test_a_customer_is_looked_up_explained_and_erased_after_typing_their_id(
+    page, api, credentials, settings, redis_client: redis.Redis, tmp_path
+):
+    now = time.time_ns() // 1_000_000
+    replay_messages(
+        redis_client,
+        settings,
+        tmp_path,
+        [
+            {
+                "type": "identify",
+                "userId": "ada",
+                "traits": {"plan": "pro"},
+                "timestamp": iso(now - 9_000),
+            },
+            track_at("ada", "Product Added", now - 8_000, product_id="p1", price=30.0),
+            track_at("bob", "Product Viewed", now - 7_000),
+        ],
+    )
+    run_dataflow(settings)
+    log_in(page, api, credentials["admin_token"], "/admin/customers")
+    page.fill("#customer-id", "nobody")
+    page.click("text=Look up")
+    expect(page.locator("[role=status]")).to_contain_text("No profile for nobody")
+    page.fill("#customer-id", "ada")
+    page.click("text=Look up")
+    page.wait_for_url(re.compile(r"/admin/customers/ada$"))
+    assert "pro" in page.locator("table.kv").first.inner_text()
+    assert "Product Added" in page.locator("section", has_text="Recent events").inner_text()
+    cart = page.locator("details.explain[data-segment=cart-abandoners]")
+    assert cart.locator("summary").inner_text().startswith("out")
+    cart.locator("summary").click()  # why not: the cart holds 30, the add is seconds old
+    leaves = cart.locator("li.cond li.cond")
+    expect(leaves.nth(0)).to_contain_text("cart_value")
+    assert leaves.nth(0).get_attribute("class") == "cond holds"
+    expect(leaves.nth(1)).to_contain_text("Product Added")
+    assert leaves.nth(1).get_attribute("class") == "cond fails"
+    page.fill("#confirm", "ad")  # not the id: refused
+    page.click("button.bad")
+    expect(page.locator("#erase-result [role=alert]")).to_contain_text("exactly")
+    assert redis_client.exists(profile_key("ada"))
+    page.fill("#confirm", "ada")
+    page.click("button.bad")
+    expect(page.locator("#erase-result [role=status]")).to_contain_text("Erased")
+    assert not redis_client.exists(profile_key("ada"))
+    assert redis_client.exists(profile_key("bob"))

@@ -1,0 +1,110 @@
+"""The admin UI's session over real HTTP: what a forged, stale, cross-site or revoked request
+gets. (The pages themselves are tested in a real browser, tests/browser.)"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+import httpx
+import redis
+from sqlmodel import Session, delete
+
+from app.credentials import create_admin_token
+from app.db import make_engine
+from app.models import AdminToken
+from app.profiles.keys import profile_key
+from app.settings import Settings
+from tests.helpers import ServerThread, wait_for
+
+
+@contextlib.contextmanager
+def logged_in(api: ServerThread, token: str, next_path: str = "/admin") -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        form = client.get("/admin/login").text
+        (nonce,) = re.findall(r'name="nonce" value="([^"]+)"', form)
+        data = {"token": token, "nonce": nonce, "next": next_path}
+        answer = client.post("/admin/login", data=data)
+        assert answer.status_code == 303, answer.text
+        yield client
+
+
+def test_pages_need_a_session_and_a_forged_cookie_is_no_session(api, credentials):
+    anonymous = httpx.get(f"{api.url}/admin/segments")
+    assert anonymous.status_code == 303
+    assert anonymous.headers["location"] == "/admin/login?next=/admin/segments"
+    partial = httpx.get(f"{api.url}/admin/overview/stats", headers={"HX-Request": "true"})
+    assert partial.status_code == 401
+    assert partial.headers["HX-Redirect"].startswith("/admin/login")
+    with logged_in(api, credentials["admin_token"]) as client:
+        assert client.get("/admin/segments").status_code == 200
+        cookie = client.cookies["segflow_session"]
+    body, _, signature = cookie.partition(".")
+    forged = f"{body[:-2]}AA.{signature}"  # another session's hash, the old signature
+    assert (
+        httpx.get(f"{api.url}/admin/segments", cookies={"segflow_session": forged}).status_code
+        == 303
+    )
+
+
+def test_a_change_without_the_sessions_csrf_token_is_refused(
+    api, credentials, redis_client: redis.Redis
+):
+    redis_client.hset(profile_key("ada"), mapping={"features": "{}", "traits": "{}"})
+    with logged_in(api, credentials["admin_token"]) as client:
+        check_csrf(client, redis_client)
+
+
+def check_csrf(client: httpx.Client, redis_client: redis.Redis) -> None:
+    page = client.get("/admin").text
+    (csrf,) = re.findall(r"X-CSRF-Token&#34;: &#34;([^&]+)&#34;", page) or re.findall(
+        r'"X-CSRF-Token": "([^"]+)"', page
+    )
+    refused = client.post("/admin/customers/ada/erase", data={"confirm": "ada"})
+    assert refused.status_code == 403  # as a page on another site would send it
+    wrong = client.post(
+        "/admin/customers/ada/erase", data={"confirm": "ada"}, headers={"X-CSRF-Token": "x"}
+    )
+    assert wrong.status_code == 403
+    assert redis_client.exists(profile_key("ada"))
+    done = client.post(
+        "/admin/customers/ada/erase", data={"confirm": "ada"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert done.status_code == 200
+    assert "Erased" in done.text
+    assert not redis_client.exists(profile_key("ada"))
+
+
+def test_a_login_form_not_ours_and_a_redirect_off_site_are_refused(api, credentials):
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        forged = client.post(
+            "/admin/login", data={"token": credentials["admin_token"], "nonce": "made-up"}
+        )
+        assert forged.status_code == 403
+        assert "segflow_session" not in forged.cookies
+        for off_site in ("https://evil.example/x", "//evil.example", "/admin//evil.example"):
+            form = client.get("/admin/login").text
+            (nonce,) = re.findall(r'name="nonce" value="([^"]+)"', form)
+            data = {"token": credentials["admin_token"], "nonce": nonce, "next": off_site}
+            sent = client.post("/admin/login", data=data)
+            assert sent.headers["location"] == "/admin", off_site
+
+
+def test_a_token_that_stops_being_valid_ends_its_sessions(api, settings: Settings):
+    engine = make_engine(settings)
+    with Session(engine) as session:
+        token = create_admin_token(session=session, name="leaving")
+        session.commit()
+    with logged_in(api, token) as client:
+        assert client.get("/admin/segments").status_code == 200
+        assert token not in str(client.cookies.jar)
+        with Session(engine) as session:
+            session.execute(delete(AdminToken).where(AdminToken.name == "leaving"))  # type: ignore[arg-type]
+            session.commit()
+        engine.dispose()
+
+        def ended() -> bool:
+            return client.get("/admin/segments").status_code == 303
+
+        wait_for(ended, timeout_s=30, what="the session ended")  # after a few seconds' cache
