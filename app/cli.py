@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlmodel import Session
 
-from app import bootstrap, migrate
+from app import bootstrap, migrate, redis_server
 from app import demo as shop
 from app.credentials import (
     DuplicateNameError,
@@ -33,7 +33,8 @@ from app.credentials import (
 )
 from app.dispatch import outbox
 from app.ingest.replay import FORMATS, ReplayError, replay_file
-from app.redis_server import EmbeddedRedisError, redis_url_for
+from app.redis_client import masked_url, wait_until_ready_sync
+from app.redis_server import redis_url_for
 from app.settings import Settings, get_settings
 from app.supervisor import ProcessSpec, Supervisor, end_leftovers
 from pipelines.examples import check_rule_files
@@ -80,11 +81,12 @@ def up(host: str, port: int, demo: bool, pipeline: bool) -> None:
         # A killed run's api may hold the port until the kernel has ended it.
         ended = end_leftovers(data_dir / PROCESSES_FILE)
         _check_port_free(host, port, wait_s=10.0 if ended else 0.0)
+        embedded = None if settings.redis_url else redis_server.supervised(data_dir)
         try:
-            with redis_url_for(settings.redis_url, data_dir, adopt=True) as url:
-                _serve(settings, data_dir, url, host=host, port=port, demo=demo, pipeline=pipeline)
-        except EmbeddedRedisError as error:
-            raise click.ClickException(str(error)) from None
+            _serve(settings, data_dir, embedded, host=host, port=port, demo=demo, pipeline=pipeline)
+        finally:
+            if embedded is not None:
+                embedded.forget()
 
 
 LOCK_FILE = "segflow.lock"
@@ -142,14 +144,16 @@ def _check_port_free(host: str, port: int, *, wait_s: float = 0.0) -> None:
 def _serve(
     settings: Settings,
     data_dir: Path,
-    redis_url: str,
+    embedded: redis_server.SupervisedRedis | None,
     *,
     host: str,
     port: int,
     demo: bool,
     pipeline: bool,
 ) -> None:
-    """Prepare the database, then supervise the processes until Ctrl-C."""
+    """Prepare the database, then supervise the processes (the embedded Redis first, unless
+    ``REDIS_URL`` names one) until Ctrl-C."""
+    redis_url = embedded.url if embedded else str(settings.redis_url)
     env = {"SEGFLOW_DATA_DIR": str(data_dir), "REDIS_URL": redis_url}
     first = bootstrap.prepare(settings, demo_shop=DEMO_SHOP_SOURCE if demo else None)
     metrics_dir = data_dir / "metrics"
@@ -177,6 +181,8 @@ def _serve(
         ],
     )
     specs = [api]
+    if embedded is not None:
+        specs.insert(0, ProcessSpec("redis", embedded.argv, on_start=embedded.record))
     if pipeline:
         specs.append(ProcessSpec("pipeline", [sys.executable, "-m", "app.cli", "pipeline"]))
         specs.append(ProcessSpec("dispatcher", [sys.executable, "-m", "app.cli", "dispatcher"]))
@@ -263,6 +269,12 @@ def pipeline(workers: int, recovery: bool) -> None:
         interval = settings.snapshot_interval_s
         argv += ["-r", str(directory), "-s", str(interval), "-b", "0"]
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
+        try:
+            wait_until_ready_sync(url, who="dataflow")
+        except redis.AuthenticationError as error:
+            raise click.ClickException(
+                f"dataflow: Redis at {masked_url(url)} refused the password: {error}"
+            ) from None
         code = subprocess.call(argv, env={**os.environ, "REDIS_URL": url})  # noqa: S603
     raise SystemExit(code)
 
@@ -292,7 +304,14 @@ def dispatcher() -> None:
     """Deliver rule triggers as signed webhooks (retries, dead letters) until stopped."""
     settings = _settings()
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
-        asyncio.run(outbox.run(settings, url))
+        try:
+            asyncio.run(outbox.run(settings, url))
+        except outbox.RedisLost as error:  # one line, no traceback: `segflow up` restarts it
+            raise click.ClickException(f"dispatcher: {error}") from None
+        except redis.AuthenticationError as error:
+            raise click.ClickException(
+                f"dispatcher: Redis at {masked_url(url)} refused the password: {error}"
+            ) from None
 
 
 @main.command(name="migrate")
@@ -452,7 +471,9 @@ def replay(file: Path, file_format: str | None, rate: float | None) -> None:
         except ReplayError as error:
             raise click.ClickException(str(error)) from None
         except redis.RedisError as error:
-            raise click.ClickException(f"Redis is unreachable at {url}: {error}") from None
+            raise click.ClickException(
+                f"Redis is unreachable at {masked_url(url)}: {error}"
+            ) from None
         finally:
             client.close()
     table = Table(title=f"replay of {file}")
