@@ -14,7 +14,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import activation, collector, customers, deliveries, health, rules, segments, status
+from app.api import (
+    activation,
+    collector,
+    credentials,
+    customers,
+    deliveries,
+    health,
+    rules,
+    segments,
+    status,
+)
 from app.api.deps import AppState
 from app.db import make_engine
 from app.dispatch.rendering import TemplateRenderer
@@ -42,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 redis=client,
                 engine=engine,
                 store=store,
-                write_keys=WriteKeyCache(engine),
+                write_keys=WriteKeyCache(engine, client),
                 renderer=TemplateRenderer(processes=1),
             )
             try:
@@ -66,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(activation.destinations)
     app.include_router(activation.templates)
     app.include_router(deliveries.router)
+    app.include_router(credentials.write_keys)
+    app.include_router(credentials.admin_tokens)
     app.include_router(health.router)
     app.add_exception_handler(CollectorError, _collector_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
