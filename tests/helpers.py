@@ -126,6 +126,15 @@ def embedded_redis(data_dir: Path) -> Any:
     return redis.Redis(port=state["port"], password=password)
 
 
+def through_proxy(redis_url: str, port: int) -> str:
+    """``redis_url`` (its password and db kept) reached through a local proxy on ``port``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(redis_url)
+    auth = f":{parts.password}@" if parts.password else ""
+    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
