@@ -19,21 +19,28 @@ import click
 import httpx
 import redis
 from bytewax.recovery import init_db_dir as init_recovery
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlmodel import Session
 
-from app import bootstrap, migrate
+from app import bootstrap, migrate, redis_server
 from app import demo as shop
 from app.credentials import (
     DuplicateNameError,
+    EnvironmentTokenError,
+    UnknownCredentialError,
+    bump_credentials_revision,
     create_admin_token,
     create_write_key,
+    revoke_admin_tokens,
+    revoke_write_key,
 )
 from app.dispatch import outbox
 from app.ingest.replay import FORMATS, ReplayError, replay_file
-from app.redis_server import EmbeddedRedisError, redis_url_for
+from app.redis_client import async_redis, masked_url, wait_until_ready_sync
+from app.redis_server import redis_url_for
 from app.settings import Settings, get_settings
 from app.supervisor import ProcessSpec, Supervisor, end_leftovers
 from pipelines.examples import check_rule_files
@@ -52,14 +59,21 @@ def _configure_logging() -> None:
 def _settings() -> Settings:
     try:
         return get_settings()
-    except ValueError as error:  # pydantic's ValidationError is a ValueError
-        raise click.ClickException(f"bad environment setting: {error}") from None
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors(include_input=False, include_url=False)
+        )
+        raise click.ClickException(f"bad environment setting: {problems}") from None
 
 
 @click.group()
 @click.version_option(package_name="segflow")
 def main() -> None:
     """Segflow: real-time customer segmentation."""
+    # What Segflow and the processes it starts create (the data dir: SQLite, Redis's AOF, the
+    # recovery store, keys) is the owner's only: files 0600, directories 0700.
+    os.umask(0o077)
 
 
 @main.command()
@@ -78,14 +92,16 @@ def up(host: str, port: int, demo: bool, pipeline: bool) -> None:
     settings = _settings()
     data_dir = settings.data_dir.resolve()
     with _data_dir_lock(data_dir):
+        _make_private(data_dir)
         # A killed run's api may hold the port until the kernel has ended it.
         ended = end_leftovers(data_dir / PROCESSES_FILE)
         _check_port_free(host, port, wait_s=10.0 if ended else 0.0)
+        embedded = None if settings.redis_url else redis_server.supervised(data_dir)
         try:
-            with redis_url_for(settings.redis_url, data_dir, adopt=True) as url:
-                _serve(settings, data_dir, url, host=host, port=port, demo=demo, pipeline=pipeline)
-        except EmbeddedRedisError as error:
-            raise click.ClickException(str(error)) from None
+            _serve(settings, data_dir, embedded, host=host, port=port, demo=demo, pipeline=pipeline)
+        finally:
+            if embedded is not None:
+                embedded.forget()
 
 
 LOCK_FILE = "segflow.lock"
@@ -120,6 +136,21 @@ def _data_dir_lock(data_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+def _make_private(data_dir: Path) -> None:
+    """Narrow what an earlier version left readable to others: the data dir holds hashed
+    credentials, the events, Redis's password and the key sealing webhook secrets."""
+    data_dir.chmod(0o700)
+    for root, dirs, files in os.walk(data_dir):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o600)
+
+
 def _check_port_free(host: str, port: int, *, wait_s: float = 0.0) -> None:
     """Refuse a port something already listens on (after ``wait_s`` of trying), before
     anything is prepared or printed."""
@@ -143,14 +174,16 @@ def _check_port_free(host: str, port: int, *, wait_s: float = 0.0) -> None:
 def _serve(
     settings: Settings,
     data_dir: Path,
-    redis_url: str,
+    embedded: redis_server.SupervisedRedis | None,
     *,
     host: str,
     port: int,
     demo: bool,
     pipeline: bool,
 ) -> None:
-    """Prepare the database, then supervise the processes until Ctrl-C."""
+    """Prepare the database, then supervise the processes (the embedded Redis first, unless
+    ``REDIS_URL`` names one) until Ctrl-C."""
+    redis_url = embedded.url if embedded else str(settings.redis_url)
     env = {"SEGFLOW_DATA_DIR": str(data_dir), "REDIS_URL": redis_url}
     first = bootstrap.prepare(settings, demo_shop=DEMO_SHOP_SOURCE if demo else None)
     metrics_dir = data_dir / "metrics"
@@ -178,6 +211,8 @@ def _serve(
         ],
     )
     specs = [api]
+    if embedded is not None:
+        specs.insert(0, ProcessSpec("redis", embedded.argv, on_start=embedded.record))
     if pipeline:
         specs.append(ProcessSpec("pipeline", [sys.executable, "-m", "app.cli", "pipeline"]))
         specs.append(ProcessSpec("dispatcher", [sys.executable, "-m", "app.cli", "dispatcher"]))
@@ -269,6 +304,12 @@ def pipeline(workers: int, recovery: bool) -> None:
         # the flow compacts it after erasures (pipelines.erasure)
         env["SEGFLOW_RECOVERY_DIR"] = str(directory)
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
+        try:
+            wait_until_ready_sync(url, who="dataflow")
+        except redis.AuthenticationError as error:
+            raise click.ClickException(
+                f"dataflow: Redis at {masked_url(url)} refused the password: {error}"
+            ) from None
         # Beside the flow, the streams are trimmed behind its recovery state (none is
         # trimmed without recovery: each start then re-reads them whole).
         trimmer = StreamTrimmer(
@@ -313,7 +354,14 @@ def dispatcher() -> None:
     """Deliver rule triggers as signed webhooks (retries, dead letters) until stopped."""
     settings = _settings()
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
-        asyncio.run(outbox.run(settings, url))
+        try:
+            asyncio.run(outbox.run(settings, url))
+        except outbox.RedisLost as error:  # one line, no traceback: `segflow up` restarts it
+            raise click.ClickException(f"dispatcher: {error}") from None
+        except redis.AuthenticationError as error:
+            raise click.ClickException(
+                f"dispatcher: Redis at {masked_url(url)} refused the password: {error}"
+            ) from None
 
 
 @main.command(name="migrate")
@@ -342,6 +390,42 @@ def writekey_create(name: str) -> None:
     click.echo(key)
 
 
+@writekey.command(name="revoke")
+@click.argument("name")
+def writekey_revoke(name: str) -> None:
+    """Revoke the write key of source NAME: the collector answers 401 to it from now on
+    (`writekey create NAME` then makes the source a new key)."""
+    settings = _settings()
+    with migrate.migrated_session(settings) as session:
+        try:
+            row = revoke_write_key(session=session, name=name)
+        except UnknownCredentialError as error:
+            raise click.ClickException(str(error)) from None
+        prefix = row.key_prefix
+    _spread_revocation(settings)
+    click.echo(f"write key {name!r} ({prefix}...) revoked")
+
+
+def _spread_revocation(settings: Settings) -> None:
+    """Tell the running API processes (through Redis) that their cached checks are stale."""
+    try:
+        with redis_url_for(settings.redis_url, settings.data_dir) as url:
+            client = async_redis(url)
+
+            async def bump() -> None:
+                try:
+                    await bump_credentials_revision(client)
+                finally:
+                    await client.aclose()
+
+            asyncio.run(bump())
+    except (redis.RedisError, OSError, redis_server.EmbeddedRedisError) as error:
+        err.print(
+            f"[yellow]revoked in the database, but Redis is unreachable ({error}): running "
+            "API processes refuse it within 5 seconds[/]"
+        )
+
+
 def _create_secret(settings: Settings, create: Callable[[Session], str]) -> str:
     """Run ``create`` in a committed session of an up-to-date database; its secret."""
     with migrate.migrated_session(settings) as session:
@@ -362,6 +446,20 @@ def token_create(name: str) -> None:
     )
     click.echo(f"admin token {name!r} (shown once; only its hash is stored):")
     click.echo(value)
+
+
+@token.command(name="revoke")
+@click.argument("name")
+def token_revoke(name: str) -> None:
+    """Revoke every admin token called NAME: the admin API answers 401 to them from now on."""
+    settings = _settings()
+    with migrate.migrated_session(settings) as session:
+        try:
+            count = revoke_admin_tokens(session=session, name=name)
+        except (UnknownCredentialError, EnvironmentTokenError) as error:
+            raise click.ClickException(str(error)) from None
+    _spread_revocation(settings)
+    click.echo(f"{count} admin token{'' if count == 1 else 's'} named {name!r} revoked")
 
 
 @main.group()
@@ -511,7 +609,9 @@ def replay(file: Path, file_format: str | None, rate: float | None) -> None:
         except ReplayError as error:
             raise click.ClickException(str(error)) from None
         except redis.RedisError as error:
-            raise click.ClickException(f"Redis is unreachable at {url}: {error}") from None
+            raise click.ClickException(
+                f"Redis is unreachable at {masked_url(url)}: {error}"
+            ) from None
         finally:
             client.close()
     table = Table(title=f"replay of {file}")

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api import (
     activation,
     collector,
+    credentials,
     customers,
     deliveries,
     docs,
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 redis=client,
                 engine=engine,
                 store=store,
-                write_keys=WriteKeyCache(engine),
+                write_keys=WriteKeyCache(engine, client),
                 renderer=TemplateRenderer(processes=1),
             )
             recorder = asyncio.create_task(segments.record_history(app.state.segflow))
@@ -89,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(activation.destinations)
     app.include_router(activation.templates)
     app.include_router(deliveries.router)
+    app.include_router(credentials.write_keys)
+    app.include_router(credentials.admin_tokens)
     app.include_router(health.router)
     docs.mount(app)
     pages.mount(app)

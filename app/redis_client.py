@@ -3,15 +3,31 @@
 The async client packs commands with hiredis, as redis-py's sync client already does: the
 collector sends hundreds of arguments per request, and redis-py's pure-Python packer was the
 largest single cost of an append after validation.
+
+A process that starts while Redis is down or still loading its data waits for it quietly
+(``wait_until_ready``): one log line, no traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
+import redis
 import redis.asyncio as aioredis
-from redis.exceptions import DataError, ResponseError
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, BusyLoadingError, DataError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
 
 
 class _HiredisPackedConnection(aioredis.Connection):
@@ -61,3 +77,91 @@ async def rewrite_aof(client: aioredis.Redis) -> str:
 
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit for a log line or a message: its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+_WAIT_S = 0.5
+
+
+class _WaitLog:
+    """One log line each time the reason to wait changes (unreachable, then loading), and one
+    when Redis is ready: a restart of Redis reads as two or three lines, not tracebacks."""
+
+    def __init__(self, who: str, url: str) -> None:
+        self._who = who
+        self._url = masked_url(url)
+        self._reason = ""
+
+    def unready(self, error: Exception) -> None:
+        if isinstance(error, AuthenticationError):  # waiting would not help: say it and stop
+            raise error
+        reason = (
+            "is loading its data"
+            if isinstance(error, BusyLoadingError)
+            else f"is unreachable ({error})"
+        )
+        if reason.split(" (")[0] != self._reason.split(" (")[0]:
+            log.warning("%s: Redis at %s %s; waiting for it", self._who, self._url, reason)
+        self._reason = reason
+
+    def ready(self) -> None:
+        if self._reason:
+            log.warning("%s: Redis at %s is ready", self._who, self._url)
+
+
+_UNREADY = (RedisConnectionError, RedisTimeoutError, OSError)  # BusyLoadingError among them
+
+
+# A probe sees each answer (LOADING) rather than retrying it.
+_PROBE: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 5}
+
+
+async def wait_until_ready(url: str, *, who: str, stop: asyncio.Event | None = None) -> bool:
+    """Return once the Redis at ``url`` answers (it may be starting, restarting or loading its
+    append-only file), saying so in a log line or two, never a traceback; False if ``stop``
+    was set first. A wrong password raises ``AuthenticationError`` at once."""
+    waiting = _WaitLog(who, url)
+    client = aioredis.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **_PROBE)
+    try:
+        while stop is None or not stop.is_set():
+            try:
+                await client.ping()
+            except _UNREADY as error:
+                waiting.unready(error)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for((stop or asyncio.Event()).wait(), _WAIT_S)
+                continue
+            waiting.ready()
+            return True
+        return False
+    finally:
+        await client.aclose()
+
+
+def wait_until_ready_sync(url: str, *, who: str) -> None:
+    """``wait_until_ready`` for a process without an event loop (``segflow pipeline``)."""
+    waiting = _WaitLog(who, url)
+    client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **_PROBE)
+    try:
+        while True:
+            try:
+                client.ping()
+            except _UNREADY as error:
+                waiting.unready(error)
+                time.sleep(_WAIT_S)
+                continue
+            waiting.ready()
+            return
+    finally:
+        client.close()

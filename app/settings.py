@@ -7,12 +7,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.durations import parse_duration_ms
 
 DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
+MIN_ADMIN_TOKEN_CHARS = 16  # a guessable bootstrap token opens the whole admin API
 
 
 class Settings(BaseSettings):
@@ -22,7 +23,10 @@ class Settings(BaseSettings):
     started by Segflow and a SQLite file, both under ``SEGFLOW_DATA_DIR``.
     """
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused value may be a secret (a token, a URL with a password)
+    model_config = SettingsConfigDict(
+        extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
@@ -66,6 +70,27 @@ class Settings(BaseSettings):
     delivery_retention_ms: DurationMs = Field(
         default=30 * 86_400_000, alias="SEGFLOW_DELIVERY_RETENTION"
     )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_strong_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse a short or empty SEGFLOW_ADMIN_TOKEN (empty, no token would be generated
+        either: the operator was locked out without a word). The message never shows it."""
+        if value is None:
+            return None
+        length = len(value.get_secret_value().strip())
+        if length == 0:
+            raise ValueError(
+                "is set but empty: unset it (a token is then generated "
+                f"and printed at the first start) or set one of at least "
+                f"{MIN_ADMIN_TOKEN_CHARS} characters"
+            )
+        if length < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"has {length} characters; use at least "
+                f"{MIN_ADMIN_TOKEN_CHARS} (e.g. the output of `openssl rand -hex 32`)"
+            )
+        return value
 
     @property
     def sqlite_path(self) -> Path:

@@ -1,8 +1,9 @@
 """``segflow up``: start Segflow's processes and keep them running.
 
 Each process is a plain child; one that exits (even by SIGKILL) is started again within seconds,
-with a growing pause if it keeps dying at once, and the restart is logged. Ctrl-C or SIGTERM
-stops the children in reverse order, then the embedded Redis if this process started it.
+with a growing pause if it keeps dying at once, and the restart is logged. The embedded Redis
+is one of them, the first: Ctrl-C or SIGTERM stops the children in reverse order, so Redis
+last, once nothing writes to it any more.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class ProcessSpec:
     name: str
     argv: Sequence[str]
     env: dict[str, str] = field(default_factory=dict)
+    # called with the pid at each start (the embedded Redis records where it runs)
+    on_start: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -117,6 +120,8 @@ class Supervisor:
             list(child.spec.argv), env=env, start_new_session=True
         )
         child.started_at = time.monotonic()
+        if child.spec.on_start is not None:
+            child.spec.on_start(child.process.pid)
         self._record_groups()
         log.info("started %s (pid %s)", child.spec.name, child.process.pid)
 

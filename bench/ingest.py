@@ -224,7 +224,8 @@ def main() -> None:
         redis_url = env.get("REDIS_URL")
         if not redis_url:
             state = orjson.loads((data_dir / "redis" / "server.json").read_bytes())
-            redis_url = f"redis://127.0.0.1:{state['port']}/0"
+            password = (data_dir / "redis" / "password").read_text().strip()
+            redis_url = f"redis://:{password}@127.0.0.1:{state['port']}/0"
         partitions = int(env.get("SEGFLOW_PARTITIONS", "4"))
         seed = uuid.uuid4().hex[:8]
         warm = make_batches(5_000, f"warm-{seed}")

@@ -116,6 +116,25 @@ def segflow_up(env: dict[str, str], port: int, *options: str) -> subprocess.Pope
     )
 
 
+def embedded_redis(data_dir: Path) -> Any:
+    """A client of the embedded Redis `segflow up` runs on ``data_dir`` (its port from
+    ``server.json``, its password from the data dir, as Segflow's processes get them)."""
+    import redis
+
+    state = json.loads((data_dir / "redis" / "server.json").read_text())
+    password = (data_dir / "redis" / "password").read_text().strip()
+    return redis.Redis(port=state["port"], password=password)
+
+
+def through_proxy(redis_url: str, port: int) -> str:
+    """``redis_url`` (its password and db kept) reached through a local proxy on ``port``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(redis_url)
+    auth = f":{parts.password}@" if parts.password else ""
+    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pydantic import AfterValidator
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.credentials import admin_token_name, hash_secret
+from app.credentials import admin_token_name, credentials_revision, hash_secret
 from app.dispatch.rendering import TemplateRenderer
 from app.ingest.auth import WriteKeyCache
 from app.ingest.service import EventStore
@@ -26,6 +27,13 @@ from app.settings import Settings
 _ADMIN_CACHE_S = 5.0
 
 
+@dataclass(frozen=True)
+class SeenToken:
+    at: float  # monotonic
+    name: str
+    revision: int  # the credentials' revision it was confirmed at
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -34,8 +42,8 @@ class AppState:
     store: EventStore
     write_keys: WriteKeyCache
     renderer: TemplateRenderer  # previews render in its processes, never in the API's
-    # token hash -> (monotonic time it was last confirmed, whose it is): admin calls skip SQL
-    admin_tokens_seen: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # token hash -> when it was last confirmed, whose it is: admin calls skip SQL
+    admin_tokens_seen: dict[str, SeenToken] = field(default_factory=dict)
 
 
 async def get_state(request: Request) -> AppState:
@@ -70,11 +78,12 @@ When = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace
 _bearer = HTTPBearer(auto_error=False, description="The admin token `segflow up` printed.")
 
 
-def require_admin(
+async def require_admin(
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """Let admins through; answer who it is (the token's name)."""
+    """Let admins through; answer who it is (the token's name). A token seen lately passes
+    without SQL unless a revocation happened since (the credentials' revision moved)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -83,24 +92,36 @@ def require_admin(
         )
     token = credentials.credentials
     digest = hash_secret(token)
+    revision = await credentials_revision(state.redis)
     seen = state.admin_tokens_seen.get(digest)
-    if seen is not None and time.monotonic() - seen[0] < _ADMIN_CACHE_S:
-        return seen[1]
-    bootstrap = state.settings.admin_token
-    with Session(state.engine) as session:
-        name = admin_token_name(
-            session=session,
-            token=token,
-            bootstrap=bootstrap.get_secret_value() if bootstrap else None,
-        )
+    if (
+        seen is not None
+        and revision is not None
+        and seen.revision == revision
+        and time.monotonic() - seen.at < _ADMIN_CACHE_S
+    ):
+        return seen.name
+    name = await asyncio.to_thread(_admin_token_name, state, token)
     if name is None:
+        state.admin_tokens_seen.pop(digest, None)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="admin API: the bearer token is not valid",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    state.admin_tokens_seen[digest] = (time.monotonic(), name)
+    if revision is not None:
+        state.admin_tokens_seen[digest] = SeenToken(time.monotonic(), name, revision)
     return name
+
+
+def _admin_token_name(state: AppState, token: str) -> str | None:
+    bootstrap = state.settings.admin_token
+    with Session(state.engine) as session:
+        return admin_token_name(
+            session=session,
+            token=token,
+            bootstrap=bootstrap.get_secret_value() if bootstrap else None,
+        )
 
 
 # The admin dependency, in one spelling: every admin router requires it (``admin_router``), and a

@@ -10,6 +10,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -29,6 +32,7 @@ from app.dispatch.templates import CompiledTemplate, message_context
 from app.dispatch.webhooks import webhook_body
 from app.dispatch.worker import Dispatcher, RenderError, UndeliverableError
 from app.profiles.service import CustomerProfile
+from app.redis_client import masked_url, wait_until_ready
 from app.settings import Settings
 
 # An edited destination or template is used within this. Only what can be sent with is kept:
@@ -118,8 +122,16 @@ class StoredOutbox:
                 return str(error)
 
 
+class RedisLost(RuntimeError):
+    """Redis went away while the dispatcher ran; its next start waits for it and resumes."""
+
+
 async def run(settings: Settings, redis_url: str) -> None:
-    """``segflow dispatcher``: deliver until SIGTERM or Ctrl-C."""
+    """``segflow dispatcher``: deliver until SIGTERM or Ctrl-C.
+
+    It starts once Redis answers (waiting quietly while Redis starts or loads its data). A
+    Redis lost under way raises ``RedisLost``: the process ends with one line, and its next
+    start reclaims the deliveries that were in flight."""
     client = aioredis.Redis.from_url(redis_url)
     engine = make_engine(settings)
     renderer = TemplateRenderer()
@@ -134,11 +146,22 @@ async def run(settings: Settings, redis_url: str) -> None:
             every_s=settings.trim_interval_s,
         ),
     )
+    stop = asyncio.Event()  # a stop asked for while waiting for Redis
+
+    def ask_to_stop() -> None:
+        stop.set()
+        dispatcher.stop()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, dispatcher.stop)
+        loop.add_signal_handler(signum, ask_to_stop)
     try:
-        await dispatcher.run()
+        if await wait_until_ready(redis_url, who="dispatcher", stop=stop):
+            await dispatcher.run()
+    except AuthenticationError:
+        raise
+    except (RedisConnectionError, RedisTimeoutError) as error:
+        raise RedisLost(f"lost Redis at {masked_url(redis_url)}: {error}") from None
     finally:
         await dispatcher.close()
         await renderer.close()

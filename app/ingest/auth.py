@@ -1,7 +1,8 @@
 """Write-key checks for the collector, served from a small in-process cache of key hashes.
 
-The SQL table is the truth; the cache reloads every few seconds (so a disabled key stops working
-quickly) and at most once a second on an unknown key (so bad keys cannot flood the database).
+The SQL table is the truth; the cache reloads when a key was revoked (the credentials'
+revision in Redis moved: the revoked key fails at the next request), every few seconds anyway,
+and at most once a second on an unknown key (so bad keys cannot flood the database).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import binascii
 import logging
 import time
 
+import redis.asyncio as aioredis
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from app.credentials import active_write_key_hashes, hash_secret
+from app.credentials import active_write_key_hashes, credentials_revision, hash_secret
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +38,47 @@ def write_key_from_authorization(header: str | None) -> str | None:
 
 
 class WriteKeyCache:
-    def __init__(self, engine: Engine, *, refresh_s: float = 5.0, miss_reload_s: float = 1.0):
+    def __init__(
+        self,
+        engine: Engine,
+        redis: aioredis.Redis,
+        *,
+        refresh_s: float = 5.0,
+        miss_reload_s: float = 1.0,
+    ):
         self._engine = engine
+        self._redis = redis
         self._refresh_s = refresh_s
         self._miss_reload_s = miss_reload_s
         self._sources: dict[str, str] = {}
         self._loaded_at = float("-inf")
+        self._revision: int | None = None  # the credentials' revision the cache was loaded at
         self._lock = asyncio.Lock()
 
     async def source_for(self, key: str) -> str | None:
         """The source name of a valid write key, else None."""
         digest = hash_secret(key)
+        revision = await credentials_revision(self._redis)
+        if revision is not None and revision != self._revision:
+            await self._reload(revision, force=True)
         age = time.monotonic() - self._loaded_at
         if age > self._refresh_s or (digest not in self._sources and age > self._miss_reload_s):
-            await self._reload()
+            await self._reload(revision)
         return self._sources.get(digest)
 
-    async def _reload(self) -> None:
+    async def _reload(self, revision: int | None, *, force: bool = False) -> None:
         async with self._lock:
-            if time.monotonic() - self._loaded_at < self._miss_reload_s:
+            if force and revision == self._revision:
+                return  # another request reloaded at this revision while this one waited
+            if not force and time.monotonic() - self._loaded_at < self._miss_reload_s:
                 return  # another request reloaded while this one waited
             try:
                 self._sources = await asyncio.to_thread(self._load)
             except SQLAlchemyError:
                 log.exception("could not reload write keys; keeping the ones already known")
+            else:
+                if revision is not None:
+                    self._revision = revision
             self._loaded_at = time.monotonic()
 
     def _load(self) -> dict[str, str]:

@@ -34,4 +34,5 @@ document.addEventListener("DOMContentLoaded", () => {
   localTimes(document);
   sizeChart();
   document.body.addEventListener("htmx:afterSwap", (event) => localTimes(event.target));
+  document.body.dataset.ready = "1"; // htmx (whose listener ran first) has wired the page
 });

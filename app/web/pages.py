@@ -4,6 +4,7 @@ every asset is Segflow's own (``/static``)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,8 +16,13 @@ from fastapi.templating import Jinja2Templates
 from redis import RedisError
 from sqlmodel import Session
 
-from app.api.deps import AppState, StateDep, get_stored_rules
-from app.credentials import admin_name_by_hash, admin_token_name, hash_secret
+from app.api.deps import AppState, SeenToken, StateDep, get_stored_rules
+from app.credentials import (
+    admin_name_by_hash,
+    admin_token_name,
+    credentials_revision,
+    hash_secret,
+)
 from app.dispatch import erasure as dispatch_erasure
 from app.dispatch.deliveries import DEAD_KEY, DeliveryStore, index_key
 from app.dispatch.secret_box import secret_box
@@ -58,33 +64,56 @@ def _signer(state: AppState) -> Signer:
     return Signer(secret_box(state.settings).derive("segflow admin session"))
 
 
-def _token_still_valid(state: AppState, token_hash: str) -> bool:
-    seen = state.admin_tokens_seen.get(token_hash)
-    if seen is not None and time.monotonic() - seen[0] < _SESSION_RECHECK_S:
-        return True
+def _admin_name(state: AppState, token_hash: str) -> str | None:
     bootstrap = state.settings.admin_token
     with Session(state.engine) as session:
-        name = admin_name_by_hash(
+        return admin_name_by_hash(
             session=session,
             digest=token_hash,
             bootstrap=bootstrap.get_secret_value() if bootstrap else None,
         )
+
+
+async def _token_still_valid(state: AppState, token_hash: str) -> bool:
+    """As the API's bearer check: a token seen lately passes without SQL unless a revocation
+    happened since (the credentials' revision moved)."""
+    revision = await credentials_revision(state.redis)
+    seen = state.admin_tokens_seen.get(token_hash)
+    if (
+        seen is not None
+        and revision is not None
+        and seen.revision == revision
+        and time.monotonic() - seen.at < _SESSION_RECHECK_S
+    ):
+        return True
+    name = await asyncio.to_thread(_admin_name, state, token_hash)
     if name is None:
+        state.admin_tokens_seen.pop(token_hash, None)
         return False
-    state.admin_tokens_seen[token_hash] = (time.monotonic(), name)
+    if revision is not None:
+        state.admin_tokens_seen[token_hash] = SeenToken(time.monotonic(), name, revision)
     return True
 
 
-def web_session(request: Request, state: StateDep) -> WebSession:
+async def web_session(request: Request, state: StateDep) -> WebSession:
     """The request's session, its token still valid and, for a change, its CSRF token sent."""
     session = read_session(_signer(state), request.cookies.get(SESSION_COOKIE))
-    if session is None or not _token_still_valid(state, session.token_hash):
+    if session is None or not await _token_still_valid(state, session.token_hash):
         raise LoginRequired(request.url.path)
-    if request.method not in SAFE_METHODS and not csrf_matches(
-        session, request.headers.get(CSRF_HEADER)
-    ):
+    if request.method not in SAFE_METHODS and not csrf_matches(session, await _sent_csrf(request)):
         raise HTTPException(403, detail="the page is stale (CSRF token missing): reload it")
     return session
+
+
+async def _sent_csrf(request: Request) -> str | None:
+    """The CSRF token in the header (htmx) or, for a plain form, its ``csrf`` field."""
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None and request.headers.get("content-type", "").startswith(
+        "application/x-www-form-urlencoded"
+    ):
+        field = (await request.form()).get("csrf")  # parsed once: the view's Form reads it too
+        sent = field if isinstance(field, str) else None
+    return sent
 
 
 WebSessionDep = Annotated[WebSession, Depends(web_session)]

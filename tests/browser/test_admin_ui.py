@@ -20,12 +20,18 @@ from tests.helpers import ServerThread, replay_messages, run_dataflow
 LOCAL = re.compile(r"^http://127\.0\.0\.1:\d+/")
 
 
+def ready(page: Any) -> None:
+    """The page's scripts have run (htmx wired its buttons): a click before would be lost."""
+    page.locator("body[data-ready]").wait_for(state="attached")
+
+
 def log_in(page: Any, api: ServerThread, token: str, path: str = "/admin") -> None:
     page.goto(f"{api.url}{path}")
     page.wait_for_url(re.compile(r"/admin/login"))
     page.fill("#token", token)
     page.click("button[type=submit]")
     page.wait_for_url(re.compile(re.escape(path) + r"$"))
+    ready(page)
 
 
 def test_login_is_required_and_a_wrong_token_is_refused(page, api, credentials):
@@ -84,6 +90,7 @@ def check_segment_page(page: Any, api: ServerThread, credentials: dict[str, str]
     assert row.locator("[data-size]").inner_text() == "400"
     row.locator("a").first.click()
     page.wait_for_url(re.compile(r"/admin/segments/cart-abandoners$"))
+    ready(page)
     chart = page.locator("#size-chart[data-rendered]")
     chart.wait_for()
     assert chart.get_attribute("data-rendered") in ("40", "41")  # with this minute's, if taken
@@ -125,6 +132,7 @@ def test_a_customer_is_looked_up_explained_and_erased_after_typing_their_id(
     page.fill("#customer-id", "ada")
     page.click("text=Look up")
     page.wait_for_url(re.compile(r"/admin/customers/ada$"))
+    ready(page)
     assert "pro" in page.locator("table.kv").first.inner_text()
     assert "Product Added" in page.locator("section", has_text="Recent events").inner_text()
     cart = page.locator("details.explain[data-segment=cart-abandoners]")

@@ -16,7 +16,6 @@ from typing import cast
 
 import httpx
 import pytest
-import redis
 
 from app.redis_server import pid_is_redis
 from app.rules.active import SHIPPED_RULES_DIR
@@ -26,6 +25,7 @@ from tests.factories import StreamEntries, stored_events
 from tests.helpers import (
     SEGFLOW,
     children,
+    embedded_redis,
     free_port,
     segflow_up,
     start_segflow,
@@ -272,9 +272,9 @@ def test_bench_rules_passes_its_options_to_bench_rules_py():
     assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2"]
 
 
-def _sources(port: int) -> dict[str, int]:
-    """How many stored events came from each source, in the embedded Redis on ``port``."""
-    client = redis.Redis(port=port)
+def _sources(data_dir: Path) -> dict[str, int]:
+    """How many stored events came from each source, in the embedded Redis of ``data_dir``."""
+    client = embedded_redis(data_dir)
     counts: dict[str, int] = {}
     for partition in range(4):
         for _, fields in cast(StreamEntries, client.xrange(f"events:{{{partition}}}")):
@@ -356,8 +356,7 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
         profile = httpx.get(f"{base}/api/customers/u", headers=admin).json()
         assert [e["event"] for e in profile["events"]] == ["Product Added", "Product Viewed"]
         assert httpx.get(f"{base}/api/customers/nobody", headers=admin).status_code == 404
-        state = json.loads((tmp_path / "data" / "redis" / "server.json").read_text())
-        stored = redis.Redis(port=state["port"]).xlen  # the embedded server the API writes to
+        stored = embedded_redis(tmp_path / "data").xlen  # the server the API writes to
         assert sum(stored(f"events:{{{p}}}") for p in range(4)) == 2
     finally:
         process.send_signal(signal.SIGINT)
@@ -376,7 +375,7 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
     wait_for_line(second, r"Ctrl-C", seen)
     assert not any("demo write key" in s for s in seen)
     state = json.loads((tmp_path / "data" / "redis" / "server.json").read_text())
-    wait_for(lambda: _sources(state["port"]).get("demo-shop", 0) > 0)  # the simulated shop
+    wait_for(lambda: _sources(tmp_path / "data").get("demo-shop", 0) > 0)  # the simulated shop
     second.kill()
     second.wait(timeout=30)  # its children still hold the pipe: do not wait for its end
     assert second.stdout is not None
@@ -394,7 +393,7 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
         )
         assert sent.json()["accepted"] == 1
         state = json.loads((tmp_path / "data" / "redis" / "server.json").read_text())
-        assert _sources(state["port"])["demo"] == 3
+        assert _sources(tmp_path / "data")["demo"] == 3
     finally:
         third.send_signal(signal.SIGINT)
         out, _ = third.communicate(timeout=30)

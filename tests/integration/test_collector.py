@@ -20,7 +20,7 @@ from app.main import create_app
 from app.settings import Settings
 from app.streams import partition_of
 from tests.factories import stored_events, track
-from tests.helpers import ServerThread, proxied, run_dataflow
+from tests.helpers import ServerThread, proxied, run_dataflow, through_proxy
 
 
 def post(api, path: str, body, key: str | None, **kwargs) -> httpx.Response:
@@ -300,8 +300,7 @@ def test_clock_skew_is_corrected_like_segment(api, credentials, redis_client):
 def test_store_unreachable_is_503_and_claims_nothing(services, credentials, redis_client):
     url = redis.Redis.from_url(services.redis_url).connection_pool.connection_kwargs
     with proxied(url.get("host", "127.0.0.1"), url["port"]) as proxy:
-        db = url.get("db", 0)
-        settings = services.settings(REDIS_URL=f"redis://127.0.0.1:{proxy.port}/{db}")
+        settings = services.settings(REDIS_URL=through_proxy(services.redis_url, proxy.port))
         with ServerThread(create_app(settings)) as api:
             key = credentials["write_key"]
             proxy.cut()

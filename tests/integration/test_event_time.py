@@ -35,7 +35,14 @@ import redis
 from app.clock import now_ms
 from app.streams import partition_of, stream_key
 from tests.factories import StreamEntries, stored_events
-from tests.helpers import SEGFLOW, children, start_segflow, wait_for, wait_for_line
+from tests.helpers import (
+    SEGFLOW,
+    children,
+    embedded_redis,
+    start_segflow,
+    wait_for,
+    wait_for_line,
+)
 from tests.oracle import (
     HOUR,
     MINUTE,
@@ -106,8 +113,7 @@ def segflow(tmp_path: Path) -> Iterator[RunningSegflow]:
         token = wait_for_line(process, r"^\s+admin token", seen).split()[-1]
         write_key = wait_for_line(process, r"^\s+demo write key", seen).split()[-1]
         wait_for_line(process, r"Ctrl-C", seen)
-        state = json.loads((tmp_path / "data" / "redis" / "server.json").read_text())
-        client = redis.Redis(port=state["port"])
+        client = embedded_redis(tmp_path / "data")
         yield RunningSegflow(
             process,
             f"http://127.0.0.1:{port}",

@@ -15,7 +15,7 @@ from segment.analytics.client import Client as SegmentClient
 
 from app.main import create_app
 from tests.factories import stored_events
-from tests.helpers import ServerThread, proxied, wait_for
+from tests.helpers import ServerThread, proxied, through_proxy, wait_for
 
 
 def segment_client(key: str, url: str, errors: list[Any]) -> SegmentClient:
@@ -98,9 +98,7 @@ def test_every_call_lands_exactly_once(sdk, api, credentials, redis_client):
 def test_retries_after_503_store_each_message_once(sdk, services, credentials, redis_client):
     conn = redis.Redis.from_url(services.redis_url).connection_pool.connection_kwargs
     with proxied(conn.get("host", "127.0.0.1"), conn["port"]) as proxy:
-        settings = services.settings(
-            REDIS_URL=f"redis://127.0.0.1:{proxy.port}/{conn.get('db', 0)}"
-        )
+        settings = services.settings(REDIS_URL=through_proxy(services.redis_url, proxy.port))
         with ServerThread(create_app(settings)) as api:
             errors: list[Any] = []
             client = sdk(credentials["write_key"], api.url, errors)
