@@ -125,7 +125,7 @@ class RollbackIn(BaseModel):
 def _out(stored: StoredRule, session: Session) -> RuleOut:
     rule = stored.rule
     return RuleOut(
-        warnings=_warnings(session, rule, stored.source),
+        warnings=rule_warnings(session, rule, stored.source),
         id=rule.id,
         name=rule.name,
         enabled=stored.enabled,
@@ -139,7 +139,7 @@ def _out(stored: StoredRule, session: Session) -> RuleOut:
     )
 
 
-def _warnings(session: Session, rule: Rule, text: str) -> list[ProblemOut]:
+def rule_warnings(session: Session, rule: Rule, text: str) -> list[ProblemOut]:
     """Each send of the rule whose destination or template is not there to send with."""
     found = []
     for kind, actions in (("on_enter", rule.on_enter), ("on_exit", rule.on_exit)):
@@ -265,7 +265,7 @@ async def validate_rule(request: Request, state: StateDep) -> Validation:
             problems = store.problems_of(
                 session=session, rule=rule, text=text, examples=example_problems
             )
-            warnings = _warnings(session, rule, text)
+            warnings = rule_warnings(session, rule, text)
         return Validation(
             valid=not problems,
             id=rule.id,

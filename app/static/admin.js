@@ -36,3 +36,16 @@ document.addEventListener("DOMContentLoaded", () => {
   document.body.addEventListener("htmx:afterSwap", (event) => localTimes(event.target));
   document.body.dataset.ready = "1"; // htmx (whose listener ran first) has wired the page
 });
+
+// A problem's "line N" selects that line in the editor.
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("ul.problems a.line");
+  const editor = document.getElementById("source");
+  if (!link || !editor) return;
+  event.preventDefault();
+  const line = Number(link.closest("li").dataset.line);
+  const lines = editor.value.split("\n");
+  const start = lines.slice(0, line - 1).reduce((n, text) => n + text.length + 1, 0);
+  editor.focus();
+  editor.setSelectionRange(start, start + (lines[line - 1] || "").length);
+});

@@ -4,159 +4,53 @@ every asset is Segflow's own (``/static``)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 from redis import RedisError
 from sqlmodel import Session
 
-from app.api.deps import AppState, SeenToken, StateDep, get_stored_rules
-from app.credentials import (
-    admin_name_by_hash,
-    admin_token_name,
-    credentials_revision,
-    hash_secret,
-)
+from app.api.deps import AppState, StateDep
+from app.credentials import admin_token_name, hash_secret
 from app.dispatch import erasure as dispatch_erasure
 from app.dispatch.deliveries import DEAD_KEY, DeliveryStore, index_key
-from app.dispatch.secret_box import secret_box
 from app.ingest import failed_events
 from app.ingest.status import pipeline_status
 from app.profiles import erasure, history, segments
 from app.profiles import service as profiles
 from app.rules.service import explain
-from app.rules.store import StoredRule
 from app.streams import FAILED_EVENTS_KEY
+from app.web import rule_pages
+from app.web.base import (
+    LoginRequired,
+    StoredRulesDep,
+    WebSessionDep,
+    html,
+    page,
+    signer,
+)
 from app.web.session import (
-    CSRF_HEADER,
     LOGIN_COOKIE,
     LOGIN_S,
     SESSION_COOKIE,
     SESSION_S,
-    Signer,
-    WebSession,
-    csrf_matches,
     login_nonce_matches,
     new_login_nonce,
     new_session,
-    read_session,
 )
 
-TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_SESSION_RECHECK_S = 5.0
-
-
-class LoginRequired(Exception):
-    """No valid session: pages go to the login form, htmx calls are told to."""
-
-    def __init__(self, next_path: str) -> None:
-        self.next_path = next_path
-
-
-def _signer(state: AppState) -> Signer:
-    return Signer(secret_box(state.settings).derive("segflow admin session"))
-
-
-def _admin_name(state: AppState, token_hash: str) -> str | None:
-    bootstrap = state.settings.admin_token
-    with Session(state.engine) as session:
-        return admin_name_by_hash(
-            session=session,
-            digest=token_hash,
-            bootstrap=bootstrap.get_secret_value() if bootstrap else None,
-        )
-
-
-async def _token_still_valid(state: AppState, token_hash: str) -> bool:
-    """As the API's bearer check: a token seen lately passes without SQL unless a revocation
-    happened since (the credentials' revision moved)."""
-    revision = await credentials_revision(state.redis)
-    seen = state.admin_tokens_seen.get(token_hash)
-    if (
-        seen is not None
-        and revision is not None
-        and seen.revision == revision
-        and time.monotonic() - seen.at < _SESSION_RECHECK_S
-    ):
-        return True
-    name = await asyncio.to_thread(_admin_name, state, token_hash)
-    if name is None:
-        state.admin_tokens_seen.pop(token_hash, None)
-        return False
-    if revision is not None:
-        state.admin_tokens_seen[token_hash] = SeenToken(time.monotonic(), name, revision)
-    return True
-
-
-async def web_session(request: Request, state: StateDep) -> WebSession:
-    """The request's session, its token still valid and, for a change, its CSRF token sent."""
-    session = read_session(_signer(state), request.cookies.get(SESSION_COOKIE))
-    if session is None or not await _token_still_valid(state, session.token_hash):
-        raise LoginRequired(request.url.path)
-    if request.method not in SAFE_METHODS and not csrf_matches(session, await _sent_csrf(request)):
-        raise HTTPException(403, detail="the page is stale (CSRF token missing): reload it")
-    return session
-
-
-async def _sent_csrf(request: Request) -> str | None:
-    """The CSRF token in the header (htmx) or, for a plain form, its ``csrf`` field."""
-    sent = request.headers.get(CSRF_HEADER)
-    if sent is None and request.headers.get("content-type", "").startswith(
-        "application/x-www-form-urlencoded"
-    ):
-        field = (await request.form()).get("csrf")  # parsed once: the view's Form reads it too
-        sent = field if isinstance(field, str) else None
-    return sent
-
-
-WebSessionDep = Annotated[WebSession, Depends(web_session)]
 router = APIRouter(prefix="/admin", include_in_schema=False)
-
-
-# Only Segflow's own scripts, styles and images; no framing; nothing cached of a session's pages.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
-
-
-def _html(
-    request: Request, name: str, context: dict[str, Any], status_code: int = 200
-) -> HTMLResponse:
-    response = TEMPLATES.TemplateResponse(request, name, context, status_code)
-    response.headers.update(SECURITY_HEADERS)
-    return response
-
-
-def _page(
-    request: Request, name: str, session: WebSession, status_code: int = 200, **context: Any
-) -> HTMLResponse:
-    context = {"csrf": session.csrf, "path": request.url.path, **context}
-    return _html(request, name, context, status_code)
-
-
-# --- login ---------------------------------------------------------------------------------
 
 
 def _login_form(
     request: Request, state: AppState, *, next_path: str, error: str | None, status_code: int
 ) -> HTMLResponse:
-    nonce, cookie = new_login_nonce(_signer(state))
+    nonce, cookie = new_login_nonce(signer(state))
     context = {"nonce": nonce, "next": next_path, "error": error}
-    response = _html(request, "login.html", context, status_code)
+    response = html(request, "login.html", context, status_code)
     _set_cookie(request, response, LOGIN_COOKIE, cookie, LOGIN_S)
     return response
 
@@ -192,8 +86,8 @@ def login(
     next: Annotated[str, Form(max_length=2048)] = "/admin",
 ) -> Response:
     next_path = _local(next)
-    signer = _signer(state)
-    if not login_nonce_matches(signer, request.cookies.get(LOGIN_COOKIE), nonce):
+    keys = signer(state)
+    if not login_nonce_matches(keys, request.cookies.get(LOGIN_COOKIE), nonce):
         error = "The login form expired: enter the token again."
         return _login_form(request, state, next_path=next_path, error=error, status_code=403)
     bootstrap = state.settings.admin_token
@@ -206,7 +100,7 @@ def login(
     if name is None:
         error = "That is not a valid admin token."
         return _login_form(request, state, next_path=next_path, error=error, status_code=401)
-    _, cookie = new_session(signer, hash_secret(token.strip()))
+    _, cookie = new_session(keys, hash_secret(token.strip()))
     response = RedirectResponse(next_path, status_code=303)
     _set_cookie(request, response, SESSION_COOKIE, cookie, SESSION_S)
     response.delete_cookie(LOGIN_COOKIE, path="/admin")
@@ -229,7 +123,7 @@ def logout(request: Request, _session: WebSessionDep) -> Response:
 
 @router.get("", response_class=HTMLResponse)
 def overview(request: Request, session: WebSessionDep) -> HTMLResponse:
-    return _page(request, "overview.html", session, title="Overview")
+    return page(request, "overview.html", session, title="Overview")
 
 
 class RateMeter:
@@ -259,9 +153,9 @@ async def overview_stats(request: Request, state: StateDep, session: WebSessionD
         pipe.zcard(DEAD_KEY)
         failed, dead = await pipe.execute()
     except (RedisError, OSError) as error:
-        return _page(request, "_overview_stats.html", session, down=str(error))
+        return page(request, "_overview_stats.html", session, down=str(error))
     accepted_rate, processed_rate = _rates.rates(status.events_accepted, status.events_processed)
-    return _page(
+    return page(
         request,
         "_overview_stats.html",
         session,
@@ -275,8 +169,6 @@ async def overview_stats(request: Request, state: StateDep, session: WebSessionD
 
 
 # --- segments ------------------------------------------------------------------------------
-
-StoredRulesDep = Annotated[list[StoredRule], Depends(get_stored_rules)]
 
 
 @router.get("/segments", response_class=HTMLResponse)
@@ -297,7 +189,7 @@ async def segment_list(
                 "anomalies": sum(s.anomaly for s in samples),
             }
         )
-    return _page(request, "segments.html", session, title="Segments", rows=rows)
+    return page(request, "segments.html", session, title="Segments", rows=rows)
 
 
 def _change_since(samples: list[history.Sample], since: int, size: int) -> int | None:
@@ -307,7 +199,7 @@ def _change_since(samples: list[history.Sample], since: int, size: int) -> int |
 
 
 @router.get("/segments/{segment_id}", response_class=HTMLResponse)
-async def segment_page(
+async def segmentpage(
     request: Request,
     segment_id: str,
     state: StateDep,
@@ -317,9 +209,7 @@ async def segment_page(
 ) -> HTMLResponse:
     stored = next((r for r in rules if r.id == segment_id), None)
     if stored is None:
-        return _page(
-            request, "missing.html", session, 404, title="No such segment", what=segment_id
-        )
+        return page(request, "missing.html", session, 404, title="No such segment", what=segment_id)
     if cursor is not None and not (cursor.isdigit() and len(cursor) <= 18):
         cursor = None
     members = await segments.members(state.redis, segment_id, limit=50, cursor=cursor)
@@ -330,7 +220,7 @@ async def segment_page(
         "size": [s.size for s in samples],
         "anomaly": [s.anomaly for s in samples],
     }
-    return _page(
+    return page(
         request,
         "segment.html",
         session,
@@ -356,13 +246,13 @@ async def customer_lookup(
     wanted = id.strip()
     if wanted and await profiles.get_profile(state.redis, wanted) is not None:
         return RedirectResponse(f"/admin/customers/{quote(wanted, safe='')}", status_code=303)
-    return _page(
+    return page(
         request, "customers.html", session, title="Customers", wanted=wanted, missing=bool(wanted)
     )
 
 
 @router.get("/customers/{customer_id}", response_class=HTMLResponse)
-async def customer_page(
+async def customerpage(
     request: Request,
     customer_id: str,
     state: StateDep,
@@ -371,7 +261,7 @@ async def customer_page(
 ) -> HTMLResponse:
     profile = await profiles.get_profile(state.redis, customer_id)
     if profile is None:
-        return _page(
+        return page(
             request,
             "customers.html",
             session,
@@ -385,7 +275,7 @@ async def customer_page(
     deliveries, _ = await DeliveryStore(state.redis).page(
         index_key("customer", customer_id), limit=20, cursor=None
     )
-    return _page(
+    return page(
         request,
         "customer.html",
         session,
@@ -409,7 +299,7 @@ async def erase_customer(
     """GDPR erasure, once the customer's id is typed to confirm it."""
     if confirm != customer_id:
         # 200: htmx swaps only a successful answer in, and this one is the page's message
-        return _page(
+        return page(
             request,
             "_erased.html",
             session,
@@ -423,7 +313,7 @@ async def erase_customer(
         now=int(time.time() * 1000),
         forget_elsewhere=dispatch_erasure.forget_customers,
     )
-    return _page(request, "_erased.html", session, error=None, report=report)
+    return page(request, "_erased.html", session, error=None, report=report)
 
 
 # --- failed events -------------------------------------------------------------------------
@@ -437,7 +327,7 @@ async def failed_event_list(
         found = await failed_events.page(state.redis, limit=50, cursor=cursor)
     except failed_events.BadCursor:
         found = await failed_events.page(state.redis, limit=50, cursor=None)
-    return _page(request, "failed_events.html", session, title="Failed events", page=found)
+    return page(request, "failed_events.html", session, title="Failed events", page=found)
 
 
 # --- wiring --------------------------------------------------------------------------------
@@ -453,6 +343,7 @@ async def _login_required(request: Request, error: LoginRequired) -> Response:
 def mount(app: FastAPI) -> None:
     """The UI's routes, its login redirect, and ``/`` leading to it."""
     app.include_router(router)
+    app.include_router(rule_pages.router)
     app.add_exception_handler(LoginRequired, _login_required)  # type: ignore[arg-type]
 
     @app.get("/", include_in_schema=False)

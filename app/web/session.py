@@ -37,6 +37,7 @@ class WebSession:
     token_hash: str
     csrf: str
     expires: int  # seconds since the epoch
+    name: str = ""  # whose token (what the audit trail records), once checked
 
 
 class Signer:

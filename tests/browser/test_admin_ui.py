@@ -152,3 +152,71 @@ def test_a_customer_is_looked_up_explained_and_erased_after_typing_their_id(
     expect(page.locator("#erase-result [role=status]")).to_contain_text("Erased")
     assert not redis_client.exists(profile_key("ada"))
     assert redis_client.exists(profile_key("bob"))
+
+
+GOOD_RULE = """\
+id: carts
+name: Carts
+when:
+  all:
+    - feature: cart_value
+      gt: 0
+examples:
+  - name: an add puts them in
+    given:
+      - {at: 0m, event: Product Added, properties: {product_id: p1, price: 20}}
+    expect:
+      - {at: 0m, kind: enter}
+"""
+
+
+def test_a_rule_is_written_checked_previewed_saved_changed_and_rolled_back(
+    page, api, credentials, settings, redis_client: redis.Redis, tmp_path
+):
+    now = time.time_ns() // 1_000_000
+    replay_messages(
+        redis_client,
+        settings,
+        tmp_path,
+        [
+            track_at("ada", "Product Added", now - 8_000, product_id="p1", price=30.0),
+            track_at("bob", "Product Viewed", now - 7_000),
+        ],
+    )
+    run_dataflow(settings)
+    log_in(page, api, credentials["admin_token"], "/admin/rules")
+    assert page.locator("tr", has_text="cart-abandoners").count() == 1
+    page.click("text=New rule")
+    page.wait_for_url(re.compile(r"/admin/rules/new"))
+    ready(page)
+    page.fill("#source", GOOD_RULE.replace("gt: 0", "gt: lots"))  # not a number: refused
+    expect(page.locator("#check ul.problems li").first).to_contain_text(
+        "line 6 when.all[0].gt: must be a number"
+    )
+    page.fill("#source", GOOD_RULE)
+    expect(page.locator("#check [role=status]")).to_contain_text("its 1 example passes")
+    page.click("text=Preview who matches now")
+    expect(page.locator("#preview [data-stat=matched]")).to_have_text("1")
+    expect(page.locator("#preview")).to_contain_text("ada")
+    page.click("text=Create the rule")
+    page.wait_for_url(re.compile(r"/admin/rules/carts$"))
+    ready(page)
+    expect(page.locator("main")).to_contain_text("Version 1")
+    page.fill("#source", GOOD_RULE.replace("gt: 0", "gt: 10"))
+    expect(page.locator("#check [role=status]")).to_contain_text("Valid")
+    page.click("text=Save as version 2")
+    page.wait_for_url(re.compile(r"/admin/rules/carts$"))
+    ready(page)
+    expect(page.locator("main")).to_contain_text("Version 2")
+    change = page.locator("details.change[data-version='2']")
+    change.locator("summary").click()
+    expect(change.locator(".add")).to_contain_text("gt: 10")
+    expect(change.locator(".del")).to_contain_text("gt: 0")
+    page.select_option("#version", "1")
+    page.click("button:has-text('Roll back')")
+    page.wait_for_url(re.compile(r"/admin/rules/carts$"))
+    ready(page)
+    expect(page.locator("main")).to_contain_text("Version 3")
+    assert "gt: 0" in page.locator("#source").input_value()
+    page.click("text=Disable the rule")
+    expect(page.locator("main")).to_contain_text("disabled")
