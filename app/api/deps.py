@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -91,7 +92,24 @@ async def require_admin(
             headers={"WWW-Authenticate": "Bearer"},
         )
     token = credentials.credentials
-    digest = hash_secret(token)
+    name = await confirmed_admin(
+        state, hash_secret(token), functools.partial(_admin_token_name, state, token)
+    )
+    if name is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="admin API: the bearer token is not valid",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return name
+
+
+async def confirmed_admin(
+    state: AppState, digest: str, lookup: Callable[[], str | None]
+) -> str | None:
+    """Whose admin token has this hash (None: no one's now): remembered for a few seconds
+    unless a revocation happened since (the credentials' revision moved), else ``lookup``
+    (SQL, in a thread). The API's bearer check and the UI's sessions both ask here."""
     revision = await credentials_revision(state.redis)
     seen = state.admin_tokens_seen.get(digest)
     if (
@@ -101,15 +119,10 @@ async def require_admin(
         and time.monotonic() - seen.at < _ADMIN_CACHE_S
     ):
         return seen.name
-    name = await asyncio.to_thread(_admin_token_name, state, token)
+    name = await asyncio.to_thread(lookup)
     if name is None:
         state.admin_tokens_seen.pop(digest, None)
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="admin API: the bearer token is not valid",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if revision is not None:
+    elif revision is not None:
         state.admin_tokens_seen[digest] = SeenToken(time.monotonic(), name, revision)
     return name
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
+import functools
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,8 +12,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
-from app.api.deps import AppState, SeenToken, StateDep, get_stored_rules
-from app.credentials import admin_name_by_hash, credentials_revision
+from app.api.deps import AppState, StateDep, confirmed_admin, get_stored_rules
+from app.credentials import admin_name_by_hash
 from app.dispatch.secret_box import secret_box
 from app.rules.store import StoredRule
 from app.web.session import (
@@ -28,7 +27,6 @@ from app.web.session import (
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_SESSION_RECHECK_S = 5.0
 
 
 class LoginRequired(Exception):
@@ -52,31 +50,13 @@ def _admin_name(state: AppState, token_hash: str) -> str | None:
         )
 
 
-async def _token_name(state: AppState, token_hash: str) -> str | None:
-    """As the API's bearer check: a token seen lately passes without SQL unless a revocation
-    happened since (the credentials' revision moved)."""
-    revision = await credentials_revision(state.redis)
-    seen = state.admin_tokens_seen.get(token_hash)
-    if (
-        seen is not None
-        and revision is not None
-        and seen.revision == revision
-        and time.monotonic() - seen.at < _SESSION_RECHECK_S
-    ):
-        return seen.name
-    name = await asyncio.to_thread(_admin_name, state, token_hash)
-    if name is None:
-        state.admin_tokens_seen.pop(token_hash, None)
-        return None
-    if revision is not None:
-        state.admin_tokens_seen[token_hash] = SeenToken(time.monotonic(), name, revision)
-    return name
-
-
 async def web_session(request: Request, state: StateDep) -> WebSession:
     """The request's session, its token still valid and, for a change, its CSRF token sent."""
     session = read_session(signer(state), request.cookies.get(SESSION_COOKIE))
-    name = None if session is None else await _token_name(state, session.token_hash)
+    name = None
+    if session is not None:
+        lookup = functools.partial(_admin_name, state, session.token_hash)
+        name = await confirmed_admin(state, session.token_hash, lookup)
     if session is None or name is None:
         raise LoginRequired(request.url.path)
     session = dataclasses.replace(session, name=name)
