@@ -271,6 +271,11 @@ async def send_test_delivery(name: str, state: StateDep) -> TestDelivery:
     """Send a signed test delivery now (a disabled destination too) and answer how it went:
     `ok`, `outcome`, the receiver's `status_code`, `latency_ms`, `error`. The payload is
     `{"type": "segflow.test", "timestamp", "data": {"destination", "kind", "message"}}`."""
+    return await send_test(state, name)
+
+
+async def send_test(state: AppState, name: str) -> TestDelivery:
+    """One signed test delivery to the destination ``name`` now (the admin UI sends it too)."""
 
     def load() -> store.SendableDestination:
         with _stored(state) as session:

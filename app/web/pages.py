@@ -23,7 +23,7 @@ from app.profiles import erasure, history, segments
 from app.profiles import service as profiles
 from app.rules.service import explain
 from app.streams import FAILED_EVENTS_KEY
-from app.web import rule_pages
+from app.web import activation_pages, rule_pages
 from app.web.base import (
     LoginRequired,
     StoredRulesDep,
@@ -344,6 +344,7 @@ def mount(app: FastAPI) -> None:
     """The UI's routes, its login redirect, and ``/`` leading to it."""
     app.include_router(router)
     app.include_router(rule_pages.router)
+    app.include_router(activation_pages.router)
     app.add_exception_handler(LoginRequired, _login_required)  # type: ignore[arg-type]
 
     @app.get("/", include_in_schema=False)

@@ -4,9 +4,11 @@ a segment's size chart with its anomalies, failed events; nothing loads from out
 from __future__ import annotations
 
 import re
+import threading
 import time
 from typing import Any
 
+import httpx
 import redis
 from playwright.sync_api import expect
 
@@ -16,8 +18,32 @@ from app.profiles.keys import members_key, profile_key
 from app.streams import stats_key
 from tests.factories import iso, track_at
 from tests.helpers import ServerThread, replay_messages, run_dataflow
+from tests.integration.test_dispatcher import (
+    LoopbackOutbox,
+    Receiver,
+    delivery,
+    dispatch_until,
+    trigger,
+)
 
 LOCAL = re.compile(r"^http://127\.0\.0\.1:\d+/")
+
+
+def in_own_thread(function: Any, *args: Any) -> None:
+    """Run ``function`` (which calls asyncio.run) in a thread of its own, and wait for it."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            function(*args)
+        except BaseException as error:
+            failed.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
 def ready(page: Any) -> None:
@@ -220,3 +246,45 @@ def test_a_rule_is_written_checked_previewed_saved_changed_and_rolled_back(
     assert "gt: 0" in page.locator("#source").input_value()
     page.click("text=Disable the rule")
     expect(page.locator("main")).to_contain_text("disabled")
+
+
+def test_a_destination_is_test_sent_and_a_dead_letter_replayed(
+    page, services, credentials, redis_client: redis.Redis
+):
+    settings = services.settings(SEGFLOW_ALLOW_PRIVATE_DESTINATIONS=1)
+    receiver = Receiver()
+    try:
+        with ServerThread(create_app(settings)) as api:
+            admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+            created = httpx.post(
+                f"{api.url}/api/destinations",
+                json={"name": "email", "kind": "email", "url": receiver.url},
+                headers=admin,
+            )
+            assert created.status_code == 201, created.text
+            # a trigger for a destination that does not exist: undeliverable, a dead letter
+            nowhere = trigger(redis_client, 1, customer="ada", destination="sms")
+            in_own_thread(  # Playwright's loop runs in this one
+                dispatch_until,
+                settings,
+                LoopbackOutbox(receiver),
+                lambda: (
+                    (found := delivery(redis_client, nowhere)) is not None
+                    and found.status == "undeliverable"
+                ),
+            )
+            log_in(page, api, credentials["admin_token"], "/admin/destinations")
+            row = page.locator("tr[data-destination=email]")
+            row.locator("text=Send a test").click()
+            expect(row.locator(".result [role=status]")).to_contain_text("Delivered: 200")
+            assert len(receiver.requests) == 1
+            page.goto(f"{api.url}/admin/deliveries?dead=true")
+            ready(page)
+            dead = page.locator(f"tr[data-delivery='{nowhere}']")
+            expect(dead).to_contain_text("undeliverable")
+            dead.locator("text=Replay").click()
+            expect(dead.locator("[role=status]")).to_contain_text("replayed: scheduled")
+            page.goto(f"{api.url}/admin/deliveries?customer=ada")
+            expect(page.locator(f"tr[data-delivery='{nowhere}']")).to_contain_text("scheduled")
+    finally:
+        receiver.close()
