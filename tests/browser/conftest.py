@@ -34,11 +34,22 @@ def browser() -> Iterator[Any]:
             found.close()
 
 
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where each page's screenshot goes: $SEGFLOW_TEST_ARTIFACTS/screenshots, else the test
+    session's temporary directory (pytest prints it; never the checkout)."""
+    root = os.environ.get("SEGFLOW_TEST_ARTIFACTS")
+    found = Path(root) / "screenshots" if root else tmp_path_factory.mktemp("screenshots")
+    found.mkdir(parents=True, exist_ok=True)
+    return found
+
+
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+def page(browser: Any, screenshots: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1366, "height": 860})
     opened = context.new_page()
     opened.set_default_timeout(60_000)  # a busy machine: generous ceilings, never sleeps
+    opened.screenshots = (screenshots, request.node.name)  # read by the tests' ready()
     try:
         yield opened
     finally:

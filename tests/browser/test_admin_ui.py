@@ -47,8 +47,12 @@ def in_own_thread(function: Any, *args: Any) -> None:
 
 
 def ready(page: Any) -> None:
-    """The page's scripts have run (htmx wired its buttons): a click before would be lost."""
+    """The page's scripts have run (htmx wired its buttons): a click before would be lost.
+    Its screenshot is saved (tests/browser/conftest.py says where)."""
     page.locator("body[data-ready]").wait_for(state="attached")
+    folder, test = page.screenshots
+    name = re.sub(r"[^a-z0-9]+", "-", page.url.split("/admin", 1)[-1].lower()).strip("-")
+    page.screenshot(path=str(folder / f"{test}--{name or 'overview'}.png"), full_page=True)
 
 
 def log_in(page: Any, api: ServerThread, token: str, path: str = "/admin") -> None:

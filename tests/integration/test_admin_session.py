@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import httpx
+import orjson
 import redis
+from fastapi.routing import APIRoute
 from sqlmodel import Session, delete
 
 from app.credentials import create_admin_token
@@ -16,6 +19,7 @@ from app.db import make_engine
 from app.models import AdminToken
 from app.profiles.keys import profile_key
 from app.settings import Settings
+from app.web import activation_pages, pages, rule_pages
 from tests.helpers import ServerThread, wait_for
 
 
@@ -108,3 +112,35 @@ def test_a_token_that_stops_being_valid_ends_its_sessions(api, settings: Setting
             return client.get("/admin/segments").status_code == 303
 
         wait_for(ended, timeout_s=30, what="the session ended")  # after a few seconds' cache
+
+
+def test_every_admin_route_without_a_session_leads_to_the_login(api):
+    """Every page and call under /admin but the login itself, whatever its method."""
+    routes = [
+        (method, route.path)
+        for router in (pages.router, rule_pages.router, activation_pages.router)
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+        if not route.path.startswith("/admin/login")
+    ]
+    assert len(routes) >= 15
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        for method, path in routes:
+            concrete = re.sub(r"\{[^}]+\}", "x", path)
+            answer = client.request(method, concrete)
+            assert answer.status_code == 303, (method, path, answer.status_code)
+            assert answer.headers["location"].startswith("/admin/login"), (method, path)
+
+
+def test_marketer_and_customer_text_is_shown_as_text(api, credentials, redis_client):
+    script = "<script>alert(1)</script>"
+    redis_client.hset(
+        profile_key("x<b>"),
+        mapping={"features": "{}", "traits": orjson.dumps({"name": script}).decode()},
+    )
+    with logged_in(api, credentials["admin_token"]) as client:
+        page = client.get(f"/admin/customers/{quote('x<b>', safe='')}").text
+    assert script not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "x&lt;b&gt;" in page
