@@ -3,7 +3,10 @@ a segment's size chart with its anomalies, failed events; nothing loads from out
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -17,7 +20,13 @@ from app.profiles.history import MINUTE_MS, history_key
 from app.profiles.keys import members_key, profile_key
 from app.streams import stats_key
 from tests.factories import iso, track_at
-from tests.helpers import ServerThread, replay_messages, run_dataflow
+from tests.helpers import (
+    ServerThread,
+    pipeline_env,
+    replay_messages,
+    run_dataflow,
+    wait_for,
+)
 from tests.integration.test_dispatcher import (
     LoopbackOutbox,
     Receiver,
@@ -292,3 +301,47 @@ def test_a_destination_is_test_sent_and_a_dead_letter_replayed(
             expect(page.locator(f"tr[data-delivery='{nowhere}']")).to_contain_text("scheduled")
     finally:
         receiver.close()
+
+
+def test_events_sent_to_the_collector_show_the_customer_entering_live(
+    page, api, credentials, settings, redis_client: redis.Redis, tmp_path
+):
+    """Five views through the collector, a running dataflow: the customer is on the segment's
+    page and in the segment on their own page, with the explanation holding."""
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "pipeline", "--no-recovery"],
+        env=pipeline_env(settings.redis_url or "", tmp_path, settings.partitions),
+        start_new_session=True,
+    )
+    try:
+        log_in(page, api, credentials["admin_token"])
+        now = time.time_ns() // 1_000_000
+        views = [
+            {
+                "type": "track",
+                "userId": "eve",
+                "event": "Product Viewed",
+                "properties": {"product_id": f"p{n}"},
+                "timestamp": iso(now - 5_000 + n * 1_000),
+            }
+            for n in range(5)
+        ]
+        sent = httpx.post(
+            f"{api.url}/v1/batch", json={"batch": views}, auth=(credentials["write_key"], "")
+        )
+        assert sent.json()["accepted"] == 5
+        members = members_key("browsing-enthusiasts")
+        wait_for(lambda: redis_client.sismember(members, "eve"), timeout_s=120, what="entered")
+        page.goto(f"{api.url}/admin/segments/browsing-enthusiasts")
+        ready(page)
+        expect(page.locator("ul.members")).to_contain_text("eve")
+        page.click("ul.members >> text=eve")
+        page.wait_for_url(re.compile(r"/admin/customers/eve$"))
+        ready(page)
+        why = page.locator("details.explain[data-segment=browsing-enthusiasts]")
+        assert why.locator("summary").inner_text().startswith("in")
+        expect(why.locator("li.cond").first).to_have_class("cond holds")  # open: it is in
+        assert "Product Viewed" in page.locator("section", has_text="Recent events").inner_text()
+    finally:
+        os.killpg(flow.pid, 9)
+        flow.wait()
