@@ -3,8 +3,9 @@ registry, at their pinned versions, so no page needs a CDN.
 
 For each package: download its tarball from registry.npmjs.org, check it against the pinned
 ``integrity`` (the registry's SHA-512), extract the listed files (the code and its licence
-texts) into ``app/static/vendor/NAME/``, and write each file's SHA-256 into the manifest, which
-``tests/unit/test_vendored_assets.py`` checks the checked-in files against.
+texts) into ``app/static/vendor/NAME/`` (served) or, for ``tests/vendor.json``, into
+``tests/vendor/NAME/`` (used only by the tests: axe-core), and write each file's SHA-256 into
+the manifest, which ``tests/unit/test_vendored_assets.py`` checks the checked-in files against.
 
     .venv/bin/python scripts/vendor_assets.py           # after changing a version: set its
                                                         # integrity from `npm view NAME@V dist`
@@ -21,8 +22,12 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-STATIC = Path(__file__).resolve().parent.parent / "app" / "static"
-MANIFEST = STATIC / "vendor.json"
+ROOT = Path(__file__).resolve().parent.parent
+# (manifest, where its packages go): what Segflow serves, and what only its tests use
+MANIFESTS = (
+    (ROOT / "app" / "static" / "vendor.json", ROOT / "app" / "static" / "vendor"),
+    (ROOT / "tests" / "vendor.json", ROOT / "tests" / "vendor"),
+)
 REGISTRY = "https://registry.npmjs.org"
 
 
@@ -37,9 +42,9 @@ def fetch(name: str, version: str, integrity: str) -> bytes:
     return tarball
 
 
-def extract(name: str, tarball: bytes, files: dict[str, str]) -> dict[str, str]:
+def extract(name: str, tarball: bytes, files: dict[str, str], into: Path) -> dict[str, str]:
     """Write the listed files; their SHA-256s."""
-    target = STATIC / "vendor" / name
+    target = into / name
     target.mkdir(parents=True, exist_ok=True)
     sums = {}
     with tarfile.open(fileobj=io.BytesIO(tarball)) as archive:
@@ -55,12 +60,13 @@ def extract(name: str, tarball: bytes, files: dict[str, str]) -> dict[str, str]:
 
 
 def main() -> None:
-    manifest = json.loads(MANIFEST.read_text())
-    for name, package in manifest.items():
-        tarball = fetch(name, package["version"], package["integrity"])
-        package["files"] = extract(name, tarball, package["files"])
-        print(f"{name}@{package['version']}: {len(package['files'])} files")
-    MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+    for path, into in MANIFESTS:
+        manifest = json.loads(path.read_text())
+        for name, package in manifest.items():
+            tarball = fetch(name, package["version"], package["integrity"])
+            package["files"] = extract(name, tarball, package["files"], into)
+            print(f"{name}@{package['version']}: {len(package['files'])} files")
+        path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -345,3 +346,62 @@ def test_events_sent_to_the_collector_show_the_customer_entering_live(
     finally:
         os.killpg(flow.pid, 9)
         flow.wait()
+
+
+AXE = Path(__file__).resolve().parents[1] / "vendor" / "axe-core" / "axe.min.js"
+
+
+def test_no_page_has_a_serious_accessibility_violation(
+    browser, api, credentials, settings, redis_client: redis.Redis, tmp_path
+):
+    """axe-core (tests/vendor, never served) on every page; the pages' CSP is bypassed for
+    the check's own script only."""
+    now = time.time_ns() // 1_000_000
+    replay_messages(
+        redis_client, settings, tmp_path, [track_at("ada", "Product Added", now - 5_000, price=3)]
+    )
+    run_dataflow(settings)
+    redis_client.xadd(
+        "failed-events", {"received_at": now, "reason": "invalid", "source": "s", "raw": "{}"}
+    )
+    context = browser.new_context(bypass_csp=True, viewport={"width": 1366, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{api.url}/admin/login")
+        found = {"/admin/login": audit(page)}
+        page.fill("#token", credentials["admin_token"])
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(r"/admin$"))
+        for path in (
+            "/admin",
+            "/admin/segments",
+            "/admin/segments/cart-abandoners",
+            "/admin/rules",
+            "/admin/rules/cart-abandoners",
+            "/admin/rules/new",
+            "/admin/customers",
+            "/admin/customers/ada",
+            "/admin/deliveries",
+            "/admin/deliveries?dead=true",
+            "/admin/destinations",
+            "/admin/failed-events",
+        ):
+            page.goto(f"{api.url}{path}")
+            page.locator("body[data-ready]").wait_for(state="attached")
+            found[path] = audit(page)
+    finally:
+        context.close()
+    problems = [f"{path}: {v}" for path, found_there in found.items() for v in found_there]
+    assert not problems, "\n".join(problems)
+
+
+def audit(page: Any) -> list[str]:
+    """axe-core's serious and critical violations on the page: rule id and where."""
+    page.add_script_tag(path=str(AXE))
+    results = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [
+        f"{v['id']}: {v['help']} ({', '.join(n['target'][0] for n in v['nodes'][:3])})"
+        for v in results["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
