@@ -541,6 +541,7 @@ BENCHMARKS = (
     "corrections",
     "retention",
     "rule_saves",
+    "admin_pages",
 )  # bench/NAME.py
 
 

@@ -3,7 +3,9 @@ sudden jumps and drops flagged.
 
 Samples. Every ``interval_ms`` (a minute by default) one recorder, whichever API process takes
 that interval's lock first (``SET NX``), reads every segment's size (``SCARD`` of its members)
-and adds ``(at, size)`` to the segment's ``minute`` series, ``at`` being the interval's start.
+and adds ``(at, size, anomaly)`` to the segment's ``minute`` series, ``at`` being the
+interval's start and ``anomaly`` judged then (below), so that reading a week of history costs
+no arithmetic.
 The first sample of each hour also goes to the ``hour`` series. Each series is a sorted set
 scored by ``at`` and trimmed by age as it is written: ``minute`` keeps 7 days, ``hour`` 90 days.
 When no Segflow process runs there are no samples: readers see the gap as missing instants,
@@ -63,31 +65,34 @@ async def record(
     client: aioredis.Redis, segments: Sequence[str], *, now_ms: int, interval_ms: int = MINUTE_MS
 ) -> bool:
     """Sample every segment's size for the interval ``now_ms`` falls in, unless another
-    recorder already did; whether this call recorded."""
+    recorder already did; whether this call recorded. Each sample is judged (anomaly or not)
+    as it is written, against the samples before it, so readers only read."""
     at = now_ms - now_ms % interval_ms
     if not await client.set(_tick_key("minute", at), 1, nx=True, px=2 * interval_ms + 60_000):
         return False
     hour = now_ms - now_ms % HOUR_MS
     hourly = bool(await client.set(_tick_key("hour", hour), 1, nx=True, px=2 * HOUR_MS))
+    series: list[tuple[Resolution, int]] = [("minute", at)]
+    if hourly:
+        series.append(("hour", hour))
     pipe = client.pipeline(transaction=False)
     for segment in segments:
         pipe.scard(members_key(segment))
-    sizes: list[int] = await pipe.execute()
+        for resolution, _ in series:
+            pipe.zrevrange(history_key(segment, resolution), 0, BASELINE)
+    found: list[Any] = await pipe.execute()
     pipe = client.pipeline(transaction=False)
-    for segment, size in zip(segments, sizes, strict=True):
-        _add(pipe, segment, "minute", at, size)
-        if hourly:
-            _add(pipe, segment, "hour", hour, size)
+    step = 1 + len(series)
+    for n, segment in enumerate(segments):
+        size = int(found[n * step])
+        for k, (resolution, when) in enumerate(series):
+            before = [_parse(member)[0] for member in reversed(found[n * step + 1 + k])]
+            (judged,) = flag_anomalies([*before, Sample(when, size)])[-1:]
+            key = history_key(segment, resolution)
+            pipe.zadd(key, {f"{when}:{size}:{int(judged.anomaly)}": when})
+            pipe.zremrangebyscore(key, "-inf", f"({when - KEEP_MS[resolution]}")
     await pipe.execute()
     return True
-
-
-def _add(
-    pipe: aioredis.client.Pipeline, segment: str, resolution: Resolution, at: int, size: int
-) -> None:
-    key = history_key(segment, resolution)
-    pipe.zadd(key, {f"{at}:{size}": at})
-    pipe.zremrangebyscore(key, "-inf", f"({at - KEEP_MS[resolution]}")
 
 
 async def read(
@@ -98,19 +103,33 @@ async def read(
     since: int | None = None,
     until: int | None = None,
 ) -> list[Sample]:
-    """The segment's samples from ``since`` to ``until`` (ms, inclusive), oldest first, each
-    flagged by ``flag_anomalies`` over the samples before it (also those before ``since``: a
-    series holds at most 10,080 samples, so it is read whole up to ``until``)."""
+    """The segment's samples from ``since`` to ``until`` (ms, inclusive), oldest first, with
+    the flags they were given when written. A sample written without one is judged here,
+    against the samples before it (those before ``since`` too)."""
+    key = history_key(segment, resolution)
+    low = "-inf" if since is None else since
     high = "+inf" if until is None else until
-    found: Any = await client.zrangebyscore(history_key(segment, resolution), "-inf", high)
-    members: list[bytes] = found
-    samples = flag_anomalies([_parse(member) for member in members])
-    return [s for s in samples if since is None or s.at >= since]
+    pipe = client.pipeline(transaction=False)
+    pipe.zrangebyscore(key, low, high)
+    pipe.zrevrangebyscore(key, f"({low}", "-inf", start=0, num=BASELINE + 1)
+    wanted, before = await pipe.execute()
+    samples = [_parse(member) for member in wanted]
+    if all(judged for _, judged in samples):
+        return [sample for sample, _ in samples]
+    earlier = [sample for sample, _ in map(_parse, reversed(before))]
+    computed = flag_anomalies([*earlier, *(sample for sample, _ in samples)])[len(earlier) :]
+    return [
+        sample if judged else by_rule
+        for (sample, judged), by_rule in zip(samples, computed, strict=True)
+    ]
 
 
-def _parse(member: bytes) -> Sample:
-    at, _, size = member.decode().partition(":")
-    return Sample(int(at), int(size))
+def _parse(member: bytes) -> tuple[Sample, bool]:
+    """A member ``at:size:flag`` (or ``at:size``, not yet judged): the sample, and whether
+    it carries its flag."""
+    parts = member.decode().split(":")
+    judged = len(parts) > 2
+    return Sample(int(parts[0]), int(parts[1]), judged and parts[2] == "1"), judged
 
 
 def flag_anomalies(samples: Sequence[Sample]) -> list[Sample]:

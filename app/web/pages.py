@@ -214,7 +214,8 @@ async def segmentpage(
         cursor = None
     members = await segments.members(state.redis, segment_id, limit=50, cursor=cursor)
     (size,) = await segments.sizes(state.redis, [segment_id])
-    samples = await history.read(state.redis, segment_id)
+    day_ago = int(time.time() * 1000) - history.DAY_MS
+    samples = await history.read(state.redis, segment_id, since=day_ago)
     chart = {
         "at": [s.at / 1000 for s in samples],
         "size": [s.size for s in samples],

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from app.main import create_app
 from app.profiles import history
-from app.profiles.history import DAY_MS, HOUR_MS, MINUTE_MS
+from app.profiles.history import DAY_MS, HOUR_MS, MINUTE_MS, history_key
 from app.profiles.keys import members_key
 from app.settings import Settings
 from tests.helpers import ServerThread, wait_for
@@ -113,3 +113,29 @@ def test_the_api_records_while_it_runs_and_answers_oldest_first(
         assert len(answer.json()["items"]) == 1
         missing = httpx.get(f"{api.url}/api/segments/no-such/history", headers=headers)
         assert missing.status_code == 404
+
+
+def test_a_sample_is_judged_when_it_is_written(settings: Settings, redis_client: redis.Redis):
+    for minute in range(15):
+        redis_client.sadd(members_key("loyal"), f"m{minute}")  # one more a minute: ordinary
+        assert record(settings, T0 + minute * MINUTE_MS)
+    redis_client.sadd(members_key("loyal"), *(f"new{n}" for n in range(200)))  # a jump
+    assert record(settings, T0 + 15 * MINUTE_MS)
+    stored = redis_client.zrange(history_key("loyal", "minute"), -2, -1)
+    assert stored == [
+        f"{T0 + 14 * MINUTE_MS}:15:0".encode(),
+        f"{T0 + 15 * MINUTE_MS}:215:1".encode(),
+    ]
+    flags = [anomaly for _, anomaly in read_flags(settings, "loyal")]
+    assert flags == [False] * 15 + [True]
+
+
+def read_flags(settings: Settings, segment: str) -> list[tuple[int, bool]]:
+    async def run() -> list[tuple[int, bool]]:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        try:
+            return [(s.at, s.anomaly) for s in await history.read(client, segment)]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
