@@ -356,6 +356,11 @@ def create_template(body: TemplateIn, state: StateDep) -> TemplateOut:
 async def preview_template(body: PreviewIn, state: StateDep) -> PreviewOut:
     """Render a stored template (by name) or one given in full for a real customer's profile
     and a trigger (default: entering segment `preview` now). Nothing is sent."""
+    return await render_preview(state, body)
+
+
+async def render_preview(state: AppState, body: PreviewIn) -> PreviewOut:
+    """The preview (the admin UI's too); refusals as HTTP errors naming what and where."""
     given = body.template
 
     def load() -> CompiledTemplate:

@@ -251,6 +251,10 @@ def load_template(*, session: Session, name: str) -> CompiledTemplate:
     return compile_template(name=row.name, kind=row.kind, sources=row.sources)
 
 
+def template_names(*, session: Session) -> set[str]:
+    return set(session.exec(select(MessageTemplate.name)))
+
+
 def _template_row(session: Session, name: str) -> MessageTemplate | None:
     return session.exec(select(MessageTemplate).where(MessageTemplate.name == name)).first()
 

@@ -7,14 +7,20 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import ValidationError
 from sqlmodel import Session
 
-from app.api.activation import send_test
+from app.api.activation import PreviewIn, render_preview, send_test
 from app.api.deps import StateDep
+from app.db import session_scope
 from app.dispatch import store
 from app.dispatch.deliveries import DEAD_KEY, LOG_KEY, DeliveryStore, index_key
+from app.dispatch.errors import DispatchError, MessageTemplateError
+from app.dispatch.schema import DestinationIn, TemplateIn, TemplateSources
+from app.dispatch.secret_box import secret_box
+from app.dispatch.templates import MAX_SOURCE_CHARS
 from app.web.base import WebSessionDep, page
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -90,3 +96,91 @@ async def replay(
 ) -> HTMLResponse:
     found = await DeliveryStore(state.redis).replay(delivery_id, int(time.time() * 1000))
     return page(request, "_replayed.html", session, delivery=found, delivery_id=delivery_id)
+
+
+def _problems(error: Exception) -> list[str]:
+    """What a refusal says, one line per problem."""
+    if isinstance(error, ValidationError):
+        return [
+            f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in error.errors()
+        ]
+    if isinstance(error, MessageTemplateError):
+        return [str(problem) for problem in error.problems]
+    if isinstance(error, HTTPException):
+        detail = error.detail
+        return [str(d) for d in detail] if isinstance(detail, list) else [str(detail)]
+    return [str(error)]
+
+
+@router.post("/destinations", response_class=HTMLResponse)
+def destination_create(
+    request: Request,
+    state: StateDep,
+    session: WebSessionDep,
+    name: Annotated[str, Form(max_length=100)],
+    kind: Annotated[str, Form(max_length=20)],
+    url: Annotated[str, Form(max_length=2000)],
+) -> Response:
+    """A new destination; its generated signing secret is shown once."""
+    try:
+        spec = DestinationIn(name=name, kind=kind, url=url)
+        with session_scope(state.engine) as db:
+            _, secret = store.create_destination(
+                session=db,
+                box=secret_box(state.settings),
+                spec=spec,
+                allow_private=state.settings.allow_private_destinations,
+            )
+    except (ValidationError, DispatchError) as error:
+        return page(request, "_refused.html", session, problems=_problems(error))
+    return page(request, "_destination_created.html", session, destination=spec.name, secret=secret)
+
+
+TemplateField = Annotated[str, Form(max_length=MAX_SOURCE_CHARS)]
+
+
+@router.post("/templates", response_class=HTMLResponse)
+def template_save(
+    request: Request,
+    state: StateDep,
+    session: WebSessionDep,
+    name: Annotated[str, Form(max_length=100)],
+    kind: Annotated[str, Form(max_length=20)],
+    description: Annotated[str, Form(max_length=2000)] = "",
+    subject: TemplateField = "",
+    text: TemplateField = "",
+    html: TemplateField = "",
+    title: TemplateField = "",
+    body: TemplateField = "",
+    deep_link: TemplateField = "",
+) -> Response:
+    """Create the template, or replace it when it exists: checked as the API checks it."""
+    given = {"subject": subject, "text": text, "html": html, "title": title, "body": body}
+    sources = {k: v for k, v in {**given, "deep_link": deep_link}.items() if v.strip()}
+    try:
+        with session_scope(state.engine) as db:
+            if name in store.template_names(session=db):
+                spec = TemplateSources(kind=kind, description=description, **sources)
+                store.update_template(session=db, name=name, spec=spec)
+            else:
+                new = TemplateIn(name=name, kind=kind, description=description, **sources)
+                store.create_template(session=db, spec=new)
+    except (ValidationError, MessageTemplateError, DispatchError) as error:
+        return page(request, "_refused.html", session, problems=_problems(error))
+    return Response(status_code=204, headers={"HX-Redirect": "/admin/destinations"})
+
+
+@router.post("/templates/{name}/preview", response_class=HTMLResponse)
+async def template_preview(
+    request: Request,
+    name: str,
+    state: StateDep,
+    session: WebSessionDep,
+    customer_id: Annotated[str, Form(min_length=1, max_length=500)],
+) -> HTMLResponse:
+    """The template rendered for a real customer's profile (nothing is sent)."""
+    try:
+        shown = await render_preview(state, PreviewIn(template=name, customer_id=customer_id))
+    except HTTPException as error:
+        return page(request, "_refused.html", session, problems=_problems(error))
+    return page(request, "_template_preview.html", session, preview=shown)

@@ -269,13 +269,6 @@ def test_a_destination_is_test_sent_and_a_dead_letter_replayed(
     receiver = Receiver()
     try:
         with ServerThread(create_app(settings)) as api:
-            admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
-            created = httpx.post(
-                f"{api.url}/api/destinations",
-                json={"name": "email", "kind": "email", "url": receiver.url},
-                headers=admin,
-            )
-            assert created.status_code == 201, created.text
             # a trigger for a destination that does not exist: undeliverable, a dead letter
             nowhere = trigger(redis_client, 1, customer="ada", destination="sms")
             in_own_thread(  # Playwright's loop runs in this one
@@ -288,10 +281,20 @@ def test_a_destination_is_test_sent_and_a_dead_letter_replayed(
                 ),
             )
             log_in(page, api, credentials["admin_token"], "/admin/destinations")
+            page.fill("input[name=name]", "email")
+            page.fill("input[name=url]", receiver.url)
+            page.click("button:has-text('Add')")
+            created = page.locator("#destination-result [role=status]")
+            expect(created).to_contain_text("Destination email created")
+            secret = created.locator("pre.secret").inner_text().strip()
+            assert secret.startswith("whsec_")  # shown once, to verify signatures with
+            page.reload()
+            ready(page)
             row = page.locator("tr[data-destination=email]")
             row.locator("text=Send a test").click()
             expect(row.locator(".result [role=status]")).to_contain_text("Delivered: 200")
             assert len(receiver.requests) == 1
+            assert receiver.unverified(secret) == []  # signed with the secret shown
             page.goto(f"{api.url}/admin/deliveries?dead=true")
             ready(page)
             dead = page.locator(f"tr[data-delivery='{nowhere}']")
@@ -405,3 +408,33 @@ def audit(page: Any) -> list[str]:
         for v in results["violations"]
         if v["impact"] in ("serious", "critical")
     ]
+
+
+def test_a_template_is_written_refused_with_its_line_then_previewed_for_a_customer(
+    page, api, credentials, redis_client: redis.Redis
+):
+    redis_client.hset(
+        profile_key("ada"),
+        mapping={"features": '{"cart_value": 30}', "traits": '{"first_name": "Ada"}'},
+    )
+    log_in(page, api, credentials["admin_token"], "/admin/destinations")
+    page.click("text=Write a template")
+    form = page.locator("form[hx-post='/admin/templates']")
+    form.locator("input[name=name]").fill("hello")
+    form.locator("select[name=kind]").select_option("push")
+    form.locator("textarea[name=title]").fill("Hi {{ traits.first_name }}")
+    form.locator("textarea[name=body]").fill("Your cart:\n{% if cart.value %}{{ cart.value }")
+    form.locator("button[type=submit]").click()
+    refused = page.locator("#template-result [role=alert]")
+    expect(refused).to_contain_text("field 'body' (line 2)")
+    form.locator("textarea[name=body]").fill("Your cart holds {{ cart.value }}")
+    form.locator("button[type=submit]").click()
+    page.wait_for_url(re.compile(r"/admin/destinations$"))
+    row = page.locator("tr[data-template=hello]")
+    expect(row).to_contain_text("push")
+    ready(page)
+    row.locator("input[name=customer_id]").fill("ada")
+    row.locator("button:has-text('Preview')").click()
+    shown = row.locator(".result [role=status]")
+    expect(shown).to_contain_text("Hi Ada")
+    expect(shown).to_contain_text("Your cart holds 30")
