@@ -242,6 +242,20 @@ class DeliveryStore:
         found = [Delivery.from_fields(fields) for fields in await pipe.execute() if fields]
         return found, str(start + limit) if len(ids) > limit else None
 
+    async def statuses_since(self, since: int, *, most: int = 1_000) -> dict[str, int]:
+        """How many of the deliveries created since ``since`` (ms) are in each status, over
+        the newest ``most`` of them (the overview's delivery health)."""
+        ids: Any = await self._redis.zrevrangebyscore(LOG_KEY, "+inf", since, start=0, num=most)
+        pipe = self._redis.pipeline(transaction=False)
+        for delivery_id in ids:
+            pipe.hget(delivery_key(delivery_id.decode()), "status")
+        counts: dict[str, int] = {}
+        for status in await pipe.execute():
+            if status is not None:
+                name = orjson.loads(status)
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
     async def replay(self, delivery_id: str, now: int) -> Delivery | None:
         """A dead letter (``dead``, ``undeliverable`` or ``failed``), due again now with its
         attempts counted afresh. The operator chose to send it: its age no longer stops it

@@ -152,6 +152,8 @@ async def overview_stats(request: Request, state: StateDep, session: WebSessionD
         pipe.xlen(FAILED_EVENTS_KEY)
         pipe.zcard(DEAD_KEY)
         failed, dead = await pipe.execute()
+        hour_ago = int(time.time() * 1000) - history.HOUR_MS
+        deliveries = await DeliveryStore(state.redis).statuses_since(hour_ago)
     except (RedisError, OSError) as error:
         return page(request, "_overview_stats.html", session, down=str(error))
     accepted_rate, processed_rate = _rates.rates(status.events_accepted, status.events_processed)
@@ -164,6 +166,9 @@ async def overview_stats(request: Request, state: StateDep, session: WebSessionD
         processed_rate=processed_rate,
         failed=failed,
         dead=dead,
+        sent=deliveries.get("delivered", 0),
+        waiting=deliveries.get("scheduled", 0),
+        gave_up=sum(deliveries.get(k, 0) for k in ("dead", "failed", "undeliverable")),
         down=None,
     )
 

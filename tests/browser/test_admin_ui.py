@@ -295,6 +295,8 @@ def test_a_destination_is_test_sent_and_a_dead_letter_replayed(
             expect(row.locator(".result [role=status]")).to_contain_text("Delivered: 200")
             assert len(receiver.requests) == 1
             assert receiver.unverified(secret) == []  # signed with the secret shown
+            page.goto(f"{api.url}/admin")  # the overview's delivery health counts it
+            expect(page.locator("[data-stat=gave-up]")).to_have_text("1")
             page.goto(f"{api.url}/admin/deliveries?dead=true")
             ready(page)
             dead = page.locator(f"tr[data-delivery='{nowhere}']")
