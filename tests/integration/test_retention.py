@@ -189,7 +189,8 @@ def test_a_full_redis_answers_503_and_loses_nothing(
     services: Services, credentials: dict[str, str], small_redis: redis.Redis
 ) -> None:
     url = small_redis.connection_pool.connection_kwargs
-    settings = services.settings(REDIS_URL=f"redis://127.0.0.1:{url['port']}/0")
+    password = url.get("password") or ""  # the embedded Redis wants its password
+    settings = services.settings(REDIS_URL=f"redis://:{password}@127.0.0.1:{url['port']}/0")
     batch = [track(f"u{n}") for n in range(10)]
     key = credentials["write_key"]
     with ServerThread(create_app(settings)) as api:
