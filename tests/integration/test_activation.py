@@ -6,6 +6,7 @@ gets nothing, and the delivery log says why."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -234,11 +235,19 @@ def test_a_dispatcher_killed_mid_flight_loses_no_trigger(
     if settings.database_url:
         env["DATABASE_URL"] = settings.database_url
     env["SEGFLOW_ALLOW_PRIVATE_DESTINATIONS"] = "1"
-    try:
-        for _ in range(3):  # killed while sending, three times
-            dispatcher = subprocess.Popen(
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        started.append(
+            subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "dispatcher"], env=env, start_new_session=True
             )
+        )
+        return started[-1]
+
+    try:
+        for _ in range(3):  # killed while sending, three times
+            dispatcher = start()
             before = len(slow.requests)
 
             def sending(b: int = before) -> bool:
@@ -247,13 +256,13 @@ def test_a_dispatcher_killed_mid_flight_loses_no_trigger(
             wait_for(sending, timeout_s=60, what="sending")
             os.killpg(dispatcher.pid, 9)
             dispatcher.wait()
-        dispatcher = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "dispatcher"], env=env, start_new_session=True
-        )
+        start()
         wait_for(lambda: set(slow.delivered_ids()) >= set(ids), timeout_s=90, what="all sent")
-        os.killpg(dispatcher.pid, 9)
-        dispatcher.wait()
-    finally:
+    finally:  # none outlives the test, even one that fails: it would deliver into the next
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, 9)
+            process.wait()
         slow.close()
     assert set(slow.delivered_ids()) == set(ids)  # each at least once, nothing else
     assert slow.unverified(created.json()["secret"]) == []
