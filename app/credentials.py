@@ -131,20 +131,12 @@ def has_admin_tokens(*, session: Session) -> bool:
 BOOTSTRAP_ADMIN = "admin (SEGFLOW_ADMIN_TOKEN)"
 
 
-def admin_name_by_hash(*, session: Session, digest: str, bootstrap: str | None) -> str | None:
-    """As ``admin_token_name``, for a token known only by its hash (``hash_secret``): what
-    the admin UI's session cookie keeps, so that a revoked token ends its sessions too."""
+def admin_token_name(*, session: Session, digest: str, bootstrap: str | None) -> str | None:
+    """Whose admin token has this hash (``hash_secret``): the bootstrap token from the
+    environment or a stored token's name (what the audit trail records); None for no valid
+    token. By hash, so that the admin UI's session cookie, which keeps only the hash, is
+    checked as a bearer token is, and a revoked token ends its sessions too."""
     if bootstrap is not None and hmac.compare_digest(digest, hash_secret(bootstrap)):
         return BOOTSTRAP_ADMIN
-    query = select(AdminToken.name).where(AdminToken.token_hash == digest)
-    return session.exec(query).first()
-
-
-def admin_token_name(*, session: Session, token: str, bootstrap: str | None) -> str | None:
-    """Who the token is: the bootstrap token from the environment or a stored token's name
-    (what the audit trail records); None for a token that is not valid."""
-    if bootstrap is not None and hmac.compare_digest(token.encode(), bootstrap.encode()):
-        return BOOTSTRAP_ADMIN
-    digest = hash_secret(token)
     query = select(AdminToken.name).where(AdminToken.token_hash == digest)
     return session.exec(query).first()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -91,10 +90,7 @@ async def require_admin(
             detail="admin API: send the admin token as 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    token = credentials.credentials
-    name = await confirmed_admin(
-        state, hash_secret(token), functools.partial(_admin_token_name, state, token)
-    )
+    name = await confirmed_admin(state, hash_secret(credentials.credentials))
     if name is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -104,12 +100,10 @@ async def require_admin(
     return name
 
 
-async def confirmed_admin(
-    state: AppState, digest: str, lookup: Callable[[], str | None]
-) -> str | None:
+async def confirmed_admin(state: AppState, digest: str) -> str | None:
     """Whose admin token has this hash (None: no one's now): remembered for a few seconds
-    unless a revocation happened since (the credentials' revision moved), else ``lookup``
-    (SQL, in a thread). The API's bearer check and the UI's sessions both ask here."""
+    unless a revocation happened since (the credentials' revision moved), else read from SQL
+    in a thread. The API's bearer check, the UI's login and its sessions all ask here."""
     revision = await credentials_revision(state.redis)
     seen = state.admin_tokens_seen.get(digest)
     if (
@@ -119,7 +113,7 @@ async def confirmed_admin(
         and time.monotonic() - seen.at < _ADMIN_CACHE_S
     ):
         return seen.name
-    name = await asyncio.to_thread(lookup)
+    name = await asyncio.to_thread(_admin_token_name, state, digest)
     if name is None:
         state.admin_tokens_seen.pop(digest, None)
     elif revision is not None:
@@ -127,12 +121,12 @@ async def confirmed_admin(
     return name
 
 
-def _admin_token_name(state: AppState, token: str) -> str | None:
+def _admin_token_name(state: AppState, digest: str) -> str | None:
     bootstrap = state.settings.admin_token
     with Session(state.engine) as session:
         return admin_token_name(
             session=session,
-            token=token,
+            digest=digest,
             bootstrap=bootstrap.get_secret_value() if bootstrap else None,
         )
 

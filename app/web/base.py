@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
-from sqlmodel import Session
 
 from app.api.deps import AppState, StateDep, confirmed_admin, get_stored_rules
-from app.credentials import admin_name_by_hash
 from app.dispatch.secret_box import secret_box
 from app.rules.store import StoredRule
 from app.web.session import (
@@ -40,23 +37,10 @@ def signer(state: AppState) -> Signer:
     return Signer(secret_box(state.settings).derive("segflow admin session"))
 
 
-def _admin_name(state: AppState, token_hash: str) -> str | None:
-    bootstrap = state.settings.admin_token
-    with Session(state.engine) as session:
-        return admin_name_by_hash(
-            session=session,
-            digest=token_hash,
-            bootstrap=bootstrap.get_secret_value() if bootstrap else None,
-        )
-
-
 async def web_session(request: Request, state: StateDep) -> WebSession:
     """The request's session, its token still valid and, for a change, its CSRF token sent."""
     session = read_session(signer(state), request.cookies.get(SESSION_COOKIE))
-    name = None
-    if session is not None:
-        lookup = functools.partial(_admin_name, state, session.token_hash)
-        name = await confirmed_admin(state, session.token_hash, lookup)
+    name = None if session is None else await confirmed_admin(state, session.token_hash)
     if session is None or name is None:
         raise LoginRequired(request.url.path)
     session = dataclasses.replace(session, name=name)

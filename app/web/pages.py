@@ -11,10 +11,9 @@ from urllib.parse import quote
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from redis import RedisError
-from sqlmodel import Session
 
-from app.api.deps import AppState, StateDep
-from app.credentials import admin_token_name, hash_secret
+from app.api.deps import AppState, StateDep, confirmed_admin
+from app.credentials import hash_secret
 from app.dispatch import erasure as dispatch_erasure
 from app.dispatch.deliveries import DEAD_KEY, DeliveryStore, index_key
 from app.ingest import failed_events
@@ -78,7 +77,7 @@ def login_form(request: Request, state: StateDep, next: str = "/admin") -> HTMLR
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login(
+async def login(
     request: Request,
     state: StateDep,
     token: Annotated[str, Form(max_length=512)],
@@ -90,17 +89,11 @@ def login(
     if not login_nonce_matches(keys, request.cookies.get(LOGIN_COOKIE), nonce):
         error = "The login form expired: enter the token again."
         return _login_form(request, state, next_path=next_path, error=error, status_code=403)
-    bootstrap = state.settings.admin_token
-    with Session(state.engine) as session:
-        name = admin_token_name(
-            session=session,
-            token=token.strip(),
-            bootstrap=bootstrap.get_secret_value() if bootstrap else None,
-        )
-    if name is None:
+    digest = hash_secret(token.strip())
+    if await confirmed_admin(state, digest) is None:
         error = "That is not a valid admin token."
         return _login_form(request, state, next_path=next_path, error=error, status_code=401)
-    _, cookie = new_session(keys, hash_secret(token.strip()))
+    _, cookie = new_session(keys, digest)
     response = RedirectResponse(next_path, status_code=303)
     _set_cookie(request, response, SESSION_COOKIE, cookie, SESSION_S)
     response.delete_cookie(LOGIN_COOKIE, path="/admin")
