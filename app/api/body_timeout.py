@@ -35,9 +35,10 @@ class BodyTimeout:
             nonlocal complete
             if complete:
                 return await receive()
-            wait_s = min(self._idle_s, deadline - loop.time())
+            # asyncio.timeout, not wait_for: no task per body part on the collector's path
             try:
-                message = await asyncio.wait_for(receive(), max(wait_s, 0.0))
+                async with asyncio.timeout_at(min(loop.time() + self._idle_s, deadline)):
+                    message = await receive()
             except TimeoutError:
                 raise self._late() from None
             if message["type"] != "http.request" or not message.get("more_body", False):

@@ -4,7 +4,6 @@ undeliverable, failed) replayed with a click."""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
@@ -14,6 +13,7 @@ from sqlmodel import Session
 
 from app.api.activation import PreviewIn, render_preview, send_test
 from app.api.deps import StateDep
+from app.clock import now_ms
 from app.db import session_scope
 from app.dispatch import store
 from app.dispatch.deliveries import DEAD_KEY, LOG_KEY, DeliveryStore, index_key
@@ -94,7 +94,7 @@ async def delivery_log(
 async def replay(
     request: Request, delivery_id: str, state: StateDep, session: WebSessionDep
 ) -> HTMLResponse:
-    found = await DeliveryStore(state.redis).replay(delivery_id, int(time.time() * 1000))
+    found = await DeliveryStore(state.redis).replay(delivery_id, now_ms())
     return page(request, "_replayed.html", session, delivery=found, delivery_id=delivery_id)
 
 

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from redis import RedisError
 
 from app.api.deps import AppState, StateDep, confirmed_admin
+from app.clock import now_ms
 from app.credentials import hash_secret
 from app.dispatch import erasure as dispatch_erasure
 from app.dispatch.deliveries import DEAD_KEY, DeliveryStore, index_key
@@ -145,7 +146,7 @@ async def overview_stats(request: Request, state: StateDep, session: WebSessionD
         pipe.xlen(FAILED_EVENTS_KEY)
         pipe.zcard(DEAD_KEY)
         failed, dead = await pipe.execute()
-        hour_ago = int(time.time() * 1000) - history.HOUR_MS
+        hour_ago = now_ms() - history.HOUR_MS
         deliveries = await DeliveryStore(state.redis).statuses_since(hour_ago)
     except (RedisError, OSError) as error:
         return page(request, "_overview_stats.html", session, down=str(error))
@@ -174,7 +175,7 @@ async def segment_list(
     request: Request, state: StateDep, session: WebSessionDep, rules: StoredRulesDep
 ) -> HTMLResponse:
     sizes = await segments.sizes(state.redis, [stored.id for stored in rules])
-    now = int(time.time() * 1000)
+    now = now_ms()
     rows = []
     for stored, size in zip(rules, sizes, strict=True):
         samples = await history.read(state.redis, stored.id, since=now - history.DAY_MS)
@@ -212,7 +213,7 @@ async def segmentpage(
         cursor = None
     members = await segments.members(state.redis, segment_id, limit=50, cursor=cursor)
     (size,) = await segments.sizes(state.redis, [segment_id])
-    day_ago = int(time.time() * 1000) - history.DAY_MS
+    day_ago = now_ms() - history.DAY_MS
     samples = await history.read(state.redis, segment_id, since=day_ago)
     chart = {
         "at": [s.at / 1000 for s in samples],
@@ -309,7 +310,7 @@ async def erase_customer(
         state.redis,
         customer_id,
         partitions=state.settings.partitions,
-        now=int(time.time() * 1000),
+        now=now_ms(),
         forget_elsewhere=dispatch_erasure.forget_customers,
     )
     return page(request, "_erased.html", session, error=None, report=report)

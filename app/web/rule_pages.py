@@ -6,8 +6,7 @@ can start from one of the shipped ones."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -130,48 +129,33 @@ def _done(rule_id: str) -> Response:
     return Response(status_code=204, headers={"HX-Redirect": f"/admin/rules/{rule_id}"})
 
 
-@contextmanager
-def _changing(request: Request, session: Any) -> Iterator[list[Response]]:
-    """Run a change; a refusal becomes the problems partial (200: htmx swaps it in)."""
-    answer: list[Response] = []
-    try:
-        yield answer
-    except RuleError as error:
-        answer[:] = [
-            page(
-                request,
-                "_rule_check.html",
-                session,
-                problems=error.problems,
-                rule=None,
-                warnings=[],
-                refused=True,
-            )
-        ]
-    except (RuleNotFound, RuleConflict) as error:
-        problem = RuleProblem(None, None, None, str(error))
-        answer[:] = [
-            page(
-                request,
-                "_rule_check.html",
-                session,
-                problems=[problem],
-                rule=None,
-                warnings=[],
-                refused=True,
-            )
-        ]
+def _refused(request: Request, session: Any, problems: list[RuleProblem]) -> Response:
+    """A refusal, as the problems partial (200: htmx swaps only a success in)."""
+    return page(
+        request,
+        "_rule_check.html",
+        session,
+        problems=problems,
+        rule=None,
+        warnings=[],
+        refused=True,
+    )
 
 
 async def _change(
     request: Request, state: Any, session: Any, change: Callable[[Session], StoredRule]
 ) -> Response:
+    """Run a change to the stored rules; the rule's page again, or why it was refused."""
+
     def run() -> Response:
-        with _changing(request, session) as answer:
+        try:
             with session_scope(state.engine) as db:
                 stored = change(db)
-            return _done(stored.id)
-        return answer[0]
+        except RuleError as error:
+            return _refused(request, session, list(error.problems))
+        except (RuleNotFound, RuleConflict) as error:
+            return _refused(request, session, [RuleProblem(None, None, None, str(error))])
+        return _done(stored.id)
 
     return await asyncio.to_thread(run)
 
