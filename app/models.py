@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -127,3 +128,40 @@ class ShippedSeed(SQLModel, table=True):
     what: str = Field(primary_key=True, max_length=20)  # "template"
     name: str = Field(primary_key=True, max_length=100)
     seeded_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class ClusterRefit(SQLModel, table=True):
+    """One cluster refit: every candidate judged, the chosen model's quality, and the model
+    itself (``model``: the JSON the dataflow assigns by) when it was published."""
+
+    __tablename__ = "cluster_refits"
+
+    id: int | None = Field(default=None, primary_key=True)
+    fitted_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    reason: str = Field(max_length=40)  # "schedule" | "api" | "cli" | "stream"
+    algorithm: str = Field(max_length=40)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON())
+    sample_size: int
+    silhouette: float | None = None
+    davies_bouldin: float | None = None
+    calinski_harabasz: float | None = None
+    outlier_share: float | None = None
+    sizes: dict[str, int] = Field(default_factory=dict, sa_type=sa.JSON())  # cluster id: size
+    kept: list[str] = Field(default_factory=list, sa_type=sa.JSON())  # ids a refit kept
+    added: list[str] = Field(default_factory=list, sa_type=sa.JSON())
+    retired: list[str] = Field(default_factory=list, sa_type=sa.JSON())
+    fit_seconds: float
+    candidates: list[dict[str, Any]] = Field(default_factory=list, sa_type=sa.JSON())
+    model_version: int = Field(index=True)
+    model: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON())
+
+
+class ClusterName(SQLModel, table=True):
+    """A name a marketer gave a cluster; it survives refits while the cluster keeps its id."""
+
+    __tablename__ = "cluster_names"
+
+    cluster_id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=200)
+    renamed_by: str = Field(default="", max_length=200)
+    renamed_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))

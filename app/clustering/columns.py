@@ -1,0 +1,150 @@
+"""The feature matrix: which profile features a cluster model reads and how they are prepared.
+
+Columns (every one a built-in every profile carries, so no rule has to ask for it):
+
+==================  =====================================  ==================================
+column              from                                   prepared as
+==================  =====================================  ==================================
+recency_days        ``rfm_recency_ms`` / 1 day             missing (never ordered) -> 365,
+                                                           capped at 365, log1p
+frequency_90d       ``rfm_frequency_90d``                  log1p
+monetary_90d        ``rfm_monetary_90d``                   missing -> 0, log1p
+browsing_depth      ``browsing_depth`` (session)           log1p
+session_minutes     ``session_duration_ms`` / 1 minute     log1p
+interaction_rate    ``interaction_rate_30d`` (adds/views)  missing (no views) -> 0, capped 5
+cart_value          ``cart_value``                         log1p
+cart_items          ``cart_items``                         log1p
+top_category        ``top_category_30d``                   one-hot of the most common
+                                                           categories (others, none: zeros),
+                                                           each weighted 0.5
+==================  =====================================  ==================================
+
+Counts, money and durations are heavy-tailed (a few customers buy a hundred times more than
+the median), so they are log-transformed before scaling; every numeric column is then
+standardised (mean 0, unit variance), so no unit dominates a distance. The one-hot columns are
+weighted down so a category counts for less than a behaviour. Fitting uses a scikit-learn
+``Pipeline``/``ColumnTransformer``; the live assignment (``Preparation.row``) replays the
+fitted parameters in plain Python, and the tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DAY_MS = 86_400_000
+RECENCY_CAP_DAYS = 365.0
+RATE_CAP = 5.0
+CATEGORY_WEIGHT = 0.5
+MOST_CATEGORIES = 8
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    source: str  # the profile feature
+    divide: float = 1.0  # into the column's unit
+    missing: float = 0.0  # the value of a customer who has none
+    cap: float | None = None
+    log: bool = True
+
+
+NUMERIC: tuple[Column, ...] = (
+    Column("recency_days", "rfm_recency_ms", DAY_MS, RECENCY_CAP_DAYS, RECENCY_CAP_DAYS),
+    Column("frequency_90d", "rfm_frequency_90d"),
+    Column("monetary_90d", "rfm_monetary_90d"),
+    Column("browsing_depth", "browsing_depth"),
+    Column("session_minutes", "session_duration_ms", 60_000.0),
+    Column("interaction_rate", "interaction_rate_30d", cap=RATE_CAP, log=False),
+    Column("cart_value", "cart_value"),
+    Column("cart_items", "cart_items"),
+)
+CATEGORY_SOURCE = "top_category_30d"
+NUMERIC_NAMES = tuple(column.name for column in NUMERIC)
+
+
+def measured(column: Column, features: Mapping[str, Any]) -> float:
+    """The column's value in its own unit (capped), NaN where the customer has none."""
+    value = features.get(column.source)
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    number = max(float(value) / column.divide, 0.0)
+    return min(number, column.cap) if column.cap is not None else number
+
+
+def raw_value(column: Column, features: Mapping[str, Any]) -> float:
+    """The column's value in its own unit, missing values filled, before log and scaling."""
+    number = measured(column, features)
+    return column.missing if math.isnan(number) else number
+
+
+def raw_row(features: Mapping[str, Any]) -> list[float]:
+    return [raw_value(column, features) for column in NUMERIC]
+
+
+def category(features: Mapping[str, Any]) -> str:
+    value = features.get(CATEGORY_SOURCE)
+    return value if isinstance(value, str) else ""
+
+
+def logged(column: Column, value: float) -> float:
+    return math.log1p(value) if column.log else value
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """The fitted preparation: per numeric column its mean and scale after the log, and the
+    categories given a column of their own. JSON-safe (``shown``/``from_shown``)."""
+
+    means: tuple[float, ...]
+    scales: tuple[float, ...]
+    categories: tuple[str, ...]
+
+    @property
+    def width(self) -> int:
+        return len(NUMERIC) + len(self.categories)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return NUMERIC_NAMES + tuple(f"category={name}" for name in self.categories)
+
+    def row(self, features: Mapping[str, Any]) -> list[float]:
+        """A profile's features as the model's scaled vector."""
+        out = [
+            (logged(column, raw_value(column, features)) - mean) / scale
+            for column, mean, scale in zip(NUMERIC, self.means, self.scales, strict=True)
+        ]
+        top = category(features)
+        out.extend(CATEGORY_WEIGHT if top == name else 0.0 for name in self.categories)
+        return out
+
+    def original(self, scaled: Sequence[float]) -> dict[str, float]:
+        """A scaled point (a centroid) back in the columns' own units; a category column is the
+        share of the cluster whose top category it is."""
+        found: dict[str, float] = {}
+        for i, (column, mean, scale) in enumerate(
+            zip(NUMERIC, self.means, self.scales, strict=True)
+        ):
+            value = scaled[i] * scale + mean
+            found[column.name] = round(math.expm1(value) if column.log else value, 4)
+        for j, name in enumerate(self.categories):
+            share = scaled[len(NUMERIC) + j] / CATEGORY_WEIGHT
+            found[f"category={name}"] = round(min(max(share, 0.0), 1.0), 4)
+        return found
+
+    def shown(self) -> dict[str, Any]:
+        return {
+            "means": list(self.means),
+            "scales": list(self.scales),
+            "categories": list(self.categories),
+        }
+
+    @classmethod
+    def from_shown(cls, shown: Mapping[str, Any]) -> Preparation:
+        return cls(
+            tuple(float(x) for x in shown["means"]),
+            tuple(float(x) for x in shown["scales"]),
+            tuple(str(x) for x in shown["categories"]),
+        )

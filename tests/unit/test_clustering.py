@@ -1,0 +1,137 @@
+"""The clustering stage's fitting, on generated customers of known personas (no I/O)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture
+
+from app.clustering.columns import NUMERIC
+from app.clustering.fitting import (
+    MIN_PROFILES,
+    Candidate,
+    TooFewProfiles,
+    choose,
+    fit,
+    frame,
+    preparation_pipeline,
+    prepare,
+)
+from app.clustering.identity import distinct_names, match, name_for
+from tests.cluster_personas import PERSONAS, features_of, outliers, population
+
+
+def test_the_live_preparation_is_the_fitted_scikit_learn_pipeline() -> None:
+    customers = population(600, seed=3)
+    rng = random.Random(4)
+    odd = [features_of("browsers", rng) for _ in range(5)]
+    odd[0]["top_category_30d"] = "never-seen-category"  # unknown: no category column set
+    odd[1]["rfm_monetary_90d"] = float("nan")
+    odd[2]["cart_value"] = "12"  # not a number: missing
+    odd[3]["interaction_rate_30d"] = 40.0  # beyond the cap
+    profiles = [c.features for c in customers]
+    prep, scaled = prepare(profiles)
+    pipeline = preparation_pipeline(prep.categories).fit(frame(profiles))
+    for features in [*profiles[:50], *odd]:
+        expected = pipeline.transform(frame([features]))[0]
+        assert prep.row(features) == pytest.approx(list(expected), abs=1e-9)
+    assert np.allclose(scaled[:50], [prep.row(f) for f in profiles[:50]])
+    assert prep.names[: len(NUMERIC)] == tuple(c.name for c in NUMERIC)
+
+
+def test_the_chosen_model_recovers_well_separated_personas() -> None:
+    customers = population(3_000, seed=5)
+    found = fit([c.features for c in customers])
+    model = found.chosen.model(found.prep)
+    labels = [model.assign(c.features)[0] or "noise" for c in customers]
+    assert adjusted_rand_score([c.persona for c in customers], labels) >= 0.8
+    assert {c.algorithm for c in found.candidates} == {
+        "kmeans", "gaussian_mixture", "agglomerative", "dbscan", "hdbscan",
+    }  # fmt: skip
+    for candidate in found.candidates:
+        if candidate.eligible:
+            assert -1 <= candidate.quality["silhouette"] <= 1
+            assert candidate.quality["davies_bouldin"] >= 0
+            assert candidate.fit_seconds > 0
+
+
+@pytest.mark.parametrize("family", ["kmeans", "gaussian_mixture", "hdbscan", "dbscan"])
+def test_injected_outliers_are_flagged(family: str) -> None:
+    ordinary = population(3_000, seed=6)
+    strange = outliers(40, seed=7)
+    found = fit([c.features for c in ordinary + strange], families=[family])
+    model = found.chosen.model(found.prep)
+    flagged = [model.assign(c.features)[1] for c in strange]
+    false_alarms = [model.assign(c.features)[1] for c in ordinary]
+    assert sum(flagged) / len(flagged) >= 0.9
+    assert sum(false_alarms) / len(false_alarms) <= 0.03
+
+
+def test_the_mixture_assigns_as_scikit_learn_predicts() -> None:
+    customers = population(1_500, seed=8)
+    found = fit([c.features for c in customers], families=["gaussian_mixture"])
+    model = found.chosen.model(found.prep)
+    rows = np.asarray([found.prep.row(c.features) for c in customers])
+    k = found.chosen.params["k"]
+    reference = GaussianMixture(
+        n_components=k, covariance_type="full", reg_covar=1e-4, random_state=0
+    ).fit(found.train)
+    ours, _ = model.assign_rows(rows)
+    # the same partition (the labels' numbers may differ)
+    assert adjusted_rand_score(reference.predict(rows), ours) > 0.99
+
+
+def test_too_few_profiles_are_refused_saying_how_many_are_needed() -> None:
+    with pytest.raises(
+        TooFewProfiles, match=f"12 profiles: a cluster fit needs at least {MIN_PROFILES}"
+    ):
+        fit([c.features for c in population(12)])
+
+
+def _judged(name: str, silhouette: float, db: float, eligible: bool = True) -> Candidate:
+    candidate = Candidate(name, {}, "centroids", [[0.0]], [1], {"limits": [1.0]}, 0.1)
+    candidate.quality = {"silhouette": silhouette, "davies_bouldin": db}
+    candidate.eligible = eligible
+    return candidate
+
+
+def test_the_choice_is_the_smallest_sum_of_ranks_ties_to_the_higher_silhouette() -> None:
+    a = _judged("a", 0.70, 0.40)  # ranks 1 + 2
+    b = _judged("b", 0.60, 0.30)  # ranks 2 + 1
+    c = _judged("c", 0.50, 0.90)  # ranks 3 + 3
+    noisy = _judged("noisy", 0.99, 0.01, eligible=False)
+    assert choose([c, b, a, noisy]).algorithm == "a"
+    assert choose([c, b]).algorithm == "b"
+    with pytest.raises(TooFewProfiles):
+        choose([noisy])
+
+
+def test_names_say_what_sets_a_cluster_apart() -> None:
+    customers = population(2_000, seed=9)
+    found = fit([c.features for c in customers], families=["kmeans"])
+    model = found.chosen.model(found.prep)
+    names = {}
+    for index, cluster in enumerate(model.clusters):
+        members = [c.persona for c in customers if model.assign(c.features)[0] == cluster.id]
+        persona = max(set(members), key=members.count)
+        names[persona] = name_for(found.chosen.centers[index], found.prep.categories)
+    assert set(names) == set(PERSONAS)
+    assert len(set(names.values())) == len(PERSONAS)
+    assert names["big_spenders"].split()[0] in {"Frequent", "High-spending", "Recent"}
+    assert names["browsers"].split()[0] in {"Deep-browsing", "Long-session"}
+    assert names["cart_holders"].split()[0] in {"Cart-heavy", "Many-item", "Engaged"}
+    assert distinct_names(["A", "B", "A"]) == ["A", "B", "A 2"]
+    assert name_for([0.0] * len(NUMERIC), []) == "Typical customers"
+
+
+def test_matching_pairs_clusters_by_their_members() -> None:
+    old = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, -1])
+    new = np.array([1, 1, 1, 0, 0, 2, 3, 3, 3, 3])  # old 0 -> new 1, old 1 -> new 0, 2 -> 3
+    found = match(["c1", "c2", "c3"], old, new, 4)
+    assert found.pairs == {1: "c1", 0: "c2", 3: "c3"}
+    assert found.retired == []
+    apart = match(["c1", "c2"], np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), 2)
+    assert apart.pairs in ({0: "c1", 1: "c2"}, {1: "c1", 0: "c2"})  # Jaccard 1/3 >= 0.3
