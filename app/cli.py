@@ -21,12 +21,17 @@ import redis
 from bytewax.recovery import init_db_dir as init_recovery
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlmodel import Session
 
 from app import bootstrap, migrate, redis_server
 from app import demo as shop
+from app.clustering import service as cluster_service
+from app.clustering import store as cluster_store
+from app.clustering.fitting import FAMILIES, MIN_PROFILES, TooFewProfiles
+from app.clustering.model import ClusterModel, membership
+from app.clustering.summary import distinguishing
 from app.credentials import (
     DuplicateNameError,
     EnvironmentTokenError,
@@ -37,8 +42,10 @@ from app.credentials import (
     revoke_admin_tokens,
     revoke_write_key,
 )
+from app.db import make_engine
 from app.dispatch import outbox
 from app.ingest.replay import FORMATS, ReplayError, replay_file
+from app.profiles.keys import members_key
 from app.redis_client import async_redis, masked_url, wait_until_ready_sync
 from app.redis_server import redis_url_for
 from app.settings import Settings, get_settings
@@ -483,6 +490,172 @@ def rules_check(path: Path) -> None:
         found = len(checked.problems)
         ran = "" if checked.rules else "; no example was run"
         raise click.ClickException(f"{found} problem{'' if found == 1 else 's'}{ran}")
+
+
+@main.group()
+def cluster() -> None:
+    """Behavioural clusters: refit the model now, or show the current one."""
+
+
+@cluster.command(name="fit")
+@click.option(
+    "--sample-size",
+    default=cluster_service.DEFAULT_SAMPLE,
+    show_default=True,
+    type=click.IntRange(MIN_PROFILES, 1_000_000),
+    help="Fit on at most this many profiles (a uniform sample).",
+)
+@click.option(
+    "--algorithms",
+    default=",".join(FAMILIES),
+    show_default=True,
+    help="The candidate families to fit, comma-separated.",
+)
+def cluster_fit(sample_size: int, algorithms: str) -> None:
+    """Refit the cluster model now on a sample of the profiles, publish it to the running
+    dataflow, and print every candidate judged (the chosen one marked) and the clusters."""
+    families = [name.strip() for name in algorithms.split(",") if name.strip()]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown or not families:
+        raise click.BadParameter(
+            f"{', '.join(unknown) or 'none given'}: choose among {', '.join(FAMILIES)}",
+            param_hint="--algorithms",
+        )
+    settings = _settings()
+    migrate.migrated(settings)
+    engine = make_engine(settings, pooled=False)
+    progress = Progress(
+        TextColumn("[bold]cluster fit[/] {task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    )
+    with redis_url_for(settings.redis_url, settings.data_dir) as url:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=60)
+        try:
+            with progress:
+                # the sample, then one step per family (ids, names and publishing follow)
+                task = progress.add_task("starting", total=len(families) + 1)
+
+                def phase(name: str) -> None:
+                    started = progress.tasks[0].description != "starting"
+                    shown = name if name == "sampling profiles" else f"fitting {name}"
+                    progress.update(task, advance=int(started), description=shown)
+
+                refit = cluster_service.refit(
+                    client,
+                    engine,
+                    reason="cli",
+                    sample_size=sample_size,
+                    families=families,
+                    progress=phase,
+                )
+                progress.update(task, completed=len(families) + 1, description="published")
+        except (TooFewProfiles, cluster_service.RefitBusy) as error:
+            raise click.ClickException(str(error)) from None
+        except redis.RedisError as error:
+            raise click.ClickException(
+                f"Redis is unreachable at {masked_url(url)}: {error}"
+            ) from None
+        finally:
+            client.close()
+            engine.dispose()
+    _print_candidates(refit)
+
+
+def _number(value: object, digits: int = 3) -> str:
+    return "—" if not isinstance(value, int | float) else f"{value:,.{digits}f}"
+
+
+def _print_candidates(refit: cluster_service.Refit) -> None:
+    console = Console(width=max(Console().width, 160))  # a table too wide for 80 columns
+    table = Table(title=f"candidates on {refit.sample_size:,} profiles (a quarter held back)")
+    for name in ("algorithm", "params", "clusters", "silhouette", "Davies-Bouldin"):
+        table.add_column(name, justify="left" if name in ("algorithm", "params") else "right")
+    for name in ("Calinski-Harabasz", "noise share", "fit s", "chosen", "note"):
+        table.add_column(name, justify="left" if name in ("chosen", "note") else "right")
+    for candidate in refit.fit.candidates:
+        quality = candidate.quality
+        chosen = candidate is refit.fit.chosen
+        table.add_row(
+            candidate.algorithm,
+            ", ".join(f"{k}={v}" for k, v in candidate.params.items()),
+            str(len(candidate.sizes)),
+            _number(quality.get("silhouette")),
+            _number(quality.get("davies_bouldin")),
+            _number(quality.get("calinski_harabasz"), 1),
+            _number(quality.get("noise_share")),
+            f"{candidate.fit_seconds:.2f}",
+            "✓" if chosen else "",
+            candidate.reason,
+            style="bold" if chosen else None,
+        )
+    console.print(table)
+    _print_clusters(console, refit.model, None)
+    model = refit.model
+    changes = [f"kept {', '.join(refit.kept)}" if refit.kept else ""]
+    changes += [f"new {', '.join(refit.added)}" if refit.added else ""]
+    changes += [f"retired {', '.join(refit.retired)}" if refit.retired else ""]
+    click.echo(
+        f"model version {model.version} published: {model.algorithm}, "
+        f"{len(model.clusters)} clusters ({'; '.join(c for c in changes if c)})"
+    )
+
+
+def _print_clusters(console: Console, model: ClusterModel, live: list[int] | None) -> None:
+    table = Table(title="clusters")
+    table.add_column("id")
+    table.add_column("name")
+    if live is not None:
+        table.add_column("members now", justify="right")
+    table.add_column("in the sample", justify="right")
+    table.add_column("outlier share", justify="right")
+    table.add_column("what sets it apart")
+    shares = model.quality.get("outlier_shares", {})
+    for i, cluster in enumerate(model.clusters):
+        traits = "; ".join(trait.shown() for trait in distinguishing(model, cluster))
+        row = [cluster.id, cluster.name]
+        if live is not None:
+            row.append(f"{live[i]:,}")
+        row += [f"{cluster.size:,}", _number(shares.get(cluster.id)), traits or "typical"]
+        table.add_row(*row)
+    console.print(table)
+
+
+@cluster.command(name="show")
+def cluster_show() -> None:
+    """Print the current cluster model: algorithm, quality, and each cluster's members now,
+    outlier share and what sets it apart."""
+    settings = _settings()
+    with redis_url_for(settings.redis_url, settings.data_dir) as url:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5)
+        try:
+            model = cluster_store.published(client)
+            if model is None:
+                raise click.ClickException(
+                    "no cluster model yet: run `segflow cluster fit` (it needs at least "
+                    f"{MIN_PROFILES} profiles)"
+                )
+            live = [int(client.scard(members_key(membership(i)))) for i in model.ids]
+        except redis.RedisError as error:
+            raise click.ClickException(
+                f"Redis is unreachable at {masked_url(url)}: {error}"
+            ) from None
+        finally:
+            client.close()
+    fitted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(model.fitted_at / 1000))
+    params = ", ".join(f"{k}={v}" for k, v in model.params.items())
+    click.echo(f"model version {model.version}: {model.algorithm} ({params}), fitted {fitted}")
+    quality = model.quality
+    click.echo(
+        f"silhouette {_number(quality.get('silhouette'))}, "
+        f"Davies-Bouldin {_number(quality.get('davies_bouldin'))}, "
+        f"Calinski-Harabasz {_number(quality.get('calinski_harabasz'), 1)}, "
+        f"outlier share {_number(quality.get('outlier_share'))}, "
+        f"sample {quality.get('sample_size', '?')} profiles"
+    )
+    _print_clusters(Console(width=max(Console().width, 160)), model, live)
 
 
 @main.command()

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import (
     activation,
+    clusters,
     collector,
     credentials,
     customers,
@@ -59,14 +60,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 store=store,
                 write_keys=WriteKeyCache(engine, client),
                 renderer=TemplateRenderer(processes=1),
+                redis_url=url,
             )
-            recorder = asyncio.create_task(segments.record_history(app.state.segflow))
+            tasks = [asyncio.create_task(segments.record_history(app.state.segflow))]
+            if settings.cluster_refit_interval_s:
+                tasks.append(asyncio.create_task(clusters.refit_on_schedule(app.state.segflow)))
             try:
                 yield
             finally:
-                recorder.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await recorder
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 await app.state.segflow.renderer.close()
                 await client.aclose()
                 engine.dispose()
@@ -85,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(collector.router)
     app.include_router(customers.router)
     app.include_router(segments.router)
+    app.include_router(clusters.router)
     app.include_router(status.router)
     app.include_router(rules.router)
     app.include_router(activation.destinations)

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         default=60, ge=1, le=3600, alias="SEGFLOW_SEGMENT_HISTORY_INTERVAL_S"
     )
     body_timeout_s: float = Field(default=60.0, gt=0, le=3600, alias="SEGFLOW_BODY_TIMEOUT_S")
+    # How often the API refits the cluster model on a sample of the profiles (0: never; a
+    # refit is skipped while there are too few profiles). One API process runs each.
+    cluster_refit_interval_s: int = Field(
+        default=3600, ge=0, le=30 * 86_400, alias="SEGFLOW_CLUSTER_REFIT_INTERVAL_S"
+    )
     # How often the dataflow snapshots its state for recovery: after a crash it re-reads at
     # most this much of the streams.
     snapshot_interval_s: int = Field(default=2, ge=1, alias="SEGFLOW_SNAPSHOT_INTERVAL_S")

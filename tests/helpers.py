@@ -333,3 +333,16 @@ def append_with_kills(
         time.sleep(1.5)  # anything replayed after a resume would show now
     finally:
         stop(pipeline)
+
+
+def write_profiles(redis_url: str, customers: Any, *, at: int = 0) -> None:
+    """Customers (``tests.cluster_personas.Customer``: an id and features) as profiles, written
+    by the dataflow's own sink (no traits, no events)."""
+    from pipelines.records import ProfileUpdate
+    from pipelines.sinks import ProfileSink
+
+    sink = ProfileSink(redis_url).build("profiles", 1, 2)  # not worker 0: no erasure finisher
+    try:
+        sink.write_batch([ProfileUpdate(c.id, at, dict(c.features), {}) for c in customers])
+    finally:
+        sink.close()

@@ -42,6 +42,7 @@ class AppState:
     store: EventStore
     write_keys: WriteKeyCache
     renderer: TemplateRenderer  # previews render in its processes, never in the API's
+    redis_url: str = ""  # for a thread's own (sync) client: cluster refits run in threads
     # token hash -> when it was last confirmed, whose it is: admin calls skip SQL
     admin_tokens_seen: dict[str, SeenToken] = field(default_factory=dict)
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from app.clustering.columns import Preparation
+from app.profiles.keys import CLUSTER_PREFIX as CLUSTER_PREFIX  # beside the segments
 
 OUTLIER_QUANTILE = 0.99
-CLUSTER_PREFIX = "cluster:"  # a cluster's membership next to the segments' (``membership``)
 
 
 def membership(cluster_id: str) -> str:

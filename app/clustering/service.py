@@ -40,6 +40,10 @@ class UnknownCluster(LookupError):
     pass
 
 
+class NameTaken(ValueError):
+    """Another cluster has the name already (names are how rules and people tell them apart)."""
+
+
 @dataclass
 class Refit:
     model: ClusterModel
@@ -113,7 +117,17 @@ def fit_and_publish(
     now = int(time.time() * 1000)
     sizes = {ids[label]: int((new_labels == label).sum()) for label in range(len(ids))}
     outlier_share = round(float(outliers.mean()), 4)
-    quality = {**chosen.quality, "outlier_share": outlier_share, "sample_size": len(profiles)}
+    # each cluster's share of outliers among the sample's members (density noise is in none)
+    outlier_shares = {
+        ids[label]: round(float(outliers[new_labels == label].mean()), 4) if size else 0.0
+        for label, size in enumerate(sizes.values())
+    }
+    quality = {
+        **chosen.quality,
+        "outlier_share": outlier_share,
+        "outlier_shares": outlier_shares,
+        "sample_size": len(profiles),
+    }
     model = ClusterModel(
         version, now, chosen.algorithm, chosen.params, found.prep, chosen.kind, clusters,
         chosen.assign_data, quality,
@@ -205,6 +219,9 @@ def rename(
     model = store.published(client)
     if model is None or cluster_id not in model.ids:
         raise UnknownCluster(f"no cluster {cluster_id!r} in the current model")
+    for other in model.clusters:
+        if other.id != cluster_id and other.name.casefold() == name.casefold():
+            raise NameTaken(f"cluster {other.id!r} is called {other.name!r} already")
     with session_scope(engine) as session:
         row = session.get(ClusterName, cluster_id)
         if row is None:
@@ -229,4 +246,12 @@ def refits(engine: Engine, *, before: int | None, limit: int) -> list[ClusterRef
         return list(session.exec(query))
 
 
-__all__ = ["FAMILIES", "RefitBusy", "TooFewProfiles", "UnknownCluster", "refit", "rename"]
+__all__ = [
+    "FAMILIES",
+    "NameTaken",
+    "RefitBusy",
+    "TooFewProfiles",
+    "UnknownCluster",
+    "refit",
+    "rename",
+]

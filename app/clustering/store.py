@@ -19,13 +19,13 @@ import redis
 import redis.asyncio as aioredis
 
 from app.clustering.model import ClusterModel, membership
-from app.profiles.keys import members_key
+from app.profiles.keys import CLUSTER_MOVES_KEY, members_key
 
 MODEL_KEY = "clusters:model"
 VERSION_KEY = "clusters:version"
 VERSIONS_KEY = "clusters:versions"  # INCR: the next model version
 NEXT_ID_KEY = "clusters:next_id"  # INCR: the number of the next fresh cluster id
-MOVES_KEY = "clusters:moves"  # customer id -> event time of their last move between clusters
+MOVES_KEY = CLUSTER_MOVES_KEY  # customer id -> event time of their last move between clusters
 REFIT_LOCK_KEY = "clusters:refit-lock"
 PROFILE_PATTERN = "profile:*"
 

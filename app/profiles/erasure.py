@@ -36,6 +36,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from app.profiles.keys import (
+    CLUSTER_MOVES_KEY,
     corrections_key,
     members_key,
     profile_key,
@@ -146,7 +147,9 @@ async def erase_customer(
 
 
 async def _delete_profile(client: aioredis.Redis, customer_id: str) -> int:
-    """The profile's keys and the customer's place in their segments: how many keys went."""
+    """The profile's keys and the customer's place in their segments (their cluster's members
+    too: it is among them, ``cluster:<id>``) and in the clusters' turnover: how many keys
+    went."""
     segments = orjson.loads(await client.hget(profile_key(customer_id), "segments") or b"[]")
     pipe = client.pipeline(transaction=False)  # the segments' sets are in other slots
     pipe.delete(
@@ -157,6 +160,7 @@ async def _delete_profile(client: aioredis.Redis, customer_id: str) -> int:
     )
     for segment in segments:
         pipe.srem(members_key(segment), customer_id)
+    pipe.zrem(CLUSTER_MOVES_KEY, customer_id)
     deleted: int = (await pipe.execute())[0]
     return deleted
 

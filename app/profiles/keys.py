@@ -26,6 +26,12 @@ def members_key(segment: str) -> str:
     return f"members:{{{segment}}}"
 
 
+# A cluster's members are kept as the pseudo-segment ``cluster:<id>`` (``app.clustering.model``):
+# in the members sets, a profile's segments and the transitions, next to the segments'.
+CLUSTER_PREFIX = "cluster:"
+CLUSTER_MOVES_KEY = "clusters:moves"  # customer id -> event time of their last cluster change
+
+
 TRIGGERS_KEY = "triggers"  # stream of segment enter / exit actions, for the dispatcher
 
 

@@ -8,7 +8,7 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from app.profiles.keys import profile_key, recent_events_key
+from app.profiles.keys import CLUSTER_PREFIX, profile_key, recent_events_key
 
 RECENT_EVENTS_SHOWN = 20
 
@@ -25,7 +25,8 @@ class CustomerProfile(BaseModel):
     traits: dict[str, Any]
     features: dict[str, Any]
     segments: list[str]
-    cluster: str | None
+    cluster: str | None  # the cluster's id (null before the first fit, or density noise)
+    outlier: bool = False  # far from every cluster (the README's "Clusters" says how far)
     first_seen: int | None
     last_seen: int | None
     events: list[ProfileEvent]  # newest first
@@ -39,12 +40,16 @@ async def get_profile(client: aioredis.Redis, customer_id: str) -> CustomerProfi
     if not fields:
         return None
     features = orjson.loads(fields[b"features"])
+    # the sink keeps the cluster among the segments, as the pseudo-segment ``cluster:<id>``
+    memberships: list[str] = orjson.loads(fields.get(b"segments", b"[]"))
+    clusters = [name for name in memberships if name.startswith(CLUSTER_PREFIX)]
     return CustomerProfile(
         customer_id=customer_id,
         traits=orjson.loads(fields[b"traits"]),
         features=features,
-        segments=orjson.loads(fields.get(b"segments", b"[]")),
-        cluster=None,  # and clusters with the clustering stage
+        segments=[name for name in memberships if not name.startswith(CLUSTER_PREFIX)],
+        cluster=clusters[0][len(CLUSTER_PREFIX) :] if clusters else None,
+        outlier=fields.get(b"outlier") in (b"1", b"true"),
         first_seen=features.get("first_seen"),
         last_seen=features.get("last_seen"),
         events=[ProfileEvent.model_validate(orjson.loads(item)) for item in recent],
