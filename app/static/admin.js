@@ -30,10 +30,67 @@ function sizeChart() {
   window.addEventListener("resize", () => chart.setSize({ width: target.clientWidth, height: 260 }));
 }
 
+function swatches(root) {
+  // a cluster's colour, as in the picture (the CSP forbids inline styles, not the CSSOM)
+  for (const node of root.querySelectorAll(".swatch[data-colour]")) {
+    node.style.background = node.dataset.colour;
+  }
+}
+
+function drawDots(u, seriesIdx) {
+  // a scatter series: a dot per point, no line (uPlot's mode 2 draws what `paths` draws)
+  uPlot.orient(u, seriesIdx, (series, dataX, dataY, scaleX, scaleY, valToPosX, valToPosY, xOff, yOff, xDim, yDim, moveTo, lineTo, rect, arc) => {
+    const [xs, ys] = u.data[seriesIdx];
+    const radius = 3 * uPlot.pxRatio;
+    const dots = new Path2D();
+    for (let i = 0; i < xs.length; i++) {
+      const cx = valToPosX(xs[i], scaleX, xDim, xOff);
+      const cy = valToPosY(ys[i], scaleY, yDim, yOff);
+      dots.moveTo(cx + radius, cy);
+      arc(dots, cx, cy, radius, 0, 2 * Math.PI);
+    }
+    u.ctx.save();
+    u.ctx.beginPath();
+    u.ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
+    u.ctx.clip();
+    u.ctx.globalAlpha = 0.75;
+    u.ctx.fillStyle = series.stroke(u, seriesIdx);
+    u.ctx.fill(dots);
+    u.ctx.restore();
+  });
+  return null;
+}
+
+function clusterChart() {
+  const target = document.getElementById("cluster-chart");
+  const source = document.getElementById("cluster-chart-data");
+  if (!target || !source || target.dataset.rendered || typeof uPlot === "undefined") return;
+  const chart = JSON.parse(source.textContent);
+  const shown = chart.series.filter((s) => s.x.length > 0);
+  const options = {
+    mode: 2,
+    width: target.clientWidth || 800,
+    height: 380,
+    legend: { live: false },
+    cursor: { show: false },
+    scales: { x: { time: false }, y: {} },
+    series: [{}, ...shown.map((s) => ({ label: s.label, stroke: s.colour, fill: s.colour, paths: drawDots }))],
+    axes: [{ label: "first principal component" }, { label: "second principal component", size: 60 }],
+  };
+  const plot = new uPlot(options, [null, ...shown.map((s) => [s.x, s.y])], target);
+  target.dataset.rendered = String(shown.reduce((n, s) => n + s.x.length, 0));
+  window.addEventListener("resize", () => plot.setSize({ width: target.clientWidth, height: 380 }));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   localTimes(document);
   sizeChart();
-  document.body.addEventListener("htmx:afterSwap", (event) => localTimes(event.target));
+  swatches(document);
+  clusterChart();
+  document.body.addEventListener("htmx:afterSwap", (event) => {
+    localTimes(event.target);
+    clusterChart();
+  });
   document.body.dataset.ready = "1"; // htmx (whose listener ran first) has wired the page
 });
 

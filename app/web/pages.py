@@ -14,6 +14,8 @@ from redis import RedisError
 
 from app.api.deps import AppState, StateDep, confirmed_admin
 from app.clock import now_ms
+from app.clustering import store as cluster_store
+from app.clustering.model import membership
 from app.credentials import hash_secret
 from app.dispatch import erasure as dispatch_erasure
 from app.dispatch.deliveries import DEAD_KEY, DeliveryStore, index_key
@@ -23,7 +25,7 @@ from app.profiles import erasure, history, segments
 from app.profiles import service as profiles
 from app.rules.service import explain
 from app.streams import FAILED_EVENTS_KEY
-from app.web import activation_pages, rule_pages
+from app.web import activation_pages, cluster_pages, rule_pages
 from app.web.base import (
     LoginRequired,
     StoredRulesDep,
@@ -271,6 +273,10 @@ async def customerpage(
             missing=True,
         )
     explained = [await explain(state.redis, customer_id, r.rule, r.version) for r in rules]
+    model = await cluster_store.published_async(state.redis)
+    names = {r.id: r.rule.name for r in rules}
+    if model is not None:  # cluster changes are transitions too, of ``cluster:<id>``
+        names |= {membership(c.id): f"Cluster: {c.name}" for c in model.clusters}
     transitions = await segments.transitions(state.redis, customer_id, limit=50, cursor=None)
     deliveries, _ = await DeliveryStore(state.redis).page(
         index_key("customer", customer_id), limit=20, cursor=None
@@ -282,8 +288,9 @@ async def customerpage(
         title=customer_id,
         profile=profile,
         explanations=[e for e in explained if e is not None],
-        names={r.id: r.rule.name for r in rules},
+        names=names,
         transitions=list(reversed(transitions.items)),
+        cluster_name=model.names().get(profile.cluster or "") if model else None,
         deliveries=deliveries,
     )
 
@@ -344,6 +351,7 @@ def mount(app: FastAPI) -> None:
     """The UI's routes, its login redirect, and ``/`` leading to it."""
     app.include_router(router)
     app.include_router(rule_pages.router)
+    app.include_router(cluster_pages.router)
     app.include_router(activation_pages.router)
     app.add_exception_handler(LoginRequired, _login_required)  # type: ignore[arg-type]
 
