@@ -20,6 +20,7 @@ import pytest
 from app.redis_server import pid_is_redis
 from app.rules.active import SHIPPED_RULES_DIR
 from app.streams import CONTROL_TYPES
+from tests.cluster_personas import population
 from tests.conftest import Services
 from tests.factories import StreamEntries, stored_events
 from tests.helpers import (
@@ -31,6 +32,7 @@ from tests.helpers import (
     start_segflow,
     wait_for,
     wait_for_line,
+    write_profiles,
 )
 
 
@@ -541,3 +543,39 @@ def test_bench_help_is_the_benchmarks_own(tmp_path: Path) -> None:
     )
     assert wrong.returncode != 0
     assert "'nope' is not one of ingest" in wrong.stderr
+
+
+def test_cluster_fit_refuses_too_few_profiles_then_fits_and_shows_the_model(
+    services, settings, redis_client
+):
+    none = run(services, "cluster", "show")
+    assert none.returncode != 0
+    assert "no cluster model yet: run `segflow cluster fit`" in none.stderr
+    write_profiles(services.redis_url, population(120, seed=21))
+    few = run(services, "cluster", "fit")
+    assert few.returncode != 0
+    assert "120 profiles: a cluster fit needs at least 200" in few.stderr
+    bad = run(services, "cluster", "fit", "--algorithms", "kmeans,kmeanz")
+    assert bad.returncode == 2
+    assert "kmeanz: choose among kmeans, gaussian_mixture" in bad.stderr
+    write_profiles(services.redis_url, population(800, seed=22))
+    fitted = run(services, "cluster", "fit", "--algorithms", "kmeans,gaussian_mixture,dbscan")
+    assert fitted.returncode == 0, fitted.stderr
+    assert "cluster fit published" in fitted.stderr  # the progress display's last state
+    rows = [line for line in fitted.stdout.splitlines() if line.startswith("│")]
+    candidates = [
+        row for row in rows if row.split("│")[1].strip() in ("kmeans", "gaussian_mixture", "dbscan")
+    ]
+    assert len(candidates) == 3
+    assert sum("✓" in row for row in candidates) == 1  # the chosen one
+    for header in ("silhouette", "Davies-Bouldin", "Calinski-Harabasz", "noise share", "fit s"):
+        assert header in fitted.stdout
+    last = fitted.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"model version \d+ published: \w+, 4 clusters \(new c1, c2, c3, c4\)", last
+    )
+    shown = run(services, "cluster", "show")
+    assert shown.returncode == 0, shown.stderr
+    assert "members now" in shown.stdout
+    assert re.search(r"silhouette 0\.\d{3}, Davies-Bouldin \d+\.\d{3}", shown.stdout)
+    assert all(f"c{n}" in shown.stdout for n in range(1, 5))
