@@ -235,6 +235,7 @@ async def read_clusters(state: StateDep) -> ClusterModelOut:
     "/refit",
     response_model=ClusterModelOut,
     responses={
+        400: {"description": "The body is not JSON."},
         409: {"description": "A refit is already under way."},
         422: {"description": "Too few profiles to fit (the detail says how many are needed)."},
     },
@@ -300,6 +301,7 @@ async def list_members(
     "/{cluster_id}",
     response_model=ClusterOut,
     responses={
+        400: {"description": "The body is not JSON."},
         404: {"description": "No such cluster in the current model."},
         422: {"description": "Not a valid name, or another cluster's."},
     },
