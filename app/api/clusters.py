@@ -164,7 +164,10 @@ async def current_model(state: AppState) -> ClusterModel | None:
         raise _unreachable(error) from error
 
 
-def _refit(state: AppState, *, reason: str, sample_size: int, families: Sequence[str]) -> Any:
+def _refit(
+    state: AppState, *, reason: str, sample_size: int, families: Sequence[str]
+) -> ClusterModel:
+    """A refit with a client of this thread's own; the published model."""
     client = redis.Redis.from_url(state.redis_url, socket_connect_timeout=2, socket_timeout=60)
     try:
         return service.refit(
@@ -179,12 +182,11 @@ async def refit_now(
 ) -> ClusterModel:
     """A refit in a thread; raises ``TooFewProfiles`` and ``RefitBusy``."""
     try:
-        model: ClusterModel = await asyncio.to_thread(
+        return await asyncio.to_thread(
             _refit, state, reason=reason, sample_size=sample_size, families=families
         )
     except (RedisError, OSError, SQLAlchemyError) as error:
         raise _unreachable(error) from error
-    return model
 
 
 def _rename(state: AppState, cluster_id: str, name: str, by: str) -> ClusterModel:
@@ -207,7 +209,7 @@ async def refit_on_schedule(state: AppState) -> None:
     """Every ``SEGFLOW_CLUSTER_REFIT_INTERVAL_S``, in one of the API processes."""
     sample = service.DEFAULT_SAMPLE
 
-    def refit() -> object:
+    def refit() -> ClusterModel:
         return _refit(state, reason="schedule", sample_size=sample, families=FAMILIES)
 
     await schedule.run(state.redis, refit, interval_s=state.settings.cluster_refit_interval_s)
