@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         default=60, ge=1, le=3600, alias="SEGFLOW_SEGMENT_HISTORY_INTERVAL_S"
     )
     body_timeout_s: float = Field(default=60.0, gt=0, le=3600, alias="SEGFLOW_BODY_TIMEOUT_S")
+    # How clusters are kept: "batch" (periodic refits on a sample), "stream" (updated from the
+    # feature snapshots as they come, and refitted too), "off" (no cluster is assigned).
+    clustering: Literal["batch", "stream", "off"] = Field(
+        default="batch", alias="SEGFLOW_CLUSTERING"
+    )
     # How often the dataflow snapshots its state for recovery: after a crash it re-reads at
     # most this much of the streams.
     snapshot_interval_s: int = Field(default=2, ge=1, alias="SEGFLOW_SNAPSHOT_INTERVAL_S")

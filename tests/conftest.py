@@ -30,6 +30,8 @@ from app.db import make_engine
 from app.dispatch.store import seed_shipped_templates
 from app.main import create_app
 from app.models import (
+    ClusterName,
+    ClusterRefit,
     Destination,
     MessageTemplate,
     RuleChange,
@@ -128,7 +130,10 @@ def settings(services: Services, redis_client: redis.Redis) -> Settings:
     settings = services.settings()
     engine = make_engine(settings)
     with Session(engine) as session:
-        tables = (RuleChange, RuleVersion, RuleRow, Destination, MessageTemplate, ShippedSeed)
+        tables = (
+            RuleChange, RuleVersion, RuleRow, Destination, MessageTemplate, ShippedSeed,
+            ClusterRefit, ClusterName,
+        )  # fmt: skip
         for table in tables:
             session.execute(delete(table))
         seed(session=session)

@@ -321,7 +321,9 @@ def test_events_sent_to_the_collector_show_the_customer_entering_live(
     page and in the segment on their own page, with the explanation holding."""
     flow = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "pipeline", "--no-recovery"],
-        env=pipeline_env(settings.redis_url or "", tmp_path, settings.partitions),
+        env=pipeline_env(
+            settings.redis_url or "", tmp_path, settings.partitions, settings.database_url
+        ),
         start_new_session=True,
     )
     try:

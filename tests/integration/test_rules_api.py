@@ -252,7 +252,9 @@ def test_the_running_dataflow_follows_saved_rules(
 ):
     """Create a rule, the customer enters; edit it, they exit under the new version; roll
     back, they enter again: each within seconds, without restarting the dataflow."""
-    env = pipeline_env(settings.redis_url or "", tmp_path, settings.partitions)
+    env = pipeline_env(
+        settings.redis_url or "", tmp_path, settings.partitions, settings.database_url
+    )
     env.pop("DATABASE_URL", None)  # the rules are in the backend's database
     if settings.database_url:
         env["DATABASE_URL"] = settings.database_url
