@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -78,13 +78,13 @@ def _send(api: Any, key: str, messages: list[dict[str, Any]]) -> None:
 
 
 def _profile(client: redis.Redis, user: str) -> dict[str, Any]:
-    fields = client.hgetall(profile_key(user))
+    fields = cast(dict[bytes, bytes], client.hgetall(profile_key(user)))
     if not fields:
         return {}
     return {
         "segments": orjson.loads(fields[b"segments"]),
         "features": orjson.loads(fields[b"features"]),
-        "outlier": bytes(fields.get(b"outlier", b"")).decode(),
+        "outlier": fields.get(b"outlier", b"").decode(),
     }
 
 
