@@ -236,9 +236,12 @@ def test_a_rule_is_written_checked_previewed_saved_changed_and_rolled_back(
     ready(page)
     page.fill("#source", GOOD_RULE.replace("gt: 0", "gt: lots"))  # not a number: refused
     expect(page.locator("#check ul.problems li").first).to_contain_text(
-        "line 6 when.all[0].gt: must be a number"
+        "line 6, column 7 when.all[0].gt: must be a number"
     )
-    page.fill("#source", GOOD_RULE)
+    # the place's link selects the line from that column on: typing replaces what is there
+    page.click("#check a.line")
+    page.keyboard.type("gt: 0")
+    assert page.locator("#source").input_value() == GOOD_RULE
     expect(page.locator("#check [role=status]")).to_contain_text("its 1 example passes")
     page.click("text=Preview who matches now")
     expect(page.locator("#preview [data-stat=matched]")).to_have_text("1")
