@@ -7,7 +7,8 @@ The collector (``/v1``, SDKs): {"success": false, "code", "message"}
                                                      the batch's ``errors``, kept in failed events
   StoreUnavailable          app.ingest.service       Redis did not take a write -> 503, retried
   StoreFull                 app.ingest.service       (StoreUnavailable) Redis at maxmemory -> 503
-Rules (``/api/rules``, ``segflow rules check``): {"detail": [{"rule", "field", "line", "message"}]}
+Rules (``/api/rules``, ``segflow rules check``):
+                 {"detail": [{"rule", "field", "line", "column", "message"}]}
   RuleError                 app.rules.schema         a rule or a set of rules refused -> 422
   RuleNotFound              app.rules.store          (LookupError) no such rule or version -> 404
   RuleConflict              app.rules.store          an id taken, a segment others read -> 409

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # refit is skipped while there are too few profiles). One API process runs each.
     cluster_refit_interval_s: int = Field(
         default=3600, ge=0, le=30 * 86_400, alias="SEGFLOW_CLUSTER_REFIT_INTERVAL_S"
+    )
+    # How clusters are kept: "batch" (periodic refits on a sample), "stream" (updated from the
+    # feature snapshots as they come, and refitted too), "off" (no cluster is assigned).
+    clustering: Literal["batch", "stream", "off"] = Field(
+        default="batch", alias="SEGFLOW_CLUSTERING"
     )
     # How often the dataflow snapshots its state for recovery: after a crash it re-reads at
     # most this much of the streams.

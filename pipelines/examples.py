@@ -14,7 +14,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,13 +28,14 @@ from app.rules.schema import (
     DEFAULT_EXAMPLE_CUSTOMER,
     Example,
     GivenEvent,
+    Position,
     Rule,
     RuleError,
     RuleProblem,
     check_rule_set,
-    line_of,
     load_rules_dir,
     parse_rule,
+    position_of,
 )
 from pipelines.features import Catalogue, default_catalogue
 from pipelines.records import ProfileUpdate
@@ -102,8 +103,8 @@ class ExampleFailure:
             + "; ".join(details)
         )
 
-    def problem(self, *, line: int | None = None, source: str | None = None) -> RuleProblem:
-        return RuleProblem(self.rule_id, self.field, line, self.message, source)
+    def problem(self, *, where: Position | None = None, source: str | None = None) -> RuleProblem:
+        return RuleProblem.at(self.rule_id, self.field, where, self.message, source)
 
 
 def run_examples(rule: Rule, *, others: Iterable[Rule] = ()) -> list[ExampleFailure]:
@@ -159,7 +160,7 @@ def example_problems(
     except RuleError as error:
         return [_placed(problem, source, text) for problem in error.problems]
     return [
-        failure.problem(line=line_of(text, ("examples", failure.index)), source=source)
+        failure.problem(where=position_of(text, ("examples", failure.index)), source=source)
         for failure in failures
     ]
 
@@ -287,13 +288,8 @@ def format_span(ms: int) -> str:
 
 
 def _placed(problem: RuleProblem, source: str | None, text: str | None) -> RuleProblem:
-    """The problem with the file it is about and its line, where it lacks them."""
-    line = problem.line
-    if line is None and problem.field:
-        line = line_of(text, problem.field)
-    return RuleProblem(
-        problem.rule_id, problem.field, line, problem.message, problem.source or source
-    )
+    """The problem with the file it is about and its line and column, where it lacks them."""
+    return replace(problem.placed(text), source=problem.source or source)
 
 
 # --- checking files ------------------------------------------------------------------------------

@@ -544,6 +544,8 @@ class CustomerFeatures:
     newest: int | None = None  # the newest event time seen (lateness is measured from it)
     segments: frozenset[str] = frozenset()  # the rule segments the customer is in
     evaluated: int | None = None  # the latest instant ``segments`` was evaluated at
+    # beyond its cluster's reach as of that instant (recomputed at each evaluation, not saved)
+    outlier: bool = False
     # the last ``observe`` and the groups of features changed since (by events or a fold):
     # derived, so recovery snapshots leave them out
     _observed: _Observed | None = field(default=None, repr=False, compare=False)
@@ -801,6 +803,7 @@ def _rebuilt(
         for name, entries, completed, arrivals in (rest[8] if len(rest) > 8 else ())
     }
     customer.evaluated = rest[9] if len(rest) > 9 else customer.newest  # from before it was kept
+    customer.outlier = False
     customer._observed = None
     customer._dirty = set()
     customer._expired_at = None

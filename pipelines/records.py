@@ -56,8 +56,9 @@ class ProfileUpdate:
     features: dict[str, Any]
     traits: dict[str, Any]
     events: tuple[StreamEntry, ...] = ()  # the events applied at this change, if any
-    segments: frozenset[str] = frozenset()
+    segments: frozenset[str] = frozenset()  # with the cluster's, ``cluster:<id>``
     transitions: tuple[Transition, ...] = ()
+    outlier: bool | None = None  # None: no cluster model assigns yet
     correction: Correction | None = None  # a late event changed transitions already written
 
 

@@ -45,10 +45,13 @@ from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
+import redis
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from app.clustering.model import CLUSTER_PREFIX, ClusterModel, membership
+from app.clustering.watch import ModelWatcher
 from app.db import make_engine
 from app.events import StreamEntry
 from app.features import event_name
@@ -75,6 +78,7 @@ from pipelines.sinks import ProfileSink
 from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
 SHARDS_PER_PARTITION = 16
+_NO_CLUSTERS: frozenset[str] = frozenset()
 # What a shard emits: the sink writes each kind (``pipelines.records``).
 # set by `segflow pipeline` for the flow it runs: the recovery store (`bytewax.run -r`)
 RECOVERY_DIR_ENV = "SEGFLOW_RECOVERY_DIR"
@@ -104,6 +108,7 @@ class ShardState:
         self.processed = 0
         self.newest: int | None = None
         self.revision: int | None = None  # the rule set's revision the customers are in under
+        self.cluster_version: int | None = None  # the cluster model's they are assigned by
         self.stale: list[str] = []  # customers not yet re-evaluated under that revision
         # customers with events applied at one instant, evaluated once that instant is complete
         self.pending: dict[str, _Pending] = {}
@@ -181,6 +186,7 @@ class ShardState:
             "processed",
             "newest",
             "revision",
+            "cluster_version",
             "stale",
             "pending",
             "merged",
@@ -287,11 +293,16 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         state: ShardState | None,
         watcher: RuleWatcher | None = None,
         partitions: int = 1,
+        clusters: ModelWatcher | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.partitions = partitions
         self.rules = rules
         self.watcher = watcher
+        self.clusters = clusters
+        self.model: ClusterModel | None = None
+        # a cluster id -> what a rule's ``cluster:`` condition may name it by (id, name)
+        self._cluster_names: dict[str, frozenset[str]] = {}
         self.state = state or ShardState()
         self.state.catalogue = catalogue
 
@@ -300,6 +311,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         out: list[ShardOutput] = []
         if self.watcher is not None:
             self._follow(self.watcher.current())
+        if self.clusters is not None:
+            self._follow_model(self.clusters.current())
         if self.state.stale:
             out += self._reevaluate(REEVALUATED_PER_BATCH)
         events = 0
@@ -714,6 +727,22 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             customer.adopt(self.catalogue)
         self.state.changed.update(self.state.live)  # their snapshots are not what they are
 
+    def _follow_model(self, model: ClusterModel | None) -> None:
+        """Assign by ``model`` from now on; every customer is re-assigned under it (with the
+        re-evaluation of the rules, a few thousand per batch), at their own clock."""
+        if model is self.model:
+            return
+        self.model = model
+        self._cluster_names = (
+            {} if model is None else {c.id: frozenset((c.id, c.name)) for c in model.clusters}
+        )
+        version = None if model is None else model.version
+        if version == self.state.cluster_version:
+            return  # a recovered shard already assigned under it
+        self.state.cluster_version = version
+        waiting = set(self.state.stale)
+        self.state.stale += [c for c in self.state.customer_ids() if c not in waiting]
+
     def _reevaluate(self, most: int) -> list[ProfileUpdate]:
         out = []
         chunk, self.state.stale = self.state.stale[:most], self.state.stale[most:]
@@ -722,8 +751,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if customer is None:
                 continue  # erased since
             at = max(self.state.clock_of(customer_id).at or 0, customer.newest or 0)
+            outlier = customer.outlier
             update = self._changed(customer_id, at, customer.observe(at))
-            if update.transitions:
+            if update.transitions or update.outlier != outlier:
                 out.append(update)
         return out
 
@@ -774,6 +804,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             dict(customer.traits),
             segments=customer.segments,
             transitions=transitions,
+            outlier=customer.outlier if self.model is not None else None,
         )
 
     def _evaluate(
@@ -788,11 +819,22 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         and the next instant anything can change: a feature's deadline or a rule's flip."""
         features, deadline = observed
         transitions: tuple[Transition, ...] = ()
+        member, clusters = None, _NO_CLUSTERS
+        if self.model is not None:
+            cluster_id, customer.outlier = self.model.assign(features)
+            if cluster_id is not None:
+                member, clusters = membership(cluster_id), self._cluster_names[cluster_id]
+        before = customer.segments
         if self.rules is not None:
-            segments = Rulesets.for_thread(self.rules).segments(features, customer.traits)
-            if segments != customer.segments:
-                transitions = self._transitions(customer.segments, segments, now)
-                customer.segments = segments
+            segments = Rulesets.for_thread(self.rules).segments(features, customer.traits, clusters)
+        else:
+            segments = frozenset(s for s in before if not s.startswith(CLUSTER_PREFIX))
+        if member is not None:
+            segments |= {member}
+        if segments != before:
+            transitions = self._transitions(before, segments, now)
+            customer.segments = segments
+        if self.rules is not None:
             flip = self.rules.next_flip(now, features)
             if flip is not None and (deadline is None or flip < deadline):
                 deadline = flip
@@ -811,11 +853,14 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
     def _transitions(
         self, before: frozenset[str], after: frozenset[str], now: int
     ) -> tuple[Transition, ...]:
-        assert self.rules is not None
         found = []
         for kind, segments in (("exit", before - after), ("enter", after - before)):
             for segment in sorted(segments):
-                active = self.rules.rules.get(segment)
+                if segment.startswith(CLUSTER_PREFIX):
+                    version = 0 if self.model is None else self.model.version
+                    found.append(Transition(segment, kind, now, version))
+                    continue
+                active = None if self.rules is None else self.rules.rules.get(segment)
                 if active is None:  # a rule since disabled or deleted: its segment is left
                     found.append(Transition(segment, kind, now, 0))
                 else:
@@ -894,6 +939,7 @@ def get_flow(
     stop_at_end: bool = False,
     sink: Sink[Any] | None = None,
     recovery_dir: Path | None = None,
+    clusters: ModelWatcher | None = None,
 ) -> Dataflow:
     """source -> features -> profile sink; ``stop_at_end`` for runs over a finished stream;
     ``sink`` replaces the Redis sink (tests read every update in order through it);
@@ -908,7 +954,7 @@ def get_flow(
     updates = op.stateful_batch(
         "features",
         keyed,
-        lambda state: FeatureShard(catalogue, rules, state, watcher, partitions),
+        lambda state: FeatureShard(catalogue, rules, state, watcher, partitions, clusters),
     )
     # (shard, ProfileUpdate | LateEvent | ShardProgress)
     named = op.map("name_progress", updates, _name_progress)
@@ -946,6 +992,7 @@ def segmentation_flow(
         stop_at_end=stop_at_end,
         sink=sink,
         recovery_dir=recovery_dir,
+        clusters=None if settings.clustering == "off" else ModelWatcher(redis.Redis.from_url(url)),
     )
 
 

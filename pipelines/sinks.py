@@ -14,6 +14,8 @@ import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from app.clustering.model import CLUSTER_PREFIX
+from app.clustering.store import MOVES_KEY
 from app.events import StreamEntry
 from app.profiles.keys import (
     TRIGGERS_KEY,
@@ -69,19 +71,20 @@ return 1
 # batch's events added to the recent events (the newest kept), the transitions late events
 # retracted removed and the batch's transitions added.
 # KEYS: profile, recent events, transitions; ARGV: customer id, at, features, traits, segments,
-# recent events kept, number of recent events, (score, member) per event, number of retracted
-# transitions, their members, then (score, member) per transition.
+# outlier ("1", "0", "" before any cluster model), recent events kept, number of recent events,
+# (score, member) per event, number of retracted transitions, their members, then (score,
+# member) per transition.
 _WRITE_PROFILE = """
 redis.call('HSET', KEYS[1], 'customer_id', ARGV[1], 'at', ARGV[2], 'features', ARGV[3],
-           'traits', ARGV[4], 'segments', ARGV[5])
-local recent = tonumber(ARGV[7])
-local i = 8
+           'traits', ARGV[4], 'segments', ARGV[5], 'outlier', ARGV[6])
+local recent = tonumber(ARGV[8])
+local i = 9
 if recent > 0 then
   for _ = 1, recent do
     redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
     i = i + 2
   end
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[6]) - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[7]) - 1)
 end
 local retracted = tonumber(ARGV[i])
 i = i + 1
@@ -271,6 +274,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                     orjson.dumps(update.features),
                     orjson.dumps(update.traits),
                     orjson.dumps(sorted(update.segments)),
+                    "" if update.outlier is None else "1" if update.outlier else "0",
                     RECENT_EVENTS,
                     len(events),
                     *(x for member, score in events.items() for x in (score, member)),
@@ -283,6 +287,9 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 for segment in {t.segment for t, _ in changed.values()}:  # where they are now
                     verb = "SADD" if segment in update.segments else "SREM"
                     self._redis.command(verb, members_key(segment), customer_id)
+            if changed and _moved_cluster(added):
+                at = max(t.at for _, t in added)
+                self._redis.command("ZADD", MOVES_KEY, at, customer_id)
             for _, transition in added:
                 self._trigger(customer_id, transition)
             for _, transition in retracted:
@@ -343,6 +350,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             self._redis.command("DEL", key(customer_id))
         for segment in segments:
             self._redis.command("SREM", members_key(segment), customer_id)
+        self._redis.command("ZREM", MOVES_KEY, customer_id)
 
     def _trigger(self, customer_id: str, transition: Transition) -> None:
         """Each action of an enter / exit, once in the triggers stream (replayed output finds
@@ -398,6 +406,12 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         if self._finisher is not None:
             self._finisher.stop()
         self._client.close()
+
+
+def _moved_cluster(added: list[tuple[bytes, Transition]]) -> bool:
+    """Whether these transitions move the customer from one cluster to another."""
+    kinds = {t.kind for _, t in added if t.segment.startswith(CLUSTER_PREFIX)}
+    return kinds == {"enter", "exit"}
 
 
 def _moved(member: bytes, anonymous: str) -> bytes:

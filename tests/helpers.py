@@ -258,10 +258,21 @@ def run_dataflow(settings: Any, sink: Any = None) -> None:
     run_main(segmentation_flow(settings, stop_at_end=True, sink=sink))  # type: ignore[no-untyped-call]
 
 
-def pipeline_env(redis_url: str, data_dir: Path, partitions: int, **extra: str) -> dict[str, str]:
-    """The environment `segflow pipeline` runs in, on these streams and this data dir."""
+def pipeline_env(
+    redis_url: str,
+    data_dir: Path,
+    partitions: int,
+    database_url: str | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment `segflow pipeline` runs in, on these streams, this data dir and this
+    database (None: the SQLite file in ``data_dir``, whatever DATABASE_URL the tests run
+    under: a backend's rules are in its own database)."""
+    inherited = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
+    database = {"DATABASE_URL": database_url} if database_url else {}
     return {
-        **os.environ,
+        **inherited,
+        **database,
         "REDIS_URL": redis_url,
         "SEGFLOW_DATA_DIR": str(data_dir),
         "SEGFLOW_PARTITIONS": str(partitions),

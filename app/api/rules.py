@@ -2,8 +2,9 @@
 validate and preview. A rule is sent as its YAML text (``Content-Type: application/yaml``) or
 the same document as JSON. Views are thin: storage and checks are in ``app.rules.store``.
 
-A refused rule answers 422 with ``{"detail": [{"rule", "field", "line", "message"}, ...]}``:
-every problem, each naming where it is. A rule that sends to a destination or template that
+A refused rule answers 422 with ``{"detail": [{"rule", "field", "line", "column", "message"},
+...]}``: every problem, each naming where it is (line and column are 1-based; null when the
+problem has no place in the text). A rule that sends to a destination or template that
 does not exist yet is saved, with ``warnings`` of the same shape naming each such send.
 """
 
@@ -24,7 +25,7 @@ from app.db import session_scope
 from app.dispatch.store import send_warnings
 from app.rules import service, store
 from app.rules.explain import feature_keys
-from app.rules.schema import Rule, RuleError, RuleProblem, line_of
+from app.rules.schema import Rule, RuleError, RuleProblem, position_of
 from app.rules.service import Preview
 from app.rules.store import JSON, YAML, RuleConflict, RuleNotFound, StoredRule
 from pipelines.examples import example_problems
@@ -43,7 +44,7 @@ router = admin_router(prefix="/api/rules", tags=["rules"])
 T = TypeVar("T")
 _NO_RULE: Responses = {404: {"description": "No such rule."}}
 _REFUSED: Responses = {
-    422: {"description": "Refused: every problem, with its rule, field and line."}
+    422: {"description": "Refused: every problem, with its rule, field, line and column."}
 }
 _SENT: Responses = {
     400: {"description": "The body is not UTF-8 text."},
@@ -55,7 +56,10 @@ _SENT: Responses = {
 class ProblemOut(BaseModel):
     rule: str | None
     field: str | None
-    line: int | None
+    line: int | None = Field(description="1-based line of the rule's text (null: no place).")
+    column: int | None = Field(
+        default=None, description="1-based column on that line, in characters (null: no place)."
+    )
     message: str
 
 
@@ -149,10 +153,15 @@ def rule_warnings(session: Session, rule: Rule, text: str) -> list[ProblemOut]:
                 session=session, destination=send.destination, template=send.template
             )
             for what, message in wrong.items():
-                at = (kind, index, "send", what)
-                field = f"{kind}[{index}].send.{what}"
+                line, column = position_of(text, (kind, index, "send", what)) or (None, None)
                 found.append(
-                    ProblemOut(rule=rule.id, field=field, line=line_of(text, at), message=message)
+                    ProblemOut(
+                        rule=rule.id,
+                        field=f"{kind}[{index}].send.{what}",
+                        line=line,
+                        column=column,
+                        message=message,
+                    )
                 )
     return found
 
@@ -163,7 +172,11 @@ def _problems(error: RuleError) -> list[ProblemOut]:
 
 def _problem(problem: RuleProblem) -> ProblemOut:
     return ProblemOut(
-        rule=problem.rule_id, field=problem.field, line=problem.line, message=problem.message
+        rule=problem.rule_id,
+        field=problem.field,
+        line=problem.line,
+        column=problem.column,
+        message=problem.message,
     )
 
 

@@ -24,7 +24,7 @@ A rule::
         expect: [{at: 30m, kind: enter}]
 
 Errors a marketer can make come back as a ``RuleError`` holding ``RuleProblem``s, each naming the
-rule, the field (``when.all[1].gte``) and the line of the YAML text it came from.
+rule, the field (``when.all[1].gte``) and the line and column of the YAML text it came from.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import re
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -79,15 +79,44 @@ BUILTIN_FEATURES = frozenset(BUILTIN_INPUTS)
 # --- problems ------------------------------------------------------------------------------------
 
 
+Position = tuple[int, int]  # 1-based line and column of a place in a rule's text
+
+
 @dataclass(frozen=True)
 class RuleProblem:
-    """One thing wrong with a rule, and where: the rule, the field and the line of its text."""
+    """One thing wrong with a rule, and where: the rule, the field and the line and column of
+    its text (the column of the key that names the field, or where YAML stopped reading)."""
 
     rule_id: str | None  # None when the id itself could not be read
     field: str | None  # ``when.all[1].gte``; None for the document as a whole
     line: int | None  # 1-based line of the YAML text; None when the rule came without text
     message: str
     source: str | None = None  # the file or ``<rule>`` the text came from
+    _: KW_ONLY
+    column: int | None = None  # 1-based, in characters; None when the line is
+
+    @classmethod
+    def at(
+        cls,
+        rule_id: str | None,
+        field: str | None,
+        where: Position | None,
+        message: str,
+        source: str | None = None,
+    ) -> RuleProblem:
+        """A problem at a position of the text (None: no place in it)."""
+        line, column = where if where is not None else (None, None)
+        return cls(rule_id, field, line, message, source, column=column)
+
+    def placed(self, text: str | None) -> RuleProblem:
+        """This problem with the line and column of its field in ``text``, when it lacks a
+        line and names a field (a problem found on the parsed rule, not on its text)."""
+        if self.line is not None or not self.field:
+            return self
+        where = position_of(text, self.field)
+        if where is None:
+            return self
+        return replace(self, line=where[0], column=where[1])
 
     def __str__(self) -> str:
         parts = [f"rule {self.rule_id!r}"] if self.rule_id else []
@@ -968,23 +997,23 @@ def _parse(text: str, source: str) -> tuple[Rule, yaml.Node | None]:
         return Rule.model_validate(data), root
     except _Unreadable as error:
         problems = [
-            RuleProblem(rule_id, field, line, message, source)
-            for field, line, message in error.found
+            RuleProblem.at(rule_id, field, where, message, source)
+            for field, where, message in error.found
         ]
     except ValidationError as error:
         problems = []
         for detail in error.errors(include_url=False):
-            field, line = _locate(root, detail["loc"])
-            problems.append(RuleProblem(rule_id, field, line, _message(detail), source))
+            field, where = _locate(root, detail["loc"])
+            problems.append(RuleProblem.at(rule_id, field, where, _message(detail), source))
     except RecursionError:
         problems = [RuleProblem(rule_id, None, None, "the document is nested too deeply", source)]
     raise RuleError(problems)
 
 
 class _Unreadable(Exception):
-    """Text that is not one plain-data document: (field, line, message) of each reason."""
+    """Text that is not one plain-data document: (field, position, message) of each reason."""
 
-    def __init__(self, *found: tuple[str | None, int | None, str]) -> None:
+    def __init__(self, *found: tuple[str | None, Position | None, str]) -> None:
         super().__init__(found)
         self.found = found
 
@@ -993,10 +1022,10 @@ _NOT_JSON = object()
 
 
 def _read(text: str) -> tuple[object, yaml.Node | None]:
-    """The document's data, and its node tree for line numbers.
+    """The document's data, and its node tree for lines and columns.
 
     JSON text is read as JSON, so its numbers (``1e-05``) and escapes (``\\ud83d\\ude00``)
-    mean what JSON says; YAML only gives it lines (None when it cannot). Anything else is YAML,
+    mean what JSON says; YAML only gives it positions (None when it cannot). Anything else is YAML,
     checked node by node before a SafeLoader builds data from it.
     """
     try:
@@ -1022,12 +1051,12 @@ def _read(text: str) -> tuple[object, yaml.Node | None]:
         try:
             data = loader.construct_document(root)
         except (yaml.YAMLError, ValueError, TypeError) as error:
-            raise _Unreadable((None, _line(root), f"a value cannot be read: {error}")) from None
+            raise _Unreadable((None, _position(root), f"a value cannot be read: {error}")) from None
         finally:
             loader.dispose()
     if not isinstance(data, dict):
-        line = None if root is None else _line(root)
-        raise _Unreadable((None, line, "a rule is a mapping of keys such as id, name and when"))
+        where = None if root is None else _position(root)
+        raise _Unreadable((None, where, "a rule is a mapping of keys such as id, name and when"))
     return data, root
 
 
@@ -1035,32 +1064,43 @@ def _compose_one(text: str) -> yaml.Node:
     try:
         documents = list(yaml.compose_all(text, Loader=_RuleLoader))
     except yaml.MarkedYAMLError as error:
-        line = error.problem_mark.line + 1 if error.problem_mark else None
+        # Where the parser stopped: at the problem, else at what it was reading then.
+        mark = error.problem_mark or error.context_mark
+        where = None if mark is None else _mark_position(mark)
         context = f" ({error.context})" if error.context else ""
-        raise _Unreadable((None, line, f"not valid YAML: {error.problem}{context}")) from None
+        raise _Unreadable((None, where, f"not valid YAML: {error.problem}{context}")) from None
     except yaml.YAMLError as error:
         raise _Unreadable((None, None, f"not valid YAML: {error}")) from None
     if not documents:
         raise _Unreadable((None, None, "the document is empty: a rule needs id, name and when"))
     if len(documents) > 1:
         raise _Unreadable(
-            (None, _line(documents[1]), "one rule per document: a second document starts here")
+            (
+                None,
+                _position(documents[1]),
+                "one rule per document: a second document starts here",
+            )
         )
     return documents[0]
 
 
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
+def _mark_position(mark: yaml.Mark) -> Position:
+    """A PyYAML mark (0-based line and column, in characters) as a 1-based position."""
+    return int(mark.line) + 1, int(mark.column) + 1
+
+
+def _position(node: yaml.Node) -> Position:
+    return _mark_position(node.start_mark)
 
 
 def _short_tag(tag: str) -> str:
     return "!!" + tag.removeprefix(_YAML) if tag.startswith(_YAML) else tag
 
 
-def _shape_problems(root: yaml.Node, text: str) -> list[tuple[str | None, int, str]]:
+def _shape_problems(root: yaml.Node, text: str) -> list[tuple[str | None, Position, str]]:
     """What the data model refuses before anything is built: tags other than plain data,
     aliases (``*name``), keys that are not text, and keys given twice (YAML keeps the last)."""
-    found: list[tuple[str | None, int, str]] = []
+    found: list[tuple[str | None, Position, str]] = []
     seen: set[int] = set()
     aliased = False
     stack: list[tuple[yaml.Node, Location]] = [(root, ())]
@@ -1075,7 +1115,7 @@ def _shape_problems(root: yaml.Node, text: str) -> list[tuple[str | None, int, s
             found.append(
                 (
                     field,
-                    _line(node),
+                    _position(node),
                     f"the tag {_short_tag(node.tag)} is not allowed: a rule holds only text, "
                     "numbers, true/false, lists and mappings",
                 )
@@ -1087,24 +1127,24 @@ def _shape_problems(root: yaml.Node, text: str) -> list[tuple[str | None, int, s
             first_line: dict[str, int] = {}
             for key, value in node.value:
                 if not isinstance(key, yaml.ScalarNode) or key.tag not in _PLAIN_TAGS:
-                    found.append((field, _line(key), "a key must be plain text"))
+                    found.append((field, _position(key), "a key must be plain text"))
                     continue
                 if key.value in first_line:
                     found.append(
                         (
                             format_path((*at, key.value)),
-                            _line(key),
+                            _position(key),
                             f"the key {key.value!r} is given twice (first on line "
                             f"{first_line[key.value]})",
                         )
                     )
-                first_line.setdefault(key.value, _line(key))
+                first_line.setdefault(key.value, _position(key)[0])
                 stack.append((value, (*at, key.value)))
     if aliased:
         found += [
             (
                 None,
-                int(token.start_mark.line) + 1,
+                _mark_position(token.start_mark),
                 "aliases (*name) are not supported: write the value out in full",
             )
             for token in yaml.scan(text, Loader=_RuleLoader)
@@ -1126,38 +1166,47 @@ def format_path(at: Iterable[str | int]) -> str:
     return text
 
 
-def _locate(root: yaml.Node | None, loc: Iterable[str | int]) -> tuple[str | None, int | None]:
-    """The field path and the line of a pydantic error location, found by walking the node tree.
+def _locate(root: yaml.Node | None, loc: Iterable[str | int]) -> tuple[str | None, Position | None]:
+    """The field path and the position of a pydantic error location, found by walking the node
+    tree: a mapping's value is placed at its key (``gte`` in ``gte: 30 minutes``), a list's
+    item where it starts; a location deeper than the text, at the deepest place it has.
 
     The location names condition kinds by their tags (``when.CountCondition.gte``); the path
     leaves them out, as the document never spells them.
     """
     node: yaml.Node | None = root
-    line = None if root is None else _line(root)
+    where = None if root is None else _position(root)
     at: list[str | int] = []
     for part in loc:
-        if part == "[key]":  # a mapping key was refused: its line is the key's
+        if part == "[key]":  # a mapping key was refused: its place is the key's
             continue
         if isinstance(node, yaml.MappingNode):
-            entry = next((kv for kv in node.value if kv[0].value == str(part)), None)
+            entry = _entry(node, part)
             if entry is None and part in _TAGS:
                 continue
             at.append(part)
             if entry is None:
                 node = None
                 continue
-            line, node = _line(entry[0]), entry[1]
+            where, node = _position(entry[0]), entry[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
             at.append(part)
             if part < len(node.value):
                 node = node.value[part]
-                line = _line(node)
+                where = _position(node)
             else:
                 node = None
         elif part not in _TAGS:
             at.append(part)
             node = None
-    return (format_path(at) or None), line
+    return (format_path(at) or None), where
+
+
+def _entry(node: yaml.MappingNode, key: str | int) -> tuple[yaml.Node, yaml.Node] | None:
+    """The (key, value) pair of a mapping whose key is ``key``; the last when it is given
+    twice, as the data holds the last one."""
+    entries = [kv for kv in node.value if kv[0].value == str(key)]
+    return entries[-1] if entries else None
 
 
 _ALL_KEYS = sorted(
@@ -1216,33 +1265,41 @@ _PATH_PART = re.compile(r"\[(\d+)\]|\[(['\"])(.*?)\2\]|\.?([A-Za-z_][A-Za-z0-9_-
 
 
 def line_of(text: str | None, at: tuple[str | int, ...] | str) -> int | None:
-    """The 1-based line of the value at ``at`` in a rule's text (``("examples", 2)`` or the
-    field ``examples[2]``); the nearest enclosing value's line when ``at`` goes deeper than the
-    text; None without a readable text."""
+    """The 1-based line of ``position_of``; None where it is None."""
+    where = position_of(text, at)
+    return None if where is None else where[0]
+
+
+def position_of(text: str | None, at: tuple[str | int, ...] | str) -> Position | None:
+    """The 1-based line and column of the value at ``at`` in a rule's text (``("examples",
+    2)`` or the field ``examples[2]``): a mapping's value at its key, a list's item where it
+    starts; the nearest enclosing place when ``at`` goes deeper than the text; None without a
+    readable text."""
     if text is None:
         return None
     parts = _path_parts(at) if isinstance(at, str) else list(at)
     try:
+        # Tabs are one character, as spaces are: columns stay where they were.
         node = yaml.compose(text.replace("\t", " "), Loader=yaml.SafeLoader)
     except yaml.YAMLError:
         return None
     if node is None:
         return None
-    line = int(node.start_mark.line) + 1
+    where = _position(node)
     for part in parts:
         if isinstance(node, yaml.MappingNode):
-            entry = next((kv for kv in node.value if kv[0].value == str(part)), None)
+            entry = _entry(node, part)
             if entry is None:
                 break
-            line, node = int(entry[0].start_mark.line) + 1, entry[1]
+            where, node = _position(entry[0]), entry[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
             if part >= len(node.value):
                 break
             node = node.value[part]
-            line = int(node.start_mark.line) + 1
+            where = _position(node)
         else:
             break
-    return line
+    return where
 
 
 def _path_parts(field: str) -> list[str | int]:
@@ -1302,8 +1359,8 @@ def _check_rule_set(rules: list[tuple[Rule, _Origin | None]]) -> None:
     def problem(rule: Rule, origin: _Origin | None, at: Location, message: str) -> RuleProblem:
         if origin is None:
             return RuleProblem(rule.id, format_path(at), None, message)
-        field, line = _locate(origin.root, at)
-        return RuleProblem(rule.id, field, line, message, origin.source)
+        field, where = _locate(origin.root, at)
+        return RuleProblem.at(rule.id, field, where, message, origin.source)
 
     problems: list[RuleProblem] = []
     first: dict[str, _Origin | None] = {}

@@ -29,7 +29,14 @@ from sqlmodel import Session, col, select
 from app.models import RuleChange, RuleRow, RuleVersion, utcnow
 from app.rules.compiler import ActiveRule, compile_rules
 from app.rules.engine import refusals as engine_refusals
-from app.rules.schema import Rule, RuleError, RuleProblem, check_rule_set, line_of, parse_rule
+from app.rules.schema import (
+    Rule,
+    RuleError,
+    RuleProblem,
+    check_rule_set,
+    parse_rule,
+    position_of,
+)
 
 YAML = "application/yaml"
 JSON = "application/json"
@@ -167,15 +174,19 @@ def problems_among(
         check_rule_set(rules)
         compiled = compile_rules([ActiveRule(item, 1) for item in rules if item.enabled])
     except RuleError as error:
-        return list(error.problems)
+        # Found on the parsed rules: placed in the text, when they are this rule's.
+        return [
+            problem.placed(text) if problem.rule_id == rule.id else problem
+            for problem in error.problems
+        ]
     refused = engine_refusals(compiled)
     if any(rule.id in ruleset.definition for ruleset, _ in refused):
         why = next(reason for ruleset, reason in refused if rule.id in ruleset.definition)
         return [
-            RuleProblem(
+            RuleProblem.at(
                 rule.id,
                 "when",
-                line_of(text, ("when",)),
+                position_of(text, ("when",)),
                 f"the rule engine refuses this condition ({why}): make it simpler, or split "
                 "it into segments that read each other",
             )
@@ -224,10 +235,10 @@ def update_rule(
     if rule.id != rule_id:
         raise RuleError(
             [
-                RuleProblem(
+                RuleProblem.at(
                     rule.id,
                     "id",
-                    None,
+                    position_of(text, ("id",)),
                     f"the document's id {rule.id!r} is not the rule's id {rule_id!r}: "
                     "a rule's id is its segment's and cannot change",
                 )

@@ -94,15 +94,19 @@ document.addEventListener("DOMContentLoaded", () => {
   document.body.dataset.ready = "1"; // htmx (whose listener ran first) has wired the page
 });
 
-// A problem's "line N" selects that line in the editor.
+// A problem's "line L, column C" selects its line in the editor from that column on.
 document.addEventListener("click", (event) => {
   const link = event.target.closest("ul.problems a.line");
   const editor = document.getElementById("source");
   if (!link || !editor) return;
   event.preventDefault();
-  const line = Number(link.closest("li").dataset.line);
+  const item = link.closest("li");
+  const line = Number(item.dataset.line);
   const lines = editor.value.split("\n");
-  const start = lines.slice(0, line - 1).reduce((n, text) => n + text.length + 1, 0);
+  const text = lines[line - 1] || "";
+  const lineStart = lines.slice(0, line - 1).reduce((n, each) => n + each.length + 1, 0);
+  // Columns count characters (code points); the editor counts UTF-16 units.
+  const before = Array.from(text).slice(0, Math.max(Number(item.dataset.column) - 1, 0));
   editor.focus();
-  editor.setSelectionRange(start, start + (lines[line - 1] || "").length);
+  editor.setSelectionRange(lineStart + before.join("").length, lineStart + text.length);
 });

@@ -1,7 +1,7 @@
 """The rule editor: write or change a rule's YAML with the same checks as the API while typing
-(problems at their line, the rule's examples run), a preview of who would match now, save as a
-new version, the history with each change's diff, rollback, enable and disable. A new rule
-can start from one of the shipped ones."""
+(problems at their line and column, the rule's examples run), a preview of who would match
+now, save as a new version, the history with each change's diff, rollback, enable and
+disable. A new rule can start from one of the shipped ones."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def edit_rule(
 async def check_rule(
     request: Request, state: StateDep, session: WebSessionDep, source: Source
 ) -> HTMLResponse:
-    """As ``POST /api/rules/validate``: every problem at its line, the examples run."""
+    """As ``POST /api/rules/validate``: every problem at its line and column, the examples
+    run."""
 
     def check() -> dict[str, Any]:
         try:

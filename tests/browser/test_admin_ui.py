@@ -17,10 +17,16 @@ import httpx
 import redis
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
+from sqlmodel import Session
 
+from app.db import make_engine
+from app.dispatch import store
+from app.dispatch.schema import DestinationIn
+from app.dispatch.secret_box import secret_box
 from app.main import create_app
 from app.profiles.history import MINUTE_MS, history_key
 from app.profiles.keys import members_key, profile_key
+from app.settings import Settings
 from app.streams import stats_key
 from tests.factories import iso, track_at
 from tests.helpers import (
@@ -68,6 +74,20 @@ def ready(page: Any) -> None:
     # an artifact, not a check: a screenshot that Chromium is slow to take is skipped
     with contextlib.suppress(PlaywrightTimeoutError):
         page.screenshot(path=str(path), full_page=True, timeout=20_000)
+
+
+def add_destination(settings: Settings, name: str, url: str) -> None:
+    """A destination stored as the API would store it (loopback allowed)."""
+    engine = make_engine(settings)
+    try:
+        with Session(engine) as db:
+            spec = DestinationIn(name=name, kind="email", url=url)
+            store.create_destination(
+                session=db, box=secret_box(settings), spec=spec, allow_private=True
+            )
+            db.commit()
+    finally:
+        engine.dispose()
 
 
 def log_in(page: Any, api: ServerThread, token: str, path: str = "/admin") -> None:
@@ -236,9 +256,12 @@ def test_a_rule_is_written_checked_previewed_saved_changed_and_rolled_back(
     ready(page)
     page.fill("#source", GOOD_RULE.replace("gt: 0", "gt: lots"))  # not a number: refused
     expect(page.locator("#check ul.problems li").first).to_contain_text(
-        "line 6 when.all[0].gt: must be a number"
+        "line 6, column 7 when.all[0].gt: must be a number"
     )
-    page.fill("#source", GOOD_RULE)
+    # the place's link selects the line from that column on: typing replaces what is there
+    page.click("#check a.line")
+    page.keyboard.type("gt: 0")
+    assert page.locator("#source").input_value() == GOOD_RULE
     expect(page.locator("#check [role=status]")).to_contain_text("its 1 example passes")
     page.click("text=Preview who matches now")
     expect(page.locator("#preview [data-stat=matched]")).to_have_text("1")
@@ -321,7 +344,9 @@ def test_events_sent_to_the_collector_show_the_customer_entering_live(
     page and in the segment on their own page, with the explanation holding."""
     flow = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "pipeline", "--no-recovery"],
-        env=pipeline_env(settings.redis_url or "", tmp_path, settings.partitions),
+        env=pipeline_env(
+            settings.redis_url or "", tmp_path, settings.partitions, settings.database_url
+        ),
         start_new_session=True,
     )
     try:
@@ -374,6 +399,7 @@ def test_no_page_has_a_serious_accessibility_violation(
     redis_client.xadd(
         "failed-events", {"received_at": now, "reason": "invalid", "source": "s", "raw": "{}"}
     )
+    add_destination(settings, "email", "http://127.0.0.1:9/hooks")
     context = browser.new_context(bypass_csp=True, viewport={"width": 1366, "height": 860})
     page = context.new_page()
     page.set_default_timeout(60_000)
@@ -396,6 +422,8 @@ def test_no_page_has_a_serious_accessibility_violation(
             "/admin/deliveries",
             "/admin/deliveries?dead=true",
             "/admin/destinations",
+            "/admin/destinations/email",
+            "/admin/templates/cart-reminder",
             "/admin/failed-events",
         ):
             page.goto(f"{api.url}{path}")
@@ -446,3 +474,104 @@ def test_a_template_is_written_refused_with_its_line_then_previewed_for_a_custom
     shown = row.locator(".result [role=status]")
     expect(shown).to_contain_text("Hi Ada")
     expect(shown).to_contain_text("Your cart holds 30")
+
+
+def test_a_destinations_url_is_edited_and_it_is_deleted_once_its_name_is_typed(
+    page, services, settings, credentials
+):
+    allowing = services.settings(SEGFLOW_ALLOW_PRIVATE_DESTINATIONS=1)
+    old, new = Receiver(), Receiver()
+    try:
+        add_destination(settings, "email", old.url.replace("/hooks", "/old"))
+        with ServerThread(create_app(allowing)) as api:
+            log_in(page, api, credentials["admin_token"], "/admin/destinations")
+            page.locator("tr[data-destination=email] >> text=Edit or delete").click()
+            page.wait_for_url(re.compile(r"/admin/destinations/email$"))
+            ready(page)
+            url = page.locator("input[name=url]")
+            assert url.input_value().endswith("/old")
+            url.fill(new.url)
+            page.click("button:has-text('Save the settings')")
+            expect(page.locator("#destination-result [role=status]")).to_contain_text(
+                "Destination email saved."
+            )
+            page.click("text=All destinations and templates")
+            page.wait_for_url(re.compile(r"/admin/destinations$"))
+            ready(page)
+            row = page.locator("tr[data-destination=email]")
+            expect(row.locator("td code")).to_have_text(new.url)
+            row.locator("text=Send a test").click()
+            expect(row.locator(".result [role=status]")).to_contain_text("Delivered: 200")
+            assert (len(old.requests), len(new.requests)) == (0, 1)  # to the new URL only
+
+            row.locator("text=Edit or delete").click()
+            page.wait_for_url(re.compile(r"/admin/destinations/email$"))
+            ready(page)
+            danger = page.locator("section.danger")
+            expect(danger).to_contain_text("Rules that send to it: cart-abandoners")
+            page.fill("#confirm", "e-mail")  # not its name: refused
+            page.click("button.bad")
+            expect(page.locator("#delete-result [role=alert]")).to_contain_text("exactly")
+            page.fill("#confirm", "email")
+            page.click("button.bad")
+            page.wait_for_url(re.compile(r"/admin/destinations$"))
+            ready(page)
+            expect(page.locator("main")).to_contain_text("No destinations yet")
+            assert page.locator("tr[data-destination=email]").count() == 0
+    finally:
+        old.close()
+        new.close()
+
+
+def test_a_template_is_edited_with_a_preview_of_the_draft_then_deleted(
+    page, api, credentials, settings, redis_client: redis.Redis
+):
+    redis_client.hset(
+        profile_key("ada"),
+        mapping={"features": '{"cart_value": 30}', "traits": '{"first_name": "Ada"}'},
+    )
+
+    def stored_text() -> str | None:
+        engine = make_engine(settings)
+        try:
+            with Session(engine) as db:
+                names = store.template_names(session=db)
+                if "cart-reminder" not in names:
+                    return None
+                return store.get_template(session=db, name="cart-reminder").sources["text"]
+        finally:
+            engine.dispose()
+
+    shipped = stored_text()
+    log_in(page, api, credentials["admin_token"], "/admin/destinations")
+    page.locator("tr[data-template=cart-reminder] >> text=Edit or delete").click()
+    page.wait_for_url(re.compile(r"/admin/templates/cart-reminder$"))
+    ready(page)
+    text = page.locator("textarea[name=text]")
+    assert text.input_value() == shipped  # the stored sources, to change
+    text.fill("Hi {{ traits.first_name }},\n{% if cart.value %}{{ cart.value }}")
+    page.click("button:has-text('Save the template')")
+    refused = page.locator("#template-result [role=alert]")
+    expect(refused).to_contain_text("field 'text' (line 2)")
+
+    text.fill("Hi {{ traits.first_name }}, your cart holds {{ cart.value }}")
+    page.fill("input[name=customer_id]", "ada")
+    page.click("button:has-text('Preview')")
+    expect(page.locator("#draft-preview [role=status]")).to_contain_text(
+        "Hi Ada, your cart holds 30"
+    )
+    assert stored_text() == shipped  # a preview saves nothing
+    page.click("button:has-text('Save the template')")
+    expect(page.locator("#template-result [role=status]")).to_contain_text(
+        "Template cart-reminder saved"
+    )
+    assert stored_text() == "Hi {{ traits.first_name }}, your cart holds {{ cart.value }}"
+
+    danger = page.locator("section.danger")
+    expect(danger).to_contain_text("Rules that send with it: cart-abandoners")
+    page.fill("#confirm", "cart-reminder")
+    page.click("button.bad")
+    page.wait_for_url(re.compile(r"/admin/destinations$"))
+    ready(page)
+    assert page.locator("tr[data-template=cart-reminder]").count() == 0
+    assert stored_text() is None

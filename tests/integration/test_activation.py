@@ -65,7 +65,9 @@ def private_api(settings: Settings) -> Iterator[tuple[ServerThread, Settings]]:
 
 
 def processes(settings: Settings) -> list[subprocess.Popen[bytes]]:
-    env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
+    env = pipeline_env(
+        settings.redis_url or "", settings.data_dir, settings.partitions, settings.database_url
+    )
     env.pop("DATABASE_URL", None)
     if settings.database_url:
         env["DATABASE_URL"] = settings.database_url
@@ -230,7 +232,9 @@ def test_a_dispatcher_killed_mid_flight_loses_no_trigger(
                 redis_client, customer, n, {"destination": "email", "template": "cart-reminder"}
             )
         )
-    env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
+    env = pipeline_env(
+        settings.redis_url or "", settings.data_dir, settings.partitions, settings.database_url
+    )
     env.pop("DATABASE_URL", None)
     if settings.database_url:
         env["DATABASE_URL"] = settings.database_url
@@ -320,7 +324,9 @@ def test_a_template_that_renders_forever_fails_its_own_delivery_and_nothing_else
         )
         for n in range(6)
     ]
-    env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
+    env = pipeline_env(
+        settings.redis_url or "", settings.data_dir, settings.partitions, settings.database_url
+    )
     env.pop("DATABASE_URL", None)
     if settings.database_url:
         env["DATABASE_URL"] = settings.database_url
@@ -348,7 +354,9 @@ def test_a_template_that_renders_forever_fails_its_own_delivery_and_nothing_else
 
 
 def dispatcher_process(settings: Settings) -> subprocess.Popen[bytes]:
-    env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
+    env = pipeline_env(
+        settings.redis_url or "", settings.data_dir, settings.partitions, settings.database_url
+    )
     env.pop("DATABASE_URL", None)
     if settings.database_url:
         env["DATABASE_URL"] = settings.database_url

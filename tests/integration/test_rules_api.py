@@ -192,6 +192,59 @@ def test_validate_answers_every_problem_without_saving(admin: Admin):
     admin.call("GET", "/api/rules/window-shoppers", status=404)
 
 
+def test_problems_name_their_line_and_column_when_validated_and_when_saved(admin: Admin):
+    nested = WINDOW_SHOPPERS.replace(
+        "  count: {event: Product Viewed, within: 10m}\n  gte: 3\n",
+        "  all:\n"
+        "    - trait: plan\n"
+        "      eq: gold\n"
+        "    - any:\n"
+        "        - count: {event: Product Viewed, within: 10m}\n"
+        "          gtee: 3\n",  # line 11, column 11
+    )
+    wanted = {
+        "rule": "window-shoppers",
+        "field": "when.all[1].any[0].gtee",
+        "line": 11,
+        "column": 11,
+    }
+    verdict = admin.call("POST", "/api/rules/validate", yaml=nested)
+    assert verdict["valid"] is False
+    (checked,) = verdict["problems"]
+    assert set(checked) == {"rule", "field", "line", "column", "message"}
+    assert {k: checked[k] for k in wanted} == wanted
+    assert "did you mean 'gte'?" in checked["message"]
+    (refused,) = admin.call("POST", "/api/rules", yaml=nested, status=422)["detail"]
+    assert refused == checked  # a save refuses with the same words and place
+
+    indented = WINDOW_SHOPPERS.replace("  gte: 3", "   gte: 3")
+    (broken,) = admin.call("POST", "/api/rules/validate", yaml=indented)["problems"]
+    assert (broken["field"], broken["line"], broken["column"]) == (None, 7, 4)
+    assert "not valid YAML" in broken["message"]
+
+    # found on the parsed rule (no segment keeps that id), placed in its text all the same
+    reads_nobody = WINDOW_SHOPPERS.split("examples:")[0].replace(
+        "  count: {event: Product Viewed, within: 10m}\n  gte: 3\n",
+        "  all:\n    - segment: no-such-segment\n",
+    )
+    (unknown,) = admin.call("POST", "/api/rules", yaml=reads_nobody, status=422)["detail"]
+    assert (unknown["field"], unknown["line"], unknown["column"]) == ("when.all[0].segment", 7, 7)
+
+    wrong_example = WINDOW_SHOPPERS.replace("{at: 10m, kind: exit}", "{at: 11m, kind: exit}")
+    (example,) = admin.call("POST", "/api/rules", yaml=wrong_example, status=422)["detail"]
+    assert (example["field"], example["line"], example["column"]) == ("examples[0]", 9, 5)
+
+    sends = WINDOW_SHOPPERS.split("examples:")[0] + (
+        "on_enter:\n  - send: {destination: nowhere, template: cart-reminder}\n"
+    )
+    (warning,) = admin.call("POST", "/api/rules/validate", yaml=sends)["warnings"]
+    assert (warning["field"], warning["line"], warning["column"]) == (
+        "on_enter[0].send.destination",
+        9,
+        12,
+    )
+
+
 def test_preview_and_explain_read_the_profiles_the_dataflow_wrote(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path, admin: Admin
 ):
@@ -252,7 +305,9 @@ def test_the_running_dataflow_follows_saved_rules(
 ):
     """Create a rule, the customer enters; edit it, they exit under the new version; roll
     back, they enter again: each within seconds, without restarting the dataflow."""
-    env = pipeline_env(settings.redis_url or "", tmp_path, settings.partitions)
+    env = pipeline_env(
+        settings.redis_url or "", tmp_path, settings.partitions, settings.database_url
+    )
     env.pop("DATABASE_URL", None)  # the rules are in the backend's database
     if settings.database_url:
         env["DATABASE_URL"] = settings.database_url

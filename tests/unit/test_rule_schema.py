@@ -32,6 +32,7 @@ from app.rules.schema import (
     leaves,
     load_rules_dir,
     parse_rule,
+    position_of,
     snapshot_key,
 )
 from tests.strategies import conditions, rule_models
@@ -454,6 +455,148 @@ def test_every_problem_is_reported_not_only_the_first() -> None:
         ("when.all[0].feature", 5),
         ("when.all[1].count.within", 7),
     ]
+
+
+# --- where: line and column --------------------------------------------------------------------
+
+
+def text_at(text: str, line: int, column: int) -> str:
+    """What the text holds from a 1-based line and column to the end of that line."""
+    return text.splitlines()[line - 1][column - 1 :]
+
+
+NESTED = (
+    "id: x\n"
+    "name: X\n"
+    "when:\n"
+    "  all:\n"
+    "    - trait: plan\n"
+    "      eq: gold\n"
+    "    - any:\n"
+    "        - feature: cart_value\n"
+    "          gt: 10\n"  # line 9, the comparator's key at column 11
+    "        - count: {event: Product Viewed, within: 1d}\n"
+    "          gte: 3\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "field", "message"),
+    [
+        pytest.param("gtt: 10", "when.all[1].any[0].gtt", "did you mean 'gt'?", id="misspelt"),
+        pytest.param("gt: lots", "when.all[1].any[0].gt", "must be a number", id="not a number"),
+        pytest.param("in: []", "when.all[1].any[0].in", "at least one value", id="empty in"),
+    ],
+)
+def test_a_wrong_comparator_deep_in_all_and_any_is_placed_at_its_line_and_column(
+    wrong: str, field: str, message: str
+) -> None:
+    text = NESTED.replace("gt: 10", wrong)
+
+    problem = only_problem(text)
+
+    assert (problem.field, problem.line, problem.column) == (field, 9, 11)
+    assert text_at(text, 9, 11) == wrong
+    assert message in problem.message
+
+
+def test_an_unknown_feature_is_placed_at_its_key() -> None:
+    text = NESTED.replace("feature: cart_value", "feature: cart_valu")
+
+    problem = only_problem(text)
+
+    assert (problem.field, problem.line, problem.column) == ("when.all[1].any[0].feature", 8, 11)
+    assert text_at(text, 8, 11) == "feature: cart_valu"
+    assert "did you mean 'cart_value'" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("indented", "line", "column", "there", "message"),
+    [
+        pytest.param(
+            "     gt: 10",  # one space short of the item's other key
+            9,
+            6,
+            "gt: 10",
+            "expected <block end>, but found '<block mapping start>'",
+            id="less",
+        ),
+        pytest.param(
+            "            gt: 10",  # deeper: read as the previous value going on
+            9,
+            15,
+            ": 10",
+            "mapping values are not allowed here",
+            id="more",
+        ),
+    ],
+)
+def test_a_yaml_indentation_error_is_placed_where_yaml_stopped(
+    indented: str, line: int, column: int, there: str, message: str
+) -> None:
+    text = NESTED.replace("          gt: 10", indented)
+
+    problem = only_problem(text)
+
+    assert (problem.rule_id, problem.field, problem.line, problem.column) == (
+        "x",
+        None,
+        line,
+        column,
+    )
+    assert text_at(text, line, column) == there
+    assert message in problem.message
+
+
+def test_json_problems_have_columns_too() -> None:
+    text = '{"id": "x", "name": "X",\n "when": {"trait": "plan", "eq": ["gold"]}}'
+
+    problem = only_problem(text)
+
+    assert (problem.field, problem.line, problem.column) == ("when.eq", 2, 28)
+    assert text_at(text, 2, 28).startswith('"eq": ["gold"]')
+
+
+def test_a_key_given_twice_and_an_alias_are_placed() -> None:
+    twice = only_problem(rule_text("  trait: plan\n  eq: gold\n  eq: silver\n"))
+    alias = only_problem(rule_text("  trait: &t plan\n  eq: *t\n"))
+
+    assert (twice.line, twice.column) == (6, 3)
+    assert (alias.line, alias.column) == (5, 7)
+
+
+def test_a_problem_found_on_the_parsed_rule_is_placed_in_its_text() -> None:
+    text = NESTED.replace("- trait: plan\n      eq: gold", "- segment: loyal-customer")
+    rule = parse_rule(text)
+    with pytest.raises(RuleError) as caught:
+        check_rule_set([rule])
+    (found,) = caught.value.problems
+    assert (found.field, found.line, found.column) == ("when.all[0].segment", None, None)
+
+    placed = found.placed(text)
+
+    assert (placed.field, placed.line, placed.column) == ("when.all[0].segment", 5, 7)
+    assert placed.placed(NESTED) == placed  # a placed problem keeps its place
+    assert found.placed(None) == found
+
+
+def test_a_set_problem_read_from_files_has_its_column(tmp_path: Path) -> None:
+    write_rules(tmp_path, a=NESTED.replace("- trait: plan\n      eq: gold", "- segment: b"))
+
+    with pytest.raises(RuleError) as caught:
+        load_rules_dir(tmp_path)
+
+    (problem,) = caught.value.problems
+    assert (problem.field, problem.line, problem.column) == ("when.all[0].segment", 5, 7)
+
+
+def test_position_of_a_field_is_its_keys_or_its_items_start() -> None:
+    assert position_of(NESTED, "when.all[1].any[1].gte") == (11, 11)
+    assert position_of(NESTED, ("when", "all", 1, "any", 1)) == (10, 11)
+    assert position_of(NESTED, "when.all[1].any[9]") == (7, 7)  # the nearest enclosing value
+    assert position_of(NESTED, "when.all[0].trait.deeper") == (5, 7)
+    assert position_of("name: [", "when") is None
+    assert position_of(None, "when") is None
 
 
 @pytest.mark.parametrize(
