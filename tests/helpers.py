@@ -346,14 +346,27 @@ def append_with_kills(
         stop(pipeline)
 
 
-def write_profiles(redis_url: str, customers: Any, *, at: int = 0) -> None:
+def write_profiles(
+    redis_url: str,
+    customers: Any,
+    *,
+    at: int = 0,
+    segments: frozenset[str] = frozenset(),
+    outlier: bool | None = None,
+) -> None:
     """Customers (``tests.cluster_personas.Customer``: an id and features) as profiles, written
-    by the dataflow's own sink (no traits, no events)."""
+    by the dataflow's own sink (no traits, no events; these segments, ``cluster:<id>`` among
+    them, and outlier flag)."""
     from pipelines.records import ProfileUpdate
     from pipelines.sinks import ProfileSink
 
     sink = ProfileSink(redis_url).build("profiles", 1, 2)  # not worker 0: no erasure finisher
     try:
-        sink.write_batch([ProfileUpdate(c.id, at, dict(c.features), {}) for c in customers])
+        sink.write_batch(
+            [
+                ProfileUpdate(c.id, at, dict(c.features), {}, segments=segments, outlier=outlier)
+                for c in customers
+            ]
+        )
     finally:
         sink.close()

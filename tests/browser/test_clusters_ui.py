@@ -79,6 +79,21 @@ def test_clusters_are_refitted_pictured_renamed_and_the_name_kept(
         expect(page.locator("h1")).to_have_text("VIP <shoppers>")
         expect(page.locator("section", has_text="Its centre")).to_contain_text("monetary_90d")
 
+        # a customer in that cluster, flagged an outlier (as the dataflow's sink writes them)
+        (odd,) = population(1, seed=32)
+        write_profiles(
+            str(settings.redis_url),
+            [odd],
+            segments=frozenset({f"cluster:{cluster_id}"}),
+            outlier=True,
+        )
+        page.goto(f"{api.url}/admin/customers/{odd.id}")
+        ready(page)
+        expect(page.locator("[data-stat=cluster]")).to_have_text("VIP <shoppers>")
+        expect(page.locator("[data-stat=outlier]")).to_have_text("outlier")
+        page.click("[data-stat=cluster] a")
+        page.wait_for_url(re.compile(rf"/admin/clusters/{cluster_id}$"))
+
         context = browser.new_context(bypass_csp=True, viewport={"width": 1366, "height": 860})
         checked = context.new_page()
         checked.set_default_timeout(60_000)
@@ -90,6 +105,9 @@ def test_clusters_are_refitted_pictured_renamed_and_the_name_kept(
             checked.goto(f"{api.url}/admin/clusters/{cluster_id}")
             checked.locator("body[data-ready]").wait_for(state="attached")
             found[f"/admin/clusters/{cluster_id}"] = audit(checked)
+            checked.goto(f"{api.url}/admin/customers/{odd.id}")
+            checked.locator("body[data-ready]").wait_for(state="attached")
+            found[f"/admin/customers/{odd.id}"] = audit(checked)
         finally:
             context.close()
         problems = [f"{path}: {v}" for path, there in found.items() for v in there]

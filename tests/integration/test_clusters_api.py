@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
+import subprocess
+import sys
 import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -25,10 +31,23 @@ from app.clustering.model import ClusterModel
 from app.db import make_engine
 from app.main import create_app
 from app.models import ClusterName
+from app.profiles.keys import members_key, profile_key
 from app.settings import Settings
 from tests.cluster_personas import Customer, drift, population
 from tests.conftest import Services
-from tests.helpers import ServerThread, wait_for, write_profiles
+from tests.helpers import ServerThread, pipeline_env, wait_for, write_profiles
+from tests.integration.test_clusters_live import PERSONAS as LIVE_PERSONAS
+from tests.integration.test_clusters_live import _event
+from tests.integration.test_clusters_live import _persona_events as persona_events
+from tests.integration.test_clusters_live import _send as send
+from tests.integration.test_erasure import mentions
+
+MINUTE = 60_000
+
+
+def live_event(user: str, event: str, at: int, **properties: Any) -> dict[str, Any]:
+    """A track call whose messageId says nothing about its sender (a uuid, as SDKs do)."""
+    return {**_event(user, event, at, **properties), "messageId": str(uuid.uuid4())}
 
 
 @pytest.fixture
@@ -290,3 +309,137 @@ def test_refits_run_on_schedule_once_there_are_enough_profiles(
         wait_for(lambda: refits(), timeout_s=120, what="a scheduled refit")
         assert {r["reason"] for r in refits()} == {"schedule"}
         assert ok(httpx.get(f"{api.url}/api/clusters", headers=headers))["items"]
+
+
+@pytest.fixture
+def pipeline(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """`segflow pipeline` on the backend's Redis and SQL."""
+    env = pipeline_env(
+        settings.redis_url or "", settings.data_dir, settings.partitions, settings.database_url
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "pipeline", "--no-recovery"],
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, 9)
+        process.wait()
+
+
+def test_live_members_profiles_turnover_and_erasure_of_a_clustered_customer(
+    admin: httpx.Client,
+    api: Any,
+    settings: Settings,
+    redis_client: redis.Redis,
+    credentials: dict[str, str],
+    pipeline: subprocess.Popen[bytes],
+):
+    """Shoppers of three kinds through the collector and a running dataflow; a refit through
+    the API; the clusters' members, the profiles' cluster and outlier flag as the dataflow
+    assigned them; a customer who moves cluster counts in the turnover; erased, nothing in
+    Redis names them."""
+    rng = random.Random(51)
+    now = time.time_ns() // 1_000_000
+    people = {f"{persona}-{i}": persona for i in range(70) for persona in LIVE_PERSONAS}
+    messages = [
+        m
+        for user, kind in people.items()
+        for m in persona_events(user, kind, now - 20 * MINUTE, rng)
+    ]
+    send(api, credentials["write_key"], messages)
+    wait_for(
+        lambda: all(redis_client.exists(profile_key(user)) for user in people),
+        timeout_s=180,
+        what="every customer's profile",
+    )
+    fitted = ok(admin.post("/api/clusters/refit", json={"algorithms": ["kmeans"]}))
+
+    def profile(user: str) -> dict[str, Any]:
+        return ok(admin.get(f"/api/customers/{user}"))
+
+    def assigned() -> bool:
+        fields = [redis_client.hget(profile_key(user), "outlier") for user in people]
+        return all(value in (b"0", b"1") for value in fields)
+
+    wait_for(assigned, timeout_s=120, what="every customer assigned by the model")
+    shown = {user: profile(user) for user in people}
+    for user, found in shown.items():
+        assert not [s for s in found["segments"] if s.startswith("cluster:")], found
+        raw = redis_client.hget(profile_key(user), "outlier")
+        assert found["outlier"] is (raw == b"1")
+    clustered = {user: found["cluster"] for user, found in shown.items() if found["cluster"]}
+    assert len(clustered) == len(people)  # k-means: everyone in a cluster
+    view = ok(admin.get("/api/clusters"))
+    assert view["version"] == fitted["version"]
+    for item in view["items"]:
+        expected = {user for user, cluster in clustered.items() if cluster == item["id"]}
+        assert item["size"] == len(expected)
+        members: set[str] = set()
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 10} | ({"cursor": cursor} if cursor else {})
+            page = ok(admin.get(f"/api/clusters/{item['id']}/members", params=params))
+            members |= set(page["items"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert members == expected
+    assert view["turnover"]["assigned"] == len(people)
+
+    # a new customer fills a cart, then orders: they move from the carters' cluster to the
+    # buyers', a move the turnover counts
+    def home(persona: str) -> str:
+        found = Counter(c for u, c in clustered.items() if people[u] == persona)
+        return str(found.most_common(1)[0][0])
+
+    mover, start = "mover", now - 5 * MINUTE
+    carting = [
+        live_event(mover, "Product Viewed", start, product_id="h1", category="home", price=70),
+        live_event(mover, "Product Viewed", start + 1, product_id="h2", category="home", price=70),
+        *(
+            live_event(mover, "Product Added", start + 10_000 * i, product_id=f"h{i}", price=70)
+            for i in range(1, 5)
+        ),
+    ]
+    send(api, credentials["write_key"], carting)
+    wait_for(
+        lambda: (
+            admin.get(f"/api/customers/{mover}").status_code == 200
+            and profile(mover)["cluster"] == home("carter")
+        ),
+        timeout_s=120,
+        what="the new customer among the carters",
+    )
+    order_at = start + 2 * MINUTE
+    buying = [
+        live_event(mover, "Product Viewed", order_at - 2, product_id="e1", category="electronics"),
+        live_event(mover, "Product Viewed", order_at - 1, product_id="e2", category="electronics"),
+        live_event(mover, "Order Completed", order_at, revenue=500, order_id="o1"),
+    ]
+    send(api, credentials["write_key"], buying)
+    wait_for(
+        lambda: profile(mover)["cluster"] == home("buyer"),
+        timeout_s=120,
+        what="the customer moved among the buyers",
+    )
+    turnover = ok(admin.get("/api/clusters"))["turnover"]
+    assert turnover["moved_24h"] == 1
+    assert turnover["share_24h"] == round(1 / (len(people) + 1), 4)
+    assert redis_client.zscore(store.MOVES_KEY, mover) == order_at
+
+    erased = admin.delete(f"/api/customers/{mover}")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["cluster"] == home("buyer")
+    # at once, before the dataflow reads the erasure: out of the turnover and the members
+    assert redis_client.zscore(store.MOVES_KEY, mover) is None
+    assert not redis_client.sismember(members_key(f"cluster:{home('buyer')}"), mover)
+    wait_for(
+        lambda: mentions(redis_client, mover) == [],
+        timeout_s=120,
+        what="nothing in Redis names the erased customer",
+    )
+    turnover = ok(admin.get("/api/clusters"))["turnover"]
+    assert (turnover["moved_24h"], turnover["assigned"]) == (0, len(people))
