@@ -4,12 +4,14 @@ Time is cut into intervals from the epoch (every hour on the hour by default). I
 first API process to claim it (``SET NX`` of the interval's key, so one of several processes)
 refits in a thread, unless a refit (the API's, ``segflow cluster fit``) already published a
 model during that interval. While there are too few profiles, or another refit is under way,
-the interval is skipped with one log line.
+the interval is skipped with one log line. When the API stops, a refit under way is finished
+first (a thread cannot be stopped).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -58,8 +60,16 @@ async def refit_in_interval(
             "scheduled cluster refit skipped: model %d was fitted in this interval", model.version
         )
         return False
+    running = asyncio.ensure_future(asyncio.to_thread(refit))
     try:
-        await asyncio.to_thread(refit)
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        # A thread cannot be stopped: the refit ends before the process lets go of what it
+        # uses (the SQL engine, the refit lock); the process could not exit before it anyway.
+        await asyncio.wait([running])
+        with contextlib.suppress(Exception):
+            running.result()
+        raise
     except TooFewProfiles as error:
         log.info("scheduled cluster refit skipped: %s", error)
         return False

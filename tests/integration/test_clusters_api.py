@@ -289,6 +289,7 @@ def test_of_several_api_processes_one_refits_per_interval(
 def test_refits_run_on_schedule_once_there_are_enough_profiles(
     services: Services,
     settings: Settings,
+    redis_client: redis.Redis,
     credentials: dict[str, str],
     caplog: pytest.LogCaptureFixture,
 ):
@@ -309,6 +310,8 @@ def test_refits_run_on_schedule_once_there_are_enough_profiles(
         wait_for(lambda: refits(), timeout_s=120, what="a scheduled refit")
         assert {r["reason"] for r in refits()} == {"schedule"}
         assert ok(httpx.get(f"{api.url}/api/clusters", headers=headers))["items"]
+    # stopped, the API finished the refit under way: none runs on behind it
+    assert not redis_client.exists(store.REFIT_LOCK_KEY)
 
 
 @pytest.fixture
