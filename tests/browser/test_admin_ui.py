@@ -63,7 +63,7 @@ def ready(page: Any) -> None:
     Its screenshot is saved (tests/browser/conftest.py says where)."""
     page.locator("body[data-ready]").wait_for(state="attached")
     folder, test = page.screenshots
-    name = re.sub(r"[^a-z0-9]+", "-", page.url.split("/admin", 1)[-1].lower()).strip("-")
+    name = re.sub(r"[^a-z0-9]+", "-", page.url.split("/admin", 1)[-1].lower()).strip("-")[:80]
     path = folder / f"{test}--{name or 'overview'}.png"
     # an artifact, not a check: a screenshot that Chromium is slow to take is skipped
     with contextlib.suppress(PlaywrightTimeoutError):
@@ -319,9 +319,13 @@ def test_events_sent_to_the_collector_show_the_customer_entering_live(
 ):
     """Five views through the collector, a running dataflow: the customer is on the segment's
     page and in the segment on their own page, with the explanation holding."""
+    env = pipeline_env(settings.redis_url or "", tmp_path, settings.partitions)
+    env.pop("DATABASE_URL", None)  # the backend's database, not the one the run was given
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
     flow = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "pipeline", "--no-recovery"],
-        env=pipeline_env(settings.redis_url or "", tmp_path, settings.partitions),
+        env=env,
         start_new_session=True,
     )
     try:
