@@ -69,7 +69,7 @@ def ready(page: Any) -> None:
     Its screenshot is saved (tests/browser/conftest.py says where)."""
     page.locator("body[data-ready]").wait_for(state="attached")
     folder, test = page.screenshots
-    name = re.sub(r"[^a-z0-9]+", "-", page.url.split("/admin", 1)[-1].lower()).strip("-")
+    name = re.sub(r"[^a-z0-9]+", "-", page.url.split("/admin", 1)[-1].lower()).strip("-")[:80]
     path = folder / f"{test}--{name or 'overview'}.png"
     # an artifact, not a check: a screenshot that Chromium is slow to take is skipped
     with contextlib.suppress(PlaywrightTimeoutError):
