@@ -6,6 +6,7 @@ stream's slot guards the append)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from app.events import StreamEntry
+from app.profiles import moves
 from app.profiles.keys import (
+    MOVES_INDEX_KEY,
     TRIGGERS_KEY,
     corrections_key,
     members_key,
+    moves_key,
     profile_key,
     recent_events_key,
     retracted_key,
@@ -205,6 +209,40 @@ class _Batch:
                 recent[_shown(event)] = int(event["timestamp"])
 
 
+class _SegmentMoves:
+    """A batch's transitions by segment and kind, written to the segments' moves
+    (``app.profiles.moves``) with a few commands a segment: those retracted removed, the
+    others added, then each set trimmed to its bounds."""
+
+    def __init__(self) -> None:
+        # (segment, kind) -> (members removed, (at, member) added)
+        self._changes: dict[tuple[str, str], tuple[list[str], list[tuple[int, str]]]] = {}
+
+    def add(self, customer_id: str, transition: Transition, kept: bool) -> None:
+        removed, added = self._changes.setdefault((transition.segment, transition.kind), ([], []))
+        member = moves.member(customer_id, transition.at, transition.rule_version)
+        if kept:
+            added.append((transition.at, member))
+        else:
+            removed.append(member)
+
+    def write(self, pipeline: PackedPipeline) -> None:
+        if not self._changes:
+            return
+        for (segment, kind), (removed, added) in self._changes.items():
+            key = moves_key(segment, kind)
+            if removed:
+                pipeline.command("ZREM", key, *removed)
+            if added:
+                pipeline.command("ZADD", key, *(x for pair in added for x in pair))
+                # kept: the moves of the 2 days of event time before the newest written here
+                # (a replay's old ones too, for as long), and the newest KEPT of those
+                newest = max(at for at, _ in added)
+                pipeline.command("ZREMRANGEBYSCORE", key, "-inf", f"({newest - moves.KEEP_MS}")
+                pipeline.command("ZREMRANGEBYRANK", key, 0, -moves.KEPT - 1)
+        pipeline.command("SADD", MOVES_INDEX_KEY, *{segment for segment, _ in self._changes})
+
+
 class _ProfilePartition(StatelessSinkPartition[Any]):
     def __init__(
         self, url: str, recovery_dir: Path | None, finisher: ErasureFinisher | None
@@ -247,9 +285,13 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         self._redis.send()
 
     def _write(self, batch: _Batch) -> None:
+        erased = [customer_id for customer_id, update in batch.profiles.items() if update is None]
+        listed = self._listed_transitions(erased) if erased else {}
+        segment_moves = _SegmentMoves()
         for customer_id, update in batch.profiles.items():
             if update is None:
-                self._forget(customer_id, batch.left.get(customer_id, frozenset()))
+                left = batch.left.get(customer_id, frozenset())
+                self._forget(customer_id, left, listed.get(customer_id, ()))
                 continue
             events = batch.recent.get(customer_id, {})
             changed = batch.transitions.get(customer_id)
@@ -258,6 +300,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             if changed:  # most customers of a batch have none
                 for member, (transition, kept) in changed.items():
                     (added if kept else retracted).append((member, transition))
+                    segment_moves.add(customer_id, transition, kept)
             self._redis.script(
                 _WRITE_PROFILE,
                 [
@@ -295,6 +338,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                     orjson.dumps(correction.shown()),
                 )
                 self._trim(corrections_key(customer_id), CORRECTIONS_KEPT)
+        segment_moves.write(self._redis)
         if batch.progress:  # after the profiles, on the same connection: progress implies them
             progress = batch.progress.items()
             self._redis.command("HSET", PROGRESS_KEY, *(x for p in progress for x in p))
@@ -324,6 +368,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             if not members:
                 continue
             if key is transitions_key:
+                self._rekey_moves(anonymous, into, [member for member, _ in members])
                 members = [(_moved(member, anonymous), score) for member, score in members]
             self._redis.command(
                 "ZADD", key(into), *(x for member, score in members for x in (int(score), member))
@@ -333,16 +378,41 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             self._redis.command("SADD", members_key(segment), into)  # evaluated from there
         self._forget(anonymous, merged.segments)
 
+    def _rekey_moves(self, anonymous: str, into: str, listed: list[bytes]) -> None:
+        """The segments' moves the anonymous customer's transitions list names become the
+        known customer's (the same instants and rule versions)."""
+        for key, members in moves.moves_of(anonymous, listed).items():
+            self._redis.command("ZREM", key, *members)
+            instants = [moves.parse(member)[:2] for member in members]
+            renamed = [(at, moves.member(into, at, version)) for at, version in instants]
+            self._redis.command("ZADD", key, *(x for pair in renamed for x in pair))
+
+    def _listed_transitions(self, customer_ids: list[str]) -> dict[str, list[bytes]]:
+        """The customers' transitions lists as written so far (what is queued is written
+        first): erasures are rare, so reading here costs the flow nothing that matters."""
+        self._redis.send()
+        self._redis.flush()
+        with self._client.pipeline(transaction=False) as pipe:
+            for customer_id in customer_ids:
+                pipe.zrange(transitions_key(customer_id), 0, -1)
+            found: list[list[bytes]] = pipe.execute()
+        return dict(zip(customer_ids, found, strict=True))
+
     def _trim(self, key: str, most: int) -> None:
         self._redis.command("ZREMRANGEBYRANK", key, 0, -most - 1)
 
-    def _forget(self, customer_id: str, segments: frozenset[str]) -> None:
+    def _forget(
+        self, customer_id: str, segments: frozenset[str], listed: Sequence[bytes] = ()
+    ) -> None:
         """An erased customer: every key about them, one a call (they may be in different
-        cluster slots), and their place in every segment."""
+        cluster slots), their place in every segment, and the segments' moves their
+        transitions list (``listed``) names (``ErasureFinisher`` sweeps for any other)."""
         for key in (profile_key, recent_events_key, transitions_key, corrections_key):
             self._redis.command("DEL", key(customer_id))
         for segment in segments:
             self._redis.command("SREM", members_key(segment), customer_id)
+        for moves_set, members in moves.moves_of(customer_id, listed).items():
+            self._redis.command("ZREM", moves_set, *members)
 
     def _trigger(self, customer_id: str, transition: Transition) -> None:
         """Each action of an enter / exit, once in the triggers stream (replayed output finds
