@@ -59,6 +59,7 @@ class ProfileUpdate:
     segments: frozenset[str] = frozenset()
     transitions: tuple[Transition, ...] = ()
     correction: Correction | None = None  # a late event changed transitions already written
+    shard: str = ""  # the shard that emitted it (set on its way to the sink)
 
 
 @dataclass

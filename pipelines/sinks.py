@@ -31,6 +31,9 @@ from app.profiles.keys import (
     trigger_marker_key,
 )
 from app.streams import (
+    DELAY_MARKS_KEY,
+    DELAY_SAMPLES_KEPT,
+    DELAY_SAMPLES_KEY,
     EVENT_FIELD,
     FAILED_EVENTS_KEY,
     PROGRESS_KEY,
@@ -99,6 +102,30 @@ if i <= #ARGV then
 end
 return 1
 """.replace("TRANSITIONS_KEPT", str(TRANSITIONS_KEPT))
+
+# One call per written batch with live events, after its writes on the same connection (so
+# Redis runs it once they are applied): a shard's newest accept time that is newer than the one
+# measured before (not output replayed after a crash, nor streams read again) is measured, and
+# the delay from the newest of those to now (Redis's clock) is kept with that instant.
+# KEYS: samples, marks; ARGV: samples kept, then (shard, newest received_at) per shard.
+_MEASURE_DELAY = """
+local newest = nil
+for i = 2, #ARGV, 2 do
+  local accepted = tonumber(ARGV[i + 1])
+  local mark = redis.call('HGET', KEYS[2], ARGV[i])
+  if not mark or accepted > tonumber(mark) then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    if not newest or accepted > newest then newest = accepted end
+  end
+end
+if newest then
+  local now = redis.call('TIME')
+  local done = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('LPUSH', KEYS[1], string.format('%d:%d', done, done - newest))
+  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+end
+return 1
+"""
 
 
 class PackedPipeline:
@@ -175,7 +202,7 @@ class _Batch:
     batch, and only their last profile is written, with every event of the batch in their
     recent events (unless they were erased after it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, accepted: dict[str, int] | None = None) -> None:
         self.profiles: dict[str, ProfileUpdate | None] = {}  # None: erased
         self.recent: dict[str, dict[bytes, int]] = {}
         # per customer, each transition member's last word: added (with it) or retracted
@@ -183,6 +210,8 @@ class _Batch:
         self.corrections: dict[str, list[Correction]] = {}
         self.left: dict[str, frozenset[str]] = {}  # erased customers' segments
         self.progress: dict[str, bytes] = {}
+        # per shard, its newest live event's received_at (shared by a call's batches)
+        self.accepted: dict[str, int] = {} if accepted is None else accepted
 
     def add(self, item: ProfileUpdate | Erased) -> None:
         customer_id = item.customer_id
@@ -205,8 +234,13 @@ class _Batch:
                 changes[orjson.dumps(transition.shown())] = (transition, True)
         if item.events:
             recent = self.recent.setdefault(customer_id, {})
+            newest = self.accepted.get(item.shard, 0)
             for event in item.events:
                 recent[_shown(event)] = int(event["timestamp"])
+                if not event.get("replay"):  # the collector's (a replay's names its lane)
+                    newest = max(newest, event.get("received_at") or 0)
+            if newest:
+                self.accepted[item.shard] = newest
 
 
 class _SegmentMoves:
@@ -248,12 +282,13 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         self, url: str, recovery_dir: Path | None, finisher: ErasureFinisher | None
     ) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=10)
-        self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE)
+        self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE, _MEASURE_DELAY)
         self._recovery_dir = recovery_dir
         self._finisher = finisher
 
     def write_batch(self, items: list[Any]) -> None:
         batch = _Batch()
+        accepted = batch.accepted  # the whole call's, across the batches it writes
         for item in items:
             if isinstance(item, ProfileUpdate | Erased):
                 batch.add(item)
@@ -271,17 +306,23 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 )
             elif isinstance(item, Merged):  # rare: what came before it is written first
                 self._write(batch)
-                batch = _Batch()
+                batch = _Batch(accepted)
                 self._move(item)
             elif isinstance(item, ShardProgress):
                 batch.progress[item.shard] = orjson.dumps([item.processed, item.newest])
             elif isinstance(item, ErasureSeen):  # finished once recovery is past it
                 self._write(batch)  # after the profile's deletion
-                batch = _Batch()
+                batch = _Batch(accepted)
                 field = pending_field(item.partition, item.entry_id)
                 epoch = committed_epoch(self._recovery_dir)
                 self._redis.command("HSETNX", PENDING_KEY, field, epoch)
         self._write(batch)
+        if accepted:  # after every write of the call, on the same connection
+            self._redis.script(
+                _MEASURE_DELAY,
+                [DELAY_SAMPLES_KEY, DELAY_MARKS_KEY],
+                [DELAY_SAMPLES_KEPT, *(x for pair in accepted.items() for x in pair)],
+            )
         self._redis.send()
 
     def _write(self, batch: _Batch) -> None:

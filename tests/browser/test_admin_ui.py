@@ -366,6 +366,12 @@ def test_events_sent_to_the_collector_show_the_customer_entering_live(
         assert why.locator("summary").inner_text().startswith("in")
         expect(why.locator("li.cond").first).to_have_class("cond holds")  # open: it is in
         assert "Product Viewed" in page.locator("section", has_text="Recent events").inner_text()
+        # the overview measured how long her views took from the collector to the segment
+        page.goto(f"{api.url}/admin")
+        delay = page.locator("[data-stat=delay-p50]")
+        expect(delay).to_have_attribute("data-value", re.compile(r"^\d+$"))
+        assert 0 <= int(delay.get_attribute("data-value") or "") < 120_000
+        expect(page.locator("[data-stat=delay-samples]")).to_have_text(re.compile(r"^[1-9]"))
     finally:
         os.killpg(flow.pid, 9)
         flow.wait()
