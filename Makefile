@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# `make up DEMO=1` adds the simulated shop (`segflow up --demo`).
 up: $(STAMP)
-	$(BIN)/segflow up --port $(PORT)
+	$(BIN)/segflow up --port $(PORT)$(if $(DEMO), --demo)
 
 # Tests write nothing into the checkout: no bytecode, no pytest cache (pyproject.toml), hypothesis's
 # examples in the temporary directory (tests/conftest.py), data in each test's own directory.

@@ -227,7 +227,18 @@ def _serve(
         specs.append(
             ProcessSpec(
                 "demo-shop",
-                [sys.executable, "-m", "app.cli", "demo", "--url", base, "--wait", "120"],
+                [
+                    sys.executable,
+                    "-m",
+                    "app.cli",
+                    "demo",
+                    "--url",
+                    base,
+                    "--rate",
+                    f"{DEMO_RATE:g}",
+                    "--wait",
+                    "120",
+                ],
                 {DEMO_KEY_VARIABLE: first.demo_shop_key},
             )
         )
@@ -238,20 +249,31 @@ def _serve(
     def announce() -> None:
         _wait_until_up(f"{base}/healthz")
         click.echo(f"Segflow is up at {base}")
-        click.echo(f"  admin UI: {base}/admin (log in with the admin token)")
-        click.echo(f"  API docs: {base}/docs")
+        click.echo(f"  admin UI: {base}/admin (log in there with the admin token)")
         if first.admin_token:
             click.echo(f"  admin token (shown once, keep it): {first.admin_token}")
-        elif settings.admin_token is None:
-            click.echo("  admin token: the one printed at first start (`segflow token create`)")
+        elif settings.admin_token is not None:
+            click.echo("  admin token: the value of SEGFLOW_ADMIN_TOKEN")
+        else:
+            click.echo(
+                "  admin token: the one printed at first start "
+                "(lost it? `segflow token create NAME` prints a new one)"
+            )
+        click.echo(f"  API docs: {base}/docs")
         if first.demo_write_key:
             click.echo(f"  demo write key (shown once): {first.demo_write_key}")
+        if first.demo_shop_key:
+            click.echo(
+                f"  demo shop: simulated shoppers send about {DEMO_RATE:g} events/s; "
+                f"segments fill within a minute: {base}/admin/segments"
+            )
         click.echo("Press Ctrl-C to stop.")
 
     supervisor.run(on_started=announce)
 
 
 DEMO_SHOP_SOURCE = "demo-shop"
+DEMO_RATE = 20.0  # events per second from `segflow up --demo`'s simulated shop
 DEMO_KEY_VARIABLE = "SEGFLOW_DEMO_WRITE_KEY"
 
 
@@ -673,7 +695,7 @@ def cluster_show() -> None:
 )
 @click.option(
     "--rate",
-    default=20.0,
+    default=DEMO_RATE,
     show_default=True,
     type=click.FloatRange(0.1, 10_000),
     help="Events per second.",

@@ -31,6 +31,12 @@ ALIVE_KEY = "dataflow-alive"  # set by the running dataflow's source, expiring: 
 ALIVE_TTL_S = 10
 PROGRESS_KEY = "dataflow-progress"  # hash: shard -> [entries processed, newest event time]
 EVENT_FIELD = "e"
+# Accept-to-membership delay (``app.ingest.status``), measured by the dataflow's sink: its
+# newest samples ("<done ms>:<delay ms>", newest first), and per shard the newest accept time
+# measured, so output replayed after a crash or streams read again add no sample.
+DELAY_SAMPLES_KEY = "{membership-delay}:samples"
+DELAY_MARKS_KEY = "{membership-delay}:marks"
+DELAY_SAMPLES_KEPT = 1_000
 
 
 def stream_key(partition: int) -> str:

@@ -3,8 +3,9 @@
     .venv/bin/python bench/admin_pages.py [--profiles 100000] [--rules 20] [--requests 200]
 
 A fresh embedded Redis and SQLite file get ``--profiles`` customer profiles, ``--rules`` rules
-(the shipped ones and generated ones), each segment's members (about 5 % of the customers)
-and a week of its size history at minute resolution. Then a real API server on loopback is
+(the shipped ones and generated ones), each segment's members (about 5 % of the customers),
+a week of its size history at minute resolution and ``--moves`` enters and as many exits over
+its last 2 days (the sink keeps at most 50,000 of each). Then a real API server on loopback is
 asked for each page ``--requests`` times, one after another, by a logged-in client; the time
 of each answer is measured from the request to its last byte. The floor is ``/healthz`` over
 the same server and client in the same run: what any answer costs. Redis's own counters say
@@ -36,7 +37,8 @@ from app.credentials import create_admin_token  # noqa: E402
 from app.db import make_engine, session_scope  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.profiles.history import MINUTE_MS, history_key  # noqa: E402
-from app.profiles.keys import members_key, profile_key, recent_events_key  # noqa: E402
+from app.profiles.keys import members_key, moves_key, profile_key, recent_events_key  # noqa: E402
+from app.profiles.moves import KEEP_MS, member  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
 from app.rules import store  # noqa: E402
 from app.rules.active import seed  # noqa: E402
@@ -127,6 +129,19 @@ def load_history(client: redis.Redis, segments: list[str], now: int, sizes: int)
         pipe.execute()
 
 
+def load_moves(client: redis.Redis, segments: list[str], now: int, moves: int) -> None:
+    """``moves`` enters and as many exits per segment, spread over the 2 days the sink keeps."""
+    step = KEEP_MS // max(moves, 1)
+    for segment in segments:
+        for kind in ("enter", "exit"):
+            for start in range(0, moves, CHUNK):
+                batch = {
+                    member(f"c{n}", now - n * step, 1): now - n * step
+                    for n in range(start, min(moves, start + CHUNK))
+                }
+                client.zadd(moves_key(segment, kind), batch)
+
+
 def log_in(client: httpx.Client, token: str) -> None:
     form = client.get("/admin/login").text
     (nonce,) = re.findall(r'name="nonce" value="([^"]+)"', form)
@@ -155,6 +170,7 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=100_000)
     parser.add_argument("--rules", type=int, default=20)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--moves", type=int, default=50_000, help="enters (and exits) a segment")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder)
@@ -168,9 +184,11 @@ def main() -> None:
             segments = load_rules(settings, options.rules)
             load_profiles(client, options.profiles, segments, now)
             load_history(client, segments, now, options.profiles // 20)
+            load_moves(client, segments, now, options.moves)
             print(
                 f"loaded {options.profiles:,} profiles, {len(segments)} rules, a week of size "
-                f"history each in {time.perf_counter() - loading:.0f} s"
+                f"history and {options.moves:,} enters and exits each "
+                f"in {time.perf_counter() - loading:.0f} s"
             )
             engine = make_engine(settings)
             with session_scope(engine) as session:
@@ -186,15 +204,18 @@ def run(
 ) -> None:
     with (
         ServerThread(create_app(settings)) as api,
-        httpx.Client(base_url=api.url, timeout=60) as browser,
+        httpx.Client(  # the bearer token for the API's page; the pages use the session
+            base_url=api.url, timeout=60, headers={"Authorization": f"Bearer {token}"}
+        ) as browser,
     ):
         log_in(browser, token)
         customers = [f"/admin/customers/c{n % SAMPLED}" for n in range(requests)]
         pages = {
             "/healthz (floor)": ["/healthz"] * requests,
             "overview (its live figures)": ["/admin/overview/stats"] * requests,
-            "segments (all, with a day's history each)": ["/admin/segments"] * requests,
-            "a segment (chart of a day, 50 members)": [
+            "segments (all, a day's history and move counts each)": ["/admin/segments"] * requests,
+            "the segments API (sizes and move counts)": ["/api/segments"] * requests,
+            "a segment (chart of a day, 50 members, 50 transitions)": [
                 f"/admin/segments/{segments[n % len(segments)]}" for n in range(requests)
             ],
             "a customer (every rule explained)": customers,

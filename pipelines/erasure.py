@@ -14,10 +14,11 @@ So when the dataflow applies an ``erase`` entry, the sink notes it in ``PENDING_
 recovery store's commit epoch then. Once ``EPOCHS_PAST`` more epochs are committed (the shard's
 snapshot without the customer, and the deletion of the older rows), ``ErasureFinisher``: deletes
 what still names the customer up to the entry (events and failed events a dataflow busy with
-them could not see go, the ``erase`` entry too), and their triggers and deliveries again (ones
-the dataflow wrote from events it was applying when the erasure came); compacts the recovery
-files (``VACUUM`` with ``secure_delete``, then a truncating WAL checkpoint); and has Redis
-rewrite its append-only file. A pass that cannot finish (a rewrite already under way, a busy
+them could not see go, the ``erase`` entry too), and their triggers, deliveries and segment
+moves again (ones the dataflow wrote from events it was applying when the erasure came, and
+moves their trimmed transitions list no longer named); compacts the recovery files
+(``VACUUM`` with ``secure_delete``, then a truncating WAL checkpoint); and has Redis rewrite
+its append-only file. A pass that cannot finish (a rewrite already under way, a busy
 WAL) is tried again; the notes are in Redis, so a restarted dataflow carries on.
 """
 
@@ -35,6 +36,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from app.dispatch.erasure import forget_customers
+from app.profiles import moves
 from app.profiles.erasure import delete_failed_events, delete_naming
 from app.redis_client import AOF_BUSY, async_redis, rewrite_aof
 from app.streams import EVENT_FIELD, stream_key
@@ -146,3 +148,4 @@ class ErasureFinisher:
         await delete_naming(client, ids, self._partitions, set(), upto=entry_id, erase_entries=True)
         await delete_failed_events(client, ids, upto=entry_id)
         await forget_customers(client, ids)
+        await moves.sweep(client, ids)

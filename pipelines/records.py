@@ -60,6 +60,7 @@ class ProfileUpdate:
     transitions: tuple[Transition, ...] = ()
     outlier: bool | None = None  # None: no cluster model assigns yet
     correction: Correction | None = None  # a late event changed transitions already written
+    shard: str = ""  # the shard that emitted it (set on its way to the sink)
 
 
 @dataclass

@@ -923,8 +923,9 @@ def _merged_by(event: StreamEntry) -> str | None:
 
 
 def _name_progress(item: tuple[str, Any]) -> Any:
+    """The shard's output, its progress and profile updates named with the shard."""
     shard, value = item
-    if isinstance(value, ShardProgress):
+    if isinstance(value, ShardProgress | ProfileUpdate):
         value.shard = shard
     return value
 
@@ -958,7 +959,7 @@ def get_flow(
     )
     # (shard, ProfileUpdate | LateEvent | ShardProgress)
     named = op.map("name_progress", updates, _name_progress)
-    # ProfileUpdate | LateEvent | ShardProgress (with its shard)
+    # ProfileUpdate | LateEvent | ShardProgress (progress and updates with their shard)
     sink = sink or ProfileSink(redis_url, partitions=partitions, recovery_dir=recovery_dir)
     op.output("profiles", named, sink)
     return flow

@@ -6,6 +6,7 @@ stream's slot guards the append)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,13 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from app.clustering.model import CLUSTER_PREFIX
 from app.clustering.store import MOVES_KEY
 from app.events import StreamEntry
+from app.profiles import moves
 from app.profiles.keys import (
+    MOVES_INDEX_KEY,
     TRIGGERS_KEY,
     corrections_key,
     members_key,
+    moves_key,
     profile_key,
     recent_events_key,
     retracted_key,
@@ -29,6 +33,9 @@ from app.profiles.keys import (
     trigger_marker_key,
 )
 from app.streams import (
+    DELAY_MARKS_KEY,
+    DELAY_SAMPLES_KEPT,
+    DELAY_SAMPLES_KEY,
     EVENT_FIELD,
     FAILED_EVENTS_KEY,
     PROGRESS_KEY,
@@ -98,6 +105,30 @@ if i <= #ARGV then
 end
 return 1
 """.replace("TRANSITIONS_KEPT", str(TRANSITIONS_KEPT))
+
+# One call per written batch with live events, after its writes on the same connection (so
+# Redis runs it once they are applied): a shard's newest accept time that is newer than the one
+# measured before (not output replayed after a crash, nor streams read again) is measured, and
+# the delay from the newest of those to now (Redis's clock) is kept with that instant.
+# KEYS: samples, marks; ARGV: samples kept, then (shard, newest received_at) per shard.
+_MEASURE_DELAY = """
+local newest = nil
+for i = 2, #ARGV, 2 do
+  local accepted = tonumber(ARGV[i + 1])
+  local mark = redis.call('HGET', KEYS[2], ARGV[i])
+  if not mark or accepted > tonumber(mark) then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    if not newest or accepted > newest then newest = accepted end
+  end
+end
+if newest then
+  local now = redis.call('TIME')
+  local done = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('LPUSH', KEYS[1], string.format('%d:%d', done, done - newest))
+  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+end
+return 1
+"""
 
 
 class PackedPipeline:
@@ -174,7 +205,7 @@ class _Batch:
     batch, and only their last profile is written, with every event of the batch in their
     recent events (unless they were erased after it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, accepted: dict[str, int] | None = None) -> None:
         self.profiles: dict[str, ProfileUpdate | None] = {}  # None: erased
         self.recent: dict[str, dict[bytes, int]] = {}
         # per customer, each transition member's last word: added (with it) or retracted
@@ -182,6 +213,8 @@ class _Batch:
         self.corrections: dict[str, list[Correction]] = {}
         self.left: dict[str, frozenset[str]] = {}  # erased customers' segments
         self.progress: dict[str, bytes] = {}
+        # per shard, its newest live event's received_at (shared by a call's batches)
+        self.accepted: dict[str, int] = {} if accepted is None else accepted
 
     def add(self, item: ProfileUpdate | Erased) -> None:
         customer_id = item.customer_id
@@ -204,8 +237,47 @@ class _Batch:
                 changes[orjson.dumps(transition.shown())] = (transition, True)
         if item.events:
             recent = self.recent.setdefault(customer_id, {})
+            newest = self.accepted.get(item.shard, 0)
             for event in item.events:
                 recent[_shown(event)] = int(event["timestamp"])
+                if not event.get("replay"):  # the collector's (a replay's names its lane)
+                    newest = max(newest, event.get("received_at") or 0)
+            if newest:
+                self.accepted[item.shard] = newest
+
+
+class _SegmentMoves:
+    """A batch's transitions by segment and kind, written to the segments' moves
+    (``app.profiles.moves``) with a few commands a segment: those retracted removed, the
+    others added, then each set trimmed to its bounds."""
+
+    def __init__(self) -> None:
+        # (segment, kind) -> (members removed, (at, member) added)
+        self._changes: dict[tuple[str, str], tuple[list[str], list[tuple[int, str]]]] = {}
+
+    def add(self, customer_id: str, transition: Transition, kept: bool) -> None:
+        removed, added = self._changes.setdefault((transition.segment, transition.kind), ([], []))
+        member = moves.member(customer_id, transition.at, transition.rule_version)
+        if kept:
+            added.append((transition.at, member))
+        else:
+            removed.append(member)
+
+    def write(self, pipeline: PackedPipeline) -> None:
+        if not self._changes:
+            return
+        for (segment, kind), (removed, added) in self._changes.items():
+            key = moves_key(segment, kind)
+            if removed:
+                pipeline.command("ZREM", key, *removed)
+            if added:
+                pipeline.command("ZADD", key, *(x for pair in added for x in pair))
+                # kept: the moves of the 2 days of event time before the newest written here
+                # (a replay's old ones too, for as long), and the newest KEPT of those
+                newest = max(at for at, _ in added)
+                pipeline.command("ZREMRANGEBYSCORE", key, "-inf", f"({newest - moves.KEEP_MS}")
+                pipeline.command("ZREMRANGEBYRANK", key, 0, -moves.KEPT - 1)
+        pipeline.command("SADD", MOVES_INDEX_KEY, *{segment for segment, _ in self._changes})
 
 
 class _ProfilePartition(StatelessSinkPartition[Any]):
@@ -213,12 +285,13 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         self, url: str, recovery_dir: Path | None, finisher: ErasureFinisher | None
     ) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=10)
-        self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE)
+        self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE, _MEASURE_DELAY)
         self._recovery_dir = recovery_dir
         self._finisher = finisher
 
     def write_batch(self, items: list[Any]) -> None:
         batch = _Batch()
+        accepted = batch.accepted  # the whole call's, across the batches it writes
         for item in items:
             if isinstance(item, ProfileUpdate | Erased):
                 batch.add(item)
@@ -236,23 +309,33 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 )
             elif isinstance(item, Merged):  # rare: what came before it is written first
                 self._write(batch)
-                batch = _Batch()
+                batch = _Batch(accepted)
                 self._move(item)
             elif isinstance(item, ShardProgress):
                 batch.progress[item.shard] = orjson.dumps([item.processed, item.newest])
             elif isinstance(item, ErasureSeen):  # finished once recovery is past it
                 self._write(batch)  # after the profile's deletion
-                batch = _Batch()
+                batch = _Batch(accepted)
                 field = pending_field(item.partition, item.entry_id)
                 epoch = committed_epoch(self._recovery_dir)
                 self._redis.command("HSETNX", PENDING_KEY, field, epoch)
         self._write(batch)
+        if accepted:  # after every write of the call, on the same connection
+            self._redis.script(
+                _MEASURE_DELAY,
+                [DELAY_SAMPLES_KEY, DELAY_MARKS_KEY],
+                [DELAY_SAMPLES_KEPT, *(x for pair in accepted.items() for x in pair)],
+            )
         self._redis.send()
 
     def _write(self, batch: _Batch) -> None:
+        erased = [customer_id for customer_id, update in batch.profiles.items() if update is None]
+        listed = self._listed_transitions(erased) if erased else {}
+        segment_moves = _SegmentMoves()
         for customer_id, update in batch.profiles.items():
             if update is None:
-                self._forget(customer_id, batch.left.get(customer_id, frozenset()))
+                left = batch.left.get(customer_id, frozenset())
+                self._forget(customer_id, left, listed.get(customer_id, ()))
                 continue
             events = batch.recent.get(customer_id, {})
             changed = batch.transitions.get(customer_id)
@@ -261,6 +344,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             if changed:  # most customers of a batch have none
                 for member, (transition, kept) in changed.items():
                     (added if kept else retracted).append((member, transition))
+                    segment_moves.add(customer_id, transition, kept)
             self._redis.script(
                 _WRITE_PROFILE,
                 [
@@ -302,6 +386,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                     orjson.dumps(correction.shown()),
                 )
                 self._trim(corrections_key(customer_id), CORRECTIONS_KEPT)
+        segment_moves.write(self._redis)
         if batch.progress:  # after the profiles, on the same connection: progress implies them
             progress = batch.progress.items()
             self._redis.command("HSET", PROGRESS_KEY, *(x for p in progress for x in p))
@@ -331,6 +416,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             if not members:
                 continue
             if key is transitions_key:
+                self._rekey_moves(anonymous, into, [member for member, _ in members])
                 members = [(_moved(member, anonymous), score) for member, score in members]
             self._redis.command(
                 "ZADD", key(into), *(x for member, score in members for x in (int(score), member))
@@ -340,17 +426,42 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             self._redis.command("SADD", members_key(segment), into)  # evaluated from there
         self._forget(anonymous, merged.segments)
 
+    def _rekey_moves(self, anonymous: str, into: str, listed: list[bytes]) -> None:
+        """The segments' moves the anonymous customer's transitions list names become the
+        known customer's (the same instants and rule versions)."""
+        for key, members in moves.moves_of(anonymous, listed).items():
+            self._redis.command("ZREM", key, *members)
+            instants = [moves.parse(member)[:2] for member in members]
+            renamed = [(at, moves.member(into, at, version)) for at, version in instants]
+            self._redis.command("ZADD", key, *(x for pair in renamed for x in pair))
+
+    def _listed_transitions(self, customer_ids: list[str]) -> dict[str, list[bytes]]:
+        """The customers' transitions lists as written so far (what is queued is written
+        first): erasures are rare, so reading here costs the flow nothing that matters."""
+        self._redis.send()
+        self._redis.flush()
+        with self._client.pipeline(transaction=False) as pipe:
+            for customer_id in customer_ids:
+                pipe.zrange(transitions_key(customer_id), 0, -1)
+            found: list[list[bytes]] = pipe.execute()
+        return dict(zip(customer_ids, found, strict=True))
+
     def _trim(self, key: str, most: int) -> None:
         self._redis.command("ZREMRANGEBYRANK", key, 0, -most - 1)
 
-    def _forget(self, customer_id: str, segments: frozenset[str]) -> None:
+    def _forget(
+        self, customer_id: str, segments: frozenset[str], listed: Sequence[bytes] = ()
+    ) -> None:
         """An erased customer: every key about them, one a call (they may be in different
-        cluster slots), and their place in every segment."""
+        cluster slots), their place in every segment, and the segments' moves their
+        transitions list (``listed``) names (``ErasureFinisher`` sweeps for any other)."""
         for key in (profile_key, recent_events_key, transitions_key, corrections_key):
             self._redis.command("DEL", key(customer_id))
         for segment in segments:
             self._redis.command("SREM", members_key(segment), customer_id)
         self._redis.command("ZREM", MOVES_KEY, customer_id)
+        for moves_set, members in moves.moves_of(customer_id, listed).items():
+            self._redis.command("ZREM", moves_set, *members)
 
     def _trigger(self, customer_id: str, transition: Transition) -> None:
         """Each action of an enter / exit, once in the triggers stream (replayed output finds

@@ -93,15 +93,16 @@ SEGFLOW = [sys.executable, "-m", "app.cli"]
 
 
 def start_segflow(
-    data_dir: Path, *, api_workers: int
+    data_dir: Path, *options: str, api_workers: int, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], int, dict[str, str]]:
-    """`segflow up` on ``data_dir`` with its embedded Redis and SQLite (no ``REDIS_URL`` or
-    ``DATABASE_URL``), as `make up` runs it: the process (output in ``stdout``), its port and
-    its environment."""
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env |= {"SEGFLOW_DATA_DIR": str(data_dir), "SEGFLOW_API_WORKERS": str(api_workers)}
+    """`segflow up [OPTIONS]` on ``data_dir`` with its embedded Redis and SQLite (no
+    ``REDIS_URL`` or ``DATABASE_URL``), as `make up` runs it, ``env`` added to the
+    environment: the process (output in ``stdout``), its port and its environment."""
+    found = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    found |= {"SEGFLOW_DATA_DIR": str(data_dir), "SEGFLOW_API_WORKERS": str(api_workers)}
+    found |= env or {}
     port = free_port()
-    return segflow_up(env, port), port, env
+    return segflow_up(found, port, *options), port, found
 
 
 def segflow_up(env: dict[str, str], port: int, *options: str) -> subprocess.Popen[str]:

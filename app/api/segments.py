@@ -15,7 +15,8 @@ from sqlmodel import Session
 
 from app.api.deps import AppState, Limit, StateDep, StoredRules, admin_router
 from app.clock import now_ms
-from app.profiles import history, segments
+from app.profiles import history, moves, segments
+from app.profiles.moves import MovePage
 from app.profiles.segments import MemberPage
 from app.rules import store as rules_store
 from app.rules.service import SegmentPage, list_segments
@@ -36,7 +37,9 @@ def _unreachable(error: Exception) -> HTTPException:
 
 @router.get("", response_model=SegmentPage)
 async def read_segments(state: StateDep, rules: StoredRules) -> SegmentPage:
-    """Every segment (a rule's id) with its name and current size."""
+    """Every segment (a rule's id) with its name, current size, and how many customers
+    entered and left it in the last hour and the last 24 hours (of wall-clock time; a count
+    of 50,000 means at least that many)."""
     try:
         return await list_segments(state.redis, rules=[stored.rule for stored in rules])
     except (RedisError, OSError) as error:
@@ -56,6 +59,34 @@ async def list_members(
         raise HTTPException(404, detail=f"segment {segment_id!r}: no such segment")
     try:
         return await segments.members(state.redis, segment_id, limit=limit, cursor=cursor)
+    except (RedisError, OSError) as error:
+        raise _unreachable(error) from error
+
+
+MovesCursor = Annotated[
+    str | None,
+    Query(pattern=r"^\d{1,16}-\d{1,9}$", description="next_cursor of the page before"),
+]
+
+
+@router.get(
+    "/{segment_id}/transitions",
+    response_model=MovePage,
+    responses={404: {"description": "No such segment."}},
+)
+async def list_transitions(
+    segment_id: str,
+    state: StateDep,
+    rules: StoredRules,
+    limit: Limit = 100,
+    cursor: MovesCursor = None,
+) -> MovePage:
+    """Who entered and left the segment, newest first (``at`` in event time), over the last
+    2 days of event time (at most 50,000 enters and 50,000 exits), a page at a time."""
+    if segment_id not in {stored.id for stored in rules}:
+        raise HTTPException(404, detail=f"segment {segment_id!r}: no such segment")
+    try:
+        return await moves.page(state.redis, segment_id, limit=limit, cursor=cursor)
     except (RedisError, OSError) as error:
         raise _unreachable(error) from error
 

@@ -6,7 +6,8 @@ At once (``erase_customer``, the API's ``DELETE /api/customers/{id}``):
    message names them in an identity field: ``userId``, ``anonymousId``, ``previousId``, or the
    stored event's ids for a late one; never a property or an event name that happens to equal
    the id).
-2. The profile keys and segment memberships are deleted, so the API stops showing them.
+2. The profile keys, segment memberships and the segments' moves naming them are deleted, so
+   the API stops showing them.
 3. What the caller erases elsewhere (``forget_elsewhere``: the dispatcher's triggers and
    deliveries) goes too.
 4. An ``erase`` entry goes into the customer's stream partition, behind their events: the
@@ -17,8 +18,9 @@ At once (``erase_customer``, the API's ``DELETE /api/customers/{id}``):
    commands that wrote the customer's data.
 
 Later, once the dataflow's recovery snapshots no longer hold the customer, the dataflow
-finishes the erasure (``pipelines.erasure``): the ``erase`` entry itself goes, the recovery
-store is compacted, and the append-only file is rewritten again.
+finishes the erasure (``pipelines.erasure``): the ``erase`` entry itself goes, any segment move
+still naming the customer (``moves.sweep``), the recovery store is compacted, and the
+append-only file is rewritten again.
 
 An anonymous id merged into the customer (``identify`` with both ids, ``alias``) is theirs too:
 its events, its profile and the dataflow's note that it was merged are erased the same way.
@@ -35,6 +37,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from app.profiles import moves
 from app.profiles.keys import (
     CLUSTER_MOVES_KEY,
     corrections_key,
@@ -147,10 +150,16 @@ async def erase_customer(
 
 
 async def _delete_profile(client: aioredis.Redis, customer_id: str) -> int:
-    """The profile's keys and the customer's place in their segments (their cluster's members
-    too: it is among them, ``cluster:<id>``) and in the clusters' turnover: how many keys
-    went."""
-    segments = orjson.loads(await client.hget(profile_key(customer_id), "segments") or b"[]")
+    """The profile's keys, the customer's place in their segments (their cluster's members too:
+    it is among them, ``cluster:<id>``), the segments' moves their transitions list names
+    (``moves.sweep`` finds the rest later) and their last move between clusters (the
+    clusters' turnover): how many keys went."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(profile_key(customer_id), "segments")
+    pipe.zrange(transitions_key(customer_id), 0, -1)
+    found, listed = await pipe.execute()
+    segments = orjson.loads(found or b"[]")
+    await moves.forget_listed(client, customer_id, listed)
     pipe = client.pipeline(transaction=False)  # the segments' sets are in other slots
     pipe.delete(
         profile_key(customer_id),

@@ -1,5 +1,5 @@
-"""Redis key names of profiles, transitions and segment memberships. The customer id is the
-hash tag of a customer's keys, so they share one Redis Cluster slot."""
+"""Redis key names of profiles, transitions, segment memberships and moves. The customer id
+is the hash tag of a customer's keys, so they share one Redis Cluster slot."""
 
 from __future__ import annotations
 
@@ -49,3 +49,13 @@ def trigger_id(customer_id: str, segment: str, kind: str, at: int, index: int) -
 def retracted_key(trigger_id: str) -> str:
     """Set when a late event retracted the trigger's transition: not sent if still waiting."""
     return f"{{{TRIGGERS_KEY}}}:retracted:{trigger_id}"
+
+
+def moves_key(segment: str, kind: str) -> str:
+    """A segment's recent enters (``kind`` "enter") or exits ("exit"), a sorted set scored by
+    each transition's event time (``app.profiles.moves``); the segment id is the hash tag."""
+    return f"segment-moves:{{{segment}}}:{kind}"
+
+
+# The segments that have moves (a set of ids): where an erasure looks for a customer's.
+MOVES_INDEX_KEY = "segment-moves:segments"

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from app.clock import now_ms
-from app.profiles import segments
+from app.profiles import moves, segments
 from app.profiles.keys import profile_key
 from app.rules.explain import Evaluation, clock_keys, feature_keys
 from app.rules.schema import Rule
@@ -20,10 +20,17 @@ _PROFILE_PATTERN = profile_key("*")
 
 
 class SegmentOut(BaseModel):
+    """A segment, its size now, and how many entered and left it in the last hour and day
+    (``app.profiles.moves.MoveCounts``)."""
+
     id: str
     name: str
     description: str
     size: int
+    entered_1h: int
+    exited_1h: int
+    entered_24h: int
+    exited_24h: int
 
 
 class SegmentPage(BaseModel):
@@ -32,12 +39,21 @@ class SegmentPage(BaseModel):
 
 
 async def list_segments(client: aioredis.Redis, *, rules: list[Rule]) -> SegmentPage:
-    """Every rule's segment, with its size now."""
-    sizes = await segments.sizes(client, [rule.id for rule in rules])
+    """Every rule's segment, with its size now and its recent moves (counters: no profile is
+    read)."""
+    ids = [rule.id for rule in rules]
+    sizes = await segments.sizes(client, ids)
+    counts = await moves.counts(client, ids, now=now_ms())
     return SegmentPage(
         items=[
-            SegmentOut(id=rule.id, name=rule.name, description=rule.description, size=size)
-            for rule, size in zip(rules, sizes, strict=True)
+            SegmentOut(
+                id=rule.id,
+                name=rule.name,
+                description=rule.description,
+                size=size,
+                **counted.model_dump(),
+            )
+            for rule, size, counted in zip(rules, sizes, counts, strict=True)
         ]
     )
 

@@ -17,7 +17,11 @@ function sizeChart() {
   const options = {
     width: target.clientWidth || 800,
     height: 260,
-    scales: { x: { time: true } },
+    scales: {
+      // one sample (a segment's first minute): the minutes around it, not the 1,000 days
+      // uPlot spans around a lone point of a time scale in seconds
+      x: { time: true, range: (u, min, max) => (data.at.length === 1 ? [data.at[0] - 900, data.at[0] + 60] : [min, max]) },
+    },
     series: [
       {},
       { label: "members", stroke: "#3b5bdb", width: 2, fill: "rgba(59,91,219,0.08)" },

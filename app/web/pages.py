@@ -21,7 +21,7 @@ from app.dispatch import erasure as dispatch_erasure
 from app.dispatch.deliveries import DEAD_KEY, DeliveryStore, index_key
 from app.ingest import failed_events
 from app.ingest.status import pipeline_status
-from app.profiles import erasure, history, segments
+from app.profiles import erasure, history, moves, segments
 from app.profiles import service as profiles
 from app.rules.service import explain
 from app.streams import FAILED_EVENTS_KEY
@@ -45,6 +45,7 @@ from app.web.session import (
 )
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
+MOVES_SHOWN = 50  # a segment page's transitions, newest first (older ones a page at a time)
 
 
 def _login_form(
@@ -176,27 +177,22 @@ async def overview_stats(request: Request, state: StateDep, session: WebSessionD
 async def segment_list(
     request: Request, state: StateDep, session: WebSessionDep, rules: StoredRulesDep
 ) -> HTMLResponse:
-    sizes = await segments.sizes(state.redis, [stored.id for stored in rules])
+    ids = [stored.id for stored in rules]
+    sizes = await segments.sizes(state.redis, ids)
     now = now_ms()
+    counts = await moves.counts(state.redis, ids, now=now)
     rows = []
-    for stored, size in zip(rules, sizes, strict=True):
+    for stored, size, counted in zip(rules, sizes, counts, strict=True):
         samples = await history.read(state.redis, stored.id, since=now - history.DAY_MS)
         rows.append(
             {
                 "rule": stored,
                 "size": size,
-                "hour": _change_since(samples, now - history.HOUR_MS, size),
-                "day": _change_since(samples, now - history.DAY_MS, size),
+                "moves": counted,
                 "anomalies": sum(s.anomaly for s in samples),
             }
         )
-    return page(request, "segments.html", session, title="Segments", rows=rows)
-
-
-def _change_since(samples: list[history.Sample], since: int, size: int) -> int | None:
-    """How much the size changed since the first sample at or after ``since``."""
-    first = next((s for s in samples if s.at >= since), None)
-    return None if first is None else size - first.size
+    return page(request, "segments.html", session, title="Segments", rows=rows, kept=moves.KEPT)
 
 
 @router.get("/segments/{segment_id}", response_class=HTMLResponse)
@@ -207,15 +203,21 @@ async def segmentpage(
     session: WebSessionDep,
     rules: StoredRulesDep,
     cursor: str | None = None,
+    moved: str | None = None,
 ) -> HTMLResponse:
     stored = next((r for r in rules if r.id == segment_id), None)
     if stored is None:
         return page(request, "missing.html", session, 404, title="No such segment", what=segment_id)
     if cursor is not None and not (cursor.isdigit() and len(cursor) <= 18):
         cursor = None
+    if not moves.valid_cursor(moved):
+        moved = None
     members = await segments.members(state.redis, segment_id, limit=50, cursor=cursor)
     (size,) = await segments.sizes(state.redis, [segment_id])
-    day_ago = now_ms() - history.DAY_MS
+    now = now_ms()
+    (counted,) = await moves.counts(state.redis, [segment_id], now=now)
+    recent = await moves.page(state.redis, segment_id, limit=MOVES_SHOWN, cursor=moved)
+    day_ago = now - history.DAY_MS
     samples = await history.read(state.redis, segment_id, since=day_ago)
     chart = {
         "at": [s.at / 1000 for s in samples],
@@ -232,6 +234,10 @@ async def segmentpage(
         members=members,
         chart=chart,
         anomalies=[s for s in samples if s.anomaly],
+        counts=counted,
+        kept=moves.KEPT,
+        recent=recent,
+        older=moved is not None,
     )
 
 

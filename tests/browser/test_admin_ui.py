@@ -69,7 +69,7 @@ def ready(page: Any) -> None:
     Its screenshot is saved (tests/browser/conftest.py says where)."""
     page.locator("body[data-ready]").wait_for(state="attached")
     folder, test = page.screenshots
-    name = re.sub(r"[^a-z0-9]+", "-", page.url.split("/admin", 1)[-1].lower()).strip("-")
+    name = re.sub(r"[^a-z0-9]+", "-", page.url.split("/admin", 1)[-1].lower()).strip("-")[:80]
     path = folder / f"{test}--{name or 'overview'}.png"
     # an artifact, not a check: a screenshot that Chromium is slow to take is skipped
     with contextlib.suppress(PlaywrightTimeoutError):
@@ -368,9 +368,22 @@ def test_events_sent_to_the_collector_show_the_customer_entering_live(
         assert sent.json()["accepted"] == 5
         members = members_key("browsing-enthusiasts")
         wait_for(lambda: redis_client.sismember(members, "eve"), timeout_s=120, what="entered")
-        page.goto(f"{api.url}/admin/segments/browsing-enthusiasts")
+        page.goto(f"{api.url}/admin/segments")
+        ready(page)
+        row = page.locator("tr", has_text="browsing-enthusiasts")
+        assert row.locator("[data-moves=entered_1h]").inner_text() == "1"
+        assert row.locator("[data-moves=exited_1h]").inner_text() == "0"
+        row.locator("a").first.click()
+        page.wait_for_url(re.compile(r"/admin/segments/browsing-enthusiasts$"))
         ready(page)
         expect(page.locator("ul.members")).to_contain_text("eve")
+        # her enter, newest first among the segment's recent transitions, counted this hour
+        (moved,) = page.locator("#transitions tbody tr").all()
+        assert moved.get_attribute("data-kind") == "enter"
+        expect(moved).to_contain_text("entered")
+        assert moved.locator("a").get_attribute("href") == "/admin/customers/eve"
+        assert page.locator("[data-stat=entered_1h]").inner_text() == "1"
+        assert page.locator("[data-stat=exited_24h]").inner_text() == "0"
         page.click("ul.members >> text=eve")
         page.wait_for_url(re.compile(r"/admin/customers/eve$"))
         ready(page)
@@ -378,6 +391,12 @@ def test_events_sent_to_the_collector_show_the_customer_entering_live(
         assert why.locator("summary").inner_text().startswith("in")
         expect(why.locator("li.cond").first).to_have_class("cond holds")  # open: it is in
         assert "Product Viewed" in page.locator("section", has_text="Recent events").inner_text()
+        # the overview measured how long her views took from the collector to the segment
+        page.goto(f"{api.url}/admin")
+        delay = page.locator("[data-stat=delay-p50]")
+        expect(delay).to_have_attribute("data-value", re.compile(r"^\d+$"))
+        assert 0 <= int(delay.get_attribute("data-value") or "") < 120_000
+        expect(page.locator("[data-stat=delay-samples]")).to_have_text(re.compile(r"^[1-9]"))
     finally:
         os.killpg(flow.pid, 9)
         flow.wait()
@@ -393,7 +412,14 @@ def test_no_page_has_a_serious_accessibility_violation(
     the check's own script only."""
     now = time.time_ns() // 1_000_000
     replay_messages(
-        redis_client, settings, tmp_path, [track_at("ada", "Product Added", now - 5_000, price=3)]
+        redis_client,
+        settings,
+        tmp_path,
+        [
+            track_at("ada", "Product Added", now - 5_000, price=3),
+            # bea's cart waited 30 min: the segment page lists her enter
+            track_at("bea", "Product Added", now - 40 * 60_000, product_id="p1", price=3),
+        ],
     )
     run_dataflow(settings)
     redis_client.xadd(
@@ -429,6 +455,8 @@ def test_no_page_has_a_serious_accessibility_violation(
             page.goto(f"{api.url}{path}")
             page.locator("body[data-ready]").wait_for(state="attached")
             found[path] = audit(page)
+        page.goto(f"{api.url}/admin/segments/cart-abandoners")
+        assert page.locator("table.moves tbody tr").count() == 1  # audited with bea's enter
     finally:
         context.close()
     problems = [f"{path}: {v}" for path, found_there in found.items() for v in found_there]

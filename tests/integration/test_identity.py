@@ -156,6 +156,15 @@ def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
         ]
         members = httpx.get(f"{api.url}/api/segments/browsing-enthusiasts/members", headers=admin)
         assert sorted(members.json()["items"]) == ["ann", "bob", "twin"]
+        # the segment's moves name the known customers, not the anonymous ids they entered as
+        moved = httpx.get(f"{api.url}/api/segments/browsing-enthusiasts/transitions", headers=admin)
+        assert sorted(
+            (m["customer_id"], m["kind"], m["at"] - start) for m in moved.json()["items"]
+        ) == [
+            ("ann", "enter", 4000),
+            ("bob", "enter", 4000),
+            ("twin", "enter", 4000),
+        ]
         wait_for(lambda: profile("anon-ann") is None, what="the anonymous profile gone")
         assert profile("anon-bob") is None
         status = httpx.get(f"{api.url}/api/status", headers=admin).json()

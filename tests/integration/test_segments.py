@@ -145,6 +145,12 @@ def test_a_late_order_retracts_the_cart_reminder_and_the_correction_is_listed(
         ("cart-abandoners", "enter", 30 * MINUTE)
     ]
     assert get(api, token, "/api/segments/cart-abandoners/members")["items"] == []
+    # the segment's moves lose the retracted enter too
+    assert get(api, token, "/api/segments/cart-abandoners/transitions")["items"] == []
+    (carts,) = [
+        s for s in get(api, token, "/api/segments")["items"] if s["id"] == "cart-abandoners"
+    ]
+    assert (carts["entered_1h"], carts["entered_24h"]) == (0, 0)
     reminder = trigger_id("ada", "cart-abandoners", "enter", t0 + 30 * MINUTE, 0)
     assert redis_client.exists(retracted_key(reminder))
 
