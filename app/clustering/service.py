@@ -106,7 +106,7 @@ def fit_and_publish(
     ids = _ids(client, engine, old, profiles, new_labels, len(chosen.sizes))
     kept = [i for i in ids if old is not None and i in old.ids]
     retired = [] if old is None else [i for i in old.ids if i not in ids]
-    names = _names(engine, ids, list(chosen.centers), found.prep.categories)
+    names = _names(engine, ids, list(chosen.centers), found.prep.categories, old)
     clusters = [
         Cluster(cluster_id, name, size, center, named_by)
         for cluster_id, (name, named_by), size, center in zip(
@@ -193,22 +193,32 @@ def _highest_id_number(engine: Engine, old: ClusterModel | None) -> int:
 
 
 def _names(
-    engine: Engine, ids: list[str], centers: list[list[float]], categories: Sequence[str]
+    engine: Engine,
+    ids: list[str],
+    centers: list[list[float]],
+    categories: Sequence[str],
+    old: ClusterModel | None = None,
 ) -> list[tuple[str, str]]:
-    """Each cluster's name and who gave it: a marketer's, else one from its centre."""
+    """Each cluster's name and who gave it: a marketer's; else, for a cluster a refit kept,
+    the name it had (rules and people know it by it); else one from its centre."""
     with session_scope(engine) as session:
         given = {
             row.cluster_id: row.name
             for row in session.exec(select(ClusterName).where(col(ClusterName.cluster_id).in_(ids)))
         }
+    had = {} if old is None else {c.id: c.name for c in old.clusters if c.id in ids}
     auto = distinct_names([name_for(center, categories) for center in centers])
-    taken = set(given.values())
+    taken = {name.casefold() for name in [*given.values(), *had.values()]}
     out = []
     for cluster_id, name in zip(ids, auto, strict=True):
         if cluster_id in given:
             out.append((given[cluster_id], "marketer"))
+        elif cluster_id in had:
+            out.append((had[cluster_id], "auto"))
         else:
-            out.append((name if name not in taken else f"{name} ({cluster_id})", "auto"))
+            fresh = name if name.casefold() not in taken else f"{name} ({cluster_id})"
+            taken.add(fresh.casefold())
+            out.append((fresh, "auto"))
     return out
 
 

@@ -157,11 +157,14 @@ def test_after_five_percent_drift_unchanged_customers_keep_their_cluster_ids(
     customers = population(2_000, seed=12)
     write_profiles(str(settings.redis_url), customers)
     ok(admin.post("/api/clusters/refit"))
-    first = clusters_of(published(redis_client), customers)
+    before = published(redis_client)
+    first = clusters_of(before, customers)
     drifted, moved = drift(customers, 0.05, seed=13)
     write_profiles(str(settings.redis_url), [c for c in drifted if c.id in moved])
     ok(admin.post("/api/clusters/refit"))
-    second = clusters_of(published(redis_client), drifted)
+    after = published(redis_client)
+    second = clusters_of(after, drifted)
+    assert after.names() == before.names()  # a kept cluster keeps its name too
     unchanged = [c.id for c in customers if c.id not in moved]
     kept = sum(first[i] == second[i] for i in unchanged) / len(unchanged)
     assert kept >= 0.95, kept
