@@ -57,6 +57,16 @@ def history_key(segment: str, resolution: Resolution) -> str:
     return f"segment-history:{{{segment}}}:{resolution}"
 
 
+def anomalies_key(segment: str) -> str:
+    """The instants of the segment's flagged minute samples (score and member: the instant),
+    so a page counts a day's anomalies without reading a day of samples. Its member
+    ``RECORDED`` (score +inf) says the recorder keeps it."""
+    return f"segment-history:{{{segment}}}:anomalies"
+
+
+RECORDED = "recorded"
+
+
 def _tick_key(resolution: Resolution, at: int) -> str:
     return f"segment-history:tick:{resolution}:{at}"
 
@@ -91,8 +101,35 @@ async def record(
             key = history_key(segment, resolution)
             pipe.zadd(key, {f"{when}:{size}:{int(judged.anomaly)}": when})
             pipe.zremrangebyscore(key, "-inf", f"({when - KEEP_MS[resolution]}")
+            if resolution == "minute":
+                flagged = anomalies_key(segment)
+                pipe.zadd(
+                    flagged, {RECORDED: "+inf", **({str(when): when} if judged.anomaly else {})}
+                )
+                pipe.zremrangebyscore(flagged, "-inf", f"({when - KEEP_MS[resolution]}")
     await pipe.execute()
     return True
+
+
+async def anomaly_counts(
+    client: aioredis.Redis, segments: Sequence[str], *, since: int, until: int
+) -> list[int]:
+    """How many of each segment's minute samples in [since, until] were flagged, in one round
+    trip where the recorder keeps the index; a segment whose samples it does not (written by
+    other means) is counted from its samples."""
+    pipe = client.pipeline(transaction=False)
+    for segment in segments:
+        pipe.zscore(anomalies_key(segment), RECORDED)
+        pipe.zcount(anomalies_key(segment), since, until)
+    found: list[Any] = await pipe.execute()
+    counts = []
+    for n, segment in enumerate(segments):
+        if found[2 * n] is not None:
+            counts.append(int(found[2 * n + 1]))
+        else:
+            samples = await read(client, segment, since=since, until=until)
+            counts.append(sum(sample.anomaly for sample in samples))
+    return counts
 
 
 async def read(

@@ -181,17 +181,11 @@ async def segment_list(
     sizes = await segments.sizes(state.redis, ids)
     now = now_ms()
     counts = await moves.counts(state.redis, ids, now=now)
-    rows = []
-    for stored, size, counted in zip(rules, sizes, counts, strict=True):
-        samples = await history.read(state.redis, stored.id, since=now - history.DAY_MS)
-        rows.append(
-            {
-                "rule": stored,
-                "size": size,
-                "moves": counted,
-                "anomalies": sum(s.anomaly for s in samples),
-            }
-        )
+    flagged = await history.anomaly_counts(state.redis, ids, since=now - history.DAY_MS, until=now)
+    rows = [
+        {"rule": stored, "size": size, "moves": counted, "anomalies": anomalies}
+        for stored, size, counted, anomalies in zip(rules, sizes, counts, flagged, strict=True)
+    ]
     return page(request, "segments.html", session, title="Segments", rows=rows, kept=moves.KEPT)
 
 

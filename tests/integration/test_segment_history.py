@@ -139,3 +139,36 @@ def read_flags(settings: Settings, segment: str) -> list[tuple[int, bool]]:
             await client.aclose()
 
     return asyncio.run(run())
+
+
+def anomaly_counts(settings: Settings, segments: list[str], since: int, until: int) -> list[int]:
+    async def run() -> list[int]:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        try:
+            return await history.anomaly_counts(client, segments, since=since, until=until)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def test_a_days_anomalies_are_counted_from_the_index_the_recorder_keeps(
+    settings: Settings, redis_client: redis.Redis
+):
+    for minute in range(15):
+        redis_client.sadd(members_key("loyal"), f"m{minute}")
+        assert record(settings, T0 + minute * MINUTE_MS, ("loyal", "quiet"))
+    redis_client.sadd(members_key("loyal"), *(f"new{n}" for n in range(200)))  # a jump
+    assert record(settings, T0 + 15 * MINUTE_MS, ("loyal", "quiet"))
+    # samples written by other means (no index): counted from the samples themselves
+    for minute in range(16):
+        size = 100 + minute % 2 if minute < 15 else 900
+        at = T0 + minute * MINUTE_MS
+        redis_client.zadd(history_key("other", "minute"), {f"{at}:{size}": at})
+    day = (T0 + 15 * MINUTE_MS - DAY_MS, T0 + 15 * MINUTE_MS)
+    assert anomaly_counts(settings, ["loyal", "quiet", "other"], *day) == [1, 0, 1]
+    assert anomaly_counts(settings, ["loyal"], T0, T0 + 14 * MINUTE_MS) == [0]  # before it
+    assert redis_client.zrange(history.anomalies_key("loyal"), 0, -1) == [
+        str(T0 + 15 * MINUTE_MS).encode(),
+        history.RECORDED.encode(),
+    ]
