@@ -252,6 +252,7 @@ def test_every_main_page_fits_a_laptop_screen_with_its_navigation_in_view(
             "/admin/deliveries?dead=true",
             "/admin/destinations",
             "/admin/failed-events",
+            "/admin/clusters",
         ):
             page.goto(f"{demo.base}{path}")
             page.locator("body[data-ready]").wait_for(state="attached")
