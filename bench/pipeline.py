@@ -12,8 +12,13 @@
 3. Delay: the dataflow runs live while events are appended at RATE events/s; every 100th event
    is a probe with a customer of its own, and the time from its XADD to its profile being
    visible in Redis is recorded.
+4. With ``--clusters``: the flow with clustering off (``SEGFLOW_CLUSTERING=off``), then on,
+   over the same events in the same run, assigning every snapshot by a model fitted on the
+   profiles the "off" run computed (published before the "on" run starts): events/s and CPU
+   of the flow's process per event, and their ratio (``clusters_on_off``, which
+   ``bench/clustering.py`` runs too).
 
-    .venv/bin/python bench/pipeline.py [--events 200000] [--rate 10000] [--seconds 10]
+    .venv/bin/python bench/pipeline.py [--events 200000] [--rate 10000] [--seconds 10] [--clusters]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import gc
 import os
 import random
+import resource
 import signal
 import sqlite3
 import statistics
@@ -30,6 +36,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,34 +135,151 @@ def event(n: int, now: int, customer: str | None = None) -> dict[str, Any]:
     )
 
 
-def run_flow(url: str, flow: str, recovery: Path) -> float:
-    """Run ``flow`` over the streams until caught up; its wall time in seconds."""
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's children that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_flow(
+    url: str, flow: str, recovery: Path, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """Run ``flow`` over the streams until caught up; its wall time and the CPU time of its
+    process, in seconds (``env``: more environment for it)."""
     env = {
         **os.environ,
         "REDIS_URL": url,
         "SEGFLOW_PARTITIONS": str(PARTITIONS),
         "SEGFLOW_STOP_AT_END": "1",
+        **(env or {}),
     }
     from bytewax.recovery import init_db_dir
 
     recovery.mkdir()
     init_db_dir(recovery, 1)  # type: ignore[no-untyped-call]
     argv = [sys.executable, "-m", "bytewax.run", flow, "-r", str(recovery), "-s", "2", "-b", "0"]
+    cpu = _children_cpu()
     started = time.perf_counter()
     subprocess.run(argv, env=env, cwd=ROOT, check=True)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _children_cpu() - cpu
+
+
+def timed_cpu(
+    url: str,
+    client: redis.Redis,
+    events: list[dict[str, Any]],
+    flow: str,
+    recovery: Path,
+    *,
+    env: dict[str, str] | None = None,
+    before: Callable[[], None] | None = None,
+) -> tuple[float, float]:
+    """Seconds and CPU seconds the flow spends on ``events``: its run over them less its run
+    over nothing (process start-up and the last idle tick are the same in both). ``before``
+    runs once the events are in the streams, just before the flow starts on them."""
+    client.flushdb()
+    empty_s, empty_cpu = run_flow(url, flow, recovery.with_name(f"{recovery.name}-empty"), env)
+    client.flushdb()
+    append_replay(client, events, PARTITIONS, lane=LANE)  # a shop's history: a replay
+    if before is not None:
+        before()
+    run_s, run_cpu = run_flow(url, flow, recovery, env)
+    return run_s - empty_s, run_cpu - empty_cpu
 
 
 def timed(
     url: str, client: redis.Redis, events: list[dict[str, Any]], flow: str, recovery: Path
 ) -> float:
-    """Seconds the flow spends on ``events``: its run over them less its run over nothing
-    (process start-up and the last idle tick are the same in both)."""
-    client.flushdb()
-    empty = run_flow(url, flow, recovery.with_name(f"{recovery.name}-empty"))
-    client.flushdb()
-    append_replay(client, events, PARTITIONS, lane=LANE)  # a shop's history: a replay
-    return run_flow(url, flow, recovery) - empty
+    """Seconds the flow spends on ``events`` (``timed_cpu``)."""
+    return timed_cpu(url, client, events, flow, recovery)[0]
+
+
+@dataclass
+class ClusterCost:
+    """The flow with clustering off and on over the same events (``clusters_on_off``)."""
+
+    events: int
+    off_s: float
+    off_cpu_s: float
+    on_s: float
+    on_cpu_s: float
+    model: Any  # the ClusterModel the "on" run assigned by
+    fit_sample: int  # profiles the model was fitted on
+    customers: int  # profiles the flow computed
+
+    @property
+    def off_rate(self) -> float:
+        return self.events / self.off_s
+
+    @property
+    def on_rate(self) -> float:
+        return self.events / self.on_s
+
+    @property
+    def cost_share(self) -> float:
+        """How much of the flow's throughput the assignment costs (1 - on/off)."""
+        return 1 - self.on_rate / self.off_rate
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(path, events/s, CPU us per event, ratio to off) per run."""
+        off_us = self.off_cpu_s / self.events * 1e6
+        on_us = self.on_cpu_s / self.events * 1e6
+        return [
+            ("clustering off", f"{self.off_rate:,.0f}", f"{off_us:.1f}", "1.00"),
+            (
+                f"clustering on ({self.model.algorithm}, {len(self.model.clusters)} clusters)",
+                f"{self.on_rate:,.0f}",
+                f"{on_us:.1f}",
+                f"{self.on_rate / self.off_rate:.2f}",
+            ),
+        ]
+
+
+def clusters_on_off(
+    url: str,
+    client: redis.Redis,
+    events: list[dict[str, Any]],
+    work: Path,
+    *,
+    families: tuple[str, ...] | None = None,
+    sample_size: int = 20_000,
+    repeats: int = 2,
+) -> ClusterCost:
+    """The flow over ``events`` with clustering off, then a model fitted on the profiles that
+    run computed (as a refit would: a uniform sample, every family unless ``families``), then
+    the flow again with that model published before it starts; each timed as ``timed_cpu``,
+    off and on in turn ``repeats`` times, and the fastest of each kept (on a shared machine
+    the others' load only ever slows a run down)."""
+    from app.clustering import store
+    from app.clustering.fitting import FAMILIES, fit
+
+    flow = "pipelines.segmentation:flow_from_env()"
+    off = {"SEGFLOW_CLUSTERING": "off"}
+    off_runs = [timed_cpu(url, client, events, flow, work / "clusters-off-0", env=off)]
+    _, profiles = store.sample_profiles(client, sample_size)
+    customers = sum(1 for _ in client.scan_iter(match=store.PROFILE_PATTERN, count=2_000))
+    found = fit(profiles, families=families or FAMILIES)
+    model = found.chosen.model(found.prep, version=1, fitted_at=time.time_ns() // 1_000_000)
+    on_runs = []
+    for n in range(repeats):
+        if n:
+            off_runs.append(
+                timed_cpu(url, client, events, flow, work / f"clusters-off-{n}", env=off)
+            )
+        on_runs.append(
+            timed_cpu(
+                url,
+                client,
+                events,
+                flow,
+                work / f"clusters-on-{n}",
+                env={"SEGFLOW_CLUSTERING": "batch"},
+                before=lambda: store.publish(client, model),
+            )
+        )
+    off_s, off_cpu = min(off_runs)
+    on_s, on_cpu = min(on_runs)
+    return ClusterCost(len(events), off_s, off_cpu, on_s, on_cpu, model, len(profiles), customers)
 
 
 def read_floor_flow() -> Any:
@@ -346,11 +471,28 @@ def delay_run(url: str, client: redis.Redis, rate: int, seconds: float) -> tuple
     return delays, probes
 
 
+def print_cluster_cost(cost: ClusterCost) -> None:
+    print(
+        f"\nclustering on against off, same {cost.events:,} events (model fitted on "
+        f"{cost.fit_sample:,} of the {cost.customers:,} profiles the off run computed):"
+    )
+    print("| path | events/s | CPU us per event (flow process) | ratio to off |")
+    print("|---|---|---|---|")
+    for row in cost.rows():
+        print("| " + " | ".join(row) + " |")
+    print(f"assignment costs {cost.cost_share:.1%} of the flow's throughput (target: at most 10%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--clusters",
+        action="store_true",
+        help="Also run the flow with clustering off and on over the same events.",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-pipeline-"))
@@ -369,6 +511,7 @@ def main() -> None:
         compute_s, evaluations = compute_only(events)
         assert processed_entries(client) == args.events
         per_customer, customers = state_bytes_per_customer(recovery)
+        cost = clusters_on_off(url, client, events, work) if args.clusters else None
         client.flushdb()
         delays, probes = delay_run(url, client, args.rate, args.seconds)
     finally:
@@ -407,6 +550,8 @@ def main() -> None:
         f"{compute_s / evaluations * 1e6:.1f} us of CPU each"
     )
     print(f"\nrecovery state: {per_customer:,.0f} bytes per customer ({customers:,} customers)")
+    if cost is not None:
+        print_cluster_cost(cost)
     if delays:
         p50 = statistics.median(delays) * 1000
         p99 = statistics.quantiles(delays, n=100)[98] * 1000 if len(delays) > 1 else p50
