@@ -958,10 +958,13 @@ def get_flow(
     sink: Sink[Any] | None = None,
     recovery_dir: Path | None = None,
     clusters: ModelWatcher | None = None,
+    cluster_snapshots: bool = False,
 ) -> Dataflow:
     """source -> features -> profile sink; ``stop_at_end`` for runs over a finished stream;
     ``sink`` replaces the Redis sink (tests read every update in order through it);
-    ``recovery_dir``: the recovery store the run snapshots into (compacted after erasures)."""
+    ``recovery_dir``: the recovery store the run snapshots into (compacted after erasures);
+    ``clusters``: the cluster model to assign by; ``cluster_snapshots``: the sink feeds the
+    stream clusterer (``SEGFLOW_CLUSTERING=stream``)."""
     flow = Dataflow("segmentation")
     items = op.input(
         "events", flow, RedisStreamSource(redis_url, partitions, stop_at_end=stop_at_end)
@@ -977,7 +980,12 @@ def get_flow(
     # (shard, ProfileUpdate | LateEvent | ShardProgress)
     named = op.map("name_progress", updates, _name_progress)
     # ProfileUpdate | LateEvent | ShardProgress (progress and updates with their shard)
-    sink = sink or ProfileSink(redis_url, partitions=partitions, recovery_dir=recovery_dir)
+    sink = sink or ProfileSink(
+        redis_url,
+        partitions=partitions,
+        recovery_dir=recovery_dir,
+        cluster_snapshots=cluster_snapshots,
+    )
     op.output("profiles", named, sink)
     return flow
 
@@ -1011,6 +1019,7 @@ def segmentation_flow(
         sink=sink,
         recovery_dir=recovery_dir,
         clusters=None if settings.clustering == "off" else ModelWatcher(redis.Redis.from_url(url)),
+        cluster_snapshots=settings.clustering == "stream",
     )
 
 
