@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -47,6 +47,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.events import StreamEntry  # noqa: E402
 from app.profiles.keys import profile_key  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
 from app.streams import EVENT_FIELD, partition_of, stream_key  # noqa: E402
@@ -194,45 +195,113 @@ def timed(
     return timed_cpu(url, client, events, flow, recovery)[0]
 
 
+FLOW = "pipelines.segmentation:flow_from_env()"
+
+
+@dataclass
+class FlowRun:
+    """One way to run the flow (``compare_flows``): its environment, and the cluster model
+    published before it starts (None: none)."""
+
+    label: str
+    env: dict[str, str]
+    model: Any = None
+
+
+@dataclass
+class FlowCost:
+    label: str
+    seconds: float  # the flow's time over the events (``timed_cpu``), the fastest run
+    cpu_s: float  # the CPU of the flow's process over them, in that run
+
+    def rate(self, events: int) -> float:
+        return events / self.seconds
+
+    def cpu_us(self, events: int) -> float:
+        return self.cpu_s / events * 1e6
+
+
+def compare_flows(
+    url: str,
+    client: redis.Redis,
+    events: list[dict[str, Any]],
+    work: Path,
+    runs: list[FlowRun],
+    *,
+    repeats: int = 2,
+    earlier: dict[str, list[tuple[float, float]]] | None = None,
+    after: Callable[[str], None] | None = None,
+) -> dict[str, FlowCost]:
+    """Each of ``runs`` over ``events`` in turn, ``repeats`` times (``timed_cpu``), and the
+    fastest of each kept: on a shared machine the others' load only ever slows a run down.
+    ``earlier``: runs already made, by label; ``after(label)`` is called after each run's
+    first repetition, with Redis as that run left it."""
+    from app.clustering import store
+
+    found = {label: list(times) for label, times in (earlier or {}).items()}
+    for n in range(repeats):
+        for run in runs:
+            model = run.model
+
+            def publish(model: Any = model) -> None:
+                if model is not None:
+                    store.publish(client, model)
+
+            name = f"{run.label.replace(' ', '-')}-{n}"
+            times = timed_cpu(url, client, events, FLOW, work / name, env=run.env, before=publish)
+            found.setdefault(run.label, []).append(times)
+            if n == 0 and after is not None:
+                after(run.label)
+    return {label: FlowCost(label, *min(times)) for label, times in found.items()}
+
+
+def fitted_on_flow(
+    client: redis.Redis, *, families: tuple[str, ...] | None = None, sample_size: int = 20_000
+) -> tuple[Any, int, int]:
+    """A model fitted on the profiles a flow run left in Redis, as a refit would (a uniform
+    sample, every family unless ``families``): the model, the sample's size, the profiles."""
+    from app.clustering import store
+    from app.clustering.fitting import FAMILIES, fit
+
+    _, profiles = store.sample_profiles(client, sample_size)
+    customers = sum(1 for _ in client.scan_iter(match=store.PROFILE_PATTERN, count=2_000))
+    found = fit(profiles, families=families or FAMILIES)
+    model = found.chosen.model(found.prep, version=1, fitted_at=time.time_ns() // 1_000_000)
+    return model, len(profiles), customers
+
+
+OFF = {"SEGFLOW_CLUSTERING": "off"}
+BATCH = {"SEGFLOW_CLUSTERING": "batch"}
+
+
 @dataclass
 class ClusterCost:
     """The flow with clustering off and on over the same events (``clusters_on_off``)."""
 
     events: int
-    off_s: float
-    off_cpu_s: float
-    on_s: float
-    on_cpu_s: float
+    off: FlowCost
+    on: FlowCost
     model: Any  # the ClusterModel the "on" run assigned by
     fit_sample: int  # profiles the model was fitted on
     customers: int  # profiles the flow computed
 
     @property
-    def off_rate(self) -> float:
-        return self.events / self.off_s
-
-    @property
-    def on_rate(self) -> float:
-        return self.events / self.on_s
-
-    @property
     def cost_share(self) -> float:
         """How much of the flow's throughput the assignment costs (1 - on/off)."""
-        return 1 - self.on_rate / self.off_rate
+        return 1 - self.on.rate(self.events) / self.off.rate(self.events)
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """(path, events/s, CPU us per event, ratio to off) per run."""
-        off_us = self.off_cpu_s / self.events * 1e6
-        on_us = self.on_cpu_s / self.events * 1e6
-        return [
-            ("clustering off", f"{self.off_rate:,.0f}", f"{off_us:.1f}", "1.00"),
-            (
-                f"clustering on ({self.model.algorithm}, {len(self.model.clusters)} clusters)",
-                f"{self.on_rate:,.0f}",
-                f"{on_us:.1f}",
-                f"{self.on_rate / self.off_rate:.2f}",
-            ),
-        ]
+        return [flow_row(self.off, self.off, self.events), flow_row(self.on, self.off, self.events)]
+
+
+def flow_row(cost: FlowCost, off: FlowCost, events: int) -> tuple[str, str, str, str]:
+    return (
+        cost.label,
+        f"{cost.rate(events):,.0f}",
+        f"{cost.cpu_us(events):.1f}",
+        f"{cost.rate(events) / off.rate(events):.2f}",
+    )
 
 
 def clusters_on_off(
@@ -246,40 +315,23 @@ def clusters_on_off(
     repeats: int = 2,
 ) -> ClusterCost:
     """The flow over ``events`` with clustering off, then a model fitted on the profiles that
-    run computed (as a refit would: a uniform sample, every family unless ``families``), then
-    the flow again with that model published before it starts; each timed as ``timed_cpu``,
-    off and on in turn ``repeats`` times, and the fastest of each kept (on a shared machine
-    the others' load only ever slows a run down)."""
-    from app.clustering import store
-    from app.clustering.fitting import FAMILIES, fit
-
-    flow = "pipelines.segmentation:flow_from_env()"
-    off = {"SEGFLOW_CLUSTERING": "off"}
-    off_runs = [timed_cpu(url, client, events, flow, work / "clusters-off-0", env=off)]
-    _, profiles = store.sample_profiles(client, sample_size)
-    customers = sum(1 for _ in client.scan_iter(match=store.PROFILE_PATTERN, count=2_000))
-    found = fit(profiles, families=families or FAMILIES)
-    model = found.chosen.model(found.prep, version=1, fitted_at=time.time_ns() // 1_000_000)
-    on_runs = []
-    for n in range(repeats):
-        if n:
-            off_runs.append(
-                timed_cpu(url, client, events, flow, work / f"clusters-off-{n}", env=off)
-            )
-        on_runs.append(
-            timed_cpu(
-                url,
-                client,
-                events,
-                flow,
-                work / f"clusters-on-{n}",
-                env={"SEGFLOW_CLUSTERING": "batch"},
-                before=lambda: store.publish(client, model),
-            )
-        )
-    off_s, off_cpu = min(off_runs)
-    on_s, on_cpu = min(on_runs)
-    return ClusterCost(len(events), off_s, off_cpu, on_s, on_cpu, model, len(profiles), customers)
+    run computed (``fitted_on_flow``), then the flow again with that model published before it
+    starts, off and on in turn (``compare_flows``)."""
+    first = timed_cpu(url, client, events, FLOW, work / "clusters-off-first", env=OFF)
+    model, sample, customers = fitted_on_flow(client, families=families, sample_size=sample_size)
+    on_label = f"clustering on ({model.algorithm}, {len(model.clusters)} clusters)"
+    found = compare_flows(
+        url,
+        client,
+        events,
+        work,
+        [FlowRun("clustering off", OFF), FlowRun(on_label, BATCH, model)],
+        repeats=repeats,
+        earlier={"clustering off": [first]},
+    )
+    return ClusterCost(
+        len(events), found["clustering off"], found[on_label], model, sample, customers
+    )
 
 
 def read_floor_flow() -> Any:
@@ -353,7 +405,7 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int]:
     by_partition: dict[int, list[StreamEvent]] = {}
     for n, item in enumerate(events):
         partition = partition_of(item["customer_id"], PARTITIONS)
-        entry = {**item, "replay": LANE}
+        entry = cast(StreamEntry, {**item, "replay": LANE})
         by_partition.setdefault(partition, []).append(StreamEvent(partition, str(n), entry))
     reads: list[tuple[int, list[SourceItem]]] = []  # (its tick's time, the read)
     for partition, read in by_partition.items():
