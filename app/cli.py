@@ -223,6 +223,12 @@ def _serve(
     if pipeline:
         specs.append(ProcessSpec("pipeline", [sys.executable, "-m", "app.cli", "pipeline"]))
         specs.append(ProcessSpec("dispatcher", [sys.executable, "-m", "app.cli", "dispatcher"]))
+        if settings.clustering == "stream":
+            specs.append(
+                ProcessSpec(
+                    "cluster-stream", [sys.executable, "-m", "app.cli", "cluster", "stream"]
+                )
+            )
     if first.demo_shop_key:
         specs.append(
             ProcessSpec(
@@ -680,6 +686,38 @@ def cluster_show() -> None:
     _print_clusters(Console(width=max(Console().width, 160)), model, live)
 
 
+@cluster.command(name="stream")
+def cluster_stream() -> None:
+    """Keep the clusters on the stream (SEGFLOW_CLUSTERING=stream; `segflow up` runs it): learn
+    from the dataflow's feature snapshots and publish the centres every
+    SEGFLOW_CLUSTER_STREAM_INTERVAL_S, between the batch refits, until stopped."""
+    from app.clustering import stream
+
+    _configure_logging()
+    settings = _settings()
+    if settings.clustering != "stream":
+        raise click.ClickException(
+            f"SEGFLOW_CLUSTERING is {settings.clustering!r}: the stream clusterer runs only "
+            "with SEGFLOW_CLUSTERING=stream (the dataflow then sends it the snapshots)"
+        )
+    migrate.migrated(settings)
+    engine = make_engine(settings, pooled=False)
+    with redis_url_for(settings.redis_url, settings.data_dir) as url:
+        try:
+            wait_until_ready_sync(url, who="stream clusterer")
+            client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+            stream.run(
+                client,
+                engine,
+                interval_s=settings.cluster_stream_interval_s,
+                memory=settings.cluster_stream_memory,
+            )
+        except redis.RedisError as error:  # one line, no traceback: `segflow up` restarts it
+            raise click.ClickException(f"stream clusterer: {error}") from None
+        finally:
+            engine.dispose()
+
+
 @main.command()
 @click.option(
     "--url",
@@ -737,6 +775,7 @@ BENCHMARKS = (
     "retention",
     "rule_saves",
     "admin_pages",
+    "clustering",
 )  # bench/NAME.py
 
 

@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     clustering: Literal["batch", "stream", "off"] = Field(
         default="batch", alias="SEGFLOW_CLUSTERING"
     )
+    # With "stream": how often the stream clusterer publishes its centres (seconds), and how
+    # many recent snapshots a centre follows (a newer snapshot weighs 1/N of it at least).
+    cluster_stream_interval_s: int = Field(
+        default=300, ge=1, le=86_400, alias="SEGFLOW_CLUSTER_STREAM_INTERVAL_S"
+    )
+    cluster_stream_memory: int = Field(
+        default=10_000, ge=100, le=10_000_000, alias="SEGFLOW_CLUSTER_STREAM_MEMORY"
+    )
     # How often the dataflow snapshots its state for recovery: after a crash it re-reads at
     # most this much of the streams.
     snapshot_interval_s: int = Field(default=2, ge=1, alias="SEGFLOW_SNAPSHOT_INTERVAL_S")

@@ -12,8 +12,13 @@
 3. Delay: the dataflow runs live while events are appended at RATE events/s; every 100th event
    is a probe with a customer of its own, and the time from its XADD to its profile being
    visible in Redis is recorded.
+4. With ``--clusters``: the flow with clustering off (``SEGFLOW_CLUSTERING=off``), then on,
+   over the same events in the same run, assigning every snapshot by a model fitted on the
+   profiles the "off" run computed (published before the "on" run starts): events/s and CPU
+   of the flow's process per event, and their ratio (``clusters_on_off``, which
+   ``bench/clustering.py`` runs too).
 
-    .venv/bin/python bench/pipeline.py [--events 200000] [--rate 10000] [--seconds 10]
+    .venv/bin/python bench/pipeline.py [--events 200000] [--rate 10000] [--seconds 10] [--clusters]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import gc
 import os
 import random
+import resource
 import signal
 import sqlite3
 import statistics
@@ -30,8 +36,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -39,6 +47,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.events import StreamEntry  # noqa: E402
 from app.profiles.keys import profile_key  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
 from app.streams import EVENT_FIELD, partition_of, stream_key  # noqa: E402
@@ -127,34 +136,202 @@ def event(n: int, now: int, customer: str | None = None) -> dict[str, Any]:
     )
 
 
-def run_flow(url: str, flow: str, recovery: Path) -> float:
-    """Run ``flow`` over the streams until caught up; its wall time in seconds."""
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's children that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_flow(
+    url: str, flow: str, recovery: Path, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """Run ``flow`` over the streams until caught up; its wall time and the CPU time of its
+    process, in seconds (``env``: more environment for it)."""
     env = {
         **os.environ,
         "REDIS_URL": url,
         "SEGFLOW_PARTITIONS": str(PARTITIONS),
         "SEGFLOW_STOP_AT_END": "1",
+        **(env or {}),
     }
     from bytewax.recovery import init_db_dir
 
     recovery.mkdir()
     init_db_dir(recovery, 1)  # type: ignore[no-untyped-call]
     argv = [sys.executable, "-m", "bytewax.run", flow, "-r", str(recovery), "-s", "2", "-b", "0"]
+    cpu = _children_cpu()
     started = time.perf_counter()
     subprocess.run(argv, env=env, cwd=ROOT, check=True)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _children_cpu() - cpu
+
+
+def timed_cpu(
+    url: str,
+    client: redis.Redis,
+    events: list[dict[str, Any]],
+    flow: str,
+    recovery: Path,
+    *,
+    env: dict[str, str] | None = None,
+    before: Callable[[], None] | None = None,
+) -> tuple[float, float]:
+    """Seconds and CPU seconds the flow spends on ``events``: its run over them less its run
+    over nothing (process start-up and the last idle tick are the same in both). ``before``
+    runs once the events are in the streams, just before the flow starts on them."""
+    client.flushdb()
+    empty_s, empty_cpu = run_flow(url, flow, recovery.with_name(f"{recovery.name}-empty"), env)
+    client.flushdb()
+    append_replay(client, events, PARTITIONS, lane=LANE)  # a shop's history: a replay
+    if before is not None:
+        before()
+    run_s, run_cpu = run_flow(url, flow, recovery, env)
+    return run_s - empty_s, run_cpu - empty_cpu
 
 
 def timed(
     url: str, client: redis.Redis, events: list[dict[str, Any]], flow: str, recovery: Path
 ) -> float:
-    """Seconds the flow spends on ``events``: its run over them less its run over nothing
-    (process start-up and the last idle tick are the same in both)."""
-    client.flushdb()
-    empty = run_flow(url, flow, recovery.with_name(f"{recovery.name}-empty"))
-    client.flushdb()
-    append_replay(client, events, PARTITIONS, lane=LANE)  # a shop's history: a replay
-    return run_flow(url, flow, recovery) - empty
+    """Seconds the flow spends on ``events`` (``timed_cpu``)."""
+    return timed_cpu(url, client, events, flow, recovery)[0]
+
+
+FLOW = "pipelines.segmentation:flow_from_env()"
+
+
+@dataclass
+class FlowRun:
+    """One way to run the flow (``compare_flows``): its environment, and the cluster model
+    published before it starts (None: none)."""
+
+    label: str
+    env: dict[str, str]
+    model: Any = None
+
+
+@dataclass
+class FlowCost:
+    label: str
+    seconds: float  # the flow's time over the events (``timed_cpu``), the fastest run
+    cpu_s: float  # the CPU of the flow's process over them, in that run
+
+    def rate(self, events: int) -> float:
+        return events / self.seconds
+
+    def cpu_us(self, events: int) -> float:
+        return self.cpu_s / events * 1e6
+
+
+def compare_flows(
+    url: str,
+    client: redis.Redis,
+    events: list[dict[str, Any]],
+    work: Path,
+    runs: list[FlowRun],
+    *,
+    repeats: int = 2,
+    earlier: dict[str, list[tuple[float, float]]] | None = None,
+    after: Callable[[str], None] | None = None,
+) -> dict[str, FlowCost]:
+    """Each of ``runs`` over ``events`` in turn, ``repeats`` times (``timed_cpu``), and the
+    fastest of each kept: on a shared machine the others' load only ever slows a run down.
+    ``earlier``: runs already made, by label; ``after(label)`` is called after each run's
+    first repetition, with Redis as that run left it."""
+    from app.clustering import store
+
+    found = {label: list(times) for label, times in (earlier or {}).items()}
+    for n in range(repeats):
+        for run in runs:
+            model = run.model
+
+            def publish(model: Any = model) -> None:
+                if model is not None:
+                    store.publish(client, model)
+
+            name = f"{run.label.replace(' ', '-')}-{n}"
+            times = timed_cpu(url, client, events, FLOW, work / name, env=run.env, before=publish)
+            found.setdefault(run.label, []).append(times)
+            if n == 0 and after is not None:
+                after(run.label)
+    return {label: FlowCost(label, *min(times)) for label, times in found.items()}
+
+
+def fitted_on_flow(
+    client: redis.Redis, *, families: tuple[str, ...] | None = None, sample_size: int = 20_000
+) -> tuple[Any, int, int]:
+    """A model fitted on the profiles a flow run left in Redis, as a refit would (a uniform
+    sample, every family unless ``families``): the model, the sample's size, the profiles."""
+    from app.clustering import store
+    from app.clustering.fitting import FAMILIES, fit
+
+    _, profiles = store.sample_profiles(client, sample_size)
+    customers = sum(1 for _ in client.scan_iter(match=store.PROFILE_PATTERN, count=2_000))
+    found = fit(profiles, families=families or FAMILIES)
+    model = found.chosen.model(found.prep, version=1, fitted_at=time.time_ns() // 1_000_000)
+    return model, len(profiles), customers
+
+
+OFF = {"SEGFLOW_CLUSTERING": "off"}
+BATCH = {"SEGFLOW_CLUSTERING": "batch"}
+
+
+@dataclass
+class ClusterCost:
+    """The flow with clustering off and on over the same events (``clusters_on_off``)."""
+
+    events: int
+    off: FlowCost
+    on: FlowCost
+    model: Any  # the ClusterModel the "on" run assigned by
+    fit_sample: int  # profiles the model was fitted on
+    customers: int  # profiles the flow computed
+
+    @property
+    def cost_share(self) -> float:
+        """How much of the flow's throughput the assignment costs (1 - on/off)."""
+        return 1 - self.on.rate(self.events) / self.off.rate(self.events)
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(path, events/s, CPU us per event, ratio to off) per run."""
+        return [flow_row(self.off, self.off, self.events), flow_row(self.on, self.off, self.events)]
+
+
+def flow_row(cost: FlowCost, off: FlowCost, events: int) -> tuple[str, str, str, str]:
+    return (
+        cost.label,
+        f"{cost.rate(events):,.0f}",
+        f"{cost.cpu_us(events):.1f}",
+        f"{cost.rate(events) / off.rate(events):.2f}",
+    )
+
+
+def clusters_on_off(
+    url: str,
+    client: redis.Redis,
+    events: list[dict[str, Any]],
+    work: Path,
+    *,
+    families: tuple[str, ...] | None = None,
+    sample_size: int = 20_000,
+    repeats: int = 2,
+) -> ClusterCost:
+    """The flow over ``events`` with clustering off, then a model fitted on the profiles that
+    run computed (``fitted_on_flow``), then the flow again with that model published before it
+    starts, off and on in turn (``compare_flows``)."""
+    first = timed_cpu(url, client, events, FLOW, work / "clusters-off-first", env=OFF)
+    model, sample, customers = fitted_on_flow(client, families=families, sample_size=sample_size)
+    on_label = f"clustering on ({model.algorithm}, {len(model.clusters)} clusters)"
+    found = compare_flows(
+        url,
+        client,
+        events,
+        work,
+        [FlowRun("clustering off", OFF), FlowRun(on_label, BATCH, model)],
+        repeats=repeats,
+        earlier={"clustering off": [first]},
+    )
+    return ClusterCost(
+        len(events), found["clustering off"], found[on_label], model, sample, customers
+    )
 
 
 def read_floor_flow() -> Any:
@@ -228,7 +405,7 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int]:
     by_partition: dict[int, list[StreamEvent]] = {}
     for n, item in enumerate(events):
         partition = partition_of(item["customer_id"], PARTITIONS)
-        entry = {**item, "replay": LANE}
+        entry = cast(StreamEntry, {**item, "replay": LANE})
         by_partition.setdefault(partition, []).append(StreamEvent(partition, str(n), entry))
     reads: list[tuple[int, list[SourceItem]]] = []  # (its tick's time, the read)
     for partition, read in by_partition.items():
@@ -346,11 +523,28 @@ def delay_run(url: str, client: redis.Redis, rate: int, seconds: float) -> tuple
     return delays, probes
 
 
+def print_cluster_cost(cost: ClusterCost) -> None:
+    print(
+        f"\nclustering on against off, same {cost.events:,} events (model fitted on "
+        f"{cost.fit_sample:,} of the {cost.customers:,} profiles the off run computed):"
+    )
+    print("| path | events/s | CPU us per event (flow process) | ratio to off |")
+    print("|---|---|---|---|")
+    for row in cost.rows():
+        print("| " + " | ".join(row) + " |")
+    print(f"assignment costs {cost.cost_share:.1%} of the flow's throughput (target: at most 10%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--clusters",
+        action="store_true",
+        help="Also run the flow with clustering off and on over the same events.",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-pipeline-"))
@@ -369,6 +563,7 @@ def main() -> None:
         compute_s, evaluations = compute_only(events)
         assert processed_entries(client) == args.events
         per_customer, customers = state_bytes_per_customer(recovery)
+        cost = clusters_on_off(url, client, events, work) if args.clusters else None
         client.flushdb()
         delays, probes = delay_run(url, client, args.rate, args.seconds)
     finally:
@@ -407,6 +602,8 @@ def main() -> None:
         f"{compute_s / evaluations * 1e6:.1f} us of CPU each"
     )
     print(f"\nrecovery state: {per_customer:,.0f} bytes per customer ({customers:,} customers)")
+    if cost is not None:
+        print_cluster_cost(cost)
     if delays:
         p50 = statistics.median(delays) * 1000
         p99 = statistics.quantiles(delays, n=100)[98] * 1000 if len(delays) > 1 else p50

@@ -546,6 +546,9 @@ class CustomerFeatures:
     evaluated: int | None = None  # the latest instant ``segments`` was evaluated at
     # beyond its cluster's reach as of that instant (recomputed at each evaluation, not saved)
     outlier: bool = False
+    # the cluster model's last assignment of the customer (``app.clustering.model.Assignment``:
+    # derived, not saved), so a snapshot that moves no column is not assigned again
+    assignment: Any = field(default=None, repr=False, compare=False)
     # the last ``observe`` and the groups of features changed since (by events or a fold):
     # derived, so recovery snapshots leave them out
     _observed: _Observed | None = field(default=None, repr=False, compare=False)
@@ -804,6 +807,7 @@ def _rebuilt(
     }
     customer.evaluated = rest[9] if len(rest) > 9 else customer.newest  # from before it was kept
     customer.outlier = False
+    customer.assignment = None
     customer._observed = None
     customer._dirty = set()
     customer._expired_at = None

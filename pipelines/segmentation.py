@@ -79,6 +79,7 @@ from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
 SHARDS_PER_PARTITION = 16
 _NO_CLUSTERS: frozenset[str] = frozenset()
+JOINED_KEPT = 10_000  # memberships with a cluster remembered per shard (``_with_cluster``)
 # What a shard emits: the sink writes each kind (``pipelines.records``).
 # set by `segflow pipeline` for the flow it runs: the recovery store (`bytewax.run -r`)
 RECOVERY_DIR_ENV = "SEGFLOW_RECOVERY_DIR"
@@ -301,8 +302,13 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         self.watcher = watcher
         self.clusters = clusters
         self.model: ClusterModel | None = None
-        # a cluster id -> what a rule's ``cluster:`` condition may name it by (id, name)
-        self._cluster_names: dict[str, frozenset[str]] = {}
+        # per cluster of the model (by index): its pseudo-segment, and what a rule's
+        # ``cluster:`` condition may name it by (id, name)
+        self._cluster_members: list[str] = []
+        self._cluster_names: list[frozenset[str]] = []
+        # (rule segments, cluster pseudo-segment) -> both: one set object per combination, so
+        # an unchanged membership is found by identity (the rules' answers are remembered)
+        self._joined: dict[tuple[frozenset[str], str], frozenset[str]] = {}
         self.state = state or ShardState()
         self.state.catalogue = catalogue
 
@@ -733,9 +739,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if model is self.model:
             return
         self.model = model
-        self._cluster_names = (
-            {} if model is None else {c.id: frozenset((c.id, c.name)) for c in model.clusters}
-        )
+        clusters = [] if model is None else model.clusters
+        self._cluster_members = [membership(c.id) for c in clusters]
+        self._cluster_names = [frozenset((c.id, c.name)) for c in clusters]
         version = None if model is None else model.version
         if version == self.state.cluster_version:
             return  # a recovered shard already assigned under it
@@ -821,17 +827,19 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         transitions: tuple[Transition, ...] = ()
         member, clusters = None, _NO_CLUSTERS
         if self.model is not None:
-            cluster_id, customer.outlier = self.model.assign(features)
-            if cluster_id is not None:
-                member, clusters = membership(cluster_id), self._cluster_names[cluster_id]
+            assigned = customer.assignment = self.model.follow(features, customer.assignment)
+            customer.outlier = assigned.outlier
+            if assigned.index is not None:
+                member = self._cluster_members[assigned.index]
+                clusters = self._cluster_names[assigned.index]
         before = customer.segments
         if self.rules is not None:
             segments = Rulesets.for_thread(self.rules).segments(features, customer.traits, clusters)
         else:
             segments = frozenset(s for s in before if not s.startswith(CLUSTER_PREFIX))
         if member is not None:
-            segments |= {member}
-        if segments != before:
+            segments = self._with_cluster(segments, member)
+        if segments is not before and segments != before:
             transitions = self._transitions(before, segments, now)
             customer.segments = segments
         if self.rules is not None:
@@ -841,6 +849,15 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if customer.evaluated is None or now > customer.evaluated:
             customer.evaluated = now
         return features, deadline, transitions
+
+    def _with_cluster(self, segments: frozenset[str], member: str) -> frozenset[str]:
+        key = (segments, member)
+        joined = self._joined.get(key)
+        if joined is None:
+            if len(self._joined) >= JOINED_KEPT:
+                self._joined.clear()
+            joined = self._joined[key] = segments | {member}
+        return joined
 
     def _schedule(self, customer_id: str, deadline: int | None) -> None:
         """The customer's next deadline is ``deadline``, whatever was queued."""
@@ -941,10 +958,13 @@ def get_flow(
     sink: Sink[Any] | None = None,
     recovery_dir: Path | None = None,
     clusters: ModelWatcher | None = None,
+    cluster_snapshots: bool = False,
 ) -> Dataflow:
     """source -> features -> profile sink; ``stop_at_end`` for runs over a finished stream;
     ``sink`` replaces the Redis sink (tests read every update in order through it);
-    ``recovery_dir``: the recovery store the run snapshots into (compacted after erasures)."""
+    ``recovery_dir``: the recovery store the run snapshots into (compacted after erasures);
+    ``clusters``: the cluster model to assign by; ``cluster_snapshots``: the sink feeds the
+    stream clusterer (``SEGFLOW_CLUSTERING=stream``)."""
     flow = Dataflow("segmentation")
     items = op.input(
         "events", flow, RedisStreamSource(redis_url, partitions, stop_at_end=stop_at_end)
@@ -960,7 +980,12 @@ def get_flow(
     # (shard, ProfileUpdate | LateEvent | ShardProgress)
     named = op.map("name_progress", updates, _name_progress)
     # ProfileUpdate | LateEvent | ShardProgress (progress and updates with their shard)
-    sink = sink or ProfileSink(redis_url, partitions=partitions, recovery_dir=recovery_dir)
+    sink = sink or ProfileSink(
+        redis_url,
+        partitions=partitions,
+        recovery_dir=recovery_dir,
+        cluster_snapshots=cluster_snapshots,
+    )
     op.output("profiles", named, sink)
     return flow
 
@@ -994,6 +1019,7 @@ def segmentation_flow(
         sink=sink,
         recovery_dir=recovery_dir,
         clusters=None if settings.clustering == "off" else ModelWatcher(redis.Redis.from_url(url)),
+        cluster_snapshots=settings.clustering == "stream",
     )
 
 

@@ -15,8 +15,14 @@ import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from app.clustering.columns import inputs
 from app.clustering.model import CLUSTER_PREFIX
-from app.clustering.store import MOVES_KEY
+from app.clustering.store import (
+    MOVES_KEY,
+    SNAPSHOT_ENTRIES_KEPT,
+    SNAPSHOT_ROWS_PER_ENTRY,
+    SNAPSHOTS_KEY,
+)
 from app.events import StreamEntry
 from app.profiles import moves
 from app.profiles.keys import (
@@ -282,12 +288,17 @@ class _SegmentMoves:
 
 class _ProfilePartition(StatelessSinkPartition[Any]):
     def __init__(
-        self, url: str, recovery_dir: Path | None, finisher: ErasureFinisher | None
+        self,
+        url: str,
+        recovery_dir: Path | None,
+        finisher: ErasureFinisher | None,
+        cluster_snapshots: bool = False,
     ) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=10)
         self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE, _MEASURE_DELAY)
         self._recovery_dir = recovery_dir
         self._finisher = finisher
+        self._cluster_snapshots = cluster_snapshots
 
     def write_batch(self, items: list[Any]) -> None:
         batch = _Batch()
@@ -387,9 +398,22 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 )
                 self._trim(corrections_key(customer_id), CORRECTIONS_KEPT)
         segment_moves.write(self._redis)
+        if self._cluster_snapshots:
+            self._snapshots(batch)
         if batch.progress:  # after the profiles, on the same connection: progress implies them
             progress = batch.progress.items()
             self._redis.command("HSET", PROGRESS_KEY, *(x for p in progress for x in p))
+
+    def _snapshots(self, batch: _Batch) -> None:
+        """The written profiles' column inputs, for the stream clusterer (``SNAPSHOTS_KEY``):
+        a few rows an entry, the stream capped (replayed output adds rows again: a sample's
+        weight, no harm)."""
+        rows = [inputs(u.features) for u in batch.profiles.values() if u is not None]
+        for start in range(0, len(rows), SNAPSHOT_ROWS_PER_ENTRY):
+            self._redis.command(
+                "XADD", SNAPSHOTS_KEY, "MAXLEN", "~", SNAPSHOT_ENTRIES_KEPT, "*",
+                "rows", orjson.dumps(rows[start : start + SNAPSHOT_ROWS_PER_ENTRY]),
+            )  # fmt: skip
 
     def _move(self, merged: Merged) -> None:
         """The anonymous customer's recent events, transitions and corrections join the known
@@ -548,16 +572,28 @@ def _shown(event: StreamEntry) -> bytes:
 
 class ProfileSink(DynamicSink[Any]):
     """``recovery_dir``: the dataflow's recovery store, compacted when erasures finish (the
-    first worker runs the ``ErasureFinisher``)."""
+    first worker runs the ``ErasureFinisher``); ``cluster_snapshots``: also append each
+    written profile's column inputs to the stream clusterer's stream (clusters kept on the
+    stream)."""
 
-    def __init__(self, url: str, *, partitions: int = 1, recovery_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        partitions: int = 1,
+        recovery_dir: Path | None = None,
+        cluster_snapshots: bool = False,
+    ) -> None:
         self._url = url
         self._partitions = partitions
         self._recovery_dir = recovery_dir
+        self._cluster_snapshots = cluster_snapshots
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProfilePartition:
         finisher = None
         if worker_index == 0:
             finisher = ErasureFinisher(self._url, self._partitions, self._recovery_dir)
             finisher.start()
-        return _ProfilePartition(self._url, self._recovery_dir, finisher)
+        return _ProfilePartition(
+            self._url, self._recovery_dir, finisher, cluster_snapshots=self._cluster_snapshots
+        )

@@ -3,7 +3,9 @@ the clustering tests and ``bench/clustering.py``.
 
 Each persona draws its built-ins from its own ranges (money log-uniform); the personas are far
 apart in the columns the cluster models read, so a good model recovers them. ``drift`` moves a
-share of the customers to another persona; ``outliers`` are customers far beyond every persona
+share of the customers to another persona; ``features_of(..., grown=g)`` draws a persona whose
+behaviour has grown (money, orders, pages, minutes and carts times ``g``: the population
+drifts while each persona stays itself); ``outliers`` are customers far beyond every persona
 in several columns at once.
 """
 
@@ -61,16 +63,21 @@ def _uniform(rng: random.Random, bounds: Range, *, log: bool = False) -> float |
     return rng.uniform(low, high)
 
 
-def features_of(persona: str, rng: random.Random) -> dict[str, Any]:
-    """A customer of ``persona`` as the profile's built-in features."""
+def _grown(bounds: Range, by: float) -> Range:
+    return None if bounds is None else (bounds[0] * by, bounds[1] * by)
+
+
+def features_of(persona: str, rng: random.Random, *, grown: float = 1.0) -> dict[str, Any]:
+    """A customer of ``persona`` as the profile's built-in features (``grown``: the module
+    docstring)."""
     spec: Mapping[str, Any] = PERSONAS[persona]
     recency = _uniform(rng, spec["recency_days"])
-    orders = _uniform(rng, spec["orders"])
-    revenue = _uniform(rng, spec["revenue"], log=True)
-    depth = _uniform(rng, spec["depth"])
-    minutes = _uniform(rng, spec["minutes"])
+    orders = _uniform(rng, _grown(spec["orders"], grown))
+    revenue = _uniform(rng, _grown(spec["revenue"], grown), log=True)
+    depth = _uniform(rng, _grown(spec["depth"], grown))
+    minutes = _uniform(rng, _grown(spec["minutes"], grown))
     rate = _uniform(rng, spec["rate"])
-    cart = _uniform(rng, spec["cart"], log=True)
+    cart = _uniform(rng, _grown(spec["cart"], grown), log=True)
     return {
         "rfm_recency_ms": None if recency is None else int(recency * DAY_MS),
         "rfm_frequency_30d": 0 if orders is None else round(orders / 3),

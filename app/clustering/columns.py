@@ -25,13 +25,19 @@ standardised (mean 0, unit variance), so no unit dominates a distance. The one-h
 weighted down so a category counts for less than a behaviour. Fitting uses a scikit-learn
 ``Pipeline``/``ColumnTransformer``; the live assignment (``Preparation.row``) replays the
 fitted parameters in plain Python, and the tests hold the two equal.
+
+What a profile brings to the columns is ``INPUTS``: the numeric columns' sources and the top
+category, in that order (``inputs``). The dataflow compares them between a customer's
+snapshots to assign again only what changed (``model.Assignment``), and the sink sends them to
+the stream clusterer (``stream``) in that order.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DAY_MS = 86_400_000
@@ -63,6 +69,20 @@ NUMERIC: tuple[Column, ...] = (
 )
 CATEGORY_SOURCE = "top_category_30d"
 NUMERIC_NAMES = tuple(column.name for column in NUMERIC)
+INPUTS: tuple[str, ...] = (*(column.source for column in NUMERIC), CATEGORY_SOURCE)
+
+
+_INPUTS_OF = operator.itemgetter(*INPUTS)
+
+
+def inputs(features: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What the columns read of a profile's features (``INPUTS``), as they are (None where
+    one is absent)."""
+    try:
+        found: tuple[Any, ...] = _INPUTS_OF(features)  # every profile carries them: fast
+    except KeyError:
+        return tuple(map(features.get, INPUTS))
+    return found
 
 
 def measured(column: Column, features: Mapping[str, Any]) -> float:
@@ -93,6 +113,26 @@ def logged(column: Column, value: float) -> float:
     return math.log1p(value) if column.log else value
 
 
+def scaled(step: tuple[float, float, float | None, bool, float, float], value: Any) -> float:
+    """One numeric column's scaled value (``Preparation.plan``'s ``step`` for it) of its
+    source's ``value``: measured, filled, logged and standardised as the fitted pipeline does."""
+    divide, missing, cap, log, mean, scale = step
+    if value is None or value.__class__ is bool or not isinstance(value, int | float):
+        number = missing
+    else:
+        number = float(value) / divide
+        if number != number:  # NaN: none
+            number = missing
+        else:
+            if number < 0.0:
+                number = 0.0
+            if cap is not None and number > cap:
+                number = cap
+    if log:
+        number = math.log1p(number)
+    return (number - mean) / scale
+
+
 @dataclass(frozen=True)
 class Preparation:
     """The fitted preparation: per numeric column its mean and scale after the log, and the
@@ -101,6 +141,17 @@ class Preparation:
     means: tuple[float, ...]
     scales: tuple[float, ...]
     categories: tuple[str, ...]
+    # per numeric column, what ``scaled`` needs: (divide, missing, cap, log, mean, scale)
+    plan: tuple[tuple[float, float, float | None, bool, float, float], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        plan = tuple(
+            (c.divide, c.missing, c.cap, c.log, mean, scale)
+            for c, mean, scale in zip(NUMERIC, self.means, self.scales, strict=False)
+        )
+        object.__setattr__(self, "plan", plan)
 
     @property
     def width(self) -> int:
@@ -112,13 +163,19 @@ class Preparation:
 
     def row(self, features: Mapping[str, Any]) -> list[float]:
         """A profile's features as the model's scaled vector."""
-        out = [
-            (logged(column, raw_value(column, features)) - mean) / scale
-            for column, mean, scale in zip(NUMERIC, self.means, self.scales, strict=True)
-        ]
-        top = category(features)
+        return self.row_of(inputs(features))
+
+    def row_of(self, given: Sequence[Any]) -> list[float]:
+        """The scaled vector of a profile's ``inputs``."""
+        out = self.numeric_row(given)
+        top = given[-1]
         out.extend(CATEGORY_WEIGHT if top == name else 0.0 for name in self.categories)
         return out
+
+    def numeric_row(self, given: Sequence[Any]) -> list[float]:
+        """The numeric columns' scaled values of a profile's ``inputs`` (the live path: the
+        same arithmetic as ``measured``, ``raw_value``, ``logged`` and the scaling, inlined)."""
+        return [scaled(step, value) for step, value in zip(self.plan, given, strict=False)]
 
     def original(self, scaled: Sequence[float]) -> dict[str, float]:
         """A scaled point (a centroid) back in the columns' own units; a category column is the

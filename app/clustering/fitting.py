@@ -271,13 +271,13 @@ def _centroid_candidate(
         distances = np.sqrt(((members - center) ** 2).sum(axis=1))
         centers.append([float(v) for v in center])
         sizes.append(len(members))
-        limits.append(_fence(distances))
+        limits.append(fence(distances))
     if len(sizes) < len(set(labels.tolist())):
         params = {**params, "kept": len(sizes)}  # the rest were too small (``_lasting``)
     return Candidate(algorithm, params, "centroids", centers, sizes, {"limits": limits}, 0.0)
 
 
-def _fence(distances: np.ndarray) -> float:
+def fence(distances: np.ndarray) -> float:
     """Tukey's far-out fence of a cluster's members' distances: Q3 + 3 x IQR. Robust: the
     outliers among the members barely move it, as they would a high quantile."""
     q1, q3 = np.quantile(distances, [0.25, 0.75])
@@ -350,7 +350,7 @@ def _fit_gaussian(x: np.ndarray, max_k: int, seed: int) -> Candidate:
     labels, _ = mixture.assign_rows(x)
     distances = mixture.mahalanobis2(x, labels)
     data["limits"] = [
-        _fence(np.sqrt(distances[labels == i])) ** 2 if (labels == i).any() else 0.0
+        fence(np.sqrt(distances[labels == i])) ** 2 if (labels == i).any() else 0.0
         for i in range(len(present))
     ]
     draft.sizes = [int((labels == i).sum()) for i in range(len(present))]

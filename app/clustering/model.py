@@ -12,6 +12,13 @@ How a profile is assigned, by the kind of model:
 - ``neighbours`` (DBSCAN, HDBSCAN: no ``predict``): the cluster of the nearest kept member
   (DBSCAN's core samples, HDBSCAN's clustered members) within ``eps``; beyond ``eps`` of every
   one the profile is an outlier and in no cluster (density noise).
+
+The dataflow assigns every feature snapshot, so the live path (``ClusterModel.follow``) keeps
+each customer's last ``Assignment``: a snapshot whose ``inputs`` are those of the last one is
+not assigned again (about a third of them: deadlines that move no column), and under a
+centroid model only the columns that changed update the squared distances to the centres
+(``(x' - c)^2 - (x - c)^2`` per cluster and changed column; the top category's share of the
+distance is precomputed per category). The kinds' other paths compute the whole row.
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from app.clustering.columns import Preparation
+from app.clustering.columns import CATEGORY_WEIGHT, NUMERIC, Preparation, inputs, scaled
 from app.profiles.keys import CLUSTER_PREFIX as CLUSTER_PREFIX  # beside the segments
 
 OUTLIER_QUANTILE = 0.99
+_COLUMNS = range(len(NUMERIC))  # the numeric columns' places in a profile's ``inputs``
 
 
 def membership(cluster_id: str) -> str:
@@ -39,6 +47,33 @@ def cluster_of(memberships: frozenset[str] | Sequence[str]) -> str | None:
         if name.startswith(CLUSTER_PREFIX):
             return name[len(CLUSTER_PREFIX) :]
     return None
+
+
+class Assignment:
+    """A customer's assignment by one model, kept between their snapshots (derived state:
+    never saved, so a restored customer is assigned afresh)."""
+
+    __slots__ = ("distances", "index", "inputs", "model", "outlier", "row")
+
+    def __init__(
+        self,
+        model: ClusterModel,
+        given: tuple[Any, ...],
+        index: int | None,
+        outlier: bool,
+        row: list[float] | None = None,
+        distances: list[float] | None = None,
+    ) -> None:
+        self.model = model
+        self.inputs = given
+        self.index = index  # the cluster's index in ``model.clusters``, None: density noise
+        self.outlier = outlier
+        self.row = row  # centroid models: the numeric columns' scaled values
+        self.distances = distances  # centroid models: the squared distance to each centre
+
+    @property
+    def cluster_id(self) -> str | None:
+        return None if self.index is None else self.model.clusters[self.index].id
 
 
 @dataclass
@@ -77,6 +112,7 @@ class ClusterModel:
         if self.kind == "centroids":
             self._arrays["centers"] = [list(map(float, c.center)) for c in self.clusters]
             self._arrays["limits"] = [float(x) ** 2 for x in data["limits"]]
+            self._prepare_centroids()
         elif self.kind == "gaussian":
             self._arrays["means"] = np.asarray(data["means"], dtype=float)
             self._arrays["chol"] = np.asarray(data["precisions_cholesky"], dtype=float)
@@ -86,11 +122,35 @@ class ClusterModel:
             self._arrays["offset"] = np.log(weights) + log_det - 0.5 * d * math.log(2 * math.pi)
             self._arrays["limits"] = np.asarray(data["limits"], dtype=float)
         elif self.kind == "neighbours":
-            self._arrays["points"] = np.asarray(data["points"], dtype=float)
+            points = self._arrays["points"] = np.asarray(data["points"], dtype=float)
             self._arrays["labels"] = np.asarray(data["labels"], dtype=int)
             self._arrays["eps2"] = float(data["eps"]) ** 2
+            self._arrays["norms"] = (points * points).sum(axis=1)
         else:
             raise ValueError(f"unknown kind of cluster model {self.kind!r}")
+
+    def _prepare_centroids(self) -> None:
+        """The live path's constants: each centre's numeric part, each numeric column's
+        coordinate in every centre, and per top category (and for none) each centre's squared
+        distance over the category columns."""
+        width = len(NUMERIC)
+        centers = self._arrays["centers"]
+        self._arrays["numeric"] = [center[:width] for center in centers]
+        # each numeric column's coordinate in every centre, doubled: (x' - c)^2 - (x - c)^2
+        # is (x' - x)(x' + x - 2c)
+        self._arrays["twice_by_column"] = [
+            [2 * center[j] for center in centers] for j in range(width)
+        ]
+        base = [sum(v * v for v in center[width:]) for center in centers]
+        by_category = {
+            name: [
+                b - 2 * CATEGORY_WEIGHT * center[width + j] + CATEGORY_WEIGHT**2
+                for b, center in zip(base, centers, strict=True)
+            ]
+            for j, name in enumerate(self.prep.categories)
+        }
+        self._arrays["category_base"] = base
+        self._arrays["by_category"] = by_category
 
     @property
     def ids(self) -> list[str]:
@@ -101,8 +161,75 @@ class ClusterModel:
 
     def assign(self, features: Mapping[str, Any]) -> tuple[str | None, bool]:
         """The profile's cluster id (None for density noise) and whether it is an outlier."""
-        index, outlier = self.assign_row(self.prep.row(features))
-        return (None if index is None else self.clusters[index].id), outlier
+        found = self.follow(features, None)
+        return found.cluster_id, found.outlier
+
+    def follow(self, features: Mapping[str, Any], last: Assignment | None) -> Assignment:
+        """The profile's assignment, given the customer's ``last`` one (the module docstring
+        says what is kept and what is computed again)."""
+        given = inputs(features)
+        if last is not None and last.model is self:
+            if last.inputs == given:
+                return last
+            if self.kind == "centroids":
+                return self._moved(last, given)
+        if self.kind == "centroids":
+            return self._nearest(given)
+        index, outlier = self.assign_row(self.prep.row_of(given))
+        return Assignment(self, given, index, outlier)
+
+    def _nearest(self, given: tuple[Any, ...]) -> Assignment:
+        row = self.prep.numeric_row(given)
+        top = given[-1]
+        arrays = self._arrays
+        extra = arrays["by_category"].get(top) if isinstance(top, str) else None
+        distances = []
+        for center, d in zip(arrays["numeric"], extra or arrays["category_base"], strict=True):
+            for a, b in zip(row, center, strict=True):
+                d += (a - b) * (a - b)
+            distances.append(d)
+        return self._closest(given, row, distances)
+
+    def _moved(self, last: Assignment, given: tuple[Any, ...]) -> Assignment:
+        """``last`` (changed in place: it is the customer's own) with the columns whose
+        inputs changed moved (centroid models)."""
+        row, distances = last.row, last.distances
+        assert row is not None
+        assert distances is not None
+        arrays = self._arrays
+        plan, twice = self.prep.plan, arrays["twice_by_column"]
+        before = last.inputs
+        for j in _COLUMNS:
+            value = given[j]
+            if value != before[j]:
+                new = scaled(plan[j], value)
+                step = new - row[j]
+                if step:
+                    total = new + row[j]
+                    row[j] = new
+                    distances[:] = [
+                        d + step * (total - c) for d, c in zip(distances, twice[j], strict=True)
+                    ]
+        top, was = given[-1], before[-1]
+        if top != was:
+            table, base = arrays["by_category"], arrays["category_base"]
+            now = table.get(top, base) if isinstance(top, str) else base
+            then = table.get(was, base) if isinstance(was, str) else base
+            if now is not then:
+                distances[:] = [d + a - b for d, a, b in zip(distances, now, then, strict=True)]
+        last.inputs = given
+        best_d = min(distances)
+        best = last.index = distances.index(best_d)
+        last.outlier = best_d > arrays["limits"][best]
+        return last
+
+    def _closest(
+        self, given: tuple[Any, ...], row: list[float], distances: list[float]
+    ) -> Assignment:
+        best_d = min(distances)
+        best = distances.index(best_d)
+        outlier = best_d > self._arrays["limits"][best]
+        return Assignment(self, given, best, outlier, row, distances)
 
     def assign_row(self, row: Sequence[float]) -> tuple[int | None, bool]:
         if self.kind == "centroids":
@@ -115,14 +242,19 @@ class ClusterModel:
                     best, best_d = i, d
             return best, best_d > self._arrays["limits"][best]
         x = np.asarray(row, dtype=float)
+        arrays = self._arrays
         if self.kind == "gaussian":
-            labels, outliers = self.assign_rows(x[None, :])
-            return int(labels[0]), bool(outliers[0])
-        distances = ((self._arrays["points"] - x) ** 2).sum(axis=1)
+            # every component at once: y_k = (x - mean_k) @ chol_k
+            y = np.einsum("kd,kde->ke", x - arrays["means"], arrays["chol"])
+            squared = (y * y).sum(axis=1)
+            label = int(np.argmax(arrays["offset"] - 0.5 * squared))
+            return label, bool(squared[label] > arrays["limits"][label])
+        # |p - x|^2 = |p|^2 - 2 p.x + |x|^2: one product with the kept members
+        distances = arrays["norms"] - 2.0 * (arrays["points"] @ x)
         nearest = int(np.argmin(distances))
-        if distances[nearest] > self._arrays["eps2"]:
+        if distances[nearest] + float(x @ x) > arrays["eps2"]:
             return None, True
-        return int(self._arrays["labels"][nearest]), False
+        return int(arrays["labels"][nearest]), False
 
     def assign_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Many scaled rows at once: labels (-1 for noise) and outlier flags."""

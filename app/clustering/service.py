@@ -106,7 +106,7 @@ def fit_and_publish(
     ids = _ids(client, engine, old, profiles, new_labels, len(chosen.sizes))
     kept = [i for i in ids if old is not None and i in old.ids]
     retired = [] if old is None else [i for i in old.ids if i not in ids]
-    names = _names(engine, ids, list(chosen.centers), found.prep.categories, old)
+    names = names_for(engine, ids, list(chosen.centers), found.prep.categories, old)
     clusters = [
         Cluster(cluster_id, name, size, center, named_by)
         for cluster_id, (name, named_by), size, center in zip(
@@ -170,11 +170,37 @@ def _ids(
     count: int,
 ) -> list[str]:
     """The new clusters' ids: an old id where the members match (``identity``), else fresh."""
+    if old is None:
+        return stable_ids(client, engine, None, np.empty(0), new_labels, count)
+    old_rows = np.asarray([old.prep.row(features) for features in profiles], dtype=float)
+    old_labels, _ = old.assign_rows(old_rows)
+    return stable_ids(client, engine, old, old_labels, new_labels, count)
+
+
+def stable_ids(
+    client: redis.Redis,
+    engine: Engine,
+    old: ClusterModel | None,
+    old_labels: np.ndarray,
+    new_labels: np.ndarray,
+    count: int,
+    *,
+    lineage: Sequence[str | None] = (),
+) -> list[str]:
+    """The ids of ``count`` new clusters, given how the current model (``old``) and the new
+    one label the same rows: an old id where the members match (``identity.match``), else
+    the id in ``lineage`` at the cluster's place (the stream clusterer's centres descend from
+    the current model's) when no other cluster kept it, else a fresh one."""
     pairs: dict[int, str] = {}
     if old is not None:
-        old_rows = np.asarray([old.prep.row(features) for features in profiles], dtype=float)
-        old_labels, _ = old.assign_rows(old_rows)
-        pairs = match(old.ids, old_labels, new_labels, count).pairs
+        pairs = dict(match(old.ids, old_labels, new_labels, count).pairs)
+    kept = set(pairs.values())
+    for index, descended in enumerate(lineage):
+        if index not in pairs and descended is not None and descended not in kept:
+            pairs[index] = descended
+            kept.add(descended)
+    if len(pairs) == count:
+        return [pairs[i] for i in range(count)]
     highest = _highest_id_number(engine, old)
     number = store.next_id_number(client, highest + 1)
     new, number = fresh_ids(count - len(pairs), [*pairs.values()], number)
@@ -192,7 +218,7 @@ def _highest_id_number(engine: Engine, old: ClusterModel | None) -> int:
     return max(numbers, default=0)
 
 
-def _names(
+def names_for(
     engine: Engine,
     ids: list[str],
     centers: list[list[float]],

@@ -6,6 +6,9 @@
   last moved from one cluster to another (score = event time), for the turnover.
 - SQL: every refit (``ClusterRefit``: candidates, quality, the model) and marketers' names
   (``ClusterName``).
+- With ``SEGFLOW_CLUSTERING=stream``: ``SNAPSHOTS_KEY``, a capped stream of the feature
+  snapshots' column inputs the sink writes (``columns.INPUTS``, no customer id), which the
+  stream clusterer (``stream``) learns from.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ NEXT_ID_KEY = "clusters:next_id"  # INCR: the number of the next fresh cluster i
 MOVES_KEY = CLUSTER_MOVES_KEY  # customer id -> event time of their last move between clusters
 REFIT_LOCK_KEY = "clusters:refit-lock"
 PROFILE_PATTERN = "profile:*"
+SNAPSHOTS_KEY = "clusters:snapshots"
+SNAPSHOT_ROWS_PER_ENTRY = 100  # snapshots per stream entry (one JSON list of rows)
+SNAPSHOT_ENTRIES_KEPT = 1_000  # about: so at most about 100,000 snapshots wait in Redis
 
 
 def publish(client: redis.Redis, model: ClusterModel) -> None:
@@ -36,6 +42,24 @@ def publish(client: redis.Redis, model: ClusterModel) -> None:
     pipe.set(MODEL_KEY, orjson.dumps(model.shown()))
     pipe.set(VERSION_KEY, model.version)
     pipe.execute()
+
+
+def publish_over(client: redis.Redis, model: ClusterModel, expected: int | None) -> bool:
+    """Publish ``model`` only if the published version is still ``expected`` (nothing else
+    published meanwhile: a batch refit or a rename wins over the stream clusterer)."""
+    with client.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(VERSION_KEY)  # type: ignore[no-untyped-call]
+            raw = pipe.get(VERSION_KEY)
+            if (None if raw is None else int(raw)) != expected:
+                return False
+            pipe.multi()
+            pipe.set(MODEL_KEY, orjson.dumps(model.shown()))
+            pipe.set(VERSION_KEY, model.version)
+            pipe.execute()
+        except redis.WatchError:
+            return False
+    return True
 
 
 def published(client: redis.Redis) -> ClusterModel | None:

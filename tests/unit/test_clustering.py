@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -135,3 +137,47 @@ def test_matching_pairs_clusters_by_their_members() -> None:
     assert found.retired == []
     apart = match(["c1", "c2"], np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), 2)
     assert apart.pairs in ({0: "c1", 1: "c2"}, {1: "c1", 0: "c2"})  # Jaccard 1/3 >= 0.3
+
+
+@pytest.mark.parametrize("family", ["kmeans", "gaussian_mixture", "dbscan"])
+def test_the_live_assignment_follows_a_customer_as_the_whole_row_would(family: str) -> None:
+    """A customer's snapshots change a few columns at a time (a session's pages and minutes,
+    the time since an order, the cart, the top category); assigned one after another from the
+    last assignment, each lands where the whole row lands (``assign_rows``)."""
+    customers = population(1_200, seed=12)
+    found = fit([c.features for c in customers], families=[family])
+    model = found.chosen.model(found.prep)
+    rng = random.Random(13)
+    changes: list[tuple[str, Callable[[Any], Any]]] = [
+        ("browsing_depth", lambda v: (v or 0) + rng.randint(1, 4)),
+        ("session_duration_ms", lambda v: (v or 0) + rng.randint(10_000, 600_000)),
+        ("rfm_recency_ms", lambda v: None if rng.random() < 0.1 else (v or 0) + 3_600_000),
+        ("cart_value", lambda v: 0 if rng.random() < 0.3 else (v or 0) + rng.uniform(5, 200)),
+        ("interaction_rate_30d", lambda v: rng.choice([None, 0.0, rng.uniform(0, 2), 9.0])),
+        ("top_category_30d", lambda v: rng.choice([None, "fashion", "home", "toys", 7])),
+        ("rfm_monetary_90d", lambda v: rng.choice([None, float("nan"), rng.uniform(0, 3e3)])),
+    ]
+    snapshots, follows, labels = [], [], []
+    for customer in customers[:60]:
+        features, last = dict(customer.features), None
+        for _ in range(25):
+            for name, change in rng.sample(changes, rng.randint(0, 3)):
+                features[name] = change(features[name])
+            last = model.follow(features, last)
+            snapshots.append(dict(features))
+            follows.append((last.index, last.outlier))
+            labels.append(model.assign(features))
+    expected_labels, expected_outliers = model.assign_rows(
+        np.asarray([model.prep.row(f) for f in snapshots])
+    )
+    expected = [
+        (None if label < 0 else int(label), bool(outlier))
+        for label, outlier in zip(expected_labels, expected_outliers, strict=True)
+    ]
+    assert follows == expected
+    assert labels == [
+        (None if index is None else model.clusters[index].id, outlier)
+        for index, outlier in expected
+    ]
+    moved = {index for index, _ in follows}
+    assert len(moved) >= 2  # the walk crossed clusters: the updates were put to the test
