@@ -23,6 +23,7 @@ from app.clock import now_ms
 from app.clustering import store
 from app.clustering.fitting import TooFewProfiles
 from app.clustering.service import RefitBusy
+from app.clustering.stream import STREAM_ALGORITHM
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ async def refit_in_interval(
     if not await client.set(_interval_key(start), 1, nx=True, px=2 * length + 60_000):
         return False
     model = await store.published_async(client)
-    if model is not None and model.fitted_at >= start:
+    # a stream publication (every few minutes in stream mode) is no refit: it does not count
+    if model is not None and model.fitted_at >= start and model.algorithm != STREAM_ALGORITHM:
         log.info(
             "scheduled cluster refit skipped: model %d was fitted in this interval", model.version
         )

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -35,7 +33,7 @@ from app.profiles.keys import members_key, profile_key
 from app.settings import Settings
 from tests.cluster_personas import Customer, drift, population
 from tests.conftest import Services
-from tests.helpers import ServerThread, pipeline_env, wait_for, write_profiles
+from tests.helpers import ServerThread, wait_for, write_profiles
 from tests.integration.test_clusters_live import PERSONAS as LIVE_PERSONAS
 from tests.integration.test_clusters_live import _event
 from tests.integration.test_clusters_live import _persona_events as persona_events
@@ -287,6 +285,14 @@ def test_of_several_api_processes_one_refits_per_interval(
     engine.dispose()
     assert asyncio.run(both(begun)) == [False, False]
     assert runs == [1]
+    # the stream clusterer's publication in an interval (stream mode) is no refit: the
+    # scheduled one still runs
+    streamed = published(redis_client)
+    streamed.algorithm, streamed.fitted_at = "stream_kmeans", int(time.time() * 1000)
+    streamed.version = store.next_version(redis_client)
+    store.publish(redis_client, streamed)
+    assert sorted(asyncio.run(both(streamed.fitted_at))) == [False, True]
+    assert runs == [1, 1]
 
 
 def test_refits_run_on_schedule_once_there_are_enough_profiles(
@@ -315,24 +321,6 @@ def test_refits_run_on_schedule_once_there_are_enough_profiles(
         assert ok(httpx.get(f"{api.url}/api/clusters", headers=headers))["items"]
     # stopped, the API finished the refit under way: none runs on behind it
     assert not redis_client.exists(store.REFIT_LOCK_KEY)
-
-
-@pytest.fixture
-def pipeline(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    """`segflow pipeline` on the backend's Redis and SQL."""
-    env = pipeline_env(
-        settings.redis_url or "", settings.data_dir, settings.partitions, settings.database_url
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "pipeline", "--no-recovery"],
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        yield process
-    finally:
-        os.killpg(process.pid, 9)
-        process.wait()
 
 
 def test_live_members_profiles_turnover_and_erasure_of_a_clustered_customer(
