@@ -10,6 +10,7 @@ after it.
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -42,7 +43,7 @@ from app.models import (
 from app.redis_server import EmbeddedRedis
 from app.rules.active import seed
 from app.settings import Settings
-from tests.helpers import ServerThread
+from tests.helpers import ServerThread, pipeline_env, segflow_process
 
 # Hypothesis keeps what it learns (the failing examples it found, replayed first next time, and
 # its caches) outside the checkout: tests write nothing there.
@@ -163,3 +164,13 @@ def api(settings: Settings, credentials: dict[str, str]) -> Iterator[ServerThrea
     """Segflow's API on a loopback port, on the backend's Redis and SQL."""
     with ServerThread(create_app(settings)) as server:
         yield server
+
+
+@pytest.fixture
+def pipeline(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """`segflow pipeline` on the backend's Redis and SQL (it follows the rules saved there)."""
+    env = pipeline_env(
+        settings.redis_url or "", settings.data_dir, settings.partitions, settings.database_url
+    )
+    with segflow_process(env, "pipeline", "--no-recovery") as process:
+        yield process

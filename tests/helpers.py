@@ -259,6 +259,19 @@ def run_dataflow(settings: Any, sink: Any = None) -> None:
     run_main(segmentation_flow(settings, stop_at_end=True, sink=sink))  # type: ignore[no-untyped-call]
 
 
+@contextlib.contextmanager
+def segflow_process(env: dict[str, str], *command: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`segflow COMMAND` in a process group of its own, killed with its children on exit."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *command], env=env, start_new_session=True
+    )
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def pipeline_env(
     redis_url: str,
     data_dir: Path,

@@ -5,26 +5,21 @@ clusters and a rule on a cluster entering and exiting."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 from collections import Counter
 from typing import Any, cast
 
 import httpx
 import orjson
-import pytest
 import redis
 
 from app.clustering import service
 from app.clustering.model import CLUSTER_PREFIX
 from app.db import make_engine
 from app.profiles.keys import members_key, profile_key, transitions_key
-from app.settings import Settings
 from tests.factories import iso
-from tests.helpers import pipeline_env, wait_for
+from tests.helpers import wait_for
 
 MINUTE = 60_000
 PERSONAS = ("viewer", "carter", "buyer")
@@ -96,24 +91,6 @@ def _cluster(profile: dict[str, Any]) -> str | None:
     ]
     assert len(found) <= 1, profile
     return found[0] if found else None
-
-
-@pytest.fixture
-def pipeline(settings: Settings):
-    """`segflow pipeline` on the backend's Redis and SQL (it follows the rules saved there)."""
-    env = pipeline_env(
-        settings.redis_url or "", settings.data_dir, settings.partitions, settings.database_url
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "pipeline", "--no-recovery"],
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        yield process
-    finally:
-        os.killpg(process.pid, 9)
-        process.wait()
 
 
 def test_clusters_are_assigned_live_swapped_without_restart_and_usable_in_rules(

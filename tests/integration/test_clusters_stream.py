@@ -5,7 +5,6 @@ with the batch refit's ids and a marketer's names; in batch mode neither happens
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -31,7 +30,14 @@ from app.profiles.keys import profile_key
 from app.settings import Settings
 from tests.cluster_personas import PERSONAS, features_of, population
 from tests.factories import StreamEntries, track_at
-from tests.helpers import pipeline_env, read_profile, replay_messages, run_dataflow, wait_for
+from tests.helpers import (
+    pipeline_env,
+    read_profile,
+    replay_messages,
+    run_dataflow,
+    segflow_process,
+    wait_for,
+)
 
 MINUTE = 60_000
 
@@ -111,16 +117,8 @@ def stream_clusterer(settings: Settings):
         SEGFLOW_CLUSTER_STREAM_INTERVAL_S="1",
         SEGFLOW_CLUSTER_STREAM_MEMORY="1000",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "cluster", "stream"],
-        env=env,
-        start_new_session=True,
-    )
-    try:
+    with segflow_process(env, "cluster", "stream") as process:
         yield process
-    finally:
-        os.killpg(process.pid, 9)
-        process.wait()
 
 
 def test_a_drifting_stream_moves_the_published_centres_and_ids_stay(
