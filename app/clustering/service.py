@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import redis
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
 from app.clustering import store
@@ -274,9 +275,15 @@ def rename(
 
 
 def refits(engine: Engine, *, before: int | None, limit: int) -> list[ClusterRefit]:
-    """Refits newest first, ``before`` a refit id (the paging cursor)."""
+    """Refits newest first, ``before`` a refit id (the paging cursor), without their models
+    (a density model's JSON is hundreds of KB: listings never show it)."""
     with session_scope(engine) as session:
-        query = select(ClusterRefit).order_by(col(ClusterRefit.id).desc()).limit(limit)
+        query = (
+            select(ClusterRefit)
+            .options(defer(ClusterRefit.model))  # type: ignore[arg-type]
+            .order_by(col(ClusterRefit.id).desc())
+            .limit(limit)
+        )
         if before is not None:
             query = query.where(col(ClusterRefit.id) < before)
         return list(session.exec(query))
