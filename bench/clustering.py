@@ -429,7 +429,7 @@ def rees46_part(work: Path, url: str, client: redis.Redis, events: int) -> None:
     )
     replayed = time.perf_counter() - started
     summary = done.stdout.strip().splitlines()[-1]
-    flow_s, _ = run_flow(url, "pipelines.segmentation:flow_from_env()", work / "rees46-recovery")
+    flow_s, _, _ = run_flow(url, "pipelines.segmentation:flow_from_env()", work / "rees46-recovery")
     _, profiles = store.sample_profiles(client, DEFAULT_SAMPLE)
     customers = sum(1 for _ in client.scan_iter(match=store.PROFILE_PATTERN, count=2_000))
     print(

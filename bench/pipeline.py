@@ -142,11 +142,17 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds (user + system) the Redis server has used since it started."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def run_flow(
     url: str, flow: str, recovery: Path, env: dict[str, str] | None = None
-) -> tuple[float, float]:
-    """Run ``flow`` over the streams until caught up; its wall time and the CPU time of its
-    process, in seconds (``env``: more environment for it)."""
+) -> tuple[float, float, float]:
+    """Run ``flow`` over the streams until caught up; its wall time, the CPU time of its
+    process and Redis's CPU time meanwhile, in seconds (``env``: more environment for it)."""
     env = {
         **os.environ,
         "REDIS_URL": url,
@@ -159,10 +165,15 @@ def run_flow(
     recovery.mkdir()
     init_db_dir(recovery, 1)  # type: ignore[no-untyped-call]
     argv = [sys.executable, "-m", "bytewax.run", flow, "-r", str(recovery), "-s", "2", "-b", "0"]
-    cpu = _children_cpu()
-    started = time.perf_counter()
-    subprocess.run(argv, env=env, cwd=ROOT, check=True)
-    return time.perf_counter() - started, _children_cpu() - cpu
+    client = redis.Redis.from_url(url)
+    try:
+        cpu, served = _children_cpu(), redis_cpu(client)
+        started = time.perf_counter()
+        subprocess.run(argv, env=env, cwd=ROOT, check=True)
+        elapsed = time.perf_counter() - started
+        return elapsed, _children_cpu() - cpu, redis_cpu(client) - served
+    finally:
+        client.close()
 
 
 def timed_cpu(
@@ -174,25 +185,27 @@ def timed_cpu(
     *,
     env: dict[str, str] | None = None,
     before: Callable[[], None] | None = None,
-) -> tuple[float, float]:
-    """Seconds and CPU seconds the flow spends on ``events``: its run over them less its run
-    over nothing (process start-up and the last idle tick are the same in both). ``before``
-    runs once the events are in the streams, just before the flow starts on them."""
+) -> tuple[float, float, float]:
+    """Seconds, CPU seconds of the flow's process and of Redis the flow spends on ``events``:
+    its run over them less its run over nothing (process start-up and the last idle tick are
+    the same in both). ``before`` runs once the events are in the streams, just before the
+    flow starts on them."""
     client.flushdb()
-    empty_s, empty_cpu = run_flow(url, flow, recovery.with_name(f"{recovery.name}-empty"), env)
+    empty = run_flow(url, flow, recovery.with_name(f"{recovery.name}-empty"), env)
     client.flushdb()
     append_replay(client, events, PARTITIONS, lane=LANE)  # a shop's history: a replay
     if before is not None:
         before()
-    run_s, run_cpu = run_flow(url, flow, recovery, env)
-    return run_s - empty_s, run_cpu - empty_cpu
+    run = run_flow(url, flow, recovery, env)
+    return run[0] - empty[0], run[1] - empty[1], run[2] - empty[2]
 
 
 def timed(
     url: str, client: redis.Redis, events: list[dict[str, Any]], flow: str, recovery: Path
-) -> float:
-    """Seconds the flow spends on ``events`` (``timed_cpu``)."""
-    return timed_cpu(url, client, events, flow, recovery)[0]
+) -> tuple[float, float, float]:
+    """Seconds, flow CPU seconds and Redis CPU seconds the flow spends on ``events``
+    (``timed_cpu``)."""
+    return timed_cpu(url, client, events, flow, recovery)
 
 
 FLOW = "pipelines.segmentation:flow_from_env()"
@@ -213,6 +226,7 @@ class FlowCost:
     label: str
     seconds: float  # the flow's time over the events (``timed_cpu``), the fastest run
     cpu_s: float  # the CPU of the flow's process over them, in that run
+    redis_cpu_s: float = 0.0  # Redis's, in that run
 
     def rate(self, events: int) -> float:
         return events / self.seconds
@@ -229,7 +243,7 @@ def compare_flows(
     runs: list[FlowRun],
     *,
     repeats: int = 2,
-    earlier: dict[str, list[tuple[float, float]]] | None = None,
+    earlier: dict[str, list[tuple[float, float, float]]] | None = None,
     after: Callable[[str], None] | None = None,
 ) -> dict[str, FlowCost]:
     """Each of ``runs`` over ``events`` in turn, ``repeats`` times (``timed_cpu``), and the
@@ -383,11 +397,11 @@ def floor_flow() -> Any:
     return flow
 
 
-def compute_only(events: list[dict[str, Any]]) -> tuple[float, int]:
+def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int]:
     """Seconds the flow's feature shards take over ``events`` in this process, with the active
     rules and no Bytewax, Redis or sink (read in the source's batches per partition, each
-    followed by its tick, as the source does), and the evaluations they made (each a profile
-    update)."""
+    followed by its tick, as the source does), the evaluations they made (an event's instant
+    or a deadline; counted in a second, untimed pass) and the profile records they wrote."""
     from app.settings import get_settings
     from pipelines.records import ProfileUpdate
     from pipelines.segmentation import (
@@ -421,20 +435,34 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int]:
             for shard, value in route(read_item, PARTITIONS):
                 per_shard.setdefault(shard, []).append(value)
         routed.append(per_shard)
-    shards: dict[str, FeatureShard] = {}
     evaluations = 0
-    thresholds = gc.get_threshold()
-    gc.set_threshold(*FLOW_GC_THRESHOLD)  # as the flow's process runs
-    started = time.perf_counter()
-    try:
+
+    class Counting(FeatureShard):
+        def _changed(self, *args: Any, **kwargs: Any) -> Any:
+            nonlocal evaluations
+            evaluations += 1
+            return super()._changed(*args, **kwargs)
+
+    def run(shard_type: type[FeatureShard]) -> int:
+        shards: dict[str, FeatureShard] = {}
+        records = 0
         for per_shard in routed:
             for shard, values in per_shard.items():
                 logic = shards.get(shard)
                 if logic is None:
-                    logic = shards[shard] = FeatureShard(catalogue, rules, None, None, PARTITIONS)
+                    logic = shards[shard] = shard_type(catalogue, rules, None, None, PARTITIONS)
                 out, _ = logic.on_batch(values)
-                evaluations += sum(isinstance(record, ProfileUpdate) for record in out)
-        return time.perf_counter() - started, evaluations
+                records += sum(isinstance(record, ProfileUpdate) for record in out)
+        return records
+
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*FLOW_GC_THRESHOLD)  # as the flow's process runs
+    try:
+        started = time.perf_counter()
+        records = run(FeatureShard)
+        elapsed = time.perf_counter() - started
+        run(Counting)
+        return elapsed, evaluations, records
     finally:
         gc.set_threshold(*thresholds)
 
@@ -556,11 +584,11 @@ def main() -> None:
         now = time.time_ns() // 1_000_000
         events = history(args.events, now)
         # all under the same recovery settings: snapshot cost is no feature cost
-        read_s = timed(url, client, events, "bench.pipeline:read_floor_flow()", work / "read")
-        floor_s = timed(url, client, events, "bench.pipeline:floor_flow()", work / "floor")
+        read = timed(url, client, events, "bench.pipeline:read_floor_flow()", work / "read")
+        floor = timed(url, client, events, "bench.pipeline:floor_flow()", work / "floor")
         recovery = work / "recovery"
-        flow_s = timed(url, client, events, "pipelines.segmentation:flow_from_env()", recovery)
-        compute_s, evaluations = compute_only(events)
+        flow = timed(url, client, events, "pipelines.segmentation:flow_from_env()", recovery)
+        compute_s, evaluations, records = compute_only(events)
         assert processed_entries(client) == args.events
         per_customer, customers = state_bytes_per_customer(recovery)
         cost = clusters_on_off(url, client, events, work) if args.clusters else None
@@ -571,35 +599,41 @@ def main() -> None:
         if server is not None:
             server.stop()
 
-    read_rate = args.events / read_s
-    floor_rate, flow_rate = args.events / floor_s, args.events / flow_s
+    n = args.events
+    read_rate, floor_rate = n / read[0], n / floor[0]
     shoppers = len({e["customer_id"] for e in events})
     print(
-        f"\ndataflow benchmark: {args.events:,} events of {shoppers:,} "
+        f"\ndataflow benchmark: {n:,} events of {shoppers:,} "
         f"customers over {(events[-1]['timestamp'] - events[0]['timestamp']) / 3_600_000:.1f} h "
         f"of event time, {PARTITIONS} partitions, 1 worker, recovery on (-s 2), "
         f"{os.cpu_count()} cores"
     )
-    print("| path | events/s | ratio to read floor | ratio to sink floor |")
-    print("|---|---|---|---|")
-    print(f"| floor: source -> nothing written | {read_rate:,.0f} | 1.00 | |")
     print(
-        f"| floor: source -> profile sink, no features | {floor_rate:,.0f} | "
-        f"{floor_rate / read_rate:.2f} | 1.00 |"
+        "| path | events/s | ratio to read floor | ratio to sink floor "
+        "| flow CPU us/event | Redis CPU us/event |"
     )
-    print(
-        f"| source -> features + rules -> sink | {flow_rate:,.0f} | {flow_rate / read_rate:.2f} "
-        f"| {flow_rate / floor_rate:.2f} |"
-    )
-    compute_rate = args.events / compute_s
+    print("|---|---|---|---|---|---|")
+    for label, (seconds, cpu_s, served_s) in (
+        ("floor: source -> nothing written", read),
+        ("floor: source -> profile sink, no features", floor),
+        ("source -> features + rules -> sink", flow),
+    ):
+        rate = n / seconds
+        print(
+            f"| {label} | {rate:,.0f} | {rate / read_rate:.2f} | {rate / floor_rate:.2f} "
+            f"| {cpu_s / n * 1e6:.1f} | {served_s / n * 1e6:.1f} |"
+        )
+    compute_rate = n / compute_s
     print(
         f"| features + rules alone: no Bytewax, Redis or sink | {compute_rate:,.0f} | "
-        f"{compute_rate / read_rate:.2f} | {compute_rate / floor_rate:.2f} |"
+        f"{compute_rate / read_rate:.2f} | {compute_rate / floor_rate:.2f} "
+        f"| {compute_s / n * 1e6:.1f} (wall) | |"
     )
     print(
         f"\nevaluations (an event, or a deadline: a value leaving a window, a session ending): "
         f"{evaluations:,}, {evaluations / args.events:.2f} per event, "
-        f"{compute_s / evaluations * 1e6:.1f} us of CPU each"
+        f"{compute_s / evaluations * 1e6:.1f} us of CPU each; {records:,} profile records "
+        f"({records / n:.2f} per event)"
     )
     print(f"\nrecovery state: {per_customer:,.0f} bytes per customer ({customers:,} customers)")
     if cost is not None:

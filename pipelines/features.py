@@ -698,9 +698,10 @@ class CustomerFeatures:
         """The earliest instant after ``now`` at which a feature changes with no new event."""
         return self.observe(now)[1]
 
-    def observe(self, now: int) -> tuple[dict[str, Any], int | None]:
-        """``snapshot(now)`` and ``next_change(now)`` at once, recomputing only what changed
-        since the last call.
+    def read(self, now: int) -> tuple[dict[str, Any], int | None]:
+        """``observe(now)`` without a copy of the values: the dict is the customer's own, valid
+        until their next call (the dataflow reads it once per evaluation and copies it once
+        per record it writes, ``values_at``).
 
         A group of features (``FeaturePlan``) changes only when an event feeds it or when its
         own deadline passes, so after the last call at an instant before ``now`` only the
@@ -725,7 +726,27 @@ class CustomerFeatures:
         last.at = now
         dirty.clear()
         soonest = last.deadline = min(deadlines)
-        return dict(values), None if soonest == _NEVER else int(soonest)
+        return values, None if soonest == _NEVER else int(soonest)
+
+    def observe(self, now: int) -> tuple[dict[str, Any], int | None]:
+        """``snapshot(now)`` and ``next_change(now)`` at once (``read``, copied)."""
+        values, deadline = self.read(now)
+        return dict(values), deadline
+
+    def values_at(self, now: int) -> dict[str, Any]:
+        """A copy of the values the last read at ``now`` gave (the dataflow's record of its
+        last evaluation: events applied since wait for their own), else the values at ``now``
+        computed aside: the last read and what events applied since must recompute are kept
+        for the next evaluation."""
+        last = self._observed
+        if last is not None and last.at == now:
+            return dict(last.values)
+        waiting = set(self._dirty)
+        try:
+            self._observed = None
+            return dict(self.read(now)[0])
+        finally:
+            self._observed, self._dirty = last, waiting
 
     def observe_after(self, now: int, name: str | None) -> tuple[dict[str, Any], int | None]:
         """``observe(now)`` after applying an event named ``name`` (``apply`` marked what it

@@ -59,7 +59,8 @@ class ProfileUpdate:
     segments: frozenset[str] = frozenset()  # with the cluster's, ``cluster:<id>``
     transitions: tuple[Transition, ...] = ()
     outlier: bool | None = None  # None: no cluster model assigns yet
-    correction: Correction | None = None  # a late event changed transitions already written
+    # late events that changed transitions already written, in the order they came
+    corrections: tuple[Correction, ...] = ()
     shard: str = ""  # the shard that emitted it (set on its way to the sink)
 
 

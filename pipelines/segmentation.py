@@ -311,6 +311,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         self._joined: dict[tuple[frozenset[str], str], frozenset[str]] = {}
         self.state = state or ShardState()
         self.state.catalogue = catalogue
+        # per customer changed in the batch, what its one record carries (``_settle``)
+        self._drafts: dict[str, _Draft] = {}
 
     def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
         """One read of the partition: each stream entry, then the tick that closes it."""
@@ -320,7 +322,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if self.clusters is not None:
             self._follow_model(self.clusters.current())
         if self.state.stale:
-            out += self._reevaluate(REEVALUATED_PER_BATCH)
+            self._reevaluate(REEVALUATED_PER_BATCH)
         events = 0
         newest = self.state.newest
         for item in values:
@@ -344,6 +346,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                 self._on_absorb(customer_id, entry, out)
             else:
                 self._on_event(customer_id, entry, when, out)
+        self._settle(out)
         if events:
             self.state.processed += events
             self.state.newest = newest
@@ -365,12 +368,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         lane.advance(tick.at, tick.inclusive)
         live = tick.lane == LIVE
         lane_of = self.state.lane_of
-        out += [
-            self._flush(customer_id)
-            for customer_id, waiting in list(self.state.pending.items())
-            if lane_of.get(customer_id, LIVE) == tick.lane and (live or lane.passed(waiting.at))
-        ]
-        out += self.fire(tick.lane, tick.at, inclusive=tick.inclusive)
+        for customer_id, waiting in list(self.state.pending.items()):
+            if lane_of.get(customer_id, LIVE) == tick.lane and (live or lane.passed(waiting.at)):
+                self._flush(customer_id)
+        self.fire(tick.lane, tick.at, inclusive=tick.inclusive)
         if live:
             self._end_stalled_lanes(tick.at, out)
             self.state.rewinds.expire(tick.at, self._rewind_ms)
@@ -384,13 +385,13 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         live = self.state.lanes[LIVE]
         for customer_id in [c for c, lane in self.state.lane_of.items() if lane == name]:
             if customer_id in self.state.pending:
-                out.append(self._flush(customer_id))
+                self._flush(customer_id)
             del self.state.lane_of[customer_id]
             deadline = self.state.scheduled.get(customer_id)
             if deadline is not None:
                 heapq.heappush(live.heap, (deadline, customer_id))
         if live.at is not None:
-            out += self.fire(LIVE, live.at, inclusive=live.inclusive)
+            self.fire(LIVE, live.at, inclusive=live.inclusive)
 
     def _end_stalled_lanes(self, now: int, out: list[ShardOutput]) -> None:
         for name, lane in list(self.state.lanes.items()):
@@ -414,7 +415,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         lane = event.get("replay") or LIVE
         behind = lane == LIVE and _behind(customer, when)
         if behind:
-            if self._correct(customer_id, event, out):
+            if self._correct(customer_id, event):
                 self._ask_merge(customer_id, event, when, out)
                 return
             state.rewinds.drop(customer_id)  # no saved state before it: counted as of now
@@ -425,16 +426,16 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         pending = state.pending
         waiting = pending.get(customer_id)
         if waiting is not None and waiting.at != max(when, customer.newest or when):
-            out.append(self._flush(customer_id))  # before its deadlines up to now fire
+            self._flush(customer_id)  # before its deadlines up to now fire
             waiting = None
         deadline = state.scheduled.get(customer_id)
         if deadline is not None and deadline < when:
-            self._fire_own(customer_id, when, out)  # what was due before this event
+            self._fire_own(customer_id, when)  # what was due before this event
         rewind = None
         if lane != LIVE:  # a replay's event: the replay has come to its instant
             clock = state.lane(lane)
             if clock.heap and clock.heap[0][0] < when:
-                out += self.fire(lane, when, inclusive=False)
+                self.fire(lane, when, inclusive=False)
             clock.seen = state.lanes[LIVE].at
         elif not behind:
             rewind = self._rewind_for(customer_id, customer, waiting, saved)
@@ -515,7 +516,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         deadline = self.state.scheduled.get(customer_id)
         return Anchor(customer.evaluated, blob, customer.segments, deadline, customer.newest)
 
-    def _correct(self, customer_id: str, event: StreamEntry, out: list[ShardOutput]) -> bool:
+    def _correct(self, customer_id: str, event: StreamEntry) -> bool:
         """An event behind what the customer has been evaluated through: their history is
         replayed with it in its place, and what changed is a correction. False when that
         cannot be done (it then counts from the customer's newest instant).
@@ -527,7 +528,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         when = int(event["timestamp"])
         rewind = self.state.rewinds.get(customer_id)
         if customer_id in self.state.pending:
-            out.append(self._flush(customer_id))
+            self._flush(customer_id)
         customer = self.state.live[customer_id]
         until = max(customer.evaluated or when, customer.newest or when)
         if customer.newest is not None and when > customer.newest:
@@ -559,27 +560,22 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         replayed.segments, replayed.evaluated = anchor.segments, anchor.at
         self.state.live[customer_id] = replayed
         self.state.changed.add(customer_id)
-        features, deadline, after = self._replay(replayed, anchor, events, until)
+        _, deadline, after = self._replay(replayed, anchor, events, until)
         retracted, kept, added = differences(before, after)
         if rewind is not None:
             rewind.replace_since(anchor.at, kept)
             self.state.rewinds.touch(customer_id, rewind)
         self._schedule(customer_id, deadline)
-        counted = event_name(event) is not None or event["type"] == "identify"
-        out.append(
-            ProfileUpdate(
-                customer_id,
-                until,
-                features,
-                dict(replayed.traits),
-                events=(event,) if counted else (),
-                segments=replayed.segments,
-                transitions=tuple(added),
-                correction=Correction(event["message_id"], when, tuple(retracted), tuple(added))
-                if retracted or added
-                else None,
+        draft = self._draft(customer_id, until)
+        if event_name(event) is not None or event["type"] == "identify":
+            draft.events.append(event)
+        if retracted:  # one this batch emitted is never written (the sink retracts first)
+            draft.transitions = [t for t in draft.transitions if t not in retracted]
+        draft.transitions += added
+        if retracted or added:
+            draft.corrections.append(
+                Correction(event["message_id"], when, tuple(retracted), tuple(added))
             )
-        )
         return True
 
     def _step_back(self, rewind: Rewind, when: int) -> tuple[Anchor, list[Transition]] | None:
@@ -631,19 +627,19 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             found += changes
         return deadline
 
-    def _fire_own(self, customer_id: str, before: int, out: list[ShardOutput]) -> None:
+    def _fire_own(self, customer_id: str, before: int) -> None:
         """The customer's own deadlines before ``before`` (an event of theirs at it)."""
         scheduled = self.state.scheduled
         while (deadline := scheduled.get(customer_id)) is not None and deadline < before:
-            out.append(self._fire_deadline(customer_id, deadline))
+            self._fire_deadline(customer_id, deadline)
 
-    def _fire_deadline(self, customer_id: str, deadline: int) -> ProfileUpdate:
+    def _fire_deadline(self, customer_id: str, deadline: int) -> None:
         """The customer's deadline fires: their snapshot at its own instant."""
         del self.state.scheduled[customer_id]
         customer = self.state.customer(customer_id)
         assert customer is not None, "a deadline outlived its customer"
         customer.expire(customer.newest or deadline)
-        return self._changed(customer_id, deadline, customer.observe(deadline))
+        self._changed(customer_id, deadline, customer.read(deadline))
 
     @staticmethod
     def _on_late(event: StreamEntry, newest: int) -> LateEvent:
@@ -655,6 +651,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         """Forget the customer (GDPR): their state, deadlines and what waits to be evaluated."""
         self.state.pending.pop(customer_id, None)
         self.state.merged.pop(customer_id, None)
+        self._drafts.pop(customer_id, None)  # what the sink would delete with them
+        self._settle(out)  # the others' records come before the erasure's, as before
         out.append(Erased(customer_id, self._erase(customer_id)))
 
     def _on_merged_away(self, entry: StreamEntry, into: str, out: list[ShardOutput]) -> None:
@@ -675,7 +673,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if into == customer_id:
             return
         if customer_id in self.state.pending:
-            out.append(self._flush(customer_id))
+            self._flush(customer_id)
+        self._settle(out)  # what they did is written before it moves to ``into``
         self.state.merged[customer_id] = into
         customer = self.state.customer(customer_id)
         if customer is None:
@@ -697,7 +696,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         event had carried this customer's id (``CustomerFeatures.merge``), and so are the
         segments from here on."""
         if customer_id in self.state.pending:
-            out.append(self._flush(customer_id))
+            self._flush(customer_id)
         other = CustomerFeatures.restore(base64.b64decode(entry["state"]), self.catalogue)
         self.state.rewinds.drop(customer_id)  # their history is two histories now
         customer = self.state.customer(customer_id)
@@ -710,7 +709,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             # memberships here): what the merged history changes is a transition now.
             customer.segments |= other.segments
         now = customer.newest or int(entry["timestamp"])  # like an event of theirs: deadlines
-        out.append(self._changed(customer_id, now, customer.observe(now)))  # after it fire
+        self._changed(customer_id, now, customer.read(now))  # after it fire
 
     def _follow(self, current: RuleSet) -> None:
         """Run ``current`` from now on; every customer is re-evaluated under it (a few
@@ -749,8 +748,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         waiting = set(self.state.stale)
         self.state.stale += [c for c in self.state.customer_ids() if c not in waiting]
 
-    def _reevaluate(self, most: int) -> list[ProfileUpdate]:
-        out = []
+    def _reevaluate(self, most: int) -> None:
+        """Re-evaluate the next ``most`` stale customers; a record is written for those whose
+        segments or outlier flag changed."""
         chunk, self.state.stale = self.state.stale[:most], self.state.stale[most:]
         for customer_id in chunk:
             customer = self.state.customer(customer_id)
@@ -758,19 +758,18 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                 continue  # erased since
             at = max(self.state.clock_of(customer_id).at or 0, customer.newest or 0)
             outlier = customer.outlier
-            update = self._changed(customer_id, at, customer.observe(at))
-            if update.transitions or update.outlier != outlier:
-                out.append(update)
-        return out
+            self._changed(customer_id, at, customer.read(at), quiet=True)
+            if customer.outlier != outlier and self.model is not None:
+                self._draft(customer_id, at)
 
-    def _flush(self, customer_id: str) -> ProfileUpdate:
+    def _flush(self, customer_id: str) -> None:
         """Evaluate a customer's events applied at one instant, recomputing what they feed."""
         pending = self.state.pending.pop(customer_id)
         customer = self.state.customer(customer_id)
         assert customer is not None, "pending events outlived their customer"
-        update = self._changed(customer_id, pending.at, customer.observe(pending.at))
-        update.events = tuple(pending.events)
-        return update
+        draft = self._changed(customer_id, pending.at, customer.read(pending.at))
+        assert draft is not None
+        draft.events += pending.events
 
     def _erase(self, customer_id: str) -> frozenset[str]:
         """Forget the customer: state and pending deadlines; return the segments they left."""
@@ -784,16 +783,22 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         return segments
 
     def _changed(
-        self, customer_id: str, now: int, observed: tuple[dict[str, Any], int | None]
-    ) -> ProfileUpdate:
-        """The customer's features at ``now``, the segments they are in then (with the
-        transitions since the last change), and their next deadline put on the heap.
+        self,
+        customer_id: str,
+        now: int,
+        observed: tuple[dict[str, Any], int | None],
+        *,
+        quiet: bool = False,
+    ) -> _Draft | None:
+        """The customer evaluated at ``now``: the segments they are in then, their next
+        deadline put on the heap, and the transitions into their record of the batch (which
+        is returned; a ``quiet`` re-evaluation that changed nothing makes none).
 
         Every applied event and every deadline changes a value (a deadline is, by
         construction, an instant at which a windowed value, the session or a rule's
         time-since threshold turns)."""
         customer = self.state.live[customer_id]
-        features, deadline, transitions = self._segment(customer, now, observed)
+        _, deadline, transitions = self._segment(customer, now, observed)
         if transitions:
             rewind = self.state.rewinds.get(customer_id)
             if rewind is not None:
@@ -803,20 +808,55 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if queued is None or deadline < queued or queued <= now:
                 self.state.scheduled[customer_id] = deadline
                 heapq.heappush(self.state.clock_of(customer_id).heap, (deadline, customer_id))
-        return ProfileUpdate(
-            customer_id,
-            now,
-            features,
-            dict(customer.traits),
-            segments=customer.segments,
-            transitions=transitions,
-            outlier=customer.outlier if self.model is not None else None,
-        )
+        draft = self._drafts.get(customer_id)
+        if draft is None:
+            if quiet and not transitions:
+                return None  # a re-evaluation that changed nothing writes nothing
+            draft = self._drafts[customer_id] = _Draft(now)
+        elif now > draft.at:
+            draft.at = now
+        draft.transitions += transitions
+        return draft
+
+    def _draft(self, customer_id: str, at: int) -> _Draft:
+        """The customer's record of this batch, as of ``at`` or later."""
+        draft = self._drafts.get(customer_id)
+        if draft is None:
+            draft = self._drafts[customer_id] = _Draft(at)
+        elif at > draft.at:
+            draft.at = at
+        return draft
+
+    def _settle(self, out: list[ShardOutput]) -> None:
+        """The batch's profile records, one per changed customer, as of their last
+        evaluation: the sink writes a customer's last profile only, so the values of the
+        evaluations before it are never copied (every transition is kept, with its instant)."""
+        if not self._drafts:
+            return
+        live, with_model = self.state.live, self.model is not None
+        for customer_id, draft in self._drafts.items():
+            customer = live.get(customer_id)
+            if customer is None:
+                continue  # merged away, its records before were settled
+            out.append(
+                ProfileUpdate(
+                    customer_id,
+                    draft.at,
+                    customer.values_at(draft.at),
+                    dict(customer.traits),
+                    events=tuple(draft.events),
+                    segments=customer.segments,
+                    transitions=tuple(draft.transitions),
+                    outlier=customer.outlier if with_model else None,
+                    corrections=tuple(draft.corrections),
+                )
+            )
+        self._drafts.clear()
 
     def _evaluate(
         self, customer: CustomerFeatures, now: int
     ) -> tuple[dict[str, Any], int | None, tuple[Transition, ...]]:
-        return self._segment(customer, now, customer.observe(now))
+        return self._segment(customer, now, customer.read(now))
 
     def _segment(
         self, customer: CustomerFeatures, now: int, observed: tuple[dict[str, Any], int | None]
@@ -885,10 +925,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                     found.append(Transition(segment, kind, now, active.version, actions))
         return tuple(found)
 
-    def fire(self, lane: str, now: int, *, inclusive: bool) -> list[ProfileUpdate]:
+    def fire(self, lane: str, now: int, *, inclusive: bool) -> None:
         """Snapshot every customer of ``lane`` whose deadline is before ``now`` (or at it:
         ``inclusive``), at the deadline's own instant."""
-        out = []
         heap = self.state.lane(lane).heap
         scheduled, lane_of = self.state.scheduled, self.state.lane_of
         while heap and (heap[0][0] < now or (inclusive and heap[0][0] == now)):
@@ -896,17 +935,28 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if lane_of.get(customer_id, LIVE) != lane:
                 continue  # gone over to another lane (its entry is in that lane's heap)
             if customer_id in self.state.pending:  # its changes come first, and may move it
-                out.append(self._flush(customer_id))
+                self._flush(customer_id)
             if scheduled.get(customer_id) != deadline:
                 continue  # erased, or an instant already fired
-            out.append(self._fire_deadline(customer_id, deadline))
-        return out
+            self._fire_deadline(customer_id, deadline)
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
         return [], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ShardState:
         return self.state
+
+
+class _Draft:
+    """A customer's changes in one batch, written as one record when the batch ends."""
+
+    __slots__ = ("at", "corrections", "events", "transitions")
+
+    def __init__(self, at: int) -> None:
+        self.at = at  # the instant of their last evaluation
+        self.events: list[StreamEntry] = []
+        self.transitions: list[Transition] = []
+        self.corrections: list[Correction] = []
 
 
 class _Pending:

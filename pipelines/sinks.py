@@ -232,13 +232,14 @@ class _Batch:
             self.left[customer_id] = item.segments
             return
         self.profiles[customer_id] = item
-        if item.correction is not None:
-            self.corrections.setdefault(customer_id, []).append(item.correction)
+        if item.corrections or item.transitions:
             changes = self.transitions.setdefault(customer_id, {})
-            for gone in item.correction.retracted:
-                changes[orjson.dumps(gone.shown())] = (gone, False)
-        if item.transitions:
-            changes = self.transitions.setdefault(customer_id, {})
+            # in their order: a correction's retractions, then the transitions (a late event's
+            # added ones are among them)
+            for correction in item.corrections:
+                self.corrections.setdefault(customer_id, []).append(correction)
+                for gone in correction.retracted:
+                    changes[orjson.dumps(gone.shown())] = (gone, False)
             for transition in item.transitions:
                 changes[orjson.dumps(transition.shown())] = (transition, True)
         if item.events:

@@ -32,6 +32,7 @@ from tests.helpers import (
 )
 
 MINUTE = 60_000
+SEGMENT = "browsing-enthusiasts"
 
 
 def test_events_become_profiles(settings: Settings, redis_client: redis.Redis, tmp_path: Path):
@@ -137,39 +138,38 @@ def test_workers_and_processes_give_the_same_profiles(
     assert {f"c{n}": read_profile(redis_client, f"c{n}") for n in range(17)} == single
 
 
-def updates_of(settings: Settings, customer: str) -> list[tuple[int, int]]:
-    """(instant, views in the last 10 min) of every profile change of ``customer``, in order."""
-
+def transitions_of(settings: Settings, customer: str, segment: str) -> list[tuple[int, str]]:
+    """(instant, kind) of every transition of ``customer`` in ``segment`` the dataflow emits,
+    in order (the records carry every one, each dated at its own instant)."""
     seen: list[Any] = []
     run_dataflow(settings, sink=TestingSink(seen))
     return [
-        (u.at, u.features["count(Product Viewed, 10m)"])
+        (t.at, t.kind)
         for u in seen
         if isinstance(u, ProfileUpdate) and u.customer_id == customer
+        for t in u.transitions
+        if t.segment == segment
     ]
 
 
 def test_a_replay_fires_deadlines_in_event_time_order(settings, redis_client, tmp_path):
+    """Browsing enthusiasts: 5 views in the last 10 min. One read brings every event of the
+    replay; each deadline still fires at its own instant, before the events after it apply."""
     t0 = time.time_ns() // 1_000_000 - 2 * 3_600_000  # two hours ago: a replay of history
+    second = 1_000
+    views = [t0 + n * second for n in range(5)]  # in at 4 s, out at 10 min (the first leaves)
+    views += [t0 + 15 * MINUTE + n * second for n in range(5)]  # in again at 15 min + 4 s
+    views.append(t0 + 16 * MINUTE)  # 6 in the window: out when the second of these leaves
     replay_messages(
-        redis_client,
-        settings,
-        tmp_path,
-        [
-            track_at("dee", "Product Viewed", t0),
-            track_at("dee", "Product Viewed", t0 + 15 * MINUTE),
-            track_at("dee", "Product Viewed", t0 + 16 * MINUTE),
-        ],
+        redis_client, settings, tmp_path, [track_at("dee", "Product Viewed", at) for at in views]
     )
-    changes = [(at - t0, views) for at, views in updates_of(settings, "dee")]
-    assert changes[:5] == [
-        (0, 1),
-        (10 * MINUTE, 0),  # the first view left the window at exactly t0 + 10 min ...
-        (15 * MINUTE, 1),  # ... before the next event was applied
-        (16 * MINUTE, 2),
-        (25 * MINUTE, 1),
+    changes = [(at - t0, kind) for at, kind in transitions_of(settings, "dee", SEGMENT)]
+    assert changes == [
+        (4 * second, "enter"),
+        (10 * MINUTE, "exit"),  # the first view left the window at exactly t0 + 10 min ...
+        (15 * MINUTE + 4 * second, "enter"),  # ... before the next events were applied
+        (25 * MINUTE + second, "exit"),  # and when the replay ended, what was due fired
     ]
-    assert (26 * MINUTE, 0) in changes  # and when the replay ended, what was due fired
 
 
 def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):

@@ -226,7 +226,7 @@ def test_a_retraction_and_an_erasure_remove_exactly_their_moves(
         at=1_500,
         features={},
         traits={},
-        correction=Correction(message_id="m", at=1_500, retracted=(second,), added=()),
+        corrections=(Correction(message_id="m", at=1_500, retracted=(second,), added=()),),
     )
     write(settings, [late])
     assert redis_client.zrange(key, 0, -1) == [b"1000:2:ada", b"1000:2:ada:x", b"1000:2:x:ada"]

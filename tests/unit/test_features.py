@@ -325,6 +325,32 @@ def test_incremental_snapshots_equal_full_ones(events: list[dict[str, Any]]):
         assert (values, deadline) == full(now), f"after the event at {now}"
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.integers(1, 2 * HOUR))
+def test_a_record_of_an_earlier_instant_leaves_the_next_evaluation_exact(events, back):
+    """The dataflow copies a customer's values for their record once per batch, at their last
+    evaluation, when events of theirs may already be applied and not yet evaluated: those must
+    still be recomputed at their own instant, whatever instant the record asked for."""
+
+    def full(t: int) -> tuple[dict[str, Any], int | None]:
+        return CustomerFeatures.restore(pickle.dumps(state), CATALOGUE).observe(t)
+
+    state = CustomerFeatures(CATALOGUE)
+    evaluated: int | None = None
+    recorded: dict[str, Any] = {}
+    for event in events:
+        state.apply(event)
+        now = state.newest
+        assert now is not None
+        if evaluated is not None:
+            assert state.values_at(evaluated) == recorded  # as evaluated, the event aside
+            earlier = evaluated - back  # a read elsewhere in time (a correction's)
+            assert state.values_at(earlier) == full(earlier)[0], f"record at {earlier}"
+        values, deadline = state.observe(now)
+        assert (values, deadline) == full(now), f"after the event at {now}"
+        evaluated, recorded = now, values
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 def test_a_customer_restored_from_a_snapshot_goes_on_as_the_original(events):
