@@ -651,8 +651,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         """Forget the customer (GDPR): their state, deadlines and what waits to be evaluated."""
         self.state.pending.pop(customer_id, None)
         self.state.merged.pop(customer_id, None)
-        self._drafts.pop(customer_id, None)  # what the sink would delete with them
-        self._settle(out)  # the others' records come before the erasure's, as before
+        self._drafts.pop(customer_id, None)  # never written: the sink deletes them
         out.append(Erased(customer_id, self._erase(customer_id)))
 
     def _on_merged_away(self, entry: StreamEntry, into: str, out: list[ShardOutput]) -> None:
