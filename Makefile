@@ -51,7 +51,7 @@ fmt: $(STAMP)
 # Every benchmark in turn (minutes); `make bench BENCH=rules` runs one. With options:
 # `segflow bench NAME OPTIONS` (`segflow bench NAME --help` lists them).
 bench: $(STAMP)
-	@set -e; for name in $(or $(BENCH),ingest pipeline crash rules dispatch corrections retention rule_saves admin_pages clustering); do \
+	@set -e; for name in $(or $(BENCH),ingest pipeline latency crash rules dispatch corrections retention rule_saves admin_pages clustering); do \
 		echo "== bench/$$name.py"; $(BIN)/segflow bench $$name; done
 
 clean:

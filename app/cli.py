@@ -768,6 +768,7 @@ def demo(
 BENCHMARKS = (
     "ingest",
     "pipeline",
+    "latency",
     "crash",
     "rules",
     "dispatch",

@@ -551,6 +551,43 @@ def delay_run(url: str, client: redis.Redis, rate: int, seconds: float) -> tuple
     return delays, probes
 
 
+class RedisCalls:
+    """The commands Redis ran between ``start`` and ``stop`` (INFO commandstats): calls and
+    time by command, per event of a run. A script's own commands count under their names too
+    (an EVALSHA that runs HSET and ZADD adds to evalsha, hset and zadd), and its time includes
+    theirs; the time is Redis's clock around each command, so a busy machine inflates it."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._start: dict[str, dict[str, float]] = {}
+        self.ran: dict[str, tuple[int, float]] = {}  # command -> (calls, usec)
+
+    def _stats(self) -> dict[str, dict[str, float]]:
+        found = cast(dict[str, dict[str, float]], self._client.info("commandstats"))
+        return {name.removeprefix("cmdstat_"): stats for name, stats in found.items()}
+
+    def start(self) -> None:
+        self._start = self._stats()
+
+    def stop(self) -> None:
+        for name, stats in self._stats().items():
+            was = self._start.get(name, {"calls": 0, "usec": 0})
+            calls = int(stats["calls"] - was["calls"])
+            if calls and name != "info":  # not this class's own
+                self.ran[name] = (calls, float(stats["usec"] - was["usec"]))
+
+    def print_per_event(self, events: int) -> None:
+        print(
+            f"\nRedis commands per event in the flow's run (INFO commandstats, {events:,} events):"
+        )
+        print("| command | calls per event | Redis time us per event |")
+        print("|---|---|---|")
+        for name, (calls, usec) in sorted(self.ran.items(), key=lambda kv: -kv[1][1]):
+            print(f"| {name} | {calls / events:.3f} | {usec / events:.2f} |")
+        scripts = sum(calls for name, (calls, _) in self.ran.items() if name in ("evalsha", "eval"))
+        print(f"script calls per event: {scripts / events:.3f}")
+
+
 def print_cluster_cost(cost: ClusterCost) -> None:
     print(
         f"\nclustering on against off, same {cost.events:,} events (model fitted on "
@@ -587,7 +624,9 @@ def main() -> None:
         read = timed(url, client, events, "bench.pipeline:read_floor_flow()", work / "read")
         floor = timed(url, client, events, "bench.pipeline:floor_flow()", work / "floor")
         recovery = work / "recovery"
-        flow = timed(url, client, events, "pipelines.segmentation:flow_from_env()", recovery)
+        calls = RedisCalls(client)
+        flow = timed_cpu(url, client, events, FLOW, recovery, before=calls.start)
+        calls.stop()
         compute_s, evaluations, records = compute_only(events)
         assert processed_entries(client) == args.events
         per_customer, customers = state_bytes_per_customer(recovery)
@@ -635,6 +674,7 @@ def main() -> None:
         f"{compute_s / evaluations * 1e6:.1f} us of CPU each; {records:,} profile records "
         f"({records / n:.2f} per event)"
     )
+    calls.print_per_event(n)
     print(f"\nrecovery state: {per_customer:,.0f} bytes per customer ({customers:,} customers)")
     if cost is not None:
         print_cluster_cost(cost)

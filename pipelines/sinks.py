@@ -82,31 +82,35 @@ return 1
 
 # One call per changed customer (their keys share a slot): the profile, overwritten whole, the
 # batch's events added to the recent events (the newest kept), the transitions late events
-# retracted removed and the batch's transitions added.
+# retracted removed and the batch's transitions added, each list in one command (Redis's cost
+# is per command run, a script's too).
 # KEYS: profile, recent events, transitions; ARGV: customer id, at, features, traits, segments,
 # outlier ("1", "0", "" before any cluster model), recent events kept, number of recent events,
 # (score, member) per event, number of retracted transitions, their members, then (score,
 # member) per transition.
 _WRITE_PROFILE = """
+local function each(verb, key, from, to)  -- ARGV[from..to] in one command, a few if many
+  for start = from, to, 1000 do
+    redis.call(verb, key, unpack(ARGV, start, math.min(start + 999, to)))
+  end
+end
 redis.call('HSET', KEYS[1], 'customer_id', ARGV[1], 'at', ARGV[2], 'features', ARGV[3],
            'traits', ARGV[4], 'segments', ARGV[5], 'outlier', ARGV[6])
 local recent = tonumber(ARGV[8])
 local i = 9
 if recent > 0 then
-  for _ = 1, recent do
-    redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
-    i = i + 2
-  end
+  each('ZADD', KEYS[2], i, i + 2 * recent - 1)
+  i = i + 2 * recent
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[7]) - 1)
 end
 local retracted = tonumber(ARGV[i])
 i = i + 1
-for _ = 1, retracted do
-  redis.call('ZREM', KEYS[3], ARGV[i])
-  i = i + 1
+if retracted > 0 then
+  each('ZREM', KEYS[3], i, i + retracted - 1)
+  i = i + retracted
 end
 if i <= #ARGV then
-  for j = i, #ARGV, 2 do redis.call('ZADD', KEYS[3], ARGV[j], ARGV[j + 1]) end
+  each('ZADD', KEYS[3], i, #ARGV)
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -TRANSITIONS_KEPT - 1)
 end
 return 1

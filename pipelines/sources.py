@@ -13,12 +13,20 @@ The source also tells the dataflow's clocks, one per lane (see "How time works" 
   arrival, so no sender's clock moves it, and an empty read is the wall clock's word.
 - a replay's lane: its progress markers (``app.streams.lane_markers``), read in the stream in
   their place behind the replay's events, become that lane's ticks; its end marker ends it.
+
+A caught-up partition waits inside Redis, not on a timer: its next read is an ``XREAD ...
+BLOCK``, and when every partition of a worker waits, the worker waits for any of their
+connections to answer (one ``poll``, bounded so ticks and heartbeats go on), so a quiet
+dataflow takes an event as soon as Redis has it.
 """
 
 from __future__ import annotations
 
+import logging
+import select
+import threading
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -37,8 +45,12 @@ from app.streams import (
     stream_key,
 )
 
-BATCH = 500  # hundreds of items per next_batch: multi-worker runs need them (DEPENDENCY-FACTS)
-IDLE_WAIT = timedelta(milliseconds=20)
+BATCH = 2_000  # hundreds of items per next_batch (multi-worker runs need them), and Redis
+# spends less per event on fewer, larger reads and on the fewer profiles a larger read writes
+# The longest a worker's caught-up partitions wait for Redis before Bytewax gets control back,
+# in all (each partition's wait is a share of it).
+IDLE_WAIT_MS = 20.0
+BLOCK_MS = 1_000  # a caught-up partition's read waits in Redis this long at most, then again
 IDLE_TICK_MS = 100  # how often a caught-up partition tells the wall-clock time
 HEARTBEAT_MS = 1_000  # how often a partition says the dataflow runs (ALIVE_KEY)
 # The live clock runs this far behind the time an event is stamped received_at and the time
@@ -69,14 +81,38 @@ class Tick(NamedTuple):
 SourceItem = StreamEvent | Tick
 
 
+log = logging.getLogger(__name__)
+
+
+class _Workers:
+    """The partitions each Bytewax worker (a thread) of this process reads: the caught-up
+    partitions of one worker wait for Redis together, as Bytewax calls them one after another
+    on the worker's thread."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def partitions(self) -> list[_StreamPartition]:
+        """The calling worker's partitions."""
+        found: list[_StreamPartition] | None = getattr(self._local, "partitions", None)
+        if found is None:
+            found = self._local.partitions = []
+        return found
+
+
 class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
-    def __init__(self, url: str, partition: int, after: str, *, stop_at_end: bool) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=10)
+    def __init__(
+        self, url: str, partition: int, after: str, *, stop_at_end: bool, workers: _Workers
+    ) -> None:
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=10, client_name=f"segflow-source-{partition}"
+        )
         self._partition = partition
         self._key = stream_key(partition)
         self._after = after
         self._stop_at_end = stop_at_end
-        self._awake: datetime | None = None
+        self._workers = workers
+        self._worker: list[_StreamPartition] | None = None  # the partitions read beside it
         self._last_idle_tick = 0
         self._live = 0  # the live lane's clock (it never goes back)
         self._last_heartbeat = 0
@@ -84,18 +120,36 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
         # at the next call: the dataflow computes while Redis reads (one connection, in order).
         self._connection: Any = None
         self._asked: str | None = None  # the id the read in flight reads after
+        # The read in flight is a caught-up partition's XREAD BLOCK: its reply comes when an
+        # entry does (or after BLOCK_MS), and nothing else is sent on the connection before.
+        self._blocking = False
 
     def next_batch(self) -> Iterable[SourceItem]:
+        if self._worker is None:  # on the worker's thread, where Bytewax calls it
+            self._worker = self._workers.partitions()
+            self._worker.append(self)
         now = now_ms()
         if now - self._last_heartbeat >= HEARTBEAT_MS:
             self._client.set(ALIVE_KEY, now, ex=ALIVE_TTL_S)
             self._last_heartbeat = now
         if self._asked != self._after:
             self._ask()
-        entries = self._answer()
-        if not entries:
+        blocking = self._blocking
+        try:
+            if blocking and not self._replied():
+                return self._idle()
+            entries = self._answer()
+        except redis.ConnectionError as error:
+            if not blocking:
+                raise
+            # Dropped while waiting (a restart, a killed client): asked again on a new one.
+            log.warning("%s: connection lost while waiting for entries (%s)", self._key, error)
+            self._drop()
             return self._idle()
-        self._awake = None
+        if not entries:
+            if not self._stop_at_end:  # a finished stream's run must see its end: no wait
+                self._ask(block=True)
+            return self._idle()
         self._after = entries[-1][0].decode()
         self._ask()  # the next batch, read while this one is processed
         items: list[SourceItem] = []
@@ -114,18 +168,36 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
         items.append(Tick(partition, self._live, inclusive=True))
         return items
 
-    def _ask(self) -> None:
-        """Send the read of the entries after ``_after``; ``_answer`` reads its reply."""
+    def _ask(self, *, block: bool = False) -> None:
+        """Send the read of the entries after ``_after`` (``block``: waiting in Redis for the
+        first one); ``_answer`` reads its reply."""
         if self._connection is None:
             self._connection = self._client.connection_pool.get_connection()
+        wait = ("BLOCK", BLOCK_MS) if block else ()
         try:
             self._connection.send_command(
-                "XREAD", "COUNT", BATCH, "STREAMS", self._key, self._after
+                "XREAD", "COUNT", BATCH, *wait, "STREAMS", self._key, self._after
             )
         except BaseException:
             self._drop()
             raise
-        self._asked = self._after
+        self._asked, self._blocking = self._after, block
+
+    def _replied(self) -> bool:
+        """Whether the blocking read's reply is here. When every partition of this worker is
+        waiting, first wait for any of their connections to answer, for this partition's
+        share of ``IDLE_WAIT_MS``: Bytewax calls the next one after, then this one again."""
+        if self._connection.can_read(timeout=0):
+            return True
+        worker = self._worker or [self]
+        if not all(partition._blocking for partition in worker):
+            return False  # another one has entries to hand on first
+        answers = select.poll()
+        for partition in worker:
+            # redis-py has no public way to wait on several connections: their sockets
+            answers.register(partition._connection._sock, select.POLLIN)
+        answers.poll(IDLE_WAIT_MS / len(worker))
+        return bool(self._connection.can_read(timeout=0))
 
     def _answer(self) -> list[Any]:
         """The entries of the read in flight (raw, as hiredis parses them)."""
@@ -135,7 +207,8 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
         except BaseException:
             self._drop()
             raise
-        if not reply:
+        self._blocking = False
+        if not reply:  # none, or a blocking read's time was up
             return []
         if isinstance(reply, dict):  # RESP3: {stream: entries}
             return next(iter(reply.values()))
@@ -144,6 +217,7 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
     def _drop(self) -> None:
         """Forget a connection whose replies may be out of step; the next read opens one."""
         connection, self._connection, self._asked = self._connection, None, None
+        self._blocking = False
         if connection is not None:
             connection.disconnect()
             self._client.connection_pool.release(connection)
@@ -156,7 +230,6 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
                 raise StopIteration
             self._last_idle_tick = now
             return [Tick(self._partition, now, inclusive=True)]  # nothing more comes: no margin
-        self._awake = datetime.now(UTC) + IDLE_WAIT
         if now - self._last_idle_tick < IDLE_TICK_MS:
             return []
         self._last_idle_tick = now
@@ -164,12 +237,14 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
         return [Tick(self._partition, self._live, inclusive=True)]
 
     def next_awake(self) -> datetime | None:
-        return self._awake
+        return None  # a caught-up partition waits in ``_replied``, for Redis, not a timer
 
     def snapshot(self) -> str:
         return self._after
 
     def close(self) -> None:
+        if self._worker is not None and self in self._worker:
+            self._worker.remove(self)
         self._drop()
         self._client.close()
 
@@ -195,6 +270,7 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, str]):
         self._url = url
         self._partitions = partitions
         self._stop_at_end = stop_at_end
+        self._workers = _Workers()
 
     def list_parts(self) -> list[str]:
         return [stream_key(p) for p in range(self._partitions)]
@@ -202,5 +278,9 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, str]):
     def build_part(self, step_id: str, for_part: str, resume_state: str | None) -> _StreamPartition:
         partition = self.list_parts().index(for_part)
         return _StreamPartition(
-            self._url, partition, resume_state or "0-0", stop_at_end=self._stop_at_end
+            self._url,
+            partition,
+            resume_state or "0-0",
+            stop_at_end=self._stop_at_end,
+            workers=self._workers,
         )

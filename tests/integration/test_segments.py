@@ -129,7 +129,9 @@ def test_a_late_order_retracts_the_cart_reminder_and_the_correction_is_listed(
     # then the order
     partition = partition_of("ada", settings.partitions)
     others = [
-        f"v{n}" for n in range(5_000) if partition_of(f"v{n}", settings.partitions) == partition
+        f"v{n}"
+        for n in range(3 * BATCH * settings.partitions)
+        if partition_of(f"v{n}", settings.partitions) == partition
     ]
     send([track("ada", "Product Added", t0, product_id="p1", price=20.0)])
     views = [track(c, "Product Viewed", t0 + n, product_id="p1") for n, c in enumerate(others)]
