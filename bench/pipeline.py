@@ -409,7 +409,7 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int]:
         FeatureShard,
         active_rules,
         catalogue_for,
-        route,
+        route_read,
     )
     from pipelines.sources import BATCH, SourceItem, StreamEvent, Tick
 
@@ -428,13 +428,7 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int]:
             at = int(chunk[-1].event["timestamp"])
             reads.append((at, [*chunk, Tick(partition, at, False, LANE)]))
     reads.sort(key=lambda read: read[0])
-    routed = []
-    for _, batch in reads:
-        per_shard: dict[str, list[SourceItem]] = {}
-        for read_item in batch:
-            for shard, value in route(read_item, PARTITIONS):
-                per_shard.setdefault(shard, []).append(value)
-        routed.append(per_shard)
+    routed = [route_read(batch, PARTITIONS) for _, batch in reads]
     evaluations = 0
 
     class Counting(FeatureShard):
@@ -447,11 +441,11 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int]:
         shards: dict[str, FeatureShard] = {}
         records = 0
         for per_shard in routed:
-            for shard, values in per_shard.items():
+            for shard, values in per_shard:
                 logic = shards.get(shard)
                 if logic is None:
                     logic = shards[shard] = shard_type(catalogue, rules, None, None, PARTITIONS)
-                out, _ = logic.on_batch(values)
+                out, _ = logic.on_batch([values])  # as the flow hands it a read
                 records += sum(isinstance(record, ProfileUpdate) for record in out)
         return records
 
