@@ -4,7 +4,9 @@
 
 Customers are sharded into a few keys with a dict of customers per shard: Bytewax's recovery
 snapshots each changed key per interval, and a few large keys cost far less than a million
-small ones (DEPENDENCY-FACTS.md). A shard belongs to one stream partition (``"<p>.<n>"``).
+small ones (DEPENDENCY-FACTS.md). A shard belongs to one stream partition, and its key is
+placed on the worker that reads that partition (``pipelines.placement``): an event does not
+cross between workers.
 
 How time works
 --------------
@@ -62,6 +64,7 @@ from app.rules.engine import Rulesets
 from app.settings import Settings, get_settings
 from app.streams import ABSORB, ERASE, LIVE, MERGE, partition_of
 from pipelines.features import Catalogue, CustomerFeatures, default_catalogue
+from pipelines.placement import SHARDS_PER_PARTITION, shard_keys
 from pipelines.records import (
     Correction,
     Erased,
@@ -77,7 +80,6 @@ from pipelines.rewind import Anchor, Rewind, RewindBook, differences
 from pipelines.sinks import ProfileSink
 from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
-SHARDS_PER_PARTITION = 16
 _NO_CLUSTERS: frozenset[str] = frozenset()
 JOINED_KEPT = 10_000  # memberships with a cluster remembered per shard (``_with_cluster``)
 # What a shard emits: the sink writes each kind (``pipelines.records``).
@@ -270,9 +272,10 @@ def catalogue_for(rules: CompiledRules, allowed_lateness_ms: int) -> Catalogue:
 
 
 def shard_of(customer_id: str, partition: int, partitions: int) -> str:
-    """The shard of a customer of ``partition`` (which is crc32 % partitions)."""
+    """The shard of a customer of ``partition`` (which is crc32 % partitions): its key is on the
+    worker that reads the partition (``pipelines.placement``)."""
     sub = (zlib.crc32(customer_id.encode()) // partitions) % SHARDS_PER_PARTITION
-    return f"{partition}.{sub}"
+    return shard_keys(partition, partitions)[sub]
 
 
 def route_read(items: list[SourceItem], partitions: int) -> list[tuple[str, list[SourceItem]]]:
@@ -282,8 +285,7 @@ def route_read(items: list[SourceItem], partitions: int) -> list[tuple[str, list
     by_shard: dict[str, list[SourceItem]] = {}
     for item in items:
         if isinstance(item, Tick):
-            for n in range(SHARDS_PER_PARTITION):
-                shard = f"{item.partition}.{n}"
+            for shard in shard_keys(item.partition, partitions):
                 found = by_shard.get(shard)
                 if found is None:
                     by_shard[shard] = [item]
