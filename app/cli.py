@@ -49,8 +49,10 @@ from app.profiles.keys import members_key
 from app.redis_client import async_redis, masked_url, wait_until_ready_sync
 from app.redis_server import redis_url_for
 from app.settings import Settings, get_settings
+from app.streams import PROGRESS_KEY
 from app.supervisor import ProcessSpec, Supervisor, end_leftovers
 from pipelines.examples import check_rule_files
+from pipelines.placement import mark_recovery_store, settle_recovery_store
 from pipelines.retention import StreamTrimmer
 
 err = Console(stderr=True)
@@ -329,11 +331,23 @@ def pipeline(workers: int, recovery: bool) -> None:
     ]
     env = {k: v for k, v in os.environ.items() if k != "SEGFLOW_RECOVERY_DIR"}
     directory: Path | None = None
+    set_aside: Path | None = None
     if recovery:
         directory = (settings.data_dir / "recovery").resolve()
+        set_aside = settle_recovery_store(
+            directory, settings.partitions, time.strftime("%Y%m%d-%H%M%S")
+        )
+        if set_aside is not None:
+            err.print(
+                f"[yellow]the recovery state in {directory} holds shards of another layout (an "
+                f"older Segflow, or another SEGFLOW_PARTITIONS): moved to {set_aside} (delete "
+                "it once the rebuild is done); this start reads every stream from its start and "
+                "rebuilds each customer, as after `segflow rebuild`[/]"
+            )
         if not directory.exists():
             directory.mkdir(parents=True)
             init_recovery(directory, RECOVERY_PARTITIONS)  # type: ignore[no-untyped-call]
+            mark_recovery_store(directory, settings.partitions)
         interval = settings.snapshot_interval_s
         argv += ["-r", str(directory), "-s", str(interval), "-b", "0"]
         # the flow compacts it after erasures (pipelines.erasure)
@@ -345,6 +359,9 @@ def pipeline(workers: int, recovery: bool) -> None:
             raise click.ClickException(
                 f"dataflow: Redis at {masked_url(url)} refused the password: {error}"
             ) from None
+        if set_aside is not None:  # its shards' progress: the new ones count from the start
+            with contextlib.closing(redis.Redis.from_url(url)) as client:
+                client.delete(PROGRESS_KEY)
         # Beside the flow, the streams are trimmed behind its recovery state (none is
         # trimmed without recovery: each start then re-reads them whole).
         trimmer = StreamTrimmer(

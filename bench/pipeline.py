@@ -18,17 +18,25 @@
    of the flow's process per event, and their ratio (``clusters_on_off``, which
    ``bench/clustering.py`` runs too).
 
+5. With ``--scaling`` (alone): the flow on 1 worker, on 2 worker threads (``-w 2``) and as 2
+   processes (``-i``/``-a``), alternated ``--repeats`` times: events/s, CPU per event of the
+   flow's processes and of Redis, the ratio to 1 worker; then a paper model of the cores and
+   hosts for 100M events a day at 10x the mean.
+
     .venv/bin/python bench/pipeline.py [--events 200000] [--rate 10000] [--seconds 10] [--clusters]
+    .venv/bin/python bench/pipeline.py --scaling [--events 100000] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import random
 import resource
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -409,7 +417,7 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int]:
         FeatureShard,
         active_rules,
         catalogue_for,
-        route,
+        route_read,
     )
     from pipelines.sources import BATCH, SourceItem, StreamEvent, Tick
 
@@ -428,13 +436,7 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int]:
             at = int(chunk[-1].event["timestamp"])
             reads.append((at, [*chunk, Tick(partition, at, False, LANE)]))
     reads.sort(key=lambda read: read[0])
-    routed = []
-    for _, batch in reads:
-        per_shard: dict[str, list[SourceItem]] = {}
-        for read_item in batch:
-            for shard, value in route(read_item, PARTITIONS):
-                per_shard.setdefault(shard, []).append(value)
-        routed.append(per_shard)
+    routed = [route_read(batch, PARTITIONS) for _, batch in reads]
     evaluations = 0
 
     class Counting(FeatureShard):
@@ -447,11 +449,11 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int]:
         shards: dict[str, FeatureShard] = {}
         records = 0
         for per_shard in routed:
-            for shard, values in per_shard.items():
+            for shard, values in per_shard:
                 logic = shards.get(shard)
                 if logic is None:
                     logic = shards[shard] = shard_type(catalogue, rules, None, None, PARTITIONS)
-                out, _ = logic.on_batch(values)
+                out, _ = logic.on_batch([values])  # as the flow hands it a read
                 records += sum(isinstance(record, ProfileUpdate) for record in out)
         return records
 
@@ -600,6 +602,135 @@ def print_cluster_cost(cost: ClusterCost) -> None:
     print(f"assignment costs {cost.cost_share:.1%} of the flow's throughput (target: at most 10%)")
 
 
+# --- scaling: the flow on 1 worker, 2 worker threads, 2 processes (``--scaling``) ----------
+
+# (label, processes, worker threads in each)
+LAYOUTS = (("1 worker", 1, 1), ("-w 2", 1, 2), ("2 processes", 2, 1))
+EVENTS_PER_DAY = 100_000_000
+PEAK_TO_MEAN = 10
+CORE_BUSY = 0.6  # the share of a core a sizing plans to keep busy at peak (headroom)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_layout(
+    url: str, recovery: Path, processes: int, workers: int
+) -> tuple[float, float, float]:
+    """The flow over the streams until caught up as ``processes`` processes of ``workers``
+    worker threads each, recovery on (as ``run_flow``): wall time, CPU of all its processes,
+    Redis's CPU meanwhile (seconds)."""
+    from bytewax.recovery import init_db_dir
+
+    env = {
+        **os.environ,
+        "REDIS_URL": url,
+        "SEGFLOW_PARTITIONS": str(PARTITIONS),
+        "SEGFLOW_STOP_AT_END": "1",
+    }
+    recovery.mkdir()
+    init_db_dir(recovery, 1)  # type: ignore[no-untyped-call]
+    argv = [sys.executable, "-m", "bytewax.run", FLOW, "-w", str(workers)]
+    argv += ["-r", str(recovery), "-s", "2", "-b", "0"]
+    addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
+    cluster = [["-i", str(i), "-a", addresses] if processes > 1 else [] for i in range(processes)]
+    client = redis.Redis.from_url(url)
+    try:
+        cpu, served = _children_cpu(), redis_cpu(client)
+        started = time.perf_counter()
+        running = [subprocess.Popen([*argv, *extra], env=env, cwd=ROOT) for extra in cluster]
+        for process in running:
+            if process.wait() != 0:
+                raise SystemExit(f"the flow ({processes} x -w {workers}) failed")
+        elapsed = time.perf_counter() - started
+        return elapsed, _children_cpu() - cpu, redis_cpu(client) - served
+    finally:
+        client.close()
+
+
+def scaling(
+    url: str, client: redis.Redis, events: list[dict[str, Any]], work: Path, repeats: int
+) -> dict[str, list[tuple[float, float, float]]]:
+    """Each layout over ``events``, its run over them less its run over empty streams (as
+    ``timed_cpu``), the layouts alternated ``repeats`` times: per layout, every run's
+    (seconds, flow CPU seconds, Redis CPU seconds)."""
+    found: dict[str, list[tuple[float, float, float]]] = {}
+    for n in range(repeats):
+        for label, processes, workers in LAYOUTS:
+            name = f"scaling-{processes}x{workers}-{n}"
+            client.flushdb()
+            empty = run_layout(url, work / f"{name}-empty", processes, workers)
+            client.flushdb()
+            append_replay(client, events, PARTITIONS, lane=LANE)
+            run = run_layout(url, work / name, processes, workers)
+            assert processed_entries(client) == len(events), label
+            found.setdefault(label, []).append(
+                (run[0] - empty[0], run[1] - empty[1], run[2] - empty[2])
+            )
+    return found
+
+
+def print_scaling(found: dict[str, list[tuple[float, float, float]]], events: int) -> None:
+    """The layouts' table (median of the runs; each run's flow CPU too), and the paper model
+    of cores and hosts for ``EVENTS_PER_DAY`` at ``PEAK_TO_MEAN`` times the mean."""
+
+    def median(label: str, column: int) -> float:
+        return statistics.median(run[column] for run in found[label])
+
+    base_cpu = median("1 worker", 1)
+    print(
+        f"\nscaling: {events:,} events, {PARTITIONS} partitions, {os.cpu_count()} cores, "
+        f"recovery on (-s 2); median of {len(found['1 worker'])} alternated runs"
+    )
+    print(
+        "| layout | events/s | flow CPU us/event (each run) | Redis CPU us/event "
+        "| flow CPU/event vs 1 worker |"
+    )
+    print("|---|---|---|---|---|")
+    for label, _, _ in LAYOUTS:
+        each = ", ".join(f"{run[1] / events * 1e6:.1f}" for run in found[label])
+        print(
+            f"| {label} | {events / median(label, 0):,.0f} "
+            f"| {median(label, 1) / events * 1e6:.1f} ({each}) "
+            f"| {median(label, 2) / events * 1e6:.1f} | {median(label, 1) / base_cpu:.2f} |"
+        )
+    # processes are how the flow spreads over hosts: size by their CPU per event
+    flow_us = median("2 processes", 1) / events * 1e6
+    redis_us = median("2 processes", 2) / events * 1e6
+    peak = EVENTS_PER_DAY / 86_400 * PEAK_TO_MEAN
+    flow_cores = peak * flow_us / 1e6 / CORE_BUSY
+    redis_cores = peak * redis_us / 1e6 / CORE_BUSY
+    cores = math.ceil(flow_cores) + math.ceil(redis_cores)
+    print(
+        f"\npaper model: {EVENTS_PER_DAY / 1e6:.0f}M events/day is {EVENTS_PER_DAY / 86_400:,.0f}"
+        f"/s on average, {peak:,.0f}/s at {PEAK_TO_MEAN}x the mean. At the 2 processes' "
+        f"{flow_us:.1f} us of flow CPU and {redis_us:.1f} us of Redis CPU per event, cores "
+        f"{CORE_BUSY:.0%} busy at peak: {flow_cores:.1f} cores of flow (one worker process per "
+        f"core, the partitions spread over them) and {redis_cores:.1f} of Redis, so {cores} "
+        f"whole cores: {math.ceil(cores / 2)} host(s) of 2 cores like this one. The collector, "
+        f"API and dispatcher are not in this count."
+    )
+
+
+def scaling_main(count: int, repeats: int) -> None:
+    """``--scaling``: the layouts' table over ``count`` events of the shop's history."""
+    work = Path(tempfile.mkdtemp(prefix="segflow-bench-scaling-"))
+    server = EmbeddedRedis.ensure(work) if not os.environ.get("REDIS_URL") else None
+    url = os.environ.get("REDIS_URL") or (server.url if server else "")
+    client = redis.Redis.from_url(url)
+    try:
+        found = scaling(url, client, history(count, time.time_ns() // 1_000_000), work, repeats)
+    finally:
+        client.flushdb()
+        client.close()
+        if server is not None:
+            server.stop()
+    print_scaling(found, count)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -610,7 +741,16 @@ def main() -> None:
         action="store_true",
         help="Also run the flow with clustering off and on over the same events.",
     )
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="Only the flow on 1 worker, -w 2 and 2 processes (alternated), and a sizing.",
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="Runs of each layout (--scaling).")
     args = parser.parse_args()
+    if args.scaling:
+        scaling_main(args.events, args.repeats)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-pipeline-"))
     server = EmbeddedRedis.ensure(work) if not os.environ.get("REDIS_URL") else None

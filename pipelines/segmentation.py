@@ -4,7 +4,9 @@
 
 Customers are sharded into a few keys with a dict of customers per shard: Bytewax's recovery
 snapshots each changed key per interval, and a few large keys cost far less than a million
-small ones (DEPENDENCY-FACTS.md). A shard belongs to one stream partition (``"<p>.<n>"``).
+small ones (DEPENDENCY-FACTS.md). A shard belongs to one stream partition, and its key is
+placed on the worker that reads that partition (``pipelines.placement``): an event does not
+cross between workers.
 
 How time works
 --------------
@@ -40,7 +42,7 @@ import itertools
 import os
 import pickle
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,7 @@ from app.rules.engine import Rulesets
 from app.settings import Settings, get_settings
 from app.streams import ABSORB, ERASE, LIVE, MERGE, partition_of
 from pipelines.features import Catalogue, CustomerFeatures, default_catalogue
+from pipelines.placement import SHARDS_PER_PARTITION, shard_keys
 from pipelines.records import (
     Correction,
     Erased,
@@ -77,7 +80,6 @@ from pipelines.rewind import Anchor, Rewind, RewindBook, differences
 from pipelines.sinks import ProfileSink
 from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
-SHARDS_PER_PARTITION = 16
 _NO_CLUSTERS: frozenset[str] = frozenset()
 JOINED_KEPT = 10_000  # memberships with a cluster remembered per shard (``_with_cluster``)
 # What a shard emits: the sink writes each kind (``pipelines.records``).
@@ -270,19 +272,36 @@ def catalogue_for(rules: CompiledRules, allowed_lateness_ms: int) -> Catalogue:
 
 
 def shard_of(customer_id: str, partition: int, partitions: int) -> str:
-    """The shard of a customer of ``partition`` (which is crc32 % partitions)."""
+    """The shard of a customer of ``partition`` (which is crc32 % partitions): its key is on the
+    worker that reads the partition (``pipelines.placement``)."""
     sub = (zlib.crc32(customer_id.encode()) // partitions) % SHARDS_PER_PARTITION
-    return f"{partition}.{sub}"
+    return shard_keys(partition, partitions)[sub]
 
 
-def route(item: SourceItem, partitions: int) -> list[tuple[str, SourceItem]]:
-    """An event to its customer's shard; a tick to every shard of its partition."""
-    if isinstance(item, Tick):
-        return [(f"{item.partition}.{n}", item) for n in range(SHARDS_PER_PARTITION)]
-    return [(shard_of(item.event["customer_id"], item.partition, partitions), item)]
+def route_read(items: list[SourceItem], partitions: int) -> list[tuple[str, list[SourceItem]]]:
+    """What the source read, as one item per shard: its events in order, each tick (of a
+    partition) in its place in every shard of that partition. Bytewax then carries a shard's
+    part of a read as one item, not one item per event."""
+    by_shard: dict[str, list[SourceItem]] = {}
+    for item in items:
+        if isinstance(item, Tick):
+            for shard in shard_keys(item.partition, partitions):
+                found = by_shard.get(shard)
+                if found is None:
+                    by_shard[shard] = [item]
+                else:
+                    found.append(item)
+            continue
+        shard = shard_of(item.event["customer_id"], item.partition, partitions)
+        found = by_shard.get(shard)
+        if found is None:
+            by_shard[shard] = [item]
+        else:
+            found.append(item)
+    return list(by_shard.items())
 
 
-class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
+class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardState]):
     """Applies a shard's events and fires its customers' deadlines as their lanes' clocks pass
     them (see "How time works" above). A deadline's snapshot is taken at the deadline's own
     instant, so live runs and replays emit the same changes at the same event times."""
@@ -314,8 +333,11 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         # per customer changed in the batch, what its one record carries (``_settle``)
         self._drafts: dict[str, _Draft] = {}
 
-    def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
-        """One read of the partition: each stream entry, then the tick that closes it."""
+    def on_batch(
+        self, values: Sequence[SourceItem | list[SourceItem]]
+    ) -> tuple[Iterable[Any], bool]:
+        """The shard's part of reads of the partition (``route_read``: a list per read, its
+        stream entries then the tick that closes it), or single items (tests, rule examples)."""
         out: list[ShardOutput] = []
         if self.watcher is not None:
             self._follow(self.watcher.current())
@@ -325,27 +347,28 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             self._reevaluate(REEVALUATED_PER_BATCH)
         events = 0
         newest = self.state.newest
-        for item in values:
-            if isinstance(item, Tick):
-                self._on_tick(item, out)
-                continue
-            entry = item.event
-            events += 1
-            when = int(entry["timestamp"])
-            newest = when if newest is None else max(newest, when)
-            customer_id = entry["customer_id"]
-            kind = entry["type"]
-            if kind == ERASE:
-                self._on_erase(customer_id, out)
-                out.append(ErasureSeen(item.partition, item.entry_id))
-            elif customer_id in self.state.merged:
-                self._on_merged_away(entry, self.state.merged[customer_id], out)
-            elif kind == MERGE:
-                self._on_merge(customer_id, entry, out)
-            elif kind == ABSORB:
-                self._on_absorb(customer_id, entry, out)
-            else:
-                self._on_event(customer_id, entry, when, out)
+        for value in values:
+            for item in value if isinstance(value, list) else (value,):
+                if isinstance(item, Tick):
+                    self._on_tick(item, out)
+                    continue
+                entry = item.event
+                events += 1
+                when = int(entry["timestamp"])
+                newest = when if newest is None else max(newest, when)
+                customer_id = entry["customer_id"]
+                kind = entry["type"]
+                if kind == ERASE:
+                    self._on_erase(customer_id, out)
+                    out.append(ErasureSeen(item.partition, item.entry_id))
+                elif customer_id in self.state.merged:
+                    self._on_merged_away(entry, self.state.merged[customer_id], out)
+                elif kind == MERGE:
+                    self._on_merge(customer_id, entry, out)
+                elif kind == ABSORB:
+                    self._on_absorb(customer_id, entry, out)
+                else:
+                    self._on_event(customer_id, entry, when, out)
         self._settle(out)
         if events:
             self.state.processed += events
@@ -1019,8 +1042,8 @@ def get_flow(
         "events", flow, RedisStreamSource(redis_url, partitions, stop_at_end=stop_at_end)
     )
     # StreamEvent | Tick
-    keyed: Any = op.flat_map("route", items, lambda item: route(item, partitions))
-    # (shard, StreamEvent | Tick)
+    keyed: Any = op.flat_map_batch("route", items, lambda batch: route_read(batch, partitions))
+    # (shard, [StreamEvent | Tick, ...]): the shard's part of a read, in order
     updates = op.stateful_batch(
         "features",
         keyed,

@@ -315,10 +315,11 @@ def append_with_kills(
     seed: int,
     pause_s: tuple[float, float],
     timeout_s: float = 120.0,
+    workers: int = 1,
 ) -> None:
-    """Append ``events`` in chunks while `segflow pipeline` runs, SIGKILL it after ``kills``
-    random chunks and start it again each time; return once it has processed them all (its
-    recovery state then holds them, and the last process is stopped)."""
+    """Append ``events`` in chunks while `segflow pipeline --workers WORKERS` runs, SIGKILL it
+    after ``kills`` random chunks and start it again each time; return once it has processed
+    them all (its recovery state then holds them, and the last process is stopped)."""
     from tests.factories import append_events, processed_entries
 
     rng = random.Random(seed)
@@ -327,7 +328,7 @@ def append_with_kills(
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "pipeline"],
+            [sys.executable, "-m", "app.cli", "pipeline", "--workers", str(workers)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

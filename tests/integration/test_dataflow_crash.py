@@ -7,6 +7,7 @@ import sqlite3
 import time
 
 import orjson
+import pytest
 
 from app.profiles.keys import profile_key
 from app.settings import Settings
@@ -22,7 +23,10 @@ def total_events(profiles: dict[str, dict[bytes, bytes]]) -> int:
     return sum(orjson.loads(p[b"features"])["events_total"] for p in profiles.values())
 
 
-def test_sigkill_at_random_moments_changes_no_profile(settings: Settings, redis_client, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_at_random_moments_changes_no_profile(
+    settings: Settings, redis_client, tmp_path, workers: int
+):
     assert settings.redis_url
     now = time.time_ns() // 1_000_000 - 1_000
     events = shop_events(EVENTS, customers=CUSTOMERS, now=now, seed=5, spacing_ms=5)
@@ -38,6 +42,7 @@ def test_sigkill_at_random_moments_changes_no_profile(settings: Settings, redis_
         kills=KILLS,
         seed=9,
         pause_s=(0.05, 0.4),
+        workers=workers,
     )
     crashed = customer_profiles(redis_client, CUSTOMERS)
 

@@ -1,0 +1,73 @@
+"""Partition-aligned state against Bytewax's real placement: run with several workers (threads
+of one process, or processes), every shard's state is on the worker that reads its partition,
+so no event crosses between workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from app.settings import Settings
+from pipelines.placement import shard_keys
+from tests.factories import append_events, shop_events
+from tests.helpers import free_port
+
+FLOW = "tests.integration.placement_flow:flow()"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(argvs: list[list[str]], env: dict[str, str]) -> None:
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "bytewax.run", FLOW, *argv], env=env, cwd=ROOT)
+        for argv in argvs
+    ]
+    for process in processes:
+        assert process.wait(timeout=120) == 0
+
+
+@pytest.mark.parametrize(
+    ("partitions", "layout"),
+    [(16, "2 workers"), (16, "3 workers"), (4, "2 processes"), (64, "2 processes")],
+)
+def test_each_shard_is_on_the_worker_that_reads_its_partition(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path, partitions: int, layout: str
+):
+    assert settings.redis_url
+    now = time.time_ns() // 1_000_000
+    append_events(redis_client, shop_events(3_000, customers=500, now=now, seed=3), partitions)
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "SEGFLOW_PARTITIONS": str(partitions),
+        "PLACEMENT_DIR": str(tmp_path),
+    }
+    count = int(layout.split()[0])
+    if layout.endswith("workers"):
+        run([["-w", str(count)]], env)
+    else:
+        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(count))
+        run([["-i", str(i), "-a", addresses] for i in range(count)], env)
+
+    worker_of_partition: dict[int, str] = {}
+    worker_of_shard: dict[str, str] = {}
+    for log in tmp_path.glob("*.log"):
+        for line in log.read_text().splitlines():
+            kind, name = line.split()
+            if kind == "partition":
+                worker = worker_of_partition.setdefault(int(name), log.stem)
+            else:
+                worker = worker_of_shard.setdefault(name, log.stem)
+            assert worker == log.stem, f"{kind} {name} on two workers"
+    assert sorted(worker_of_partition) == list(range(partitions))
+    assert len(set(worker_of_partition.values())) == count  # every worker reads partitions
+    assert worker_of_shard, "no shard saw an event"
+    for partition in range(partitions):
+        for shard in shard_keys(partition, partitions):
+            if shard in worker_of_shard:
+                assert worker_of_shard[shard] == worker_of_partition[partition], shard
