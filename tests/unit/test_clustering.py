@@ -93,8 +93,10 @@ def test_too_few_profiles_are_refused_saying_how_many_are_needed() -> None:
         fit([c.features for c in population(12)])
 
 
-def _judged(name: str, silhouette: float, db: float, eligible: bool = True) -> Candidate:
-    candidate = Candidate(name, {}, "centroids", [[0.0]], [1], {"limits": [1.0]}, 0.1)
+def _judged(
+    name: str, silhouette: float, db: float, eligible: bool = True, kind: str = "centroids"
+) -> Candidate:
+    candidate = Candidate(name, {}, kind, [[0.0]], [1], {"limits": [1.0]}, 0.1)
     candidate.quality = {"silhouette": silhouette, "davies_bouldin": db}
     candidate.eligible = eligible
     return candidate
@@ -109,6 +111,18 @@ def test_the_choice_is_the_smallest_sum_of_ranks_ties_to_the_higher_silhouette()
     assert choose([c, b]).algorithm == "b"
     with pytest.raises(TooFewProfiles):
         choose([noisy])
+
+
+def test_a_centroid_model_close_to_a_better_density_or_mixture_model_is_chosen() -> None:
+    dense = _judged("dbscan", 0.50, 0.88, kind="neighbours")
+    close = _judged("kmeans", 0.48, 0.93)  # 0.02 lower, 6% higher: close
+    assert choose([dense, close]).algorithm == "kmeans"
+    far = _judged("kmeans", 0.40, 0.93)  # 0.10 lower: not close
+    assert choose([dense, far]).algorithm == "dbscan"
+    spread = _judged("kmeans", 0.49, 1.20)  # Davies-Bouldin 36% higher: not close
+    assert choose([dense, spread]).algorithm == "dbscan"
+    mixture = _judged("gaussian_mixture", 0.70, 0.40, kind="gaussian")
+    assert choose([mixture, _judged("agglomerative", 0.66, 0.45)]).algorithm == "agglomerative"
 
 
 def test_names_say_what_sets_a_cluster_apart() -> None:
