@@ -155,7 +155,7 @@ def test_matching_pairs_clusters_by_their_members() -> None:
 
 @pytest.mark.parametrize("family", ["kmeans", "gaussian_mixture", "dbscan"])
 def test_the_live_assignment_follows_a_customer_as_the_whole_row_would(family: str) -> None:
-    """A customer's snapshots change a few columns at a time (a session's pages and minutes,
+    """A customer's snapshots change a few columns at a time (the last session's views and minutes,
     the time since an order, the cart, the top category); assigned one after another from the
     last assignment, each lands where the whole row lands (``assign_rows``)."""
     customers = population(1_200, seed=12)
@@ -163,8 +163,8 @@ def test_the_live_assignment_follows_a_customer_as_the_whole_row_would(family: s
     model = found.chosen.model(found.prep)
     rng = random.Random(13)
     changes: list[tuple[str, Callable[[Any], Any]]] = [
-        ("browsing_depth", lambda v: (v or 0) + rng.randint(1, 4)),
-        ("session_duration_ms", lambda v: (v or 0) + rng.randint(10_000, 600_000)),
+        ("last_session_products_viewed", lambda v: (v or 0) + rng.randint(1, 4)),
+        ("last_session_duration_ms", lambda v: (v or 0) + rng.randint(10_000, 600_000)),
         ("rfm_recency_ms", lambda v: None if rng.random() < 0.1 else (v or 0) + 3_600_000),
         ("cart_value", lambda v: 0 if rng.random() < 0.3 else (v or 0) + rng.uniform(5, 200)),
         ("interaction_rate_30d", lambda v: rng.choice([None, 0.0, rng.uniform(0, 2), 9.0])),
