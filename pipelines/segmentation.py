@@ -79,6 +79,7 @@ from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
 SHARDS_PER_PARTITION = 16
 _NO_CLUSTERS: frozenset[str] = frozenset()
+_NOT_YET = object()
 JOINED_KEPT = 10_000  # memberships with a cluster remembered per shard (``_with_cluster``)
 # What a shard emits: the sink writes each kind (``pipelines.records``).
 # set by `segflow pipeline` for the flow it runs: the recovery store (`bytewax.run -r`)
@@ -309,6 +310,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         # (rule segments, cluster pseudo-segment) -> both: one set object per combination, so
         # an unchanged membership is found by identity (the rules' answers are remembered)
         self._joined: dict[tuple[frozenset[str], str], frozenset[str]] = {}
+        # whether every snapshot is assigned (a rule reads clusters), or each record only
+        # (``_assign``), and the rules that answer was found for
+        self._assign_each = True
+        self._assign_each_of: object = _NOT_YET
         self.state = state or ShardState()
         self.state.catalogue = catalogue
         # per customer changed in the batch, what its one record carries (``_settle``)
@@ -321,6 +326,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             self._follow(self.watcher.current())
         if self.clusters is not None:
             self._follow_model(self.clusters.current())
+        if self._assign_each_of is not self.rules:
+            self._assign_each_of = self.rules
+            self._assign_each = self.rules is not None and reads_clusters(self.rules)
         if self.state.stale:
             self._reevaluate(REEVALUATED_PER_BATCH)
         events = 0
@@ -757,7 +765,12 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                 continue  # erased since
             at = max(self.state.clock_of(customer_id).at or 0, customer.newest or 0)
             outlier = customer.outlier
-            self._changed(customer_id, at, customer.read(at), quiet=True)
+            observed = customer.read(at)
+            self._changed(customer_id, at, observed, quiet=True)
+            if self.model is not None and not self._assign_each:
+                moved = self._assign(customer, at, observed[0])
+                if moved:
+                    self._draft(customer_id, at).transitions += moved
             if customer.outlier != outlier and self.model is not None:
                 self._draft(customer_id, at)
 
@@ -833,15 +846,19 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if not self._drafts:
             return
         live, with_model = self.state.live, self.model is not None
+        at_record = with_model and not self._assign_each
         for customer_id, draft in self._drafts.items():
             customer = live.get(customer_id)
             if customer is None:
                 continue  # merged away, its records before were settled
+            features = customer.values_at(draft.at)
+            if at_record:
+                draft.transitions += self._assign(customer, draft.at, features)
             out.append(
                 ProfileUpdate(
                     customer_id,
                     draft.at,
-                    customer.values_at(draft.at),
+                    features,
                     dict(customer.traits),
                     events=tuple(draft.events),
                     segments=customer.segments,
@@ -865,13 +882,16 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         features, deadline = observed
         transitions: tuple[Transition, ...] = ()
         member, clusters = None, _NO_CLUSTERS
-        if self.model is not None:
-            assigned = customer.assignment = self.model.follow(features, customer.assignment)
-            customer.outlier = assigned.outlier
-            if assigned.index is not None:
-                member = self._cluster_members[assigned.index]
-                clusters = self._cluster_names[assigned.index]
         before = customer.segments
+        if self.model is not None:
+            if self._assign_each:
+                assigned = customer.assignment = self.model.follow(features, customer.assignment)
+                customer.outlier = assigned.outlier
+                if assigned.index is not None:
+                    member = self._cluster_members[assigned.index]
+                    clusters = self._cluster_names[assigned.index]
+            else:  # assigned at the record (``_assign``): the cluster they are in stays
+                member = _cluster_member(before)
         if self.rules is not None:
             segments = Rulesets.for_thread(self.rules).segments(features, customer.traits, clusters)
         else:
@@ -897,6 +917,25 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                 self._joined.clear()
             joined = self._joined[key] = segments | {member}
         return joined
+
+    def _assign(
+        self, customer: CustomerFeatures, now: int, features: dict[str, Any]
+    ) -> tuple[Transition, ...]:
+        """Assign the customer at ``now`` by the model when no rule reads clusters: once per
+        record, at its instant (the customer's last evaluation in the read), not at every
+        snapshot; a move is a transition at that instant."""
+        assert self.model is not None
+        assigned = customer.assignment = self.model.follow(features, customer.assignment)
+        customer.outlier = assigned.outlier
+        member = None if assigned.index is None else self._cluster_members[assigned.index]
+        before = customer.segments
+        if _cluster_member(before) == member:
+            return ()
+        segments = frozenset(s for s in before if not s.startswith(CLUSTER_PREFIX))
+        if member is not None:
+            segments = self._with_cluster(segments, member)
+        customer.segments = segments
+        return self._transitions(before, segments, now)
 
     def _schedule(self, customer_id: str, deadline: int | None) -> None:
         """The customer's next deadline is ``deadline``, whatever was queued."""
@@ -973,6 +1012,24 @@ def _behind(customer: CustomerFeatures, when: int) -> bool:
     evaluation past its instant (a deadline fired, or its instant was evaluated already)."""
     newest, evaluated = customer.newest, customer.evaluated
     return (newest is not None and when < newest) or (evaluated is not None and when <= evaluated)
+
+
+def _cluster_member(segments: frozenset[str]) -> str | None:
+    """The cluster pseudo-segment among ``segments`` (``membership``), if any."""
+    for segment in segments:
+        if segment.startswith(CLUSTER_PREFIX):
+            return segment
+    return None
+
+
+def reads_clusters(rules: CompiledRules) -> bool:
+    """Whether a rule of ``rules`` has a ``cluster:`` condition."""
+    return any(
+        source.kind == "cluster"
+        for layer in rules.layers
+        for ruleset in layer
+        for source in ruleset.layout.fields
+    )
 
 
 def _merged_by(event: StreamEntry) -> str | None:
