@@ -310,6 +310,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         # (rule segments, cluster pseudo-segment) -> both: one set object per combination, so
         # an unchanged membership is found by identity (the rules' answers are remembered)
         self._joined: dict[tuple[frozenset[str], str], frozenset[str]] = {}
+        # (rule segments, segments before) -> both, with the cluster kept (``_with_kept_cluster``)
+        self._kept: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
         # whether every snapshot is assigned (a rule reads clusters), or each record only
         # (``_assign``), and the rules that answer was found for
         self._assign_each = True
@@ -881,7 +883,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         and the next instant anything can change: a feature's deadline or a rule's flip."""
         features, deadline = observed
         transitions: tuple[Transition, ...] = ()
-        member, clusters = None, _NO_CLUSTERS
+        member, clusters, kept = None, _NO_CLUSTERS, False
         before = customer.segments
         if self.model is not None:
             if self._assign_each:
@@ -891,13 +893,15 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
                     member = self._cluster_members[assigned.index]
                     clusters = self._cluster_names[assigned.index]
             else:  # assigned at the record (``_assign``): the cluster they are in stays
-                member = _cluster_member(before)
+                kept = True
         if self.rules is not None:
             segments = Rulesets.for_thread(self.rules).segments(features, customer.traits, clusters)
         else:
             segments = frozenset(s for s in before if not s.startswith(CLUSTER_PREFIX))
         if member is not None:
             segments = self._with_cluster(segments, member)
+        elif kept:
+            segments = self._with_kept_cluster(segments, before)
         if segments is not before and segments != before:
             transitions = self._transitions(before, segments, now)
             customer.segments = segments
@@ -916,6 +920,23 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if len(self._joined) >= JOINED_KEPT:
                 self._joined.clear()
             joined = self._joined[key] = segments | {member}
+        return joined
+
+    def _with_kept_cluster(
+        self, segments: frozenset[str], before: frozenset[str]
+    ) -> frozenset[str]:
+        """``segments`` with the cluster pseudo-segment of ``before`` (``before`` itself when
+        that is the same: unchanged memberships are found by identity)."""
+        key = (segments, before)
+        joined = self._kept.get(key)
+        if joined is None:
+            if len(self._kept) >= JOINED_KEPT:
+                self._kept.clear()
+            member = _cluster_member(before)
+            joined = segments if member is None else self._with_cluster(segments, member)
+            if joined == before:
+                joined = before
+            self._kept[key] = joined
         return joined
 
     def _assign(
