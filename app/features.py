@@ -163,20 +163,28 @@ BUILTIN_INPUTS: dict[str, tuple[FeatureSpec, ...]] = {
     "session_pages": (),
     "session_products_viewed": (),
     "browsing_depth": (),
+    "last_session_duration_ms": (),
+    "last_session_products_viewed": (),
     "first_seen": (),
     "last_seen": (),
     "events_total": (),
 }
 
 
-SESSION_BUILTINS = frozenset(
-    {
-        "session_events",
-        "session_duration_ms",
-        "session_pages",
-        "session_products_viewed",
-        "browsing_depth",
-    }
+# The last session that has ended (not the current one): they change only as a session ends,
+# so the cluster columns that read them move a customer at most once a visit.
+LAST_SESSION_BUILTINS = frozenset({"last_session_duration_ms", "last_session_products_viewed"})
+SESSION_BUILTINS = (
+    frozenset(
+        {
+            "session_events",
+            "session_duration_ms",
+            "session_pages",
+            "session_products_viewed",
+            "browsing_depth",
+        }
+    )
+    | LAST_SESSION_BUILTINS
 )
 
 
@@ -191,6 +199,8 @@ PROFILE_BUILTINS = (
     "session_duration_ms",
     "session_pages",
     "browsing_depth",
+    "last_session_duration_ms",
+    "last_session_products_viewed",
     "rfm_recency_ms",
     "rfm_frequency_30d",
     "rfm_frequency_90d",

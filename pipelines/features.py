@@ -54,6 +54,7 @@ from app.features import (
     BUILTIN_INPUTS,
     DEFAULT_LATENESS_MS,
     DEFAULT_SESSION_GAP_MS,
+    LAST_SESSION_BUILTINS,
     ORDER,
     PAGE_EVENT,
     PROFILE_BUILTINS,
@@ -946,6 +947,7 @@ def _session_group(catalogue: Catalogue) -> GroupFn:
     wanted = tuple(name for name in catalogue.builtins if name in SESSION_BUILTINS)
     gap = catalogue.session_gap_ms
     pages = (PAGE_EVENT, SCREEN_EVENT)
+    ended = bool(LAST_SESSION_BUILTINS & set(wanted))
 
     def compute(state: CustomerFeatures, now: int, values: dict[str, Any]) -> int | None:
         # ``state.session(now)``, walked back from its end once, counting as it goes
@@ -953,12 +955,15 @@ def _session_group(catalogue: Catalogue) -> GroupFn:
         end = bisect.bisect_right(log, (now, "\uffff"))
         events = duration = paged = viewed = 0
         deadline = None
+        before = end - 1  # the last event of the last ended session, -1: none
         if end and now - log[end - 1][0] < gap:
             last = later = log[end - 1][0]
             start = end - 1
+            before = -1
             while True:
                 at, kind = log[start]
                 if later - at >= gap:
+                    before = start
                     break
                 events += 1
                 if kind == "Product Viewed":
@@ -971,6 +976,22 @@ def _session_group(catalogue: Catalogue) -> GroupFn:
                 start -= 1
             duration = last - later
             deadline = last + gap
+        ended_ms = ended_viewed = 0
+        if ended and before >= 0:
+            # the last session that has ended: its values change only as a session ends
+            last = later = log[before][0]
+            start = before
+            while True:
+                at, kind = log[start]
+                if later - at >= gap:
+                    break
+                if kind == "Product Viewed":
+                    ended_viewed += 1
+                later = at
+                if start == 0:
+                    break
+                start -= 1
+            ended_ms = last - later
         for name in wanted:
             if name == "session_events":
                 values[name] = events
@@ -978,6 +999,10 @@ def _session_group(catalogue: Catalogue) -> GroupFn:
                 values[name] = duration
             elif name == "session_pages":
                 values[name] = paged
+            elif name == "last_session_duration_ms":
+                values[name] = ended_ms
+            elif name == "last_session_products_viewed":
+                values[name] = ended_viewed
             else:  # session_products_viewed, browsing_depth
                 values[name] = viewed
         return deadline

@@ -81,6 +81,7 @@ from pipelines.sinks import ProfileSink
 from pipelines.sources import RedisStreamSource, SourceItem, Tick
 
 _NO_CLUSTERS: frozenset[str] = frozenset()
+_NOT_YET = object()
 JOINED_KEPT = 10_000  # memberships with a cluster remembered per shard (``_with_cluster``)
 # What a shard emits: the sink writes each kind (``pipelines.records``).
 # set by `segflow pipeline` for the flow it runs: the recovery store (`bytewax.run -r`)
@@ -328,6 +329,12 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         # (rule segments, cluster pseudo-segment) -> both: one set object per combination, so
         # an unchanged membership is found by identity (the rules' answers are remembered)
         self._joined: dict[tuple[frozenset[str], str], frozenset[str]] = {}
+        # (rule segments, segments before) -> both, with the cluster kept (``_with_kept_cluster``)
+        self._kept: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
+        # whether every snapshot is assigned (a rule reads clusters), or each record only
+        # (``_assign``), and the rules that answer was found for
+        self._assign_each = True
+        self._assign_each_of: object = _NOT_YET
         self.state = state or ShardState()
         self.state.catalogue = catalogue
         # per customer changed in the batch, what its one record carries (``_settle``)
@@ -343,6 +350,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             self._follow(self.watcher.current())
         if self.clusters is not None:
             self._follow_model(self.clusters.current())
+        if self._assign_each_of is not self.rules:
+            self._assign_each_of = self.rules
+            self._assign_each = self.rules is not None and reads_clusters(self.rules)
         if self.state.stale:
             self._reevaluate(REEVALUATED_PER_BATCH)
         events = 0
@@ -780,7 +790,12 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
                 continue  # erased since
             at = max(self.state.clock_of(customer_id).at or 0, customer.newest or 0)
             outlier = customer.outlier
-            self._changed(customer_id, at, customer.read(at), quiet=True)
+            observed = customer.read(at)
+            self._changed(customer_id, at, observed, quiet=True)
+            if self.model is not None and not self._assign_each:
+                moved = self._assign(customer, at, observed[0])
+                if moved:
+                    self._draft(customer_id, at).transitions += moved
             if customer.outlier != outlier and self.model is not None:
                 self._draft(customer_id, at)
 
@@ -856,15 +871,19 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         if not self._drafts:
             return
         live, with_model = self.state.live, self.model is not None
+        at_record = with_model and not self._assign_each
         for customer_id, draft in self._drafts.items():
             customer = live.get(customer_id)
             if customer is None:
                 continue  # merged away, its records before were settled
+            features = customer.values_at(draft.at)
+            if at_record:
+                draft.transitions += self._assign(customer, draft.at, features)
             out.append(
                 ProfileUpdate(
                     customer_id,
                     draft.at,
-                    customer.values_at(draft.at),
+                    features,
                     dict(customer.traits),
                     events=tuple(draft.events),
                     segments=customer.segments,
@@ -887,20 +906,25 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         and the next instant anything can change: a feature's deadline or a rule's flip."""
         features, deadline = observed
         transitions: tuple[Transition, ...] = ()
-        member, clusters = None, _NO_CLUSTERS
-        if self.model is not None:
-            assigned = customer.assignment = self.model.follow(features, customer.assignment)
-            customer.outlier = assigned.outlier
-            if assigned.index is not None:
-                member = self._cluster_members[assigned.index]
-                clusters = self._cluster_names[assigned.index]
+        member, clusters, kept = None, _NO_CLUSTERS, False
         before = customer.segments
+        if self.model is not None:
+            if self._assign_each:
+                assigned = customer.assignment = self.model.follow(features, customer.assignment)
+                customer.outlier = assigned.outlier
+                if assigned.index is not None:
+                    member = self._cluster_members[assigned.index]
+                    clusters = self._cluster_names[assigned.index]
+            else:  # assigned at the record (``_assign``): the cluster they are in stays
+                kept = True
         if self.rules is not None:
             segments = Rulesets.for_thread(self.rules).segments(features, customer.traits, clusters)
         else:
             segments = frozenset(s for s in before if not s.startswith(CLUSTER_PREFIX))
         if member is not None:
             segments = self._with_cluster(segments, member)
+        elif kept:
+            segments = self._with_kept_cluster(segments, before)
         if segments is not before and segments != before:
             transitions = self._transitions(before, segments, now)
             customer.segments = segments
@@ -920,6 +944,42 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
                 self._joined.clear()
             joined = self._joined[key] = segments | {member}
         return joined
+
+    def _with_kept_cluster(
+        self, segments: frozenset[str], before: frozenset[str]
+    ) -> frozenset[str]:
+        """``segments`` with the cluster pseudo-segment of ``before`` (``before`` itself when
+        that is the same: unchanged memberships are found by identity)."""
+        key = (segments, before)
+        joined = self._kept.get(key)
+        if joined is None:
+            if len(self._kept) >= JOINED_KEPT:
+                self._kept.clear()
+            member = _cluster_member(before)
+            joined = segments if member is None else self._with_cluster(segments, member)
+            if joined == before:
+                joined = before
+            self._kept[key] = joined
+        return joined
+
+    def _assign(
+        self, customer: CustomerFeatures, now: int, features: dict[str, Any]
+    ) -> tuple[Transition, ...]:
+        """Assign the customer at ``now`` by the model when no rule reads clusters: once per
+        record, at its instant (the customer's last evaluation in the read), not at every
+        snapshot; a move is a transition at that instant."""
+        assert self.model is not None
+        assigned = customer.assignment = self.model.follow(features, customer.assignment)
+        customer.outlier = assigned.outlier
+        member = None if assigned.index is None else self._cluster_members[assigned.index]
+        before = customer.segments
+        if _cluster_member(before) == member:
+            return ()
+        segments = frozenset(s for s in before if not s.startswith(CLUSTER_PREFIX))
+        if member is not None:
+            segments = self._with_cluster(segments, member)
+        customer.segments = segments
+        return self._transitions(before, segments, now)
 
     def _schedule(self, customer_id: str, deadline: int | None) -> None:
         """The customer's next deadline is ``deadline``, whatever was queued."""
@@ -996,6 +1056,24 @@ def _behind(customer: CustomerFeatures, when: int) -> bool:
     evaluation past its instant (a deadline fired, or its instant was evaluated already)."""
     newest, evaluated = customer.newest, customer.evaluated
     return (newest is not None and when < newest) or (evaluated is not None and when <= evaluated)
+
+
+def _cluster_member(segments: frozenset[str]) -> str | None:
+    """The cluster pseudo-segment among ``segments`` (``membership``), if any."""
+    for segment in segments:
+        if segment.startswith(CLUSTER_PREFIX):
+            return segment
+    return None
+
+
+def reads_clusters(rules: CompiledRules) -> bool:
+    """Whether a rule of ``rules`` has a ``cluster:`` condition."""
+    return any(
+        source.kind == "cluster"
+        for layer in rules.layers
+        for ruleset in layer
+        for source in ruleset.layout.fields
+    )
 
 
 def _merged_by(event: StreamEntry) -> str | None:

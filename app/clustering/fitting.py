@@ -17,7 +17,12 @@ is judged on it by silhouette and Davies-Bouldin (density noise left out; its sh
 recorded). **The choice**: among models with at least 2 clusters and at most
 ``MOST_NOISE`` of the held-back part as noise, the one with the smallest sum of its rank by
 silhouette (higher is better) and its rank by Davies-Bouldin (lower is better); ties go to the
-higher silhouette.
+higher silhouette. When that model is a mixture or a density model, the best-ranked centroid
+model (k-means, agglomerative) is chosen instead if its quality is close: a silhouette at most
+``CLOSE_SILHOUETTE`` lower and a Davies-Bouldin at most ``CLOSE_DAVIES_BOULDIN`` higher
+(relative). The dataflow assigns every feature snapshot, and a centroid model does it by moving
+the changed columns' share of k squared distances, where a mixture or a density model scores
+the whole row against every component or kept member: close quality is not worth that.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ AGGLOMERATIVE_MOST = 5_000
 DENSITY_MOST = 10_000
 SILHOUETTE_MOST = 4_000  # rows a silhouette is computed on (it is quadratic)
 KEPT_NEIGHBOURS = 3_000  # members a density model keeps to assign by
+CLOSE_SILHOUETTE = 0.05  # a centroid model this close to the best is chosen (``choose``)
+CLOSE_DAVIES_BOULDIN = 0.15  # relative
 
 
 class TooFewProfiles(ValueError):
@@ -219,7 +226,18 @@ def choose(candidates: Sequence[Candidate]) -> Candidate:
     def score(c: Candidate) -> tuple[int, float]:
         return (by_silhouette.index(c) + by_db.index(c), -c.quality["silhouette"])
 
-    return min(eligible, key=score)
+    best = min(eligible, key=score)
+    if best.kind == "centroids":
+        return best
+    close = [
+        c
+        for c in eligible
+        if c.kind == "centroids"
+        and c.quality["silhouette"] >= best.quality["silhouette"] - CLOSE_SILHOUETTE
+        and c.quality["davies_bouldin"]
+        <= best.quality["davies_bouldin"] * (1 + CLOSE_DAVIES_BOULDIN)
+    ]
+    return min(close, key=score) if close else best
 
 
 def _judge(candidate: Candidate, prep: Preparation, held: np.ndarray, seed: int) -> None:

@@ -13,12 +13,13 @@ How a profile is assigned, by the kind of model:
   (DBSCAN's core samples, HDBSCAN's clustered members) within ``eps``; beyond ``eps`` of every
   one the profile is an outlier and in no cluster (density noise).
 
-The dataflow assigns every feature snapshot, so the live path (``ClusterModel.follow``) keeps
-each customer's last ``Assignment``: a snapshot whose ``inputs`` are those of the last one is
-not assigned again (about a third of them: deadlines that move no column), and under a
-centroid model only the columns that changed update the squared distances to the centres
-(``(x' - c)^2 - (x - c)^2`` per cluster and changed column; the top category's share of the
-distance is precomputed per category). The kinds' other paths compute the whole row.
+The dataflow assigns every feature snapshot while a rule reads clusters, else each profile
+record (``pipelines.segmentation.FeatureShard._assign``), so the live path
+(``ClusterModel.follow``) keeps each customer's last ``Assignment``: a snapshot whose
+``inputs`` are those of the last one is not assigned again, and under a centroid model only
+the columns that changed update the squared distances to the centres (``(x' - c)^2 - (x -
+c)^2`` per cluster and changed column; the top category's share of the distance is
+precomputed per category). The kinds' other paths compute the whole row.
 """
 
 from __future__ import annotations

@@ -93,8 +93,10 @@ def test_too_few_profiles_are_refused_saying_how_many_are_needed() -> None:
         fit([c.features for c in population(12)])
 
 
-def _judged(name: str, silhouette: float, db: float, eligible: bool = True) -> Candidate:
-    candidate = Candidate(name, {}, "centroids", [[0.0]], [1], {"limits": [1.0]}, 0.1)
+def _judged(
+    name: str, silhouette: float, db: float, eligible: bool = True, kind: str = "centroids"
+) -> Candidate:
+    candidate = Candidate(name, {}, kind, [[0.0]], [1], {"limits": [1.0]}, 0.1)
     candidate.quality = {"silhouette": silhouette, "davies_bouldin": db}
     candidate.eligible = eligible
     return candidate
@@ -109,6 +111,18 @@ def test_the_choice_is_the_smallest_sum_of_ranks_ties_to_the_higher_silhouette()
     assert choose([c, b]).algorithm == "b"
     with pytest.raises(TooFewProfiles):
         choose([noisy])
+
+
+def test_a_centroid_model_close_to_a_better_density_or_mixture_model_is_chosen() -> None:
+    dense = _judged("dbscan", 0.50, 0.88, kind="neighbours")
+    close = _judged("kmeans", 0.48, 0.93)  # 0.02 lower, 6% higher: close
+    assert choose([dense, close]).algorithm == "kmeans"
+    far = _judged("kmeans", 0.40, 0.93)  # 0.10 lower: not close
+    assert choose([dense, far]).algorithm == "dbscan"
+    spread = _judged("kmeans", 0.49, 1.20)  # Davies-Bouldin 36% higher: not close
+    assert choose([dense, spread]).algorithm == "dbscan"
+    mixture = _judged("gaussian_mixture", 0.70, 0.40, kind="gaussian")
+    assert choose([mixture, _judged("agglomerative", 0.66, 0.45)]).algorithm == "agglomerative"
 
 
 def test_names_say_what_sets_a_cluster_apart() -> None:
@@ -141,7 +155,7 @@ def test_matching_pairs_clusters_by_their_members() -> None:
 
 @pytest.mark.parametrize("family", ["kmeans", "gaussian_mixture", "dbscan"])
 def test_the_live_assignment_follows_a_customer_as_the_whole_row_would(family: str) -> None:
-    """A customer's snapshots change a few columns at a time (a session's pages and minutes,
+    """A customer's snapshots change a few columns at a time (the last session's views and minutes,
     the time since an order, the cart, the top category); assigned one after another from the
     last assignment, each lands where the whole row lands (``assign_rows``)."""
     customers = population(1_200, seed=12)
@@ -149,8 +163,8 @@ def test_the_live_assignment_follows_a_customer_as_the_whole_row_would(family: s
     model = found.chosen.model(found.prep)
     rng = random.Random(13)
     changes: list[tuple[str, Callable[[Any], Any]]] = [
-        ("browsing_depth", lambda v: (v or 0) + rng.randint(1, 4)),
-        ("session_duration_ms", lambda v: (v or 0) + rng.randint(10_000, 600_000)),
+        ("last_session_products_viewed", lambda v: (v or 0) + rng.randint(1, 4)),
+        ("last_session_duration_ms", lambda v: (v or 0) + rng.randint(10_000, 600_000)),
         ("rfm_recency_ms", lambda v: None if rng.random() < 0.1 else (v or 0) + 3_600_000),
         ("cart_value", lambda v: 0 if rng.random() < 0.3 else (v or 0) + rng.uniform(5, 200)),
         ("interaction_rate_30d", lambda v: rng.choice([None, 0.0, rng.uniform(0, 2), 9.0])),

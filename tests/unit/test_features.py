@@ -49,6 +49,8 @@ BUILTINS = [
     "session_duration_ms",
     "session_pages",
     "session_products_viewed",
+    "last_session_duration_ms",
+    "last_session_products_viewed",
     "first_seen",
     "last_seen",
     "events_total",
@@ -142,6 +144,19 @@ def oracle_session(history: Sequence[Arrived], t: int) -> list[Arrived]:
     return named[start:]
 
 
+def oracle_last_session(history: Sequence[Arrived], t: int) -> list[Arrived]:
+    """The events of the last session that has ended by ``t`` (no event for ``GAP`` after it)."""
+    named = sorted((e for e in history if e.at <= t), key=lambda e: e.at)
+    sessions: list[list[Arrived]] = []
+    for e in named:
+        if sessions and e.at - sessions[-1][-1].at < GAP:
+            sessions[-1].append(e)
+        else:
+            sessions.append([e])
+    ended = [s for s in sessions if t - s[-1].at >= GAP]
+    return ended[-1] if ended else []
+
+
 def oracle_chain(spec: Chain, history: Sequence[Arrived], t: int) -> int | None:
     """Time since the newest chain completed by ``t``, by trying every assignment of distinct
     events to the steps, last step first."""
@@ -196,6 +211,9 @@ def oracle(history: Sequence[Arrived], t: int) -> dict[str, Any]:
     values["session_duration_ms"] = session[-1].at - session[0].at if session else 0
     values["session_pages"] = sum(1 for e in session if e.name == "Page Viewed")
     values["session_products_viewed"] = sum(1 for e in session if e.name == "Product Viewed")
+    ended = oracle_last_session(history, t)
+    values["last_session_duration_ms"] = ended[-1].at - ended[0].at if ended else 0
+    values["last_session_products_viewed"] = sum(1 for e in ended if e.name == "Product Viewed")
     seen = [e.at for e in history if e.at <= t]
     values["first_seen"] = min(seen, default=None)
     values["last_seen"] = max(seen, default=None)
