@@ -568,10 +568,14 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             blob = pickle.dumps(customer, pickle.HIGHEST_PROTOCOL)
             start = CustomerFeatures.restore(blob, self.catalogue)
             _, deadline, _ = self._evaluate(start, when - 1)  # the segments just before it
-            anchor = Anchor(when - 1, None, start.segments, deadline)
+            anchor = Anchor(when - 1, blob, start.segments, deadline, customer.newest)
             _, _, before = self._replay(start, anchor, [], until)
             replayed = CustomerFeatures.restore(blob, self.catalogue)
             events = [event]
+            if rewind is None and customer_id not in self.state.lane_of:
+                # Their history was let go (a quiet spell): it starts again here, so a second
+                # late event, before this one, is replayed with it and not counted as of now.
+                rewind = Rewind([anchor])
             if rewind is not None:
                 rewind.late(event)
         else:

@@ -133,6 +133,28 @@ def test_late_events_within_the_lateness_give_the_oracles_transitions(
     assert written(out) == expected
 
 
+def test_two_late_events_after_a_fired_deadline_are_both_replayed_in_their_place() -> None:
+    """Bob's history is let go while he is quiet (the live clock moves with Ada's view), and
+    his cart deadline fires at 30:00. Two views dated 29:00 and 27:30 then arrive in one read,
+    the later one first: the first starts his history again, so the second is replayed with
+    it from there instead of counting as of 29:00 (an exit at 29:00, an enter again at
+    30:00)."""
+    add: Sent = ("bob", "Product Added", T0, {"product_id": "p1", "price": 20})
+    ada: Sent = ("ada", "Product Viewed", T0 + 30 * MINUTE, {"product_id": "p1"})
+    view: Sent = ("bob", "Product Viewed", T0 + 29 * MINUTE, {"product_id": "p1"})
+    earlier: Sent = ("bob", "Product Viewed", T0 + 27 * MINUTE + 30 * SECOND, {"product_id": "p1"})
+    sent = [ada, view, add, earlier]
+    late = T0 + 30 * MINUTE + 2
+    arrivals = [(T0 + 30 * MINUTE + 1, 0, ada), (late, 1, view), (T0, 2, add), (late, 3, earlier)]
+    out = run_live(arrivals, T0 + 400 * DAY)
+    expected = oracle_transitions([message(n, s) for n, s in enumerate(sent)])
+    assert expected["bob"] == [("bob", "cart-abandoners", "enter", T0 + 30 * MINUTE)]
+    assert written(out)["bob"] == expected["bob"]
+    bobs = [u for u in out if isinstance(u, ProfileUpdate) and u.customer_id == "bob"]
+    # never an exit at 29:00 (the 27:30 view counted as of the 29:00 one) to take back later
+    assert [(t.kind, t.at) for u in bobs for t in u.transitions] == [("enter", T0 + 30 * MINUTE)]
+
+
 def test_a_late_view_enters_at_its_own_instant_and_the_early_exit_is_retracted():
     views = [("ada", "Product Viewed", T0 + m * MINUTE, {"product_id": f"p{m}"}) for m in range(5)]
     late = ("ada", "Product Viewed", T0 + 9 * MINUTE + 30 * SECOND, {"product_id": "p5"})
