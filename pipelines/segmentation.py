@@ -37,6 +37,7 @@ import base64
 import gc
 import heapq
 import itertools
+import math
 import os
 import pickle
 import zlib
@@ -50,6 +51,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from app.clustering.columns import INPUTS as CLUSTER_INPUTS
 from app.clustering.model import CLUSTER_PREFIX, ClusterModel, membership
 from app.clustering.watch import ModelWatcher
 from app.db import make_engine
@@ -61,7 +63,7 @@ from app.rules.compiler import CompiledRules
 from app.rules.engine import Rulesets
 from app.settings import Settings, get_settings
 from app.streams import ABSORB, ERASE, LIVE, MERGE, partition_of
-from pipelines.features import Catalogue, CustomerFeatures, default_catalogue
+from pipelines.features import Catalogue, CustomerFeatures, Watch, default_catalogue
 from pipelines.records import (
     Correction,
     Erased,
@@ -251,6 +253,8 @@ REPLAY_STALL_MS = 10 * 60_000
 # (customer state): the default thresholds spend a third of the time in the collector.
 FLOW_GC_THRESHOLD = (50_000, 50, 100)
 REEVALUATED_PER_BATCH = 2_000
+# A profile record carries the changes of at most this many future instants (``_settle``).
+CHANGE_INSTANTS_KEPT = 16
 # A live customer's history is kept to correct late events from while the live clock is within
 # this much (at least; the allowed lateness if longer) of their last event, and saved states
 # are taken at most this often per customer's activity (``pipelines.rewind``).
@@ -295,8 +299,13 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         watcher: RuleWatcher | None = None,
         partitions: int = 1,
         clusters: ModelWatcher | None = None,
+        *,
+        every_deadline: bool = True,
     ) -> None:
+        """``every_deadline``: evaluate at every instant a feature changes, not only where a
+        segment, a cluster or a trigger can (``_watch``): what records carry is the same."""
         self.catalogue = catalogue
+        self.every_deadline = every_deadline
         self.partitions = partitions
         self.rules = rules
         self.watcher = watcher
@@ -313,6 +322,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         self.state.catalogue = catalogue
         # per customer changed in the batch, what its one record carries (``_settle``)
         self._drafts: dict[str, _Draft] = {}
+        # the deadlines that can change a segment or a cluster, for (rules, model) (``_watch``)
+        self._watching: tuple[CompiledRules | None, bool, Watch] | None = None
 
     def on_batch(self, values: list[SourceItem]) -> tuple[Iterable[Any], bool]:
         """One read of the partition: each stream entry, then the tick that closes it."""
@@ -833,21 +844,32 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if not self._drafts:
             return
         live, with_model = self.state.live, self.model is not None
+        scheduled, pending = self.state.scheduled, self.state.pending
         for customer_id, draft in self._drafts.items():
             customer = live.get(customer_id)
             if customer is None:
                 continue  # merged away, its records before were settled
+            # the changes until the customer's next evaluation (events waiting for their
+            # instant are evaluated at it); past the last kept one, an evaluation refreshes
+            until: float = scheduled.get(customer_id, math.inf)
+            waiting = pending.get(customer_id)
+            if waiting is not None and waiting.at > draft.at:
+                until = min(until, waiting.at - 1)
+            features, changes, cutoff = customer.record_at(draft.at, until, CHANGE_INSTANTS_KEPT)
+            if cutoff is not None:
+                self._schedule(customer_id, cutoff)
             out.append(
                 ProfileUpdate(
                     customer_id,
                     draft.at,
-                    customer.values_at(draft.at),
+                    features,
                     dict(customer.traits),
                     events=tuple(draft.events),
                     segments=customer.segments,
                     transitions=tuple(draft.transitions),
                     outlier=customer.outlier if with_model else None,
                     corrections=tuple(draft.corrections),
+                    changes=tuple(changes),
                 )
             )
         self._drafts.clear()
@@ -881,6 +903,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if segments is not before and segments != before:
             transitions = self._transitions(before, segments, now)
             customer.segments = segments
+        watch = self._watch()
+        if watch is not None:  # the other deadlines only change what records carry
+            deadline = customer.watched_deadline(now, watch)
         if self.rules is not None:
             flip = self.rules.next_flip(now, features)
             if flip is not None and (deadline is None or flip < deadline):
@@ -888,6 +913,22 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         if customer.evaluated is None or now > customer.evaluated:
             customer.evaluated = now
         return features, deadline, transitions
+
+    def _watch(self) -> Watch | None:
+        """The deadlines that can change a segment, a cluster or a trigger: of the windowed
+        and session features the rules compare (a count only where it crosses a threshold)
+        and, with a cluster model, those its columns read (``Watch``)."""
+        if self.every_deadline:
+            return None
+        clustered = self.model is not None
+        found = self._watching
+        if found is None or found[0] is not self.rules or found[1] != clustered:
+            watched = {} if self.rules is None else self.rules.watched()
+            if clustered:
+                watched.update(dict.fromkeys(CLUSTER_INPUTS))
+            watch = Watch.of(self.catalogue.plan, watched)
+            found = self._watching = (self.rules, clustered, watch)
+        return found[2]
 
     def _with_cluster(self, segments: frozenset[str], member: str) -> frozenset[str]:
         key = (segments, member)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -15,9 +16,11 @@ import httpx
 import orjson
 import pytest
 import redis
+import redis.asyncio as aioredis
 from bytewax.testing import TestingSink
 
 from app.profiles.keys import profile_key, recent_events_key
+from app.profiles.service import CustomerProfile, get_profile
 from app.settings import Settings
 from app.streams import stream_key
 from pipelines.records import ProfileUpdate
@@ -170,6 +173,40 @@ def test_a_replay_fires_deadlines_in_event_time_order(settings, redis_client, tm
         (15 * MINUTE + 4 * second, "enter"),  # ... before the next events were applied
         (25 * MINUTE + second, "exit"),  # and when the replay ended, what was due fired
     ]
+
+
+def profile_at(settings: Settings, customer_id: str, now: int) -> CustomerProfile | None:
+    """The profile as the admin API answers it, read at the instant ``now``."""
+
+    async def read() -> CustomerProfile | None:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        try:
+            return await get_profile(client, customer_id, now=now)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def test_a_profile_read_between_evaluations_shows_the_values_then(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+):
+    """Views leave the 10-minute window after the dataflow's last evaluation of the customer
+    (it has stopped): the profile read at an instant shows the count at that instant, from the
+    changes its record carries until the customer's next evaluation."""
+    now = time.time_ns() // 1_000_000 - 1_000
+    views = [now - 9 * MINUTE - 30_000, now - 9 * MINUTE, now - 8 * MINUTE, now - 7 * MINUTE]
+    added = now - 8 * MINUTE - 1
+    messages = [track_at("vi", "Product Viewed", at) for at in views]
+    messages.append(track_at("vi", "Product Added", added, product_id="p1", price=5))
+    replay_messages(redis_client, settings, tmp_path, messages)
+    run_dataflow(settings)
+    first_exit = views[0] + 10 * MINUTE
+    for at, expected in ((now, 4), (first_exit - 1, 4), (first_exit, 3)):
+        found = profile_at(settings, "vi", at)
+        assert found is not None
+        assert found.features["count(Product Viewed, 10m)"] == expected, f"at {at - now} ms"
+        assert found.features["since(Product Added)"] == at - added  # grows with the clock
 
 
 def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
