@@ -9,10 +9,12 @@ Every value is a function of the customer's events and of an instant ``t`` (even
 "In the last W" at ``t`` means event times in ``(t - W, t]``: an event enters the window at its
 own time and leaves exactly at ``time + W``. So a windowed value changes only at two kinds of
 instants: when an event arrives, and at a *deadline* ``time + W`` of an event inside the window.
-``CustomerFeatures.next_change(t)`` returns the earliest such deadline after ``t``; the dataflow
-sets a timer for it (by the wall clock when live, by event time when replaying) and takes a new
-snapshot then, so a view leaving the 10-minute window is seen at that exact millisecond, not at
-the customer's next event. The same holds for the end of a session (last event + gap).
+``CustomerFeatures.next_change(t)`` returns the earliest such deadline after ``t``. The dataflow
+sets a timer (by the wall clock when live, by event time when replaying) for the earliest one
+that can change what it decides (``watched_deadline``: a count crossing a rule's threshold, not
+every exit) and takes a new snapshot then; the others are carried in the customer's profile
+record (``record_at``), so a view leaving the 10-minute window shows at that exact millisecond,
+not at the customer's next event. The same holds for the end of a session (last event + gap).
 
 How state stays small
 ---------------------

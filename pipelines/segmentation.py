@@ -300,7 +300,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         partitions: int = 1,
         clusters: ModelWatcher | None = None,
         *,
-        every_deadline: bool = True,
+        every_deadline: bool = False,
     ) -> None:
         """``every_deadline``: evaluate at every instant a feature changes, not only where a
         segment, a cluster or a trigger can (``_watch``): what records carry is the same."""
@@ -805,8 +805,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
         is returned; a ``quiet`` re-evaluation that changed nothing makes none).
 
         Every applied event and every deadline changes a value (a deadline is, by
-        construction, an instant at which a windowed value, the session or a rule's
-        time-since threshold turns)."""
+        construction, an instant at which a value the rules or the cluster model read can
+        move them: ``_watch``; a rule's time-since threshold turning)."""
         customer = self.state.live[customer_id]
         _, deadline, transitions = self._segment(customer, now, observed)
         if transitions:
