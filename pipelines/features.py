@@ -774,8 +774,9 @@ class CustomerFeatures:
         """What a profile record carries: a copy of the values at ``now`` (``values_at``),
         the values the windowed and session features (and what derives from them) take after
         ``now`` through ``until`` with no new event, in time order, at most ``most`` instants
-        of them, and the first instant left out, if any. With them readers see exact values
-        between the dataflow's evaluations (``app.features.features_as_of``)."""
+        of them, and the first instant of a change left out (past ``until`` or past ``most``),
+        if any. With them readers see exact values between the dataflow's evaluations
+        (``app.features.features_as_of``)."""
         values, deadlines = self._observation(now)
         shown = dict(values)
         changes, cutoff = self._changes(values, deadlines, until, most)
@@ -786,13 +787,16 @@ class CustomerFeatures:
     ) -> tuple[list[FeatureChange], int | None]:
         plan = self.catalogue.plan
         groups, outputs = plan.groups, plan.outputs
-        derived = outputs[-1]
+        derived, read = outputs[-1], plan.derived_reads
         changes: list[FeatureChange] = []
         for _ in range(most):
             instant = min(deadlines)
-            if instant == _NEVER or instant > until:
+            if instant == _NEVER:
                 return changes, None
+            if instant > until:
+                return changes, int(instant)
             at = int(instant)
+            touched = False  # a value the derived built-ins read
             for index, deadline in enumerate(deadlines):
                 if deadline != instant:
                     continue
@@ -801,16 +805,18 @@ class CustomerFeatures:
                 found = groups[index](self, at, values)
                 deadlines[index] = _NEVER if found is None else found
                 for name, old in zip(names, before, strict=True):
-                    if values[name] != old:
-                        changes.append((at, name, values[name]))
-            if derived:
+                    value = values[name]
+                    if value != old:
+                        changes.append((at, name, value))
+                        touched = touched or name in read
+            if touched:
                 before = [values[name] for name in derived]
                 plan.derive(values)
                 for name, old in zip(derived, before, strict=True):
                     if values[name] != old:
                         changes.append((at, name, values[name]))
         instant = min(deadlines)
-        return changes, None if instant == _NEVER or instant > until else int(instant)
+        return changes, None if instant == _NEVER else int(instant)
 
     def watched_deadline(self, now: int, watch: Watch) -> int | None:
         """The next instant after ``now`` at which a watched feature can change what the
@@ -1035,6 +1041,10 @@ class FeaturePlan:
     # features the always group derives from windowed ones: (name, the features it reads)
     derived: tuple[tuple[str, tuple[str, ...]], ...] = ()
     derive: Callable[[dict[str, Any]], None] = lambda values: None
+
+    @cached_property
+    def derived_reads(self) -> frozenset[str]:
+        return frozenset(name for _, reads in self.derived for name in reads)
 
     @classmethod
     def of(cls, catalogue: Catalogue) -> FeaturePlan:

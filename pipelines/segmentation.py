@@ -253,8 +253,11 @@ REPLAY_STALL_MS = 10 * 60_000
 # (customer state): the default thresholds spend a third of the time in the collector.
 FLOW_GC_THRESHOLD = (50_000, 50, 100)
 REEVALUATED_PER_BATCH = 2_000
-# A profile record carries the changes of at most this many future instants (``_settle``).
+# A profile record carries the changes of at most this many future instants, within this long
+# of its own instant (``_settle``): a 30-day window's exits are evaluated if the customer is
+# still quiet then, instead of being worked out in every record.
 CHANGE_INSTANTS_KEPT = 16
+CHANGES_AHEAD_MS = 60 * 60_000
 # A live customer's history is kept to correct late events from while the live clock is within
 # this much (at least; the allowed lateness if longer) of their last event, and saved states
 # are taken at most this often per customer's activity (``pipelines.rewind``).
@@ -850,14 +853,17 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             if customer is None:
                 continue  # merged away, its records before were settled
             # the changes until the customer's next evaluation (events waiting for their
-            # instant are evaluated at it); past the last kept one, an evaluation refreshes
-            until: float = scheduled.get(customer_id, math.inf)
+            # instant are evaluated at it); at the first one left out, an evaluation refreshes
+            next_evaluation = scheduled.get(customer_id)
+            until: float = math.inf if next_evaluation is None else next_evaluation
             waiting = pending.get(customer_id)
             if waiting is not None and waiting.at > draft.at:
                 until = min(until, waiting.at - 1)
-            features, changes, cutoff = customer.record_at(draft.at, until, CHANGE_INSTANTS_KEPT)
-            if cutoff is not None:
-                self._schedule(customer_id, cutoff)
+            features, changes, left_out = customer.record_at(
+                draft.at, min(until, draft.at + CHANGES_AHEAD_MS), CHANGE_INSTANTS_KEPT
+            )
+            if left_out is not None and left_out <= until and left_out != next_evaluation:
+                self._schedule(customer_id, left_out)
             out.append(
                 ProfileUpdate(
                     customer_id,

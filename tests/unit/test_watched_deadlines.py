@@ -24,6 +24,7 @@ from pipelines.sources import StreamEvent, Tick
 from tests.factories import stored_event
 
 MINUTE = 60_000
+DAY = 24 * 60 * MINUTE
 T0 = 1_767_225_600_000
 CUSTOMERS = ("ann", "bob")
 COMPARATORS = ("gte", "gt", "lt", "lte", "eq", "ne")
@@ -172,7 +173,9 @@ def test_a_count_below_its_threshold_sets_no_deadline_for_each_exit():
         (12 * MINUTE, 1),
         (13 * MINUTE, 0),
     ]
-    assert "ann" not in shard.state.scheduled  # nothing the rule reads can change
+    # nothing the rule reads can change: the one evaluation due is the record's refresh when
+    # its changes end (an hour ahead), at the first 30-day exit (interaction rate, RFM)
+    assert shard.state.scheduled["ann"] == T0 + 30 * DAY
     out, _ = shard.on_batch([views[4], Tick(0, T0 + 4 * MINUTE, inclusive=True)])
     assert shard.state.scheduled["ann"] == T0 + 10 * MINUTE  # the exit that leaves 4
     out, _ = shard.on_batch([Tick(0, T0 + 20 * MINUTE, inclusive=True)])
