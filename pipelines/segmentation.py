@@ -857,12 +857,18 @@ class FeatureShard(StatefulBatchLogic[SourceItem, Any, ShardState]):
             next_evaluation = scheduled.get(customer_id)
             until: float = math.inf if next_evaluation is None else next_evaluation
             waiting = pending.get(customer_id)
-            if waiting is not None and waiting.at > draft.at:
-                until = min(until, waiting.at - 1)
+            if waiting is not None:  # their evaluation comes at its instant, with a record:
+                until = min(until, waiting.at - 1)  # no refresh may come before it (its
+                # events are applied already, and a deadline of theirs fires before them)
             features, changes, left_out = customer.record_at(
                 draft.at, min(until, draft.at + CHANGES_AHEAD_MS), CHANGE_INSTANTS_KEPT
             )
-            if left_out is not None and left_out <= until and left_out != next_evaluation:
+            if (
+                waiting is None
+                and left_out is not None
+                and left_out <= until
+                and left_out != next_evaluation
+            ):
                 self._schedule(customer_id, left_out)
             out.append(
                 ProfileUpdate(

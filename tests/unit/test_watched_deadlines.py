@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.features import features_as_of
+from app.rules.active import shipped_compiled
 from app.rules.compiler import ActiveRule, compile_rules
 from app.rules.schema import parse_rule
 from app.streams import LIVE
@@ -180,3 +181,39 @@ def test_a_count_below_its_threshold_sets_no_deadline_for_each_exit():
     assert shard.state.scheduled["ann"] == T0 + 10 * MINUTE  # the exit that leaves 4
     out, _ = shard.on_batch([Tick(0, T0 + 20 * MINUTE, inclusive=True)])
     assert transitions(out) == [("ann", "busy", "exit", T0 + 10 * MINUTE)]
+
+
+def test_a_records_refresh_never_comes_before_events_waiting_for_their_instant():
+    """A replayed customer's record cuts its changes an hour ahead, and the first one left
+    out (a view's 30-day exit) is where a refresh is evaluated; but when events at a later
+    instant are applied and wait for it (a replay's same-instant events split across reads),
+    no refresh may come before them: a deadline fires before an event, never between events
+    of one instant. The add at day 40 makes the cart abandoner exit at its own instant."""
+    rules = shipped_compiled()
+    catalogue = catalogue_for(rules, 5 * MINUTE)
+
+    def entry(n: int, name: str, at: int) -> StreamEvent:
+        found = stored_event(
+            message_id=f"m{n}",
+            customer="ann",
+            name=name,
+            at=at,
+            properties={"product_id": "p1", "price": 5},
+        )
+        found["replay"] = "r"
+        return StreamEvent(0, f"{n}-0", found)  # type: ignore[arg-type]
+
+    reads: list[list[Any]] = [
+        [entry(1, "Product Added", T0), Tick(0, T0, False, "r")],
+        [entry(2, "Product Viewed", T0 + DAY), Tick(0, T0 + DAY, False, "r")],
+        [Tick(0, T0 + 40 * DAY - 1, False, "r")],
+        [entry(3, "Product Viewed", T0 + 40 * DAY), Tick(0, T0 + 40 * DAY, False, "r")],
+        [entry(4, "Product Added", T0 + 40 * DAY), Tick(0, T0 + 40 * DAY, False, "r")],
+        [Tick(0, T0 + 41 * DAY, True, "r", end=True)],
+    ]
+    found = {
+        every: transitions(run(FeatureShard(catalogue, rules, None, every_deadline=every), reads))
+        for every in (True, False)
+    }
+    assert found[False] == found[True]
+    assert ("ann", "cart-abandoners", "exit", T0 + 40 * DAY) in found[False]
