@@ -11,9 +11,12 @@ against them, the dataflow (``pipelines.features``) computes them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Sequence as Sequence_
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
+
+import orjson
 
 from app.durations import format_duration_ms, parse_duration_ms
 
@@ -210,3 +213,54 @@ PROFILE_BUILTINS = (
     "top_category_30d",
 )
 TOP_CATEGORY_WINDOW_MS = 30 * 86_400_000
+
+
+# --- what a reader sees --------------------------------------------------------------------------
+
+# Built-ins that are a time since an event, as ``Since`` and ``Sequence`` values are.
+TIME_GROWING_BUILTINS = frozenset({"rfm_recency_ms"})
+
+
+def grows_with_clock(name: str) -> bool:
+    """Whether the feature ``name`` is a time since something: with no event it grows 1 ms per
+    ms, so a record holds it as of its instant and a reader adds the time passed since."""
+    return name.startswith(("since(", "sequence(")) or name in TIME_GROWING_BUILTINS
+
+
+# One future value change a profile record carries: (instant, feature, value from then on).
+FeatureChange = tuple[int, str, Any]
+
+
+def features_as_of(
+    features: Mapping[str, Any], at: int | None, changes: Sequence_[FeatureChange], now: int
+) -> dict[str, Any]:
+    """A profile record's features at ``now``: its ``features`` are as of ``at`` (the
+    customer's last evaluation), its ``changes`` the values windows and sessions take after it
+    until the dataflow's next evaluation of the customer, in time order. The changes up to
+    ``now`` apply, and times since grow by ``now - at``. Every reader of profile features
+    (the profile API, explanations, previews, the admin UI, cluster refits) reads them through
+    this one function, so they all see the same values."""
+    values = dict(features)
+    if at is None or now <= at:
+        return values
+    for instant, name, value in changes:
+        if instant > now:
+            break
+        values[name] = value
+    elapsed = now - at
+    for name, value in values.items():
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and grows_with_clock(name)
+        ):
+            values[name] = value + elapsed
+    return values
+
+
+def profile_features(fields: Mapping[bytes, bytes], now: int) -> dict[str, Any]:
+    """``features_as_of`` a profile record as Redis holds it (the hash the sink writes)."""
+    features = orjson.loads(fields.get(b"features", b"{}"))
+    at = int(fields[b"at"]) if b"at" in fields else None
+    changes = orjson.loads(fields.get(b"changes", b"[]"))
+    return features_as_of(features, at, changes, now)

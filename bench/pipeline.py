@@ -430,11 +430,12 @@ def floor_flow() -> Any:
     return flow
 
 
-def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int]:
+def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int, int]:
     """Seconds the flow's feature shards take over ``events`` in this process, with the active
     rules and no Bytewax, Redis or sink (read in the source's batches per partition, each
     followed by its tick, as the source does), the evaluations they made (an event's instant
-    or a deadline; counted in a second, untimed pass) and the profile records they wrote."""
+    or a deadline; counted in a second, untimed pass), the profile records they wrote and the
+    deadlines among the evaluations."""
     from app.settings import get_settings
     from pipelines.records import ProfileUpdate
     from pipelines.segmentation import (
@@ -462,13 +463,18 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int]:
             reads.append((at, [*chunk, Tick(partition, at, False, LANE)]))
     reads.sort(key=lambda read: read[0])
     routed = [route_read(batch, PARTITIONS) for _, batch in reads]
-    evaluations = 0
+    evaluations = deadlines = 0
 
     class Counting(FeatureShard):
         def _changed(self, *args: Any, **kwargs: Any) -> Any:
             nonlocal evaluations
             evaluations += 1
             return super()._changed(*args, **kwargs)
+
+        def _fire_deadline(self, *args: Any, **kwargs: Any) -> Any:
+            nonlocal deadlines
+            deadlines += 1
+            return super()._fire_deadline(*args, **kwargs)
 
     def run(shard_type: type[FeatureShard]) -> int:
         shards: dict[str, FeatureShard] = {}
@@ -489,7 +495,7 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int]:
         records = run(FeatureShard)
         elapsed = time.perf_counter() - started
         run(Counting)
-        return elapsed, evaluations, records
+        return elapsed, evaluations, records, deadlines
     finally:
         gc.set_threshold(*thresholds)
 
@@ -799,7 +805,7 @@ def main() -> None:
         calls = RedisCalls(client)
         flow = timed_cpu(url, client, events, FLOW, recovery, before=calls.start)
         calls.stop()
-        compute_s, evaluations, records = compute_only(events)
+        compute_s, evaluations, records, deadlines = compute_only(events)
         assert processed_entries(client) == args.events
         per_customer, customers = state_bytes_per_customer(recovery)
         cost = clusters_on_off(url, client, events, work) if args.clusters else None
@@ -844,7 +850,7 @@ def main() -> None:
         f"\nevaluations (an event, or a deadline: a value leaving a window, a session ending): "
         f"{evaluations:,}, {evaluations / args.events:.2f} per event, "
         f"{compute_s / evaluations * 1e6:.1f} us of CPU each; {records:,} profile records "
-        f"({records / n:.2f} per event)"
+        f"({records / n:.2f} per event); {deadlines:,} of the evaluations are deadlines"
     )
     calls.print_per_event(n)
     print(f"\nrecovery state: {per_customer:,.0f} bytes per customer ({customers:,} customers)")

@@ -9,10 +9,12 @@ Every value is a function of the customer's events and of an instant ``t`` (even
 "In the last W" at ``t`` means event times in ``(t - W, t]``: an event enters the window at its
 own time and leaves exactly at ``time + W``. So a windowed value changes only at two kinds of
 instants: when an event arrives, and at a *deadline* ``time + W`` of an event inside the window.
-``CustomerFeatures.next_change(t)`` returns the earliest such deadline after ``t``; the dataflow
-sets a timer for it (by the wall clock when live, by event time when replaying) and takes a new
-snapshot then, so a view leaving the 10-minute window is seen at that exact millisecond, not at
-the customer's next event. The same holds for the end of a session (last event + gap).
+``CustomerFeatures.next_change(t)`` returns the earliest such deadline after ``t``. The dataflow
+sets a timer (by the wall clock when live, by event time when replaying) for the earliest one
+that can change what it decides (``watched_deadline``: a count crossing a rule's threshold, not
+every exit) and takes a new snapshot then; the others are carried in the customer's profile
+record (``record_at``), so a view leaving the 10-minute window shows at that exact millisecond,
+not at the customer's next event. The same holds for the end of a session (last event + gap).
 
 How state stays small
 ---------------------
@@ -61,6 +63,7 @@ from app.features import (
     SCREEN_EVENT,
     SESSION_BUILTINS,
     TOP_CATEGORY_WINDOW_MS,
+    FeatureChange,
     FeatureSpec,
     LastValue,
     LogKey,
@@ -749,6 +752,117 @@ class CustomerFeatures:
         finally:
             self._observed, self._dirty = last, waiting
 
+    def _observation(self, now: int) -> tuple[dict[str, Any], list[float]]:
+        """Copies of the values and group deadlines at ``now``: the last read's when it was at
+        ``now`` (events applied since wait for their own evaluation), else computed aside, as
+        ``values_at`` does."""
+        last = self._observed
+        if last is None or last.at != now:
+            waiting = set(self._dirty)
+            try:
+                self._observed = None
+                self.read(now)
+                found = self._observed
+                assert found is not None
+                return found.values, found.deadlines
+            finally:
+                self._observed, self._dirty = last, waiting
+        return dict(last.values), list(last.deadlines)
+
+    def record_at(
+        self, now: int, until: float, most: int
+    ) -> tuple[dict[str, Any], list[FeatureChange], int | None]:
+        """What a profile record carries: a copy of the values at ``now`` (``values_at``),
+        the values the windowed and session features (and what derives from them) take after
+        ``now`` through ``until`` with no new event, in time order, at most ``most`` instants
+        of them, and the first instant of a change left out (past ``until`` or past ``most``),
+        if any. With them readers see exact values between the dataflow's evaluations
+        (``app.features.features_as_of``)."""
+        values, deadlines = self._observation(now)
+        shown = dict(values)
+        changes, cutoff = self._changes(values, deadlines, until, most)
+        return shown, changes, cutoff
+
+    def _changes(
+        self, values: dict[str, Any], deadlines: list[float], until: float, most: int
+    ) -> tuple[list[FeatureChange], int | None]:
+        plan = self.catalogue.plan
+        groups, outputs = plan.groups, plan.outputs
+        derived, read = outputs[-1], plan.derived_reads
+        changes: list[FeatureChange] = []
+        for _ in range(most):
+            instant = min(deadlines)
+            if instant == _NEVER:
+                return changes, None
+            if instant > until:
+                return changes, int(instant)
+            at = int(instant)
+            touched = False  # a value the derived built-ins read
+            for index, deadline in enumerate(deadlines):
+                if deadline != instant:
+                    continue
+                names = outputs[index]
+                before = [values[name] for name in names]
+                found = groups[index](self, at, values)
+                deadlines[index] = _NEVER if found is None else found
+                for name, old in zip(names, before, strict=True):
+                    value = values[name]
+                    if value != old:
+                        changes.append((at, name, value))
+                        touched = touched or name in read
+            if touched:
+                before = [values[name] for name in derived]
+                plan.derive(values)
+                for name, old in zip(derived, before, strict=True):
+                    if values[name] != old:
+                        changes.append((at, name, values[name]))
+        instant = min(deadlines)
+        return changes, None if instant == _NEVER else int(instant)
+
+    def watched_deadline(self, now: int, watch: Watch) -> int | None:
+        """The next instant after ``now`` at which a watched feature can change what the
+        dataflow decides (``Watch``), as of the last read, which was at ``now``: a watched
+        group's next deadline, or for a count compared with thresholds, the exit that moves it
+        into another class among them (for ``gte 5``: the one from 5 to 4, not every exit)."""
+        last = self._observed
+        assert last is not None, "read the customer at now first"
+        assert last.at == now, "read the customer at now first"
+        deadlines, values = last.deadlines, last.values
+        best = _NEVER
+        for index, key, counts in watch.groups:
+            deadline = deadlines[index]
+            if deadline >= best:
+                continue
+            if key is None or counts is None:
+                best = deadline
+                continue
+            log = self.logs[key]
+            times = log.times
+            if log.folded or times[-1] > now:  # not only falling: every exit counts
+                best = deadline
+                continue
+            end = len(times)
+            for name, window, limits in counts:
+                count = values[name]
+                if not count:
+                    continue
+                at = bisect.bisect_left(limits, count)
+                if limits[at] == count:
+                    below = count - 1
+                elif at == 0:
+                    continue  # no class below: it only falls further inside its own
+                else:
+                    below = math.floor(limits[at - 1])
+                    if below < 0:
+                        continue
+                # the window holds times[end - count:end]; ``below`` are left once the entry
+                # before the last ``below`` has left (classes are ordered by value, so one
+                # step over several values lands in another class too)
+                crossing = times[end - below - 1] + window
+                if crossing < best:
+                    best = crossing
+        return None if best == _NEVER else int(best)
+
     def observe_after(self, now: int, name: str | None) -> tuple[dict[str, Any], int | None]:
         """``observe(now)`` after applying an event named ``name`` (``apply`` marked what it
         fed, so this is ``observe``; kept for the callers that say which event it was)."""
@@ -850,6 +964,59 @@ class _Observed:
 _NEVER = math.inf
 
 
+@dataclass(frozen=True)
+class Watch:
+    """The deadlines that can change what the dataflow decides (a segment, a cluster, so a
+    trigger): the groups of the plan whose features a rule or a cluster column reads, each as
+    (group index, None, None) when every change of the group counts, or (index, its log, the
+    counts compared with thresholds: (feature, window, class limits)) when only a count
+    crossing into another class among its thresholds does. Other deadlines change what a
+    profile shows, which its record carries (``CustomerFeatures.changes_after``)."""
+
+    groups: tuple[
+        tuple[int, LogKey | None, tuple[tuple[str, int, tuple[float, ...]], ...] | None], ...
+    ]
+
+    @classmethod
+    def of(cls, plan: FeaturePlan, watched: Mapping[str, tuple[float, ...] | None]) -> Watch:
+        """``watched``: feature -> the constants it is compared with, None for any change."""
+        wanted = dict(watched)
+        for name, reads in plan.derived:  # a copy keeps the thresholds, a ratio does not
+            if name in watched:
+                for read in reads:
+                    given = watched[name] if len(reads) == 1 else None
+                    wanted[read] = _joined(wanted[read], given) if read in wanted else given
+        groups: list[
+            tuple[int, LogKey | None, tuple[tuple[str, int, tuple[float, ...]], ...] | None]
+        ] = []
+        for index, names in enumerate(plan.outputs[:-1]):
+            if not any(name in wanted for name in names):
+                continue
+            if index >= len(plan.specs):
+                groups.append((index, None, None))
+                continue
+            counts: list[tuple[str, int, tuple[float, ...]]] = []
+            every = False
+            for spec in plan.specs[index]:
+                if spec.name not in wanted or spec.window_ms is None:
+                    continue  # a lifetime value has no deadline
+                thresholds = wanted[spec.name]
+                if spec.aggregate == "count" and thresholds is not None:
+                    limits = (*sorted(set(thresholds)), math.inf)
+                    counts.append((spec.name, spec.window_ms, limits))
+                else:
+                    every = True
+            if every:
+                groups.append((index, None, None))
+            elif counts:
+                groups.append((index, plan.specs[index][0].log_key, tuple(counts)))
+        return cls(tuple(groups))
+
+
+def _joined(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    return None if a is None or b is None else tuple(sorted({*a, *b}))
+
+
 # A group writes its features' values at an instant and returns its next deadline, if any.
 GroupFn = Callable[[CustomerFeatures, int, dict[str, Any]], int | None]
 
@@ -868,6 +1035,17 @@ class FeaturePlan:
     dirty: dict[str, tuple[int, ...]]  # event name -> the groups it feeds
     named: tuple[int, ...]  # the groups any other named event feeds (session, always)
     always: tuple[int, ...]  # the groups an unnamed event (identify) feeds
+    # per group, the features it writes (the always group's: only those derived from others'
+    # values, in ``derived``), and its windowed specs (log groups)
+    outputs: tuple[tuple[str, ...], ...] = ()
+    specs: tuple[tuple[Windowed, ...], ...] = ()
+    # features the always group derives from windowed ones: (name, the features it reads)
+    derived: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    derive: Callable[[dict[str, Any]], None] = lambda values: None
+
+    @cached_property
+    def derived_reads(self) -> frozenset[str]:
+        return frozenset(name for _, reads in self.derived for name in reads)
 
     @classmethod
     def of(cls, catalogue: Catalogue) -> FeaturePlan:
@@ -876,6 +1054,7 @@ class FeaturePlan:
             if isinstance(spec, Windowed):
                 windowed.setdefault(spec.log_key, []).append((spec.name, spec, spec.window_ms))
         groups: list[GroupFn] = [_log_group(tuple(specs)) for specs in windowed.values()]
+        outputs = [tuple(name for name, _, _ in specs) for specs in windowed.values()]
         feeds: dict[str, list[int]] = {}
         for index, key in enumerate(windowed):
             feeds.setdefault(key[0], []).append(index)
@@ -884,22 +1063,44 @@ class FeaturePlan:
             for event in last_values:
                 feeds.setdefault(event, []).append(len(groups))
             groups.append(_last_values_group(catalogue))
+            outputs.append(tuple(s.name for specs in last_values.values() for s in specs))
         builtins = set(catalogue.builtins)
         named: list[int] = []  # the groups every named event feeds
         if SESSION_BUILTINS & builtins:
             named.append(len(groups))
             groups.append(_session_group(catalogue))
+            outputs.append(tuple(n for n in catalogue.builtins if n in SESSION_BUILTINS))
         if {"cart_value", "cart_items"} & builtins:
             for event in CART_EVENTS:
                 feeds.setdefault(event, []).append(len(groups))
             groups.append(_cart_group(catalogue))
+            outputs.append(
+                tuple(n for n in catalogue.builtins if n in ("cart_value", "cart_items"))
+            )
         if "top_category_30d" in builtins:
             feeds.setdefault("Product Viewed", []).append(len(groups))
             groups.append(_top_category)
+            outputs.append(("top_category_30d",))
         always = (len(groups),)
         groups.append(_always_group(catalogue))
+        derived = tuple(
+            (name, tuple(spec.name for spec in BUILTIN_INPUTS[name]))
+            for name in catalogue.builtins
+            if BUILTIN_INPUTS[name] and not any(isinstance(s, Since) for s in BUILTIN_INPUTS[name])
+        )
+        outputs.append(tuple(name for name, _ in derived))
         dirty = {event: (*indexes, *named, *always) for event, indexes in feeds.items()}
-        return cls(tuple(groups), dirty, (*named, *always), always)
+        specs = tuple(tuple(spec for _, spec, _ in found) for found in windowed.values())
+        return cls(
+            tuple(groups),
+            dirty,
+            (*named, *always),
+            always,
+            tuple(outputs),
+            specs,
+            derived,
+            _derive(catalogue),
+        )
 
     def feeds(self, name: str | None) -> tuple[int, ...]:
         if name is None:
@@ -1041,19 +1242,33 @@ def _top_category(state: CustomerFeatures, now: int, values: dict[str, Any]) -> 
     return deadline
 
 
-def _always_group(catalogue: Catalogue) -> GroupFn:
-    since = tuple((s.name, s.event) for s in catalogue.all_specs() if isinstance(s, Since))
+def _derive(catalogue: Catalogue) -> Callable[[dict[str, Any]], None]:
+    """The built-ins computed from windowed features' values (RFM copies, interaction rate)."""
     copies = tuple(  # built-ins that are the value of the one feature they read (RFM)
         (name, BUILTIN_INPUTS[name][0].name)
         for name in catalogue.builtins
         if name.startswith("rfm_")
     )
+    rate = "interaction_rate_30d" in catalogue.builtins
+    views, adds = (spec.name for spec in BUILTIN_INPUTS["interaction_rate_30d"])
+
+    def derive(values: dict[str, Any]) -> None:
+        for name, read in copies:
+            values[name] = values[read]
+        if rate:
+            viewed = values[views]
+            values["interaction_rate_30d"] = None if not viewed else round(values[adds] / viewed, 6)
+
+    return derive
+
+
+def _always_group(catalogue: Catalogue) -> GroupFn:
+    since = tuple((s.name, s.event) for s in catalogue.all_specs() if isinstance(s, Since))
     totals = tuple(
         n for n in catalogue.builtins if n in ("first_seen", "last_seen", "events_total")
     )
-    rate = "interaction_rate_30d" in catalogue.builtins
     sequences = tuple(spec.name for spec in catalogue.sequences)
-    views, adds = (spec.name for spec in BUILTIN_INPUTS["interaction_rate_30d"])
+    derive = _derive(catalogue)
 
     def compute(state: CustomerFeatures, now: int, values: dict[str, Any]) -> None:
         for name, event in since:
@@ -1062,13 +1277,9 @@ def _always_group(catalogue: Catalogue) -> GroupFn:
         for name in sequences:  # a time since too: rules' thresholds set its deadlines
             completed = state.sequences[name].completed
             values[name] = None if completed is None or completed > now else now - completed
-        for name, read in copies:
-            values[name] = values[read]
+        derive(values)
         for name in totals:
             values[name] = getattr(state, name)
-        if rate:
-            viewed = values[views]
-            values["interaction_rate_30d"] = None if not viewed else round(values[adds] / viewed, 6)
 
     return compute
 

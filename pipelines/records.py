@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.events import StreamEntry
+from app.features import FeatureChange
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class ProfileUpdate:
     # late events that changed transitions already written, in the order they came
     corrections: tuple[Correction, ...] = ()
     shard: str = ""  # the shard that emitted it (set on its way to the sink)
+    # the values windows and sessions take after ``at`` until the customer's next evaluation:
+    # (instant, feature, value), in time order (``app.features.features_as_of``)
+    changes: tuple[FeatureChange, ...] = ()
 
 
 @dataclass

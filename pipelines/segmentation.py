@@ -39,6 +39,7 @@ import base64
 import gc
 import heapq
 import itertools
+import math
 import os
 import pickle
 import zlib
@@ -52,6 +53,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from app.clustering.columns import INPUTS as CLUSTER_INPUTS
 from app.clustering.model import CLUSTER_PREFIX, ClusterModel, membership
 from app.clustering.watch import ModelWatcher
 from app.db import make_engine
@@ -63,7 +65,7 @@ from app.rules.compiler import CompiledRules
 from app.rules.engine import Rulesets
 from app.settings import Settings, get_settings
 from app.streams import ABSORB, ERASE, LIVE, MERGE, partition_of
-from pipelines.features import Catalogue, CustomerFeatures, default_catalogue
+from pipelines.features import Catalogue, CustomerFeatures, Watch, default_catalogue
 from pipelines.placement import SHARDS_PER_PARTITION, shard_keys
 from pipelines.records import (
     Correction,
@@ -254,6 +256,11 @@ REPLAY_STALL_MS = 10 * 60_000
 # (customer state): the default thresholds spend a third of the time in the collector.
 FLOW_GC_THRESHOLD = (50_000, 50, 100)
 REEVALUATED_PER_BATCH = 2_000
+# A profile record carries the changes of at most this many future instants, within this long
+# of its own instant (``_settle``): a 30-day window's exits are evaluated if the customer is
+# still quiet then, instead of being worked out in every record.
+CHANGE_INSTANTS_KEPT = 16
+CHANGES_AHEAD_MS = 60 * 60_000
 # A live customer's history is kept to correct late events from while the live clock is within
 # this much (at least; the allowed lateness if longer) of their last event, and saved states
 # are taken at most this often per customer's activity (``pipelines.rewind``).
@@ -315,8 +322,13 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         watcher: RuleWatcher | None = None,
         partitions: int = 1,
         clusters: ModelWatcher | None = None,
+        *,
+        every_deadline: bool = False,
     ) -> None:
+        """``every_deadline``: evaluate at every instant a feature changes, not only where a
+        segment, a cluster or a trigger can (``_watch``): what records carry is the same."""
         self.catalogue = catalogue
+        self.every_deadline = every_deadline
         self.partitions = partitions
         self.rules = rules
         self.watcher = watcher
@@ -339,6 +351,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         self.state.catalogue = catalogue
         # per customer changed in the batch, what its one record carries (``_settle``)
         self._drafts: dict[str, _Draft] = {}
+        # the deadlines that can change a segment or a cluster, for (rules, model) (``_watch``)
+        self._watching: tuple[CompiledRules | None, bool, Watch] | None = None
 
     def on_batch(
         self, values: Sequence[SourceItem | list[SourceItem]]
@@ -836,8 +850,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         is returned; a ``quiet`` re-evaluation that changed nothing makes none).
 
         Every applied event and every deadline changes a value (a deadline is, by
-        construction, an instant at which a windowed value, the session or a rule's
-        time-since threshold turns)."""
+        construction, an instant at which a value the rules or the cluster model read can
+        move them: ``_watch``; a rule's time-since threshold turning)."""
         customer = self.state.live[customer_id]
         _, deadline, transitions = self._segment(customer, now, observed)
         if transitions:
@@ -876,11 +890,29 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             return
         live, with_model = self.state.live, self.model is not None
         at_record = with_model and not self._assign_each
+        scheduled, pending = self.state.scheduled, self.state.pending
         for customer_id, draft in self._drafts.items():
             customer = live.get(customer_id)
             if customer is None:
                 continue  # merged away, its records before were settled
-            features = customer.values_at(draft.at)
+            # the changes until the customer's next evaluation (events waiting for their
+            # instant are evaluated at it); at the first one left out, an evaluation refreshes
+            next_evaluation = scheduled.get(customer_id)
+            until: float = math.inf if next_evaluation is None else next_evaluation
+            waiting = pending.get(customer_id)
+            if waiting is not None:  # their evaluation comes at its instant, with a record:
+                until = min(until, waiting.at - 1)  # no refresh may come before it (its
+                # events are applied already, and a deadline of theirs fires before them)
+            features, changes, left_out = customer.record_at(
+                draft.at, min(until, draft.at + CHANGES_AHEAD_MS), CHANGE_INSTANTS_KEPT
+            )
+            if (
+                waiting is None
+                and left_out is not None
+                and left_out <= until
+                and left_out != next_evaluation
+            ):
+                self._schedule(customer_id, left_out)
             if at_record:
                 draft.transitions += self._assign(customer, draft.at, features)
             out.append(
@@ -894,6 +926,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
                     transitions=tuple(draft.transitions),
                     outlier=customer.outlier if with_model else None,
                     corrections=tuple(draft.corrections),
+                    changes=tuple(changes),
                 )
             )
         self._drafts.clear()
@@ -932,6 +965,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         if segments is not before and segments != before:
             transitions = self._transitions(before, segments, now)
             customer.segments = segments
+        watch = self._watch()
+        if watch is not None:  # the other deadlines only change what records carry
+            deadline = customer.watched_deadline(now, watch)
         if self.rules is not None:
             flip = self.rules.next_flip(now, features)
             if flip is not None and (deadline is None or flip < deadline):
@@ -939,6 +975,22 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         if customer.evaluated is None or now > customer.evaluated:
             customer.evaluated = now
         return features, deadline, transitions
+
+    def _watch(self) -> Watch | None:
+        """The deadlines that can change a segment, a cluster or a trigger: of the windowed
+        and session features the rules compare (a count only where it crosses a threshold)
+        and, with a cluster model, those its columns read (``Watch``)."""
+        if self.every_deadline:
+            return None
+        clustered = self.model is not None
+        found = self._watching
+        if found is None or found[0] is not self.rules or found[1] != clustered:
+            watched = {} if self.rules is None else self.rules.watched()
+            if clustered:
+                watched.update(dict.fromkeys(CLUSTER_INPUTS))
+            watch = Watch.of(self.catalogue.plan, watched)
+            found = self._watching = (self.rules, clustered, watch)
+        return found[2]
 
     def _with_cluster(self, segments: frozenset[str], member: str) -> frozenset[str]:
         key = (segments, member)

@@ -85,7 +85,8 @@ return 1
 # retracted removed and the batch's transitions added, each list in one command (Redis's cost
 # is per command run, a script's too).
 # KEYS: profile, recent events, transitions; ARGV: customer id, at, features, traits, segments,
-# outlier ("1", "0", "" before any cluster model), recent events kept, number of recent events,
+# outlier ("1", "0", "" before any cluster model), the features' changes after ``at``
+# (``app.features.features_as_of``), recent events kept, number of recent events,
 # (score, member) per event, number of retracted transitions, their members, then (score,
 # member) per transition.
 _WRITE_PROFILE = """
@@ -95,13 +96,13 @@ local function each(verb, key, from, to)  -- ARGV[from..to] in one command, a fe
   end
 end
 redis.call('HSET', KEYS[1], 'customer_id', ARGV[1], 'at', ARGV[2], 'features', ARGV[3],
-           'traits', ARGV[4], 'segments', ARGV[5], 'outlier', ARGV[6])
-local recent = tonumber(ARGV[8])
-local i = 9
+           'traits', ARGV[4], 'segments', ARGV[5], 'outlier', ARGV[6], 'changes', ARGV[7])
+local recent = tonumber(ARGV[9])
+local i = 10
 if recent > 0 then
   each('ZADD', KEYS[2], i, i + 2 * recent - 1)
   i = i + 2 * recent
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[7]) - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[8]) - 1)
 end
 local retracted = tonumber(ARGV[i])
 i = i + 1
@@ -375,6 +376,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                     orjson.dumps(update.traits),
                     orjson.dumps(sorted(update.segments)),
                     "" if update.outlier is None else "1" if update.outlier else "0",
+                    orjson.dumps(update.changes),
                     RECENT_EVENTS,
                     len(events),
                     *(x for member, score in events.items() for x in (score, member)),

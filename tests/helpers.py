@@ -365,15 +365,19 @@ def write_profiles(
     redis_url: str,
     customers: Any,
     *,
-    at: int = 0,
+    at: int | None = None,
     segments: frozenset[str] = frozenset(),
     outlier: bool | None = None,
 ) -> None:
     """Customers (``tests.cluster_personas.Customer``: an id and features) as profiles, written
     by the dataflow's own sink (no traits, no events; these segments, ``cluster:<id>`` among
-    them, and outlier flag)."""
+    them, and outlier flag), their features as of ``at`` (default now: readers grow times
+    since an event from it)."""
+    from app.clock import now_ms
     from pipelines.records import ProfileUpdate
     from pipelines.sinks import ProfileSink
+
+    at = now_ms() if at is None else at
 
     sink = ProfileSink(redis_url).build("profiles", 1, 2)  # not worker 0: no erasure finisher
     try:

@@ -21,7 +21,9 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
+from app.clock import now_ms
 from app.clustering.model import ClusterModel, membership
+from app.features import profile_features
 from app.profiles.keys import CLUSTER_MOVES_KEY, members_key
 
 MODEL_KEY = "clusters:model"
@@ -118,13 +120,17 @@ def sample_profiles(
     for part in _chunks(chosen, 1_000):
         pipe = client.pipeline(transaction=False)
         for key in part:
-            pipe.hmget(key, "customer_id", "features")
+            pipe.hmget(key, "customer_id", "features", "at", "changes")
+        now = now_ms()
         for found in pipe.execute():
-            customer_id, features = found
+            customer_id, features, at, changes = found
             if customer_id is None or features is None:
                 continue  # erased since the scan
             ids.append(customer_id.decode())
-            profiles.append(orjson.loads(features))
+            record = {b"features": features, b"at": at, b"changes": changes}
+            profiles.append(
+                profile_features({k: v for k, v in record.items() if v is not None}, now)
+            )
     return ids, profiles
 
 

@@ -8,6 +8,8 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
+from app.clock import now_ms
+from app.features import profile_features
 from app.profiles.keys import CLUSTER_PREFIX, profile_key, recent_events_key
 
 RECENT_EVENTS_SHOWN = 20
@@ -32,14 +34,18 @@ class CustomerProfile(BaseModel):
     events: list[ProfileEvent]  # newest first
 
 
-async def get_profile(client: aioredis.Redis, customer_id: str) -> CustomerProfile | None:
+async def get_profile(
+    client: aioredis.Redis, customer_id: str, *, now: int | None = None
+) -> CustomerProfile | None:
+    """The customer's profile with its features as of ``now`` (default: the clock's now;
+    ``app.features.features_as_of``)."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(profile_key(customer_id))
     pipe.zrevrange(recent_events_key(customer_id), 0, RECENT_EVENTS_SHOWN - 1)
     fields, recent = await pipe.execute()
     if not fields:
         return None
-    features = orjson.loads(fields[b"features"])
+    features = profile_features(fields, now_ms() if now is None else now)
     # the sink keeps the cluster among the segments, as the pseudo-segment ``cluster:<id>``
     memberships: list[str] = orjson.loads(fields.get(b"segments", b"[]"))
     clusters = [name for name in memberships if name.startswith(CLUSTER_PREFIX)]

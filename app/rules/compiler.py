@@ -30,7 +30,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from app.features import FeatureSpec, Since
+from app.features import TIME_GROWING_BUILTINS, FeatureSpec, Since
 from app.features import Sequence as SequenceSpec
 from app.rules.schema import (
     All,
@@ -57,7 +57,6 @@ NUMBER_LIMIT = 1e15  # the engine cannot read exponents: numbers are written pos
 COMPARATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in_", "contains", "matches")
 ORDERED = {"gt": "$gt", "gte": "$gte", "lt": "$lt", "lte": "$lte"}
 NEGATED = {"gt": "$lte", "gte": "$lt", "lt": "$gte", "lte": "$gt"}
-TIME_GROWING_BUILTINS = frozenset({"rfm_recency_ms"})  # a "since" value: grows with the clock
 
 
 # --- evaluating one leaf in Python (tests fields, explanations) -------------------------------
@@ -492,6 +491,35 @@ class CompiledRules:
             if at is not None and (best is None or at < best):
                 best = at
         return best
+
+    def watched(self) -> dict[str, tuple[float, ...] | None]:
+        """Per feature a rule reads, the numbers it is compared with (None: it is tested in
+        Python, so any change of its value may matter): what the value's class among them is
+        decides every rule (``pipelines.features.Watch``)."""
+        found: dict[str, tuple[float, ...] | None] = {}
+        for active in self.rules.values():
+            rule = active.rule
+            for leaf in rule.leaves():
+                source, native = _leaf_source(rule, leaf)
+                if source.kind not in ("feature", "test") or isinstance(leaf, TraitCondition):
+                    continue
+                constants: tuple[float, ...] | None = None
+                if native:
+                    constants = tuple(
+                        float(item)
+                        for word, constant in comparisons(leaf)
+                        for item in (constant if word == "in_" else (constant,))
+                    )
+                key = source.key
+                if key in found:
+                    known = found[key]
+                    constants = (
+                        None
+                        if known is None or constants is None
+                        else tuple(sorted({*known, *constants}))
+                    )
+                found[key] = constants
+        return found
 
     def feature_specs(self) -> tuple[FeatureSpec | str, ...]:
         found: dict[FeatureSpec | str, None] = {}

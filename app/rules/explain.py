@@ -1,11 +1,10 @@
 """Why a customer is in a segment or not: a rule's condition tree with each leaf's value and
 truth, from the customer's stored features, traits and memberships.
 
-The stored features are as of the customer's last change. Windowed values are current (the
-dataflow writes a change at every instant a window turns); values that grow with the clock (a
-time since an event or a sequence, recency) are carried forward to ``now``. Leaves are decided
-by the same ``leaf_holds`` the rules stage uses for what it decides in Python, and which the
-engine's comparisons are property-tested against (tests/unit/test_rule_engine.py).
+The values are the stored profile's as of ``now`` (``app.features.features_as_of``: the
+window and session changes the record carries up to ``now`` applied, times since grown). Leaves
+are decided by the same ``leaf_holds`` the rules stage uses for what it decides in Python, and
+which the engine's comparisons are property-tested against (tests/unit/test_rule_engine.py).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from app.rules.compiler import clock_key, comparisons, is_number, leaf_holds
+from app.rules.compiler import comparisons, leaf_holds
 from app.rules.schema import (
     All,
     ClusterCondition,
@@ -25,11 +24,6 @@ from app.rules.schema import (
     snapshot_key,
 )
 from app.rules.schema import Any as AnyOf
-
-
-def clock_keys(rule: Rule) -> frozenset[str]:
-    """The snapshot keys of the rule's values that grow 1 ms per ms without events."""
-    return frozenset(key for leaf in rule.leaves() if (key := clock_key(rule, leaf)) is not None)
 
 
 def feature_keys(rule: Rule) -> frozenset[str]:
@@ -46,20 +40,12 @@ class Evaluation:
         features: Mapping[str, Any],
         traits: Mapping[str, Any],
         segments: Collection[str],
-        *,
-        elapsed_ms: int = 0,
-        clocks: frozenset[str] | None = None,
     ) -> None:
-        """``clocks``: ``clock_keys(rule)``, when the caller evaluates many customers."""
+        """``features``: as of the instant explained (``app.features.features_as_of``)."""
         self.rule = rule
         self.traits = traits
         self.segments = frozenset(segments)
-        values = dict(features)
-        if elapsed_ms > 0:
-            for key in clock_keys(rule) if clocks is None else clocks:
-                if is_number(values.get(key)):
-                    values[key] = values[key] + elapsed_ms
-        self.features = values
+        self.features = features
 
     def value(self, leaf: Any) -> tuple[str, Any]:
         """The leaf's subject (a feature's key, a trait, a segment) and its value."""

@@ -10,9 +10,10 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from app.clock import now_ms
+from app.features import profile_features
 from app.profiles import moves, segments
 from app.profiles.keys import profile_key
-from app.rules.explain import Evaluation, clock_keys, feature_keys
+from app.rules.explain import Evaluation, feature_keys
 from app.rules.schema import Rule
 
 PREVIEW_SAMPLE = 20
@@ -79,17 +80,13 @@ class Explanation(BaseModel):
     condition: dict[str, Any]
 
 
-def _evaluation(
-    rule: Rule, fields: dict[bytes, bytes], now: int, clocks: frozenset[str] | None = None
-) -> Evaluation:
-    at = int(fields[b"at"]) if b"at" in fields else None
+def _evaluation(rule: Rule, fields: dict[bytes, bytes], now: int) -> Evaluation:
+    """The rule's view of a stored profile at ``now`` (its features as of then)."""
     return Evaluation(
         rule,
-        orjson.loads(fields.get(b"features", b"{}")),
+        profile_features(fields, now),
         orjson.loads(fields.get(b"traits", b"{}")),
         orjson.loads(fields.get(b"segments", b"[]")),
-        elapsed_ms=max(0, now - at) if at is not None else 0,
-        clocks=clocks,
     )
 
 
@@ -97,7 +94,6 @@ async def preview(client: aioredis.Redis, rule: Rule, *, limit: int) -> Preview:
     """How many current profiles the rule would hold for now, scanning at most ``limit``."""
     now = now_ms()
     wanted = feature_keys(rule)
-    clocks = clock_keys(rule)  # once, not per profile
     seen: set[str] = set()
     matched, scanned = 0, 0
     sample: list[str] = []
@@ -112,7 +108,7 @@ async def preview(client: aioredis.Redis, rule: Rule, *, limit: int) -> Preview:
             if not fields:
                 continue  # erased meanwhile
             scanned += 1
-            evaluation = _evaluation(rule, fields, now, clocks)
+            evaluation = _evaluation(rule, fields, now)
             seen |= wanted & evaluation.features.keys()
             if evaluation.holds():
                 matched += 1

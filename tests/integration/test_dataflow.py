@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -15,9 +16,11 @@ import httpx
 import orjson
 import pytest
 import redis
+import redis.asyncio as aioredis
 from bytewax.testing import TestingSink
 
-from app.profiles.keys import profile_key, recent_events_key
+from app.profiles.keys import profile_key, recent_events_key, transitions_key
+from app.profiles.service import CustomerProfile, get_profile
 from app.settings import Settings
 from app.streams import stream_key
 from pipelines.records import ProfileUpdate
@@ -32,6 +35,7 @@ from tests.helpers import (
 )
 
 MINUTE = 60_000
+HOUR = 60 * MINUTE
 SEGMENT = "browsing-enthusiasts"
 
 
@@ -172,10 +176,56 @@ def test_a_replay_fires_deadlines_in_event_time_order(settings, redis_client, tm
     ]
 
 
+def transitions_at(client: redis.Redis, customer_id: str) -> list[dict[str, Any]]:
+    """The customer's transitions as the sink wrote them, oldest first."""
+    found = cast(list[bytes], client.zrange(transitions_key(customer_id), 0, -1))
+    return [orjson.loads(member) for member in found]
+
+
+def profile_at(settings: Settings, customer_id: str, now: int) -> CustomerProfile | None:
+    """The profile as the admin API answers it, read at the instant ``now``."""
+
+    async def read() -> CustomerProfile | None:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        try:
+            return await get_profile(client, customer_id, now=now)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def test_a_profile_read_between_evaluations_shows_the_values_then(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+):
+    """Views leave the 10-minute window after the dataflow's last evaluation of the customer
+    (it has stopped, and four views never make a segment, so it would not evaluate them
+    anyway): the profile read at an instant shows the count at that instant, from the changes
+    its record carries."""
+    now = time.time_ns() // 1_000_000 - 1_000
+    views = [now - 9 * MINUTE - 30_000, now - 9 * MINUTE, now - 8 * MINUTE, now - 7 * MINUTE]
+    added = now - 8 * MINUTE - 1
+    messages = [track_at("vi", "Product Viewed", at) for at in views]
+    messages.append(track_at("vi", "Product Added", added, product_id="p1", price=5))
+    replay_messages(redis_client, settings, tmp_path, messages)
+    run_dataflow(settings)
+    exits = [at + 10 * MINUTE for at in views]
+    readings = [(now, 4), (exits[0] - 1, 4), (exits[0], 3), (exits[1], 2), (exits[2] + 1, 1)]
+    readings += [(exits[3] - 1, 1), (exits[3], 0), (now + HOUR, 0)]
+    for at, expected in readings:
+        found = profile_at(settings, "vi", at)
+        assert found is not None
+        assert found.features["count(Product Viewed, 10m)"] == expected, f"at {at - now} ms"
+        assert found.features["since(Product Added)"] == at - added  # grows with the clock
+
+
 def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
     """A running dataflow fires a deadline by the wall clock, with no event to wake it, dated
     at the deadline itself and never before it. (How soon after it is measured by
-    bench/pipeline.py; here a busy machine may be slow, so only the order is asserted.)"""
+    bench/pipeline.py; here a busy machine may be slow, so only the order is asserted.) Five
+    views a millisecond apart: the first one's exit takes the customer out of
+    browsing-enthusiasts, a deadline the dataflow evaluates (one that changes no segment is
+    only carried by the record, test_a_profile_read_between_evaluations_shows_the_values_then)."""
     env = {
         **os.environ,
         "REDIS_URL": settings.redis_url or "",
@@ -197,9 +247,9 @@ def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
     def applied(customer: str) -> bool:
         return views(customer) is not None
 
-    def append_view(customer: str, at: int) -> None:
-        message = track_at(customer, "Product Viewed", at)
-        replay_messages(redis_client, settings, tmp_path, [message])
+    def append_view(customer: str, at: int, views: int = 1) -> None:
+        messages = [track_at(customer, "Product Viewed", at + n) for n in range(views)]
+        replay_messages(redis_client, settings, tmp_path, messages)
 
     try:
         append_view("warm", time.time_ns() // 1_000_000)
@@ -209,13 +259,13 @@ def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
         for attempt, lead_ms in enumerate((3_000, 10_000, 30_000)):
             customer = f"eve{attempt}"
             deadline = time.time_ns() // 1_000_000 + lead_ms
-            append_view(customer, deadline - 10 * MINUTE)
+            append_view(customer, deadline - 10 * MINUTE, views=5)
             wait_for(functools.partial(applied, customer), timeout_s=120, what="the view")
             if time.time_ns() // 1_000_000 < deadline:
                 break
         else:
             pytest.fail("the dataflow never applied a view within 30 s of appending it")
-        wait_for(lambda: views(customer) == 0, timeout_s=120, what="the deadline fired")
+        wait_for(lambda: views(customer) == 4, timeout_s=120, what="the deadline fired")
         fired_after_ms = time.time_ns() // 1_000_000 - deadline
         fields = redis_client.hgetall(profile_key(customer))
     finally:
@@ -223,6 +273,10 @@ def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
         pipeline.wait()
     assert int(fields[b"at"]) == deadline  # the change is dated at the deadline itself
     assert fired_after_ms >= 0  # and was made once it had come, not before
+    assert [(t["kind"], t["at"]) for t in transitions_at(redis_client, customer)] == [
+        ("enter", deadline - 10 * MINUTE + 4),
+        ("exit", deadline),
+    ]
 
 
 def test_erasure_forgets_the_customer_everywhere_and_for_good(

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.features import LastValue, Since, Windowed, windowed
+from app.features import LastValue, Since, Windowed, features_as_of, windowed
 from app.features import Sequence as Chain
 from pipelines.features import LOG_CAP, Catalogue, CustomerFeatures
 
@@ -367,6 +367,35 @@ def test_a_record_of_an_earlier_instant_leaves_the_next_evaluation_exact(events,
         values, deadline = state.observe(now)
         assert (values, deadline) == full(now), f"after the event at {now}"
         evaluated, recorded = now, values
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.integers(1, 20))
+def test_a_record_with_its_changes_reads_exact_at_every_later_instant(events, most):
+    """A profile record is the values at the customer's last evaluation and the changes after
+    it: read through ``features_as_of`` at any later instant (no event since) it equals the
+    brute force then, up to the first instant it left out (where the dataflow evaluates)."""
+    state = CustomerFeatures(CATALOGUE)
+    history: list[Arrived] = []
+    for order, event in enumerate(events):
+        state.apply(event)
+        history.append(Arrived(order, event))
+    now = max(e.at for e in history)
+    state.observe(now)
+    values, changes, cutoff = state.record_at(now, math.inf, most)
+    assert [at for at, _, _ in changes] == sorted(at for at, _, _ in changes)
+    assert len({at for at, _, _ in changes}) <= most
+    instants = set(check_instants(state, now))
+    instants |= {at + d for at, _, _ in changes for d in (-1, 0, 1)}
+    for t in sorted(instants):
+        if t < now or (cutoff is not None and t >= cutoff):
+            continue
+        assert features_as_of(values, now, changes, t) == oracle(history, t), f"at t={t}"
+    if cutoff is not None:  # the dataflow evaluates there: its record goes on from it
+        state.expire(now)
+        state.observe(cutoff)
+        values, changes, _ = state.record_at(cutoff, math.inf, most)
+        assert features_as_of(values, cutoff, changes, cutoff) == oracle(history, cutoff)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
