@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.streams import partition_of  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
+from tests.helpers import descendants, free_port  # noqa: E402
 
 BATCH = 100
 
@@ -150,23 +150,6 @@ def floor_run(url: str, batches: list[bytes], partitions: int) -> dict[str, floa
     return summary(sum(len(b) for b in payloads), elapsed, latencies)
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
-
-
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -178,7 +161,7 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     """CPU time (user + system) of ``pid`` and its descendants, by program: api, redis."""
     tick = os.sysconf("SC_CLK_TCK")
     totals: dict[str, float] = {}
-    for proc in _descendants(pid):
+    for proc in descendants(pid):
         try:
             stat = Path(f"/proc/{proc}/stat").read_text()
             cmdline = Path(f"/proc/{proc}/cmdline").read_bytes()
@@ -237,8 +220,7 @@ def main() -> None:
         after = cpu_seconds(server.pid)
         # uvicorn's workers: the processes it spawned (none: it serves in its own process)
         api_processes = (
-            sum(b"spawn_main" in cmdline for cmdline in map(_cmdline, _descendants(server.pid)))
-            or 1
+            sum(b"spawn_main" in cmdline for cmdline in map(_cmdline, descendants(server.pid))) or 1
         )
     finally:
         server.send_signal(signal.SIGINT)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from app.profiles.keys import profile_key  # noqa: E402
 from app.streams import EVENT_FIELD, partition_of, stream_key  # noqa: E402
 from tests.factories import iso, stored_event  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
+from tests.helpers import descendants, free_port  # noqa: E402
 
 SEGMENT = "browsing-enthusiasts"  # 5+ Product Viewed in the last 10 min, no order
 VIEWS = 5
@@ -126,29 +126,11 @@ def _now() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
-
-
 def _process(root: int, marker: bytes) -> int:
     """The descendant of ``root`` whose command line holds ``marker``."""
     deadline = time.monotonic() + CEILING_S
     while time.monotonic() < deadline:
-        for pid in _tree(root):
+        for pid in descendants(root):
             try:
                 if marker in Path(f"/proc/{pid}/cmdline").read_bytes():
                     return pid

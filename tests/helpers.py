@@ -389,3 +389,21 @@ def write_profiles(
         )
     finally:
         sink.close()
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc), for a process tree's CPU time."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
