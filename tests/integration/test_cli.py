@@ -536,7 +536,7 @@ def test_bench_help_is_the_benchmarks_own(tmp_path: Path) -> None:
     general = subprocess.run(
         [*SEGFLOW, "bench", "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
-    assert "|".join(("ingest", "pipeline", "crash")) in general.stdout
+    assert "|".join(("ingest", "pipeline", "latency", "crash")) in general.stdout
     assert "NAME --help" in general.stdout
     wrong = subprocess.run(
         [*SEGFLOW, "bench", "nope"], capture_output=True, text=True, timeout=120, cwd=tmp_path
