@@ -36,7 +36,6 @@ import os
 import random
 import resource
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -60,6 +59,7 @@ from app.profiles.keys import profile_key  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
 from app.streams import EVENT_FIELD, partition_of, stream_key  # noqa: E402
 from tests.factories import append_replay, processed_entries, stored_event  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 PARTITIONS = 4
 LANE = "replay-bench"  # the history is replayed: its deadlines fire by the replay's progress
@@ -161,27 +161,7 @@ def run_flow(
 ) -> tuple[float, float, float]:
     """Run ``flow`` over the streams until caught up; its wall time, the CPU time of its
     process and Redis's CPU time meanwhile, in seconds (``env``: more environment for it)."""
-    env = {
-        **os.environ,
-        "REDIS_URL": url,
-        "SEGFLOW_PARTITIONS": str(PARTITIONS),
-        "SEGFLOW_STOP_AT_END": "1",
-        **(env or {}),
-    }
-    from bytewax.recovery import init_db_dir
-
-    recovery.mkdir()
-    init_db_dir(recovery, 1)  # type: ignore[no-untyped-call]
-    argv = [sys.executable, "-m", "bytewax.run", flow, "-r", str(recovery), "-s", "2", "-b", "0"]
-    client = redis.Redis.from_url(url)
-    try:
-        cpu, served = _children_cpu(), redis_cpu(client)
-        started = time.perf_counter()
-        subprocess.run(argv, env=env, cwd=ROOT, check=True)
-        elapsed = time.perf_counter() - started
-        return elapsed, _children_cpu() - cpu, redis_cpu(client) - served
-    finally:
-        client.close()
+    return run_layout(url, recovery, 1, 1, flow=flow, env=env)
 
 
 def timed_cpu(
@@ -649,18 +629,18 @@ PEAK_TO_MEAN = 10
 CORE_BUSY = 0.6  # the share of a core a sizing plans to keep busy at peak (headroom)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_layout(
-    url: str, recovery: Path, processes: int, workers: int
+    url: str,
+    recovery: Path,
+    processes: int,
+    workers: int,
+    *,
+    flow: str = FLOW,
+    env: dict[str, str] | None = None,
 ) -> tuple[float, float, float]:
-    """The flow over the streams until caught up as ``processes`` processes of ``workers``
-    worker threads each, recovery on (as ``run_flow``): wall time, CPU of all its processes,
-    Redis's CPU meanwhile (seconds)."""
+    """``flow`` over the streams until caught up as ``processes`` processes of ``workers``
+    worker threads each, recovery on: wall time, CPU of all its processes, Redis's CPU
+    meanwhile (seconds; ``env``: more environment for it)."""
     from bytewax.recovery import init_db_dir
 
     env = {
@@ -668,12 +648,13 @@ def run_layout(
         "REDIS_URL": url,
         "SEGFLOW_PARTITIONS": str(PARTITIONS),
         "SEGFLOW_STOP_AT_END": "1",
+        **(env or {}),
     }
     recovery.mkdir()
     init_db_dir(recovery, 1)  # type: ignore[no-untyped-call]
-    argv = [sys.executable, "-m", "bytewax.run", FLOW, "-w", str(workers)]
+    argv = [sys.executable, "-m", "bytewax.run", flow, "-w", str(workers)]
     argv += ["-r", str(recovery), "-s", "2", "-b", "0"]
-    addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     cluster = [["-i", str(i), "-a", addresses] if processes > 1 else [] for i in range(processes)]
     client = redis.Redis.from_url(url)
     try:
@@ -682,7 +663,7 @@ def run_layout(
         running = [subprocess.Popen([*argv, *extra], env=env, cwd=ROOT) for extra in cluster]
         for process in running:
             if process.wait() != 0:
-                raise SystemExit(f"the flow ({processes} x -w {workers}) failed")
+                raise SystemExit(f"the flow {flow} ({processes} x -w {workers}) failed")
         elapsed = time.perf_counter() - started
         return elapsed, _children_cpu() - cpu, redis_cpu(client) - served
     finally:
