@@ -293,19 +293,15 @@ def route_read(items: list[SourceItem], partitions: int) -> list[tuple[str, list
     by_shard: dict[str, list[SourceItem]] = {}
     for item in items:
         if isinstance(item, Tick):
-            for shard in shard_keys(item.partition, partitions):
-                found = by_shard.get(shard)
-                if found is None:
-                    by_shard[shard] = [item]
-                else:
-                    found.append(item)
-            continue
-        shard = shard_of(item.event["customer_id"], item.partition, partitions)
-        found = by_shard.get(shard)
-        if found is None:
-            by_shard[shard] = [item]
+            shards: Sequence[str] = shard_keys(item.partition, partitions)
         else:
-            found.append(item)
+            shards = (shard_of(item.event["customer_id"], item.partition, partitions),)
+        for shard in shards:
+            found = by_shard.get(shard)
+            if found is None:
+                by_shard[shard] = [item]
+            else:
+                found.append(item)
     return list(by_shard.items())
 
 
