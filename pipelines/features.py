@@ -705,7 +705,7 @@ class CustomerFeatures:
     def read(self, now: int) -> tuple[dict[str, Any], int | None]:
         """``observe(now)`` without a copy of the values: the dict is the customer's own, valid
         until their next call (the dataflow reads it once per evaluation and copies it once
-        per record it writes, ``values_at``).
+        per record it writes, ``record_at``).
 
         A group of features (``FeaturePlan``) changes only when an event feeds it or when its
         own deadline passes, so after the last call at an instant before ``now`` only the
@@ -737,25 +737,11 @@ class CustomerFeatures:
         values, deadline = self.read(now)
         return dict(values), deadline
 
-    def values_at(self, now: int) -> dict[str, Any]:
-        """A copy of the values the last read at ``now`` gave (the dataflow's record of its
-        last evaluation: events applied since wait for their own), else the values at ``now``
-        computed aside: the last read and what events applied since must recompute are kept
-        for the next evaluation."""
-        last = self._observed
-        if last is not None and last.at == now:
-            return dict(last.values)
-        waiting = set(self._dirty)
-        try:
-            self._observed = None
-            return dict(self.read(now)[0])
-        finally:
-            self._observed, self._dirty = last, waiting
-
     def _observation(self, now: int) -> tuple[dict[str, Any], list[float]]:
         """Copies of the values and group deadlines at ``now``: the last read's when it was at
-        ``now`` (events applied since wait for their own evaluation), else computed aside, as
-        ``values_at`` does."""
+        ``now`` (events applied since wait for their own evaluation), else computed aside: the
+        last read and what events applied since must recompute are kept for the next
+        evaluation."""
         last = self._observed
         if last is None or last.at != now:
             waiting = set(self._dirty)
@@ -772,7 +758,7 @@ class CustomerFeatures:
     def record_at(
         self, now: int, until: float, most: int
     ) -> tuple[dict[str, Any], list[FeatureChange], int | None]:
-        """What a profile record carries: a copy of the values at ``now`` (``values_at``),
+        """What a profile record carries: a copy of the values at ``now`` (``_observation``),
         the values the windowed and session features (and what derives from them) take after
         ``now`` through ``until`` with no new event, in time order, at most ``most`` instants
         of them, and the first instant of a change left out (past ``until`` or past ``most``),

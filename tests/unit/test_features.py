@@ -361,9 +361,9 @@ def test_a_record_of_an_earlier_instant_leaves_the_next_evaluation_exact(events,
         now = state.newest
         assert now is not None
         if evaluated is not None:
-            assert state.values_at(evaluated) == recorded  # as evaluated, the event aside
+            assert state.record_at(evaluated, evaluated, 0)[0] == recorded  # the event aside
             earlier = evaluated - back  # a read elsewhere in time (a correction's)
-            assert state.values_at(earlier) == full(earlier)[0], f"record at {earlier}"
+            assert state.record_at(earlier, earlier, 0)[0] == full(earlier)[0], f"at {earlier}"
         values, deadline = state.observe(now)
         assert (values, deadline) == full(now), f"after the event at {now}"
         evaluated, recorded = now, values
