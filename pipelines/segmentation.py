@@ -1192,10 +1192,16 @@ def get_flow(
     return flow
 
 
-def active_rules(settings: Settings) -> RuleWatcher:
-    """A watcher of the rule set saved for these settings (the shipped rules seeded once)."""
+def prepare_rules(settings: Settings) -> None:
+    """The database migrated and the shipped rules seeded (once ever): before the processes
+    of a cluster start, which would otherwise race to seed them."""
     with migrated_session(settings) as session:
         seed(session=session)
+
+
+def active_rules(settings: Settings) -> RuleWatcher:
+    """A watcher of the rule set saved for these settings (the shipped rules seeded once)."""
+    prepare_rules(settings)
     return RuleWatcher(make_engine(settings, pooled=False))
 
 

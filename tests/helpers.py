@@ -268,7 +268,8 @@ def segflow_process(env: dict[str, str], *command: str) -> Iterator[subprocess.P
     try:
         yield process
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have ended, with its group
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
@@ -316,10 +317,12 @@ def append_with_kills(
     pause_s: tuple[float, float],
     timeout_s: float = 120.0,
     workers: int = 1,
+    processes: int = 1,
 ) -> None:
-    """Append ``events`` in chunks while `segflow pipeline --workers WORKERS` runs, SIGKILL it
-    after ``kills`` random chunks and start it again each time; return once it has processed
-    them all (its recovery state then holds them, and the last process is stopped)."""
+    """Append ``events`` in chunks while `segflow pipeline --workers WORKERS --processes
+    PROCESSES` runs, SIGKILL it (all its processes) after ``kills`` random chunks and start it
+    again each time; return once it has processed them all (its recovery state then holds
+    them, and the last run is stopped)."""
     from tests.factories import append_events, processed_entries
 
     rng = random.Random(seed)
@@ -328,7 +331,16 @@ def append_with_kills(
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "pipeline", "--workers", str(workers)],
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "pipeline",
+                "--workers",
+                str(workers),
+                "--processes",
+                str(processes),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -23,9 +23,16 @@ def total_events(profiles: dict[str, dict[bytes, bytes]]) -> int:
     return sum(orjson.loads(p[b"features"])["events_total"] for p in profiles.values())
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    ("workers", "processes"),
+    [
+        pytest.param(1, 1, id="1 worker"),
+        pytest.param(1, 2, id="2 processes"),
+        pytest.param(2, 1, id="-w 2", marks=pytest.mark.slow),
+    ],
+)
 def test_sigkill_at_random_moments_changes_no_profile(
-    settings: Settings, redis_client, tmp_path, workers: int
+    settings: Settings, redis_client, tmp_path, workers: int, processes: int
 ):
     assert settings.redis_url
     now = time.time_ns() // 1_000_000 - 1_000
@@ -43,6 +50,7 @@ def test_sigkill_at_random_moments_changes_no_profile(
         seed=9,
         pause_s=(0.05, 0.4),
         workers=workers,
+        processes=processes,
     )
     crashed = customer_profiles(redis_client, CUSTOMERS)
 
