@@ -3,15 +3,16 @@
 1. Throughput: EVENTS events of a simulated shop (``history``: visits, carts, orders, returning
    customers, over hours of event time, so windows slide and deadlines fire) are put in the
    streams, then the dataflow runs over them as `segflow pipeline` runs it (bytewax.run,
-   recovery on) until caught up. Two floors run the same way: DESIGN.md's pass-through (the
+   recovery on) until caught up, as 1 process, then as 2 (one per core). Two floors run the
+   same way: DESIGN.md's pass-through (the
    same source, writing nothing) and the issue's (the same source and sink, each event written
    as an empty profile, no feature logic).
    Each is timed as its run over the events less its run over empty streams, so process
    start-up is not counted.
 2. State: the size of the shards' latest recovery snapshots divided by the customers in them.
-3. Delay: the dataflow runs live while events are appended at RATE events/s; every 100th event
-   is a probe with a customer of its own, and the time from its XADD to its profile being
-   visible in Redis is recorded.
+3. Delay: the dataflow (`segflow pipeline`, 1 process, then 2) runs live while events are
+   appended at RATE events/s; every 100th event is a probe with a customer of its own, and the
+   time from its XADD to its profile being visible in Redis is recorded.
 4. With ``--clusters``: the flow with clustering off (``SEGFLOW_CLUSTERING=off``), then on,
    over the same events in the same run, assigning every snapshot by a model fitted on the
    profiles the "off" run computed (published before each "on" run starts), off and on
@@ -157,11 +158,11 @@ def redis_cpu(client: redis.Redis) -> float:
 
 
 def run_flow(
-    url: str, flow: str, recovery: Path, env: dict[str, str] | None = None
+    url: str, flow: str, recovery: Path, env: dict[str, str] | None = None, processes: int = 1
 ) -> tuple[float, float, float]:
     """Run ``flow`` over the streams until caught up; its wall time, the CPU time of its
-    process and Redis's CPU time meanwhile, in seconds (``env``: more environment for it)."""
-    return run_layout(url, recovery, 1, 1, flow=flow, env=env)
+    processes and Redis's CPU time meanwhile, in seconds (``env``: more environment for it)."""
+    return run_layout(url, recovery, processes, 1, flow=flow, env=env)
 
 
 def timed_cpu(
@@ -173,18 +174,19 @@ def timed_cpu(
     *,
     env: dict[str, str] | None = None,
     before: Callable[[], None] | None = None,
+    processes: int = 1,
 ) -> tuple[float, float, float]:
-    """Seconds, CPU seconds of the flow's process and of Redis the flow spends on ``events``:
-    its run over them less its run over nothing (process start-up and the last idle tick are
-    the same in both). ``before`` runs once the events are in the streams, just before the
-    flow starts on them."""
+    """Seconds, CPU seconds of the flow's processes and of Redis the flow spends on
+    ``events``: its run over them less its run over nothing (process start-up and the last
+    idle tick are the same in both). ``before`` runs once the events are in the streams, just
+    before the flow starts on them."""
     client.flushdb()
-    empty = run_flow(url, flow, recovery.with_name(f"{recovery.name}-empty"), env)
+    empty = run_flow(url, flow, recovery.with_name(f"{recovery.name}-empty"), env, processes)
     client.flushdb()
     append_replay(client, events, PARTITIONS, lane=LANE)  # a shop's history: a replay
     if before is not None:
         before()
-    run = run_flow(url, flow, recovery, env)
+    run = run_flow(url, flow, recovery, env, processes)
     return run[0] - empty[0], run[1] - empty[1], run[2] - empty[2]
 
 
@@ -494,14 +496,20 @@ def state_bytes_per_customer(recovery: Path) -> tuple[float, int]:
     return total / max(customers, 1), customers
 
 
-def delay_run(url: str, client: redis.Redis, rate: int, seconds: float) -> tuple[list[float], int]:
-    """The delays of the probes seen within 10 s after the run, and how many were sent."""
-    env = {**os.environ, "REDIS_URL": url, "SEGFLOW_PARTITIONS": str(PARTITIONS)}
+def delay_run(
+    url: str, client: redis.Redis, rate: int, seconds: float, work: Path, processes: int = 1
+) -> tuple[list[float], int]:
+    """The delays of the probes seen within 10 s after the run, and how many were sent, with
+    `segflow pipeline --processes PROCESSES` running (without recovery, data dir ``work``)."""
+    env = {
+        **os.environ,
+        "REDIS_URL": url,
+        "SEGFLOW_PARTITIONS": str(PARTITIONS),
+        "SEGFLOW_DATA_DIR": str(work),
+    }
+    command = ["pipeline", "--no-recovery", "--processes", str(processes)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", "pipelines.segmentation:flow_from_env()"],
-        env=env,
-        cwd=ROOT,
-        start_new_session=True,
+        [sys.executable, "-m", "app.cli", *command], env=env, cwd=ROOT, start_new_session=True
     )
     # Start the clock once the dataflow answers: a first profile written, not a guessed sleep.
     warm = event(0, time.time_ns() // 1_000_000, "warm-up")
@@ -648,6 +656,7 @@ def run_layout(
         "REDIS_URL": url,
         "SEGFLOW_PARTITIONS": str(PARTITIONS),
         "SEGFLOW_STOP_AT_END": "1",
+        "SEGFLOW_DATA_DIR": str(recovery.with_name(f"{recovery.name}-data")),
         **(env or {}),
     }
     recovery.mkdir()
@@ -786,12 +795,16 @@ def main() -> None:
         calls = RedisCalls(client)
         flow = timed_cpu(url, client, events, FLOW, recovery, before=calls.start)
         calls.stop()
+        flow2 = timed_cpu(url, client, events, FLOW, work / "recovery-2", processes=2)
         compute_s, evaluations, records, deadlines = compute_only(events)
         assert processed_entries(client) == args.events
         per_customer, customers = state_bytes_per_customer(recovery)
         cost = clusters_on_off(url, client, events, work) if args.clusters else None
-        client.flushdb()
-        delays, probes = delay_run(url, client, args.rate, args.seconds)
+        delays = {}
+        for processes in (1, 2):
+            client.flushdb()
+            found = work / f"delay-{processes}"
+            delays[processes] = delay_run(url, client, args.rate, args.seconds, found, processes)
     finally:
         client.close()
         if server is not None:
@@ -815,6 +828,7 @@ def main() -> None:
         ("floor: source -> nothing written", read),
         ("floor: source -> profile sink, no features", floor),
         ("source -> features + rules -> sink", flow),
+        ("the same, as 2 processes (`segflow pipeline --processes 2`)", flow2),
     ):
         rate = n / seconds
         print(
@@ -837,12 +851,16 @@ def main() -> None:
     print(f"\nrecovery state: {per_customer:,.0f} bytes per customer ({customers:,} customers)")
     if cost is not None:
         print_cluster_cost(cost)
-    if delays:
-        p50 = statistics.median(delays) * 1000
-        p99 = statistics.quantiles(delays, n=100)[98] * 1000 if len(delays) > 1 else p50
+    for processes, (seen, probes) in delays.items():
+        if not seen:
+            print(f"XADD -> profile, {processes} process(es): no probe seen within 10 s")
+            continue
+        p50 = statistics.median(seen) * 1000
+        p99 = statistics.quantiles(seen, n=100)[98] * 1000 if len(seen) > 1 else p50
         print(
-            f"XADD -> profile visible at {args.rate:,} events/s: p50 {p50:.0f} ms, "
-            f"p99 {p99:.0f} ms ({len(delays)} of {probes} probes seen within 10 s)"
+            f"XADD -> profile visible at {args.rate:,} events/s, `segflow pipeline --processes "
+            f"{processes}`: p50 {p50:.0f} ms, p99 {p99:.0f} ms ({len(seen)} of {probes} probes "
+            f"seen within 10 s)"
         )
 
 

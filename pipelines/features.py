@@ -737,11 +737,11 @@ class CustomerFeatures:
         values, deadline = self.read(now)
         return dict(values), deadline
 
-    def _observation(self, now: int) -> tuple[dict[str, Any], list[float]]:
-        """Copies of the values and group deadlines at ``now``: the last read's when it was at
-        ``now`` (events applied since wait for their own evaluation), else computed aside: the
-        last read and what events applied since must recompute are kept for the next
-        evaluation."""
+    def _observation(self, now: int) -> tuple[dict[str, Any], list[float], bool]:
+        """The values and group deadlines at ``now``, and whether they are this call's own (to
+        change at will): the last read's when it was at ``now`` (events applied since wait
+        for their own evaluation; not to be changed), else computed aside: the last read and
+        what events applied since must recompute are kept for the next evaluation."""
         last = self._observed
         if last is None or last.at != now:
             waiting = set(self._dirty)
@@ -750,10 +750,10 @@ class CustomerFeatures:
                 self.read(now)
                 found = self._observed
                 assert found is not None
-                return found.values, found.deadlines
+                return found.values, found.deadlines, True
             finally:
                 self._observed, self._dirty = last, waiting
-        return dict(last.values), list(last.deadlines)
+        return last.values, last.deadlines, False
 
     def record_at(
         self, now: int, until: float, most: int
@@ -764,8 +764,13 @@ class CustomerFeatures:
         of them, and the first instant of a change left out (past ``until`` or past ``most``),
         if any. With them readers see exact values between the dataflow's evaluations
         (``app.features.features_as_of``)."""
-        values, deadlines = self._observation(now)
+        values, deadlines, own = self._observation(now)
         shown = dict(values)
+        soonest = min(deadlines)
+        if soonest == _NEVER or soonest > until or most <= 0:  # nothing to work out
+            return shown, [], None if soonest == _NEVER else int(soonest)
+        if not own:  # worked out on copies: the last read stays as it was
+            values, deadlines = shown.copy(), list(deadlines)
         changes, cutoff = self._changes(values, deadlines, until, most)
         return shown, changes, cutoff
 
