@@ -397,15 +397,17 @@ def _run_cluster(argv: list[str], processes: int, env: dict[str, str]) -> int:
     loopback until they end; the exit code. One that fails stops the others (a cluster cannot
     go on without a process), so whoever supervises this command restarts them all together
     from the recovery state."""
-    if processes == 1:
-        commands = [argv]
-    else:
-        addresses = ";".join(f"127.0.0.1:{redis_server.free_port()}" for _ in range(processes))
-        commands = [[*argv, "-i", str(i), "-a", addresses] for i in range(processes)]
+    ports = [redis_server.free_port() for _ in range(processes)] if processes > 1 else []
+    addresses = ";".join(f"127.0.0.1:{port}" for port in ports)
+    commands = (
+        [[*argv, "-i", str(i), "-a", addresses] for i in range(processes)] if ports else [argv]
+    )
     running: list[subprocess.Popen[bytes]] = []
     try:
         for command in commands:
             running.append(subprocess.Popen(command, env=env))  # noqa: S603 - our own argv
+            if ports and len(running) == 1:
+                _wait_listening(running[0], ports[0])
         while True:
             ended = [process.returncode for process in running if process.poll() is not None]
             failed = [code for code in ended if code != 0]
@@ -419,6 +421,24 @@ def _run_cluster(argv: list[str], processes: int, env: dict[str, str]) -> int:
         raise
     _stop_all(running)
     return failed[0] if failed else 0
+
+
+def _wait_listening(first: subprocess.Popen[bytes], port: int, timeout_s: float = 60.0) -> None:
+    """Wait until the cluster's first process listens on ``port`` (it does once its flow is
+    built), so the others do not start by failing to connect to it, with a line of log per
+    retry. Read from /proc/net/tcp, which opens no connection to it; where there is none (not
+    Linux), or it ends, or the wait times out, the others start anyway and retry."""
+    table = Path("/proc/net/tcp")
+    if not table.exists():
+        return
+    wanted = f":{port:04X} "
+    deadline = time.monotonic() + timeout_s
+    while first.poll() is None and time.monotonic() < deadline:
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            if f"{fields[1]} ".endswith(wanted) and fields[3] == "0A":  # 0A: LISTEN
+                return
+        time.sleep(0.05)
 
 
 def _stop_all(running: list[subprocess.Popen[bytes]]) -> None:

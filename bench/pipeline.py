@@ -637,6 +637,12 @@ PEAK_TO_MEAN = 10
 CORE_BUSY = 0.6  # the share of a core a sizing plans to keep busy at peak (headroom)
 
 
+SEED_RULES = (
+    "from app.settings import get_settings; from pipelines.segmentation import prepare_rules; "
+    "prepare_rules(get_settings())"
+)
+
+
 def run_layout(
     url: str,
     recovery: Path,
@@ -665,14 +671,21 @@ def run_layout(
     argv += ["-r", str(recovery), "-s", "2", "-b", "0"]
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     cluster = [["-i", str(i), "-a", addresses] if processes > 1 else [] for i in range(processes)]
+    if processes > 1:  # as `segflow pipeline` does: the cluster's processes would race to seed
+        subprocess.run([sys.executable, "-c", SEED_RULES], env=env, cwd=ROOT, check=True)
     client = redis.Redis.from_url(url)
     try:
         cpu, served = _children_cpu(), redis_cpu(client)
         started = time.perf_counter()
         running = [subprocess.Popen([*argv, *extra], env=env, cwd=ROOT) for extra in cluster]
-        for process in running:
-            if process.wait() != 0:
-                raise SystemExit(f"the flow {flow} ({processes} x -w {workers}) failed")
+        try:
+            for process in running:
+                if process.wait() != 0:
+                    raise SystemExit(f"the flow {flow} ({processes} x -w {workers}) failed")
+        finally:  # the others of a failed cluster would wait for it for ever
+            for process in running:
+                process.kill()
+                process.wait()
         elapsed = time.perf_counter() - started
         return elapsed, _children_cpu() - cpu, redis_cpu(client) - served
     finally:

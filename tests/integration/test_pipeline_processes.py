@@ -48,5 +48,9 @@ def test_the_processes_setting_is_the_default(settings: Settings, redis_client, 
     env = pipeline_env(
         settings.redis_url, tmp_path, settings.partitions, SEGFLOW_PIPELINE_PROCESSES="3"
     )
+    events = shop_events(100, customers=20, now=time.time_ns() // 1_000_000, seed=4)
+    append_events(redis_client, events, settings.partitions)
     with segflow_process(env, "pipeline", "--no-recovery") as command:
-        wait_for(lambda: len(flow_processes(command.pid)) == 3, timeout_s=60)
+        # three processes, which together read every partition
+        wait_for(lambda: processed_entries(redis_client) == len(events), timeout_s=120)
+        assert len(flow_processes(command.pid)) == 3
