@@ -4,7 +4,7 @@ Every integration test runs against the embedded defaults (a real redis-server f
 and a SQLite file). When ``REDIS_URL`` and ``DATABASE_URL`` are set, it runs a second time
 against those servers: Redis in the database number the URL names (flushed between tests, so
 give the suite one of its own), PostgreSQL in a database created for the session and dropped
-after it.
+after it. A long test marked ``backend_independent`` runs on the servers with the slow tests.
 """
 
 from __future__ import annotations
@@ -92,6 +92,20 @@ def _postgres_database(base_url: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A ``backend_independent`` test's run on the servers is one of the slow tests: the
+    suite runs each long test on the servers only where the servers change what it proves
+    (a SQL database for the rules and credentials, a Redis without an append-only file)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if (
+            callspec is not None
+            and callspec.params.get("services") == "servers"
+            and item.get_closest_marker("backend_independent") is not None
+        ):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

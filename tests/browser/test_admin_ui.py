@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
@@ -118,6 +119,7 @@ def test_login_is_required_and_a_wrong_token_is_refused(page, api, credentials):
     assert "/admin/login" in page.url
 
 
+@pytest.mark.backend_independent
 def test_the_overview_refreshes_live_and_every_request_stays_local(
     page, api, credentials, redis_client: redis.Redis
 ):
@@ -235,6 +237,7 @@ examples:
 """
 
 
+@pytest.mark.backend_independent
 def test_a_rule_is_written_checked_previewed_saved_changed_and_rolled_back(
     page, api, credentials, settings, redis_client: redis.Redis, tmp_path
 ):
@@ -337,6 +340,7 @@ def test_a_destination_is_test_sent_and_a_dead_letter_replayed(
         receiver.close()
 
 
+@pytest.mark.backend_independent
 def test_events_sent_to_the_collector_show_the_customer_entering_live(
     page, api, credentials, settings, redis_client: redis.Redis, tmp_path
 ):
@@ -405,6 +409,7 @@ def test_events_sent_to_the_collector_show_the_customer_entering_live(
 AXE = Path(__file__).resolve().parents[1] / "vendor" / "axe-core" / "axe.min.js"
 
 
+@pytest.mark.backend_independent
 def test_no_page_has_a_serious_accessibility_violation(
     browser, api, credentials, settings, redis_client: redis.Redis, tmp_path
 ):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from playwright.sync_api import expect
 
 from app.clustering.fitting import MIN_PROFILES
@@ -25,6 +26,7 @@ def refit(page: Any) -> None:
     ready(page)
 
 
+@pytest.mark.backend_independent
 def test_clusters_are_refitted_pictured_renamed_and_the_name_kept(
     page, browser, services, settings, credentials
 ):

@@ -82,6 +82,7 @@ def processes(settings: Settings) -> list[subprocess.Popen[bytes]]:
     ]
 
 
+@pytest.mark.backend_independent
 def test_a_left_cart_reaches_the_receiver_within_a_second_of_its_deadline(
     redis_client: redis.Redis,
     private_api: tuple[ServerThread, Settings],
@@ -204,6 +205,7 @@ def _has_group(client: redis.Redis) -> bool:
         return False
 
 
+@pytest.mark.backend_independent
 def test_a_dispatcher_killed_mid_flight_loses_no_trigger(
     redis_client: redis.Redis,
     private_api: tuple[ServerThread, Settings],
@@ -292,6 +294,7 @@ def trigger_entry(client: redis.Redis, customer: str, n: int, send: dict[str, An
     return trigger_id
 
 
+@pytest.mark.backend_independent
 def test_a_template_that_renders_forever_fails_its_own_delivery_and_nothing_else(
     redis_client: redis.Redis,
     private_api: tuple[ServerThread, Settings],

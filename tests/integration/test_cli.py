@@ -77,6 +77,7 @@ def write_jsonl(path: Path, messages: list[dict[str, object]], junk: str = "") -
     return path
 
 
+@pytest.mark.backend_independent
 def test_replay_segment_jsonl_in_event_time_order_and_idempotent(services, redis_client, tmp_path):
     messages: list[dict[str, object]] = [
         {
@@ -499,6 +500,7 @@ def test_up_on_a_port_in_use_says_so_and_prepares_nothing(tmp_path: Path) -> Non
     assert not (tmp_path / "data" / "segflow.db").exists()  # the token is made on a later start
 
 
+@pytest.mark.backend_independent
 def test_rebuild_sets_the_recovery_state_aside_unless_segflow_up_runs(
     services: Services, tmp_path: Path
 ) -> None:
@@ -545,6 +547,7 @@ def test_bench_help_is_the_benchmarks_own(tmp_path: Path) -> None:
     assert "'nope' is not one of ingest" in wrong.stderr
 
 
+@pytest.mark.backend_independent
 def test_cluster_fit_refuses_too_few_profiles_then_fits_and_shows_the_model(
     services, settings, redis_client
 ):

@@ -323,6 +323,7 @@ def test_refits_run_on_schedule_once_there_are_enough_profiles(
     assert not redis_client.exists(store.REFIT_LOCK_KEY)
 
 
+@pytest.mark.backend_independent
 def test_live_members_profiles_turnover_and_erasure_of_a_clustered_customer(
     admin: httpx.Client,
     api: Any,

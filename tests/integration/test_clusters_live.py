@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import httpx
 import orjson
+import pytest
 import redis
 
 from app.clustering import service
@@ -93,6 +94,7 @@ def _cluster(profile: dict[str, Any]) -> str | None:
     return found[0] if found else None
 
 
+@pytest.mark.backend_independent
 def test_clusters_are_assigned_live_swapped_without_restart_and_usable_in_rules(
     settings, redis_client, api, credentials, pipeline
 ):

@@ -121,6 +121,7 @@ def stream_clusterer(settings: Settings):
         yield process
 
 
+@pytest.mark.backend_independent
 def test_a_drifting_stream_moves_the_published_centres_and_ids_stay(
     settings: Settings, redis_client: redis.Redis, stream_clusterer: subprocess.Popen[bytes]
 ):

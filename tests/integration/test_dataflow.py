@@ -97,6 +97,7 @@ def test_late_events_are_kept_as_failed_with_reason_late(
     assert read_profile(redis_client, "cy")["features"]["count(Product Viewed, 10m)"] == 1
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("layout", ["2 workers", "2 processes"])
 def test_workers_and_processes_give_the_same_profiles(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path, layout: str
@@ -219,6 +220,7 @@ def test_a_profile_read_between_evaluations_shows_the_values_then(
         assert found.features["since(Product Added)"] == at - added  # grows with the clock
 
 
+@pytest.mark.backend_independent
 def test_live_deadlines_fire_on_time(settings, redis_client, tmp_path):
     """A running dataflow fires a deadline by the wall clock, with no event to wake it, dated
     at the deadline itself and never before it. (How soon after it is measured by

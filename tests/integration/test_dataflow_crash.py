@@ -23,6 +23,7 @@ def total_events(profiles: dict[str, dict[bytes, bytes]]) -> int:
     return sum(orjson.loads(p[b"features"])["events_total"] for p in profiles.values())
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     ("workers", "processes"),
     [

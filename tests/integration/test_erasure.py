@@ -173,6 +173,7 @@ def test_the_append_only_file_is_rewritten_without_the_customer(
     )
 
 
+@pytest.mark.backend_independent
 def test_the_recovery_store_forgets_the_customer_after_its_next_snapshots(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path, api, credentials
 ):

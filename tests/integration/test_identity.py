@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import pytest
 import redis
 
 from app.features import grows_with_clock
@@ -56,6 +57,7 @@ def timeless(features: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in features.items() if not grows_with_clock(name)}
 
 
+@pytest.mark.backend_independent
 def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
     settings: Settings,
     redis_client: redis.Redis,

@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from app.settings import Settings
 from tests.factories import append_events, processed_entries, shop_events
 from tests.helpers import children, pipeline_env, segflow_process, wait_for
@@ -20,6 +22,7 @@ def flow_processes(pid: int) -> list[int]:
     ]
 
 
+@pytest.mark.backend_independent
 def test_a_killed_process_stops_the_whole_cluster_and_the_command_fails(
     settings: Settings, redis_client, tmp_path
 ):
@@ -43,6 +46,7 @@ def test_a_killed_process_stops_the_whole_cluster_and_the_command_fails(
         assert not Path(f"/proc/{flows[1]}").exists()
 
 
+@pytest.mark.backend_independent
 def test_the_processes_setting_is_the_default(settings: Settings, redis_client, tmp_path):
     assert settings.redis_url
     env = pipeline_env(

@@ -31,6 +31,7 @@ def run(argvs: list[list[str]], env: dict[str, str]) -> None:
         assert process.wait(timeout=120) == 0
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     ("partitions", "layout"),
     [(16, "2 workers"), (16, "3 workers"), (4, "2 processes"), (64, "2 processes")],

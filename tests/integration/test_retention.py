@@ -81,6 +81,7 @@ def total_events(client: redis.Redis) -> int:
     return sum(orjson.loads(p[b"features"])["events_total"] for p in profiles.values())
 
 
+@pytest.mark.backend_independent
 def test_streams_are_trimmed_behind_recovery_and_kept_within_retention(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -124,6 +125,7 @@ def test_streams_are_trimmed_behind_recovery_and_kept_within_retention(
     assert total_events(redis_client) == 2_000
 
 
+@pytest.mark.backend_independent
 def test_a_crash_after_trimming_resumes_with_nothing_lost(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:

@@ -127,6 +127,7 @@ def test_same_instant_cart_changes_whose_order_matters_have_no_answer() -> None:
         oracle_transitions(messages)
 
 
+@pytest.mark.backend_independent
 def test_a_replayed_shop_history_gives_exactly_the_oracles_transitions(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:

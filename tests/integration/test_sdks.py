@@ -95,6 +95,7 @@ def test_every_call_lands_exactly_once(sdk, api, credentials, redis_client):
     assert sorted(e.properties["price"] for e in views) == [i / 2 for i in range(120)]
 
 
+@pytest.mark.backend_independent
 def test_retries_after_503_store_each_message_once(sdk, services, credentials, redis_client):
     conn = redis.Redis.from_url(services.redis_url).connection_pool.connection_kwargs
     with proxied(conn.get("host", "127.0.0.1"), conn["port"]) as proxy:
