@@ -49,8 +49,13 @@ from tests.helpers import ServerThread, pipeline_env, segflow_process
 # its caches) outside the checkout: tests write nothing there.
 HYPOTHESIS_HOME = Path(tempfile.gettempdir()) / "segflow-hypothesis"
 set_hypothesis_home_dir(HYPOTHESIS_HOME)
+# No per-example deadline and no "too slow" health check: on a machine busy with other work an
+# example can take seconds, which says nothing about the code (a deadline would fail it as flaky).
 hypothesis.settings.register_profile(
-    "segflow", database=DirectoryBasedExampleDatabase(HYPOTHESIS_HOME / "examples")
+    "segflow",
+    database=DirectoryBasedExampleDatabase(HYPOTHESIS_HOME / "examples"),
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
 )
 hypothesis.settings.load_profile("segflow")
 
