@@ -404,6 +404,7 @@ def test_up_on_a_fresh_machine_serves_supervises_and_stops(services, tmp_path):
     assert not pid_is_redis(state["pid"])  # the adopted server was stopped with the rest
 
 
+@pytest.mark.backend_independent
 def test_demo_shop_sends_valid_shop_events(services, api, credentials, redis_client):
     shop = subprocess.Popen(
         [
@@ -460,6 +461,7 @@ def test_demo_shop_at_a_wrong_address_stops_at_once_saying_why(tmp_path: Path) -
     assert "--url" in shop.stderr
 
 
+@pytest.mark.backend_independent
 def test_demo_shop_says_what_it_sends(services, api, credentials, redis_client):
     shop = subprocess.Popen(
         [*SEGFLOW, "demo", "--url", api.url, "--write-key", credentials["write_key"]],

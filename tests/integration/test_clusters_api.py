@@ -149,6 +149,7 @@ def test_a_refit_recovers_the_personas_and_answers_the_contract_shape(
     assert refit["model_version"] == fitted["version"]
 
 
+@pytest.mark.backend_independent
 def test_after_five_percent_drift_unchanged_customers_keep_their_cluster_ids(
     admin: httpx.Client, settings: Settings, redis_client: redis.Redis
 ):

@@ -198,6 +198,7 @@ def test_a_drifting_stream_moves_the_published_centres_and_ids_stay(
     engine.dispose()
 
 
+@pytest.mark.backend_independent
 def test_in_batch_mode_there_is_no_stream_clusterer(settings: Settings):
     env = pipeline_env(
         settings.redis_url or "",

@@ -355,6 +355,7 @@ def test_a_backlog_larger_than_the_connection_pool_is_sent_without_waiting_for_l
     assert sorted(receiver.delivered_ids()) == sorted(ids)
 
 
+@pytest.mark.backend_independent
 def test_a_settling_trigger_waits_and_one_retracted_meanwhile_is_not_sent(
     settings, redis_client, receiver
 ):

@@ -113,7 +113,7 @@ def _answers(client: redis.Redis) -> bool:
 @pytest.mark.parametrize("services", ["embedded"], indirect=True)
 def test_the_dispatcher_waits_quietly_while_redis_loads(services: Services, tmp_path: Path) -> None:
     """It printed a 50-line BusyLoadingError traceback and exited, at every start."""
-    loading, url = _loading_redis(tmp_path / "loading", keys=2000)  # 10 s of LOADING
+    loading, url = _loading_redis(tmp_path / "loading", keys=4000)
     env = {**os.environ, "SEGFLOW_DATA_DIR": str(services.data_dir), "REDIS_URL": url}
     env.pop("DATABASE_URL", None)
     dispatcher = subprocess.Popen(
