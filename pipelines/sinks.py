@@ -80,43 +80,6 @@ end
 return 1
 """
 
-# One call per changed customer (their keys share a slot): the profile, overwritten whole, the
-# batch's events added to the recent events (the newest kept), the transitions late events
-# retracted removed and the batch's transitions added, each list in one command (Redis's cost
-# is per command run, a script's too).
-# KEYS: profile, recent events, transitions; ARGV: customer id, at, features, traits, segments,
-# outlier ("1", "0", "" before any cluster model), the features' changes after ``at``
-# (``app.features.features_as_of``), recent events kept, number of recent events,
-# (score, member) per event, number of retracted transitions, their members, then (score,
-# member) per transition.
-_WRITE_PROFILE = """
-local function each(verb, key, from, to)  -- ARGV[from..to] in one command, a few if many
-  for start = from, to, 1000 do
-    redis.call(verb, key, unpack(ARGV, start, math.min(start + 999, to)))
-  end
-end
-redis.call('HSET', KEYS[1], 'customer_id', ARGV[1], 'at', ARGV[2], 'features', ARGV[3],
-           'traits', ARGV[4], 'segments', ARGV[5], 'outlier', ARGV[6], 'changes', ARGV[7])
-local recent = tonumber(ARGV[9])
-local i = 10
-if recent > 0 then
-  each('ZADD', KEYS[2], i, i + 2 * recent - 1)
-  i = i + 2 * recent
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[8]) - 1)
-end
-local retracted = tonumber(ARGV[i])
-i = i + 1
-if retracted > 0 then
-  each('ZREM', KEYS[3], i, i + retracted - 1)
-  i = i + retracted
-end
-if i <= #ARGV then
-  each('ZADD', KEYS[3], i, #ARGV)
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -TRANSITIONS_KEPT - 1)
-end
-return 1
-""".replace("TRANSITIONS_KEPT", str(TRANSITIONS_KEPT))
-
 # One call per written batch with live events, after its writes on the same connection (so
 # Redis runs it once they are applied): a shard's newest accept time that is newer than the one
 # measured before (not output replayed after a crash, nor streams read again) is measured, and
@@ -301,7 +264,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         cluster_snapshots: bool = False,
     ) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=10)
-        self._redis = PackedPipeline(self._client, _WRITE_PROFILE, _APPEND_ONCE, _MEASURE_DELAY)
+        self._redis = PackedPipeline(self._client, _APPEND_ONCE, _MEASURE_DELAY)
         self._recovery_dir = recovery_dir
         self._finisher = finisher
         self._cluster_snapshots = cluster_snapshots
@@ -362,29 +325,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 for member, (transition, kept) in changed.items():
                     (added if kept else retracted).append((member, transition))
                     segment_moves.add(customer_id, transition, kept)
-            self._redis.script(
-                _WRITE_PROFILE,
-                [
-                    profile_key(customer_id),
-                    recent_events_key(customer_id),
-                    transitions_key(customer_id),
-                ],
-                [
-                    customer_id,
-                    update.at,
-                    orjson.dumps(update.features),
-                    orjson.dumps(update.traits),
-                    orjson.dumps(sorted(update.segments)),
-                    "" if update.outlier is None else "1" if update.outlier else "0",
-                    orjson.dumps(update.changes),
-                    RECENT_EVENTS,
-                    len(events),
-                    *(x for member, score in events.items() for x in (score, member)),
-                    len(retracted),
-                    *(member for member, _ in retracted),
-                    *(x for member, t in added for x in (t.at, member)),
-                ],
-            )
+            self._write_profile(customer_id, update, events, retracted, added)
             if changed:
                 for segment in {t.segment for t, _ in changed.values()}:  # where they are now
                     verb = "SADD" if segment in update.segments else "SREM"
@@ -410,6 +351,54 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         if batch.progress:  # after the profiles, on the same connection: progress implies them
             progress = batch.progress.items()
             self._redis.command("HSET", PROGRESS_KEY, *(x for p in progress for x in p))
+
+    def _write_profile(
+        self,
+        customer_id: str,
+        update: ProfileUpdate,
+        events: dict[bytes, int],
+        retracted: list[tuple[bytes, Transition]],
+        added: list[tuple[bytes, Transition]],
+    ) -> None:
+        """The profile, overwritten whole; the batch's events added to the recent events and
+        the transitions late events retracted removed and the batch's added, each list in one
+        command, then trimmed to its newest. Plain commands, not a script: Redis spent about
+        11 us per call running one around the same commands, and every write here is
+        idempotent, so a crash between them is mended when the dataflow replays its output."""
+        redis_ = self._redis
+        redis_.command(
+            "HSET",
+            profile_key(customer_id),
+            "customer_id",
+            customer_id,
+            "at",
+            update.at,
+            "features",
+            orjson.dumps(update.features),
+            "traits",
+            orjson.dumps(update.traits),
+            "segments",
+            orjson.dumps(sorted(update.segments)),
+            "outlier",
+            "" if update.outlier is None else "1" if update.outlier else "0",
+            "changes",
+            orjson.dumps(update.changes),
+        )
+        if events:
+            recent = recent_events_key(customer_id)
+            redis_.command(
+                "ZADD", recent, *(x for member, at in events.items() for x in (at, member))
+            )
+            self._trim(recent, RECENT_EVENTS)
+        if retracted or added:
+            transitions = transitions_key(customer_id)
+            if retracted:
+                redis_.command("ZREM", transitions, *(member for member, _ in retracted))
+            if added:
+                redis_.command(
+                    "ZADD", transitions, *(x for member, t in added for x in (t.at, member))
+                )
+                self._trim(transitions, TRANSITIONS_KEPT)
 
     def _snapshots(self, batch: _Batch) -> None:
         """The written profiles' column inputs, for the stream clusterer (``SNAPSHOTS_KEY``):

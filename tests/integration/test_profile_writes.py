@@ -1,5 +1,5 @@
-"""The profile script adds a customer's recent events in as few ZADDs as it can: a read with
-more of one customer's events than one ZADD takes still lists exactly the newest."""
+"""The sink adds a customer's recent events of a read in one ZADD, then trims the list: a read
+with many more of one customer's events than the list keeps still lists exactly the newest."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_a_read_of_many_events_of_one_customer_lists_the_newest(
     settings: Settings, redis_client: redis.Redis
 ):
     now = time.time_ns() // 1_000_000
-    count = 1_200  # one read (2,000 entries), past the script's 500 events a ZADD
+    count = 1_200  # one read (2,000 entries): one ZADD of them all
     events = [
         stored_event(
             message_id=f"many-{n}",
