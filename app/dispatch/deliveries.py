@@ -192,6 +192,13 @@ class DeliveryStore:
         await self._redis.delete(key)
         return len(held)
 
+    async def unlease(self, consumer: str, delivery_ids: list[str], now: int) -> None:
+        """Deliveries just leased whose last attempt is still ending here (it scheduled the
+        retry now due): due again at ``now``, to be leased once it has ended, not in
+        ``LEASE_MS``. Only deliveries still scheduled are moved (a finished one is left out)."""
+        await self._redis.zadd(DUE_KEY, dict.fromkeys(delivery_ids, now), xx=True)
+        await self._redis.srem(leases_key(consumer), *delivery_ids)
+
     async def release(self, consumer: str, delivery_id: str) -> None:
         await self._redis.srem(leases_key(consumer), delivery_id)
 

@@ -178,7 +178,11 @@ class Dispatcher:
         room = self._max_in_flight - len(self._in_flight)
         if room <= 0:
             return 0
-        due = await self._store.lease_due(now_ms(), min(room, LEASE_COUNT), self._consumer)
+        now = now_ms()
+        due = await self._store.lease_due(now, min(room, LEASE_COUNT), self._consumer)
+        ending = [delivery_id for delivery_id in due if delivery_id in self._in_flight]
+        if ending:  # their attempts here scheduled these retries and have not ended yet: left
+            await self._store.unlease(self._consumer, ending, now)  # leased, they would wait
         fresh = [delivery_id for delivery_id in due if delivery_id not in self._in_flight]
         for delivery_id in fresh:  # each on its own: a slow receiver holds up no other
             self._in_flight.add(delivery_id)

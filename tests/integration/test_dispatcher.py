@@ -23,7 +23,14 @@ from standardwebhooks.webhooks import Webhook
 
 from app.clock import now_ms
 from app.dispatch import policy
-from app.dispatch.deliveries import DEAD_KEY, Delivery, DeliveryStore, delivery_key
+from app.dispatch.deliveries import (
+    DEAD_KEY,
+    DUE_KEY,
+    Delivery,
+    DeliveryStore,
+    delivery_key,
+    leases_key,
+)
 from app.dispatch.webhooks import WebhookTarget, webhook_body
 from app.dispatch.worker import Dispatcher, UndeliverableError
 from app.profiles.keys import TRIGGERS_KEY, profile_key, retracted_key
@@ -473,3 +480,35 @@ def test_the_cap_holds_when_two_attempts_reserve_in_the_other_order_than_they_re
             await client.aclose()
 
     assert asyncio.run(reserve()) == [True, False]
+
+
+def test_a_retry_due_while_its_last_attempt_is_still_ending_is_not_left_leased(
+    settings, redis_client, receiver
+):
+    """A failed attempt scheduled its retry, and the attempts loop leased it before that
+    attempt had ended: it was skipped, as already under way, and waited out the 30 s lease
+    (a flaky 30 s test above). It is due again at once instead."""
+
+    async def lease_while_in_flight() -> tuple[float | None, bool]:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        dispatcher = Dispatcher(client, LoopbackOutbox(receiver), allow_private=True)
+        try:
+            await dispatcher._ensure_group()
+            await dispatcher.intake()
+            (delivery_id,) = [m.decode() for m in redis_client.zrange(DUE_KEY, 0, -1)]
+            dispatcher._in_flight.add(delivery_id)  # its last attempt has not ended yet
+            started = await dispatcher.attempt_due()
+            assert started == 0
+            leased = redis_client.sismember(leases_key(dispatcher._consumer), delivery_id)
+            return redis_client.zscore(DUE_KEY, delivery_id), bool(leased)
+        finally:
+            await dispatcher.close()
+            await client.aclose()
+
+    trigger(redis_client, 1)
+    before = now_ms()
+    due_at, leased = asyncio.run(lease_while_in_flight())
+    assert due_at is not None
+    assert due_at <= now_ms()  # due now, not when a lease would have run out
+    assert due_at >= before
+    assert not leased
