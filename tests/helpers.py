@@ -10,7 +10,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+
+from app.redis_server import free_port as free_port  # the tests take it from here
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 30.0, what: str = "") -> None:
@@ -134,12 +135,6 @@ def through_proxy(redis_url: str, port: int) -> str:
     parts = urlsplit(redis_url)
     auth = f":{parts.password}@" if parts.password else ""
     return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerThread:
