@@ -385,18 +385,20 @@ def pipeline(workers: int, processes: int | None, recovery: bool) -> None:
         )
         prepare_rules(settings)  # once, not by each process of the cluster at once
         with trimmer:
-            code = _run_cluster(argv, processes, {**env, "REDIS_URL": url})
+            code = run_cluster(argv, processes, {**env, "REDIS_URL": url})
     raise SystemExit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N
 
 
 CLUSTER_STOP_S = 10.0  # how long the other processes of a cluster get to stop on SIGTERM
 
 
-def _run_cluster(argv: list[str], processes: int, env: dict[str, str]) -> int:
+def run_cluster(
+    argv: list[str], processes: int, env: dict[str, str], cwd: Path | None = None
+) -> int:
     """Run ``argv`` (a ``bytewax.run``) as ``processes`` processes of one cluster on the
-    loopback until they end; the exit code. One that fails stops the others (a cluster cannot
-    go on without a process), so whoever supervises this command restarts them all together
-    from the recovery state."""
+    loopback until they end; the exit code (negative: killed by that signal). One that fails
+    stops the others (a cluster cannot go on without a process), so whoever supervises this
+    command restarts them all together from the recovery state."""
     ports = [redis_server.free_port() for _ in range(processes)] if processes > 1 else []
     addresses = ";".join(f"127.0.0.1:{port}" for port in ports)
     commands = (
@@ -405,7 +407,7 @@ def _run_cluster(argv: list[str], processes: int, env: dict[str, str]) -> int:
     running: list[subprocess.Popen[bytes]] = []
     try:
         for command in commands:
-            running.append(subprocess.Popen(command, env=env))  # noqa: S603 - our own argv
+            running.append(subprocess.Popen(command, env=env, cwd=cwd))  # noqa: S603 - our argv
             if ports and len(running) == 1:
                 _wait_listening(running[0], ports[0])
         while True:
@@ -431,12 +433,12 @@ def _wait_listening(first: subprocess.Popen[bytes], port: int, timeout_s: float 
     table = Path("/proc/net/tcp")
     if not table.exists():
         return
-    wanted = f":{port:04X} "
+    wanted = f":{port:04X}"
     deadline = time.monotonic() + timeout_s
     while first.poll() is None and time.monotonic() < deadline:
         for line in table.read_text().splitlines()[1:]:
-            fields = line.split()
-            if f"{fields[1]} ".endswith(wanted) and fields[3] == "0A":  # 0A: LISTEN
+            _, local, _, state, *_ = line.split()
+            if local.endswith(wanted) and state == "0A":  # 0A: LISTEN
                 return
         time.sleep(0.05)
 

@@ -55,12 +55,14 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.cli import run_cluster  # noqa: E402
 from app.events import StreamEntry  # noqa: E402
 from app.profiles.keys import profile_key  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
+from app.settings import Settings  # noqa: E402
 from app.streams import EVENT_FIELD, partition_of, stream_key  # noqa: E402
+from pipelines.segmentation import prepare_rules  # noqa: E402
 from tests.factories import append_replay, processed_entries, stored_event  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
 
 PARTITIONS = 4
 LANE = "replay-bench"  # the history is replayed: its deadlines fire by the replay's progress
@@ -637,12 +639,6 @@ PEAK_TO_MEAN = 10
 CORE_BUSY = 0.6  # the share of a core a sizing plans to keep busy at peak (headroom)
 
 
-SEED_RULES = (
-    "from app.settings import get_settings; from pipelines.segmentation import prepare_rules; "
-    "prepare_rules(get_settings())"
-)
-
-
 def run_layout(
     url: str,
     recovery: Path,
@@ -669,23 +665,14 @@ def run_layout(
     init_db_dir(recovery, 1)  # type: ignore[no-untyped-call]
     argv = [sys.executable, "-m", "bytewax.run", flow, "-w", str(workers)]
     argv += ["-r", str(recovery), "-s", "2", "-b", "0"]
-    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-    cluster = [["-i", str(i), "-a", addresses] if processes > 1 else [] for i in range(processes)]
-    if processes > 1:  # as `segflow pipeline` does: the cluster's processes would race to seed
-        subprocess.run([sys.executable, "-c", SEED_RULES], env=env, cwd=ROOT, check=True)
+    # as `segflow pipeline` does: the rules seeded once, the processes run as one cluster
+    prepare_rules(Settings(REDIS_URL=url, SEGFLOW_DATA_DIR=env["SEGFLOW_DATA_DIR"]))
     client = redis.Redis.from_url(url)
     try:
         cpu, served = _children_cpu(), redis_cpu(client)
         started = time.perf_counter()
-        running = [subprocess.Popen([*argv, *extra], env=env, cwd=ROOT) for extra in cluster]
-        try:
-            for process in running:
-                if process.wait() != 0:
-                    raise SystemExit(f"the flow {flow} ({processes} x -w {workers}) failed")
-        finally:  # the others of a failed cluster would wait for it for ever
-            for process in running:
-                process.kill()
-                process.wait()
+        if run_cluster(argv, processes, env, cwd=ROOT) != 0:
+            raise SystemExit(f"the flow {flow} ({processes} x -w {workers}) failed")
         elapsed = time.perf_counter() - started
         return elapsed, _children_cpu() - cpu, redis_cpu(client) - served
     finally:

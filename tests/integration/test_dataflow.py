@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aioredis
 from bytewax.testing import TestingSink
 
+from app.cli import run_cluster
 from app.profiles.keys import profile_key, recent_events_key, transitions_key
 from app.profiles.service import CustomerProfile, get_profile
 from app.settings import Settings
@@ -26,7 +27,6 @@ from app.streams import stream_key
 from pipelines.records import ProfileUpdate
 from tests.factories import StreamEntries, iso, track_at
 from tests.helpers import (
-    free_port,
     pipeline_env,
     read_profile,
     replay_messages,
@@ -132,14 +132,9 @@ def test_workers_and_processes_give_the_same_profiles(
     )
     run = [sys.executable, "-m", "bytewax.run", "pipelines.segmentation:flow_from_env()"]
     if layout == "2 workers":
-        commands = [[*run, "-w", "2"]]
+        assert run_cluster([*run, "-w", "2"], 1, env) == 0
     else:
-        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
-        commands = [[*run, "-i", str(i), "-a", addresses] for i in range(2)]
-    processes = [subprocess.Popen(c, env=env, stderr=subprocess.PIPE) for c in commands]
-    for process in processes:
-        _, stderr = process.communicate(timeout=120)
-        assert process.returncode == 0, stderr.decode()[-2000:]
+        assert run_cluster(run, 2, env) == 0
     assert {f"c{n}": read_profile(redis_client, f"c{n}") for n in range(17)} == single
 
 

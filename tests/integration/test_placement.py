@@ -5,7 +5,6 @@ so no event crosses between workers."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,22 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from app.cli import run_cluster
 from app.settings import Settings
 from pipelines.placement import shard_keys
 from tests.factories import append_events, shop_events
-from tests.helpers import free_port
 
 FLOW = "tests.integration.placement_flow:flow()"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(argvs: list[list[str]], env: dict[str, str]) -> None:
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "bytewax.run", FLOW, *argv], env=env, cwd=ROOT)
-        for argv in argvs
-    ]
-    for process in processes:
-        assert process.wait(timeout=120) == 0
 
 
 @pytest.mark.backend_independent
@@ -49,11 +39,11 @@ def test_each_shard_is_on_the_worker_that_reads_its_partition(
         "PLACEMENT_DIR": str(tmp_path),
     }
     count = int(layout.split()[0])
+    argv = [sys.executable, "-m", "bytewax.run", FLOW]
     if layout.endswith("workers"):
-        run([["-w", str(count)]], env)
+        assert run_cluster([*argv, "-w", str(count)], 1, env, cwd=ROOT) == 0
     else:
-        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(count))
-        run([["-i", str(i), "-a", addresses] for i in range(count)], env)
+        assert run_cluster(argv, count, env, cwd=ROOT) == 0
 
     worker_of_partition: dict[int, str] = {}
     worker_of_shard: dict[str, str] = {}
