@@ -57,11 +57,13 @@ def test_writekey_create_prints_a_working_key_on_its_last_line(services, api, re
     key = done.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"sk_[A-Za-z0-9_-]{20,}", key)
 
-    time.sleep(1.1)  # the collector reloads unknown keys at most once a second
-    response = httpx.post(
-        f"{api.url}/v1/track", auth=(key, ""), json={"userId": "u", "event": "Signed Up"}
-    )
-    assert response.json()["accepted"] == 1
+    def accepted() -> bool:  # the collector reloads on an unknown key at most once a second
+        response = httpx.post(
+            f"{api.url}/v1/track", auth=(key, ""), json={"userId": "u", "event": "Signed Up"}
+        )
+        return response.status_code == 200 and response.json()["accepted"] == 1
+
+    wait_for(accepted, what="the new key accepted")
     assert stored_events(redis_client)[0].source == name
 
     again = run(services, "writekey", "create", name)

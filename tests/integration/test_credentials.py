@@ -22,7 +22,14 @@ from app.credentials import create_admin_token, create_write_key
 from app.db import make_engine
 from app.settings import Settings
 from tests.conftest import Services
-from tests.helpers import SEGFLOW, ServerThread, free_port, start_segflow, wait_for_line
+from tests.helpers import (
+    SEGFLOW,
+    ServerThread,
+    free_port,
+    start_segflow,
+    wait_for,
+    wait_for_line,
+)
 
 
 def _cli(services: Services, *args: str) -> subprocess.CompletedProcess[str]:
@@ -67,8 +74,8 @@ def test_a_revoked_write_key_is_refused_at_the_next_request(
     admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
     by_api, key_a = _new_write_key(settings)
     by_cli, key_b = _new_write_key(settings)
-    time.sleep(1.1)  # the collector reloads unknown keys at most once a second
-    assert _track(api, key_a) == 200  # both known to the API's cache now
+    # the collector reloads on an unknown key at most once a second: both known to its cache
+    wait_for(lambda: _track(api, key_a) == 200, what="the new key accepted")
     assert _track(api, key_b) == 200
 
     revoked = httpx.delete(f"{api.url}/api/write-keys/{by_api}", headers=admin)
@@ -90,8 +97,8 @@ def test_a_revoked_write_key_is_refused_at_the_next_request(
     # The source gets a new key under its name; the revoked one stays refused.
     again = _cli(services, "writekey", "create", by_cli)
     assert again.returncode == 0, again.stderr
-    time.sleep(1.1)
-    assert _track(api, again.stdout.strip().splitlines()[-1]) == 200
+    renewed = again.stdout.strip().splitlines()[-1]
+    wait_for(lambda: _track(api, renewed) == 200, what="the renewed key accepted")
     assert _track(api, key_b) == 401
 
 
