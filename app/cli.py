@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import httpx
@@ -27,9 +28,8 @@ from sqlmodel import Session
 
 from app import bootstrap, migrate, redis_server
 from app import demo as shop
-from app.clustering import service as cluster_service
 from app.clustering import store as cluster_store
-from app.clustering.fitting import FAMILIES, MIN_PROFILES, TooFewProfiles
+from app.clustering.choices import DEFAULT_SAMPLE, FAMILIES, MIN_PROFILES
 from app.clustering.model import ClusterModel, membership
 from app.clustering.summary import distinguishing
 from app.credentials import (
@@ -55,6 +55,9 @@ from pipelines.examples import check_rule_files
 from pipelines.placement import mark_recovery_store, settle_recovery_store
 from pipelines.retention import StreamTrimmer
 from pipelines.segmentation import prepare_rules
+
+if TYPE_CHECKING:
+    from app.clustering.service import Refit
 
 err = Console(stderr=True)
 
@@ -622,7 +625,7 @@ def cluster() -> None:
 @cluster.command(name="fit")
 @click.option(
     "--sample-size",
-    default=cluster_service.DEFAULT_SAMPLE,
+    default=DEFAULT_SAMPLE,
     show_default=True,
     type=click.IntRange(MIN_PROFILES, 1_000_000),
     help="Fit on at most this many profiles (a uniform sample).",
@@ -636,6 +639,9 @@ def cluster() -> None:
 def cluster_fit(sample_size: int, algorithms: str) -> None:
     """Refit the cluster model now on a sample of the profiles, publish it to the running
     dataflow, and print every candidate judged (the chosen one marked) and the clusters."""
+    from app.clustering import service as cluster_service  # scikit-learn: a second to load
+    from app.clustering.fitting import TooFewProfiles
+
     families = [name.strip() for name in algorithms.split(",") if name.strip()]
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown or not families:
@@ -690,7 +696,7 @@ def _number(value: object, digits: int = 3) -> str:
     return "—" if not isinstance(value, int | float) else f"{value:,.{digits}f}"
 
 
-def _print_candidates(refit: cluster_service.Refit) -> None:
+def _print_candidates(refit: Refit) -> None:
     console = Console(width=max(Console().width, 160))  # a table too wide for 80 columns
     table = Table(title=f"candidates on {refit.sample_size:,} profiles (a quarter held back)")
     for name in ("algorithm", "params", "clusters", "silhouette", "Davies-Bouldin"):

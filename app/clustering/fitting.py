@@ -43,6 +43,8 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+from app.clustering.choices import FAMILIES as FAMILIES
+from app.clustering.choices import MIN_PROFILES as MIN_PROFILES
 from app.clustering.columns import (
     CATEGORY_WEIGHT,
     MOST_CATEGORIES,
@@ -53,8 +55,6 @@ from app.clustering.columns import (
 )
 from app.clustering.model import OUTLIER_QUANTILE, Cluster, ClusterModel
 
-FAMILIES = ("kmeans", "gaussian_mixture", "agglomerative", "dbscan", "hdbscan")
-MIN_PROFILES = 200
 HELD_BACK = 0.25
 MOST_NOISE = 0.25
 DBSCAN_MOST_NOISE = 0.1

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from app.clustering.columns import NUMERIC_NAMES
 
@@ -50,6 +49,10 @@ def match(
     old_ids: Sequence[str], old_labels: np.ndarray, new_labels: np.ndarray, new_count: int
 ) -> Matching:
     """Pair new clusters with old ones by the rows both assigned (labels < 0: no cluster)."""
+    # here, not at the top: the names (``DISTINCT``, ``name_for``) are read where a refit's
+    # scikit-learn and SciPy are not loaded (the command line, the API), and SciPy takes 0.4 s
+    from scipy.optimize import linear_sum_assignment
+
     if not old_ids:
         return Matching({}, [])
     both = (old_labels >= 0) & (new_labels >= 0)

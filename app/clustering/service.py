@@ -21,7 +21,9 @@ from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
 from app.clustering import store
-from app.clustering.fitting import FAMILIES, Fit, TooFewProfiles, fit
+from app.clustering.choices import DEFAULT_SAMPLE as DEFAULT_SAMPLE
+from app.clustering.choices import FAMILIES
+from app.clustering.fitting import Fit, TooFewProfiles, fit
 from app.clustering.identity import distinct_names, fresh_ids, match, name_for
 from app.clustering.model import Cluster, ClusterModel
 from app.db import session_scope
@@ -29,7 +31,6 @@ from app.models import ClusterName, ClusterRefit
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SAMPLE = 20_000
 LOCK_SECONDS = 3_600
 
 
