@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import cast
@@ -586,3 +587,22 @@ def test_cluster_fit_refuses_too_few_profiles_then_fits_and_shows_the_model(
     assert "members now" in shown.stdout
     assert re.search(r"silhouette 0\.\d{3}, Davies-Bouldin \d+\.\d{3}", shown.stdout)
     assert all(f"c{n}" in shown.stdout for n in range(1, 5))
+
+
+def test_the_command_line_and_the_dataflow_load_no_model_fitting(tmp_path: Path) -> None:
+    """Every `segflow` command, and each restart of the dataflow by `segflow up`, loaded
+    scikit-learn and SciPy (a second) though only `segflow cluster fit` fits a model."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, app.cli, pipelines.segmentation; "
+            "print(*sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == []
