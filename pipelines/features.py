@@ -834,6 +834,11 @@ class CustomerFeatures:
                 continue
             end = len(times)
             for name, window, limits in counts:
+                if limits is None:  # any change: its window's next exit
+                    start = bisect.bisect_right(times, now - window)
+                    if start < end and times[start] + window < best:
+                        best = times[start] + window
+                    continue
                 count = values[name]
                 if not count:
                     continue
@@ -959,13 +964,17 @@ _NEVER = math.inf
 class Watch:
     """The deadlines that can change what the dataflow decides (a segment, a cluster, so a
     trigger): the groups of the plan whose features a rule or a cluster column reads, each as
-    (group index, None, None) when every change of the group counts, or (index, its log, the
-    counts compared with thresholds: (feature, window, class limits)) when only a count
-    crossing into another class among its thresholds does. Other deadlines change what a
+    (group index, None, None) when every change of the group counts (the built-ins), or for a
+    log's windowed features (index, the log, (feature, window, class limits) per feature read):
+    for a count compared with thresholds, only a crossing into another class among them counts;
+    for any other feature read (limits None), every exit from its own window, not those of the
+    group's other windows (a 30-day count that a ratio reads moves only as views leave 30
+    days, not as they leave the 10 minutes a rule reads). Other deadlines change what a
     profile shows, which its record carries (``CustomerFeatures.changes_after``)."""
 
     groups: tuple[
-        tuple[int, LogKey | None, tuple[tuple[str, int, tuple[float, ...]], ...] | None], ...
+        tuple[int, LogKey | None, tuple[tuple[str, int, tuple[float, ...] | None], ...] | None],
+        ...,
     ]
 
     @classmethod
@@ -978,7 +987,7 @@ class Watch:
                     given = watched[name] if len(reads) == 1 else None
                     wanted[read] = _joined(wanted[read], given) if read in wanted else given
         groups: list[
-            tuple[int, LogKey | None, tuple[tuple[str, int, tuple[float, ...]], ...] | None]
+            tuple[int, LogKey | None, tuple[tuple[str, int, tuple[float, ...] | None], ...] | None]
         ] = []
         for index, names in enumerate(plan.outputs[:-1]):
             if not any(name in wanted for name in names):
@@ -986,20 +995,17 @@ class Watch:
             if index >= len(plan.specs):
                 groups.append((index, None, None))
                 continue
-            counts: list[tuple[str, int, tuple[float, ...]]] = []
-            every = False
+            counts: list[tuple[str, int, tuple[float, ...] | None]] = []
             for spec in plan.specs[index]:
                 if spec.name not in wanted or spec.window_ms is None:
                     continue  # a lifetime value has no deadline
                 thresholds = wanted[spec.name]
                 if spec.aggregate == "count" and thresholds is not None:
-                    limits = (*sorted(set(thresholds)), math.inf)
-                    counts.append((spec.name, spec.window_ms, limits))
+                    limits: tuple[float, ...] | None = (*sorted(set(thresholds)), math.inf)
                 else:
-                    every = True
-            if every:
-                groups.append((index, None, None))
-            elif counts:
+                    limits = None  # every exit from its own window (not the group's others)
+                counts.append((spec.name, spec.window_ms, limits))
+            if counts:
                 groups.append((index, plan.specs[index][0].log_key, tuple(counts)))
         return cls(tuple(groups))
 

@@ -18,7 +18,7 @@ from app.rules.active import shipped_compiled
 from app.rules.compiler import ActiveRule, compile_rules
 from app.rules.schema import parse_rule
 from app.streams import LIVE
-from pipelines.features import CustomerFeatures
+from pipelines.features import CustomerFeatures, Watch
 from pipelines.records import ProfileUpdate
 from pipelines.segmentation import FeatureShard, catalogue_for
 from pipelines.sources import StreamEvent, Tick
@@ -181,6 +181,31 @@ def test_a_count_below_its_threshold_sets_no_deadline_for_each_exit():
     assert shard.state.scheduled["ann"] == T0 + 10 * MINUTE  # the exit that leaves 4
     out, _ = shard.on_batch([Tick(0, T0 + 20 * MINUTE, inclusive=True)])
     assert transitions(out) == [("ann", "busy", "exit", T0 + 10 * MINUTE)]
+
+
+def test_a_feature_read_whole_is_watched_at_its_own_windows_exits_not_its_logs_others():
+    """A cluster model reads the 30-day interaction rate (adds / views), so every change of
+    the 30-day view count matters; the 10-minute count on the same log does not. Views leave
+    10 minutes long before they leave 30 days: those exits were all evaluated (three times as
+    many deadlines with clustering on), though none can move a cluster or a segment."""
+    catalogue = catalogue_for(shipped_compiled(), 5 * MINUTE)  # browsing-enthusiasts: 10m
+    watch = Watch.of(catalogue.plan, {"interaction_rate_30d": None})
+    customer = CustomerFeatures(catalogue)
+    for n in range(3):
+        customer.apply(
+            stored_event(
+                message_id=f"m{n}",
+                customer="ann",
+                name="Product Viewed",
+                at=T0 + n * MINUTE,
+                properties={"product_id": "p1"},
+            )
+        )
+    now = T0 + 2 * MINUTE
+    values, soonest = customer.read(now)
+    assert values["count(Product Viewed, 10m)"] == 3
+    assert soonest == T0 + 10 * MINUTE  # the record's next change: shown, not evaluated
+    assert customer.watched_deadline(now, watch) == T0 + 30 * DAY  # the first 30-day exit
 
 
 def test_a_records_refresh_never_comes_before_events_waiting_for_their_instant():
