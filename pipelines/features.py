@@ -1005,8 +1005,13 @@ class Watch:
                 else:
                     limits = None  # every exit from its own window (not the group's others)
                 counts.append((spec.name, spec.window_ms, limits))
-            if counts:
+            windows = sum(spec.window_ms is not None for spec in plan.specs[index])
+            if len(counts) == windows and all(limits is None for _, _, limits in counts):
+                groups.append((index, None, None))  # every exit of the group: its deadline
+            elif counts:
                 groups.append((index, plan.specs[index][0].log_key, tuple(counts)))
+        # the groups taken whole first: their deadline, already known, bounds the others'
+        groups.sort(key=lambda group: group[2] is not None)
         return cls(tuple(groups))
 
 
