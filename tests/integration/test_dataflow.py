@@ -24,6 +24,7 @@ from app.profiles.keys import profile_key, recent_events_key, transitions_key
 from app.profiles.service import CustomerProfile, get_profile
 from app.settings import Settings
 from app.streams import stream_key
+from pipelines.erasure import committed_epoch
 from pipelines.records import ProfileUpdate
 from tests.factories import StreamEntries, iso, track_at
 from tests.helpers import (
@@ -322,7 +323,13 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
     pipeline = start()
     try:
         wait_for(lambda: redis_client.exists(profile_key("gdpr")))
-        time.sleep(1.5)  # a recovery snapshot that still holds the customer
+        # a recovery snapshot that still holds the customer: epochs committed past the one
+        # their profile was written in (at most the one after the last committed then)
+        held = committed_epoch(tmp_path / "recovery") + 2
+        wait_for(
+            lambda: committed_epoch(tmp_path / "recovery") >= held,
+            what="a recovery snapshot holding the customer",
+        )
 
         erased = httpx.delete(f"{api.url}/api/customers/gdpr", headers=headers)
         assert erased.status_code == 200
