@@ -318,6 +318,7 @@ def append_with_kills(
     PROCESSES` runs, SIGKILL it (all its processes) after ``kills`` random chunks and start it
     again each time; return once it has processed them all (its recovery state then holds
     them, and the last run is stopped)."""
+    from pipelines.erasure import committed_epoch
     from tests.factories import append_events, processed_entries
 
     rng = random.Random(seed)
@@ -363,7 +364,16 @@ def append_with_kills(
             assert pipeline.poll() is None, pipeline.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, f"caught up to {processed_entries(client)}"
             time.sleep(0.2)
-        time.sleep(1.5)  # anything replayed after a resume would show now
+        # Caught up, the last run's output and recovery settle: an epoch committed after the
+        # one in flight then implies its output written (anything a resume replayed shows now)
+        # and its snapshot holding every event.
+        recovery = Path(env["SEGFLOW_DATA_DIR"]) / "recovery"
+        held = committed_epoch(recovery) + 2
+        wait_for(
+            lambda: committed_epoch(recovery) >= held,
+            timeout_s=timeout_s,
+            what="a recovery epoch committed after catching up",
+        )
     finally:
         stop(pipeline)
 
