@@ -353,7 +353,12 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
                 )
             )
         )
-        time.sleep(0.5)
+        # two epochs of the restarted dataflow: a state that survived would have re-emitted
+        settled = committed_epoch(tmp_path / "recovery") + 2
+        wait_for(
+            lambda: committed_epoch(tmp_path / "recovery") >= settled,
+            what="two recovery epochs after the restart",
+        )
     finally:
         os.killpg(pipeline.pid, 9)
         pipeline.wait()
