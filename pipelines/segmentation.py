@@ -44,7 +44,7 @@ import os
 import pickle
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -325,8 +325,9 @@ class TickSpread:
     reach every shard. One per process; a partition is read by one worker, so the workers
     touch disjoint entries."""
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._partitions = partitions
+        self._clock = clock  # seconds
         self._spread_at: dict[int, float] = {}  # per partition: when a tick last reached all
         self._touched: dict[int, set[str]] = {}  # per partition: shards with events since
 
@@ -341,9 +342,9 @@ class TickSpread:
         partition = tick.partition
         touched = self._touched.pop(partition, ())
         if tick.lane == LIVE and not tick.end:
-            now = time.monotonic()
+            now = self._clock()
             if now - self._spread_at.get(partition, -math.inf) < IDLE_TICK_MS / 1000:
-                return sorted(touched)
+                return touched  # each already has its part of the read: no order to keep
             self._spread_at[partition] = now
         return shard_keys(partition, self._partitions)
 
