@@ -31,6 +31,20 @@ def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 30.0, what: str
         time.sleep(0.05)
 
 
+def wait_for_epochs(recovery: Path, *, count: int = 2, timeout_s: float = 30.0) -> None:
+    """Wait for the running dataflow to commit ``count`` more recovery epochs: the epoch in
+    flight now (at most the one after the last committed) is then committed too, with its
+    output written and its snapshots holding what it applied."""
+    from pipelines.erasure import committed_epoch
+
+    target = committed_epoch(recovery) + count
+    wait_for(
+        lambda: committed_epoch(recovery) >= target,
+        timeout_s=timeout_s,
+        what=f"{count} recovery epochs committed in {recovery}",
+    )
+
+
 def children(pid: int) -> list[int]:
     """The ids of the processes whose parent is ``pid``."""
     found = []
@@ -318,7 +332,6 @@ def append_with_kills(
     PROCESSES` runs, SIGKILL it (all its processes) after ``kills`` random chunks and start it
     again each time; return once it has processed them all (its recovery state then holds
     them, and the last run is stopped)."""
-    from pipelines.erasure import committed_epoch
     from tests.factories import append_events, processed_entries
 
     rng = random.Random(seed)
@@ -364,16 +377,9 @@ def append_with_kills(
             assert pipeline.poll() is None, pipeline.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, f"caught up to {processed_entries(client)}"
             time.sleep(0.2)
-        # Caught up, the last run's output and recovery settle: an epoch committed after the
-        # one in flight then implies its output written (anything a resume replayed shows now)
-        # and its snapshot holding every event.
-        recovery = Path(env["SEGFLOW_DATA_DIR"]) / "recovery"
-        held = committed_epoch(recovery) + 2
-        wait_for(
-            lambda: committed_epoch(recovery) >= held,
-            timeout_s=timeout_s,
-            what="a recovery epoch committed after catching up",
-        )
+        # caught up: the last run's output and snapshots settle (anything a resume replayed
+        # shows now, and its recovery state holds every event)
+        wait_for_epochs(Path(env["SEGFLOW_DATA_DIR"]) / "recovery", timeout_s=timeout_s)
     finally:
         stop(pipeline)
 
