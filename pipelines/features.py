@@ -1151,6 +1151,15 @@ def _session_group(catalogue: Catalogue) -> GroupFn:
     gap = catalogue.session_gap_ms
     pages = (PAGE_EVENT, SCREEN_EVENT)
     ended = bool(LAST_SESSION_BUILTINS & set(wanted))
+    # where each wanted value is in ``found`` below (the views last: two names read them)
+    order = (
+        "session_events",
+        "session_duration_ms",
+        "session_pages",
+        "last_session_duration_ms",
+        "last_session_products_viewed",
+    )
+    slots = tuple((name, order.index(name) if name in order else len(order)) for name in wanted)
 
     def compute(state: CustomerFeatures, now: int, values: dict[str, Any]) -> int | None:
         # ``state.session(now)``, walked back from its end once, counting as it goes
@@ -1195,19 +1204,9 @@ def _session_group(catalogue: Catalogue) -> GroupFn:
                     break
                 start -= 1
             ended_ms = last - later
-        for name in wanted:
-            if name == "session_events":
-                values[name] = events
-            elif name == "session_duration_ms":
-                values[name] = duration
-            elif name == "session_pages":
-                values[name] = paged
-            elif name == "last_session_duration_ms":
-                values[name] = ended_ms
-            elif name == "last_session_products_viewed":
-                values[name] = ended_viewed
-            else:  # session_products_viewed, browsing_depth
-                values[name] = viewed
+        found = (events, duration, paged, ended_ms, ended_viewed, viewed)
+        for name, slot in slots:
+            values[name] = found[slot]
         return deadline
 
     return compute

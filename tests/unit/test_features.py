@@ -477,6 +477,59 @@ def test_only_catalogued_features_are_computed():
     assert list(state.logs) == [("Order Completed", None, ())]
 
 
+def sessions_walked(log: list[tuple[int, str]], now: int) -> dict[str, int]:
+    """The session built-ins read from the capped log itself, split into visits by the gap."""
+    visits: list[list[tuple[int, str]]] = []
+    for at, kind in (entry for entry in log if entry[0] <= now):
+        if visits and at - visits[-1][-1][0] < GAP:
+            visits[-1].append((at, kind))
+        else:
+            visits.append([(at, kind)])
+    current = visits.pop() if visits and now - visits[-1][-1][0] < GAP else []
+    ended = visits[-1] if visits else []
+    return {
+        "session_events": len(current),
+        "session_duration_ms": current[-1][0] - current[0][0] if current else 0,
+        "session_pages": sum(kind == "Page Viewed" for _, kind in current),
+        "session_products_viewed": sum(kind == "Product Viewed" for _, kind in current),
+        "last_session_duration_ms": ended[-1][0] - ended[0][0] if ended else 0,
+        "last_session_products_viewed": sum(kind == "Product Viewed" for _, kind in ended),
+    }
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, MINUTE, 20 * MINUTE, GAP - 1, GAP, 2 * HOUR]),
+            st.sampled_from(["Product Viewed", "Page Viewed", "Product Added"]),
+            st.integers(0, LATENESS),  # how late it arrives
+        ),
+        min_size=260,  # past the log's cap
+        max_size=400,
+    ),
+    st.integers(0, 2**32),
+)
+def test_session_values_follow_the_log_through_late_events_and_its_cap(steps, seed):
+    """The session built-ins read the session log as it is: through events arriving before
+    the newest (late) and once the log drops its oldest entries beyond its cap."""
+    rng = random.Random(seed)
+    at, events = 1_700_000_000_000, []
+    for step, name, late in steps:
+        at += step
+        events.append((at + late, {"type": "track", "event": name, "timestamp": at}))
+    events.sort(key=lambda pair: pair[0])  # arrival order: within the allowed lateness
+    state = CustomerFeatures(CATALOGUE)
+    for _, event in events:
+        state.apply({**event, "properties": {}})
+        newest = state.newest
+        assert newest is not None
+        for now in (newest, newest + rng.randrange(GAP), newest + GAP - 1, newest + GAP):
+            shown = state.snapshot(now)
+            expected = sessions_walked(state.session_log, now)
+            assert {name: shown[name] for name in expected} == expected, f"at {now}"
+
+
 def test_a_busy_customer_stays_bounded_and_close():
     spec = windowed("count", "Product Viewed", "30d")
     state = CustomerFeatures(Catalogue.of(spec))
