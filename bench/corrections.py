@@ -29,7 +29,7 @@ from app.rules.active import shipped_compiled
 from app.settings import Settings
 from pipelines.rewind import Rewind
 from pipelines.segmentation import FLOW_GC_THRESHOLD, FeatureShard, catalogue_for
-from pipelines.sources import StreamEvent, Tick
+from pipelines.sources import StreamEvent, Tick, collect_between_reads
 from tests.factories import stored_event
 
 T0 = 1_767_225_600_000
@@ -75,6 +75,7 @@ def cpu_us_per_event(shard: FeatureShard, runs: list[list[dict[str, Any]]]) -> f
     gc.collect()
     start = time.process_time()
     for run in runs:
+        collect_between_reads()  # as the dataflow's source does
         last = int(run[-1]["timestamp"])
         shard.on_batch([*(StreamEvent(0, "0-0", e) for e in run), Tick(0, last, False)])  # type: ignore[arg-type]
         shard.state.freeze()

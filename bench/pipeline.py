@@ -429,7 +429,7 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int, int]:
         catalogue_for,
         route_read,
     )
-    from pipelines.sources import BATCH, SourceItem, StreamEvent, Tick
+    from pipelines.sources import BATCH, SourceItem, StreamEvent, Tick, collect_between_reads
 
     settings = get_settings()
     rules = active_rules(settings).current().compiled
@@ -464,6 +464,7 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int, int]:
         shards: dict[str, FeatureShard] = {}
         records = 0
         for per_shard in routed:
+            collect_between_reads()  # as the source does before each read
             for shard, values in per_shard:
                 logic = shards.get(shard)
                 if logic is None:

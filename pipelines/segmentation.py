@@ -254,8 +254,10 @@ IDLE_SNAPSHOTS = 30
 # so its customers' deadlines fire by the wall clock instead of waiting for ever.
 REPLAY_STALL_MS = 10 * 60_000
 # Every event allocates a few dozen short-lived objects next to millions of long-lived ones
-# (customer state): the default thresholds spend a third of the time in the collector.
-FLOW_GC_THRESHOLD = (50_000, 50, 100)
+# (customer state): the default thresholds spent a third of the time in the collector. The
+# source collects between reads (``collect_between_reads``); Python's own collector is a
+# backstop, for a flow whose source is not called for a long while.
+FLOW_GC_THRESHOLD = (1_000_000, 50, 100)
 REEVALUATED_PER_BATCH = 2_000
 # A profile record carries the changes of at most this many future instants, within this long
 # of its own instant (``_settle``): a 30-day window's exits are evaluated if the customer is
