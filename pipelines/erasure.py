@@ -10,24 +10,27 @@
   and deletes a shard's older rows when a newer snapshot of it is committed; SQLite leaves a
   deleted row's bytes in free pages (and in its write-ahead log) until they are reused.
 
-So when the dataflow applies an ``erase`` entry, the sink notes it in ``PENDING_KEY`` with the
-recovery store's commit epoch then. Once ``EPOCHS_PAST`` more epochs are committed (the shard's
-snapshot without the customer, and the deletion of the older rows), ``ErasureFinisher``: deletes
+So when the dataflow applies an ``erase`` entry, the sink notes it in ``PENDING_KEY``, and
+``ErasureFinisher`` dates the note with the recovery store's commit epoch at its next pass (at
+least the epoch of the sink's write: a later one only waits longer). Once ``EPOCHS_PAST`` more
+epochs are committed (the shard's snapshot without the customer, and the deletion of the older
+rows), the finisher: deletes
 what still names the customer up to the entry (events and failed events a dataflow busy with
 them could not see go, the ``erase`` entry too), and their triggers, deliveries and segment
 moves again (ones the dataflow wrote from events it was applying when the erasure came, and
 moves their trimmed transitions list no longer named); compacts the recovery files
 (``VACUUM`` with ``secure_delete``, then a truncating WAL checkpoint); and has Redis rewrite
 its append-only file. A pass that cannot finish (a rewrite already under way, a busy
-WAL) is tried again; the notes are in Redis, so a restarted dataflow carries on.
+WAL) is tried again; the notes are in Redis, so a restarted dataflow carries on. The finisher
+runs in the dataflow's process, so it reads and compacts the recovery files through a child
+process (``pipelines.recovery_files``: two copies of SQLite in one process break each other's
+locks).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -40,45 +43,21 @@ from app.profiles import moves
 from app.profiles.erasure import delete_failed_events, delete_naming
 from app.redis_client import AOF_BUSY, async_redis, rewrite_aof
 from app.streams import EVENT_FIELD, stream_key
+from pipelines.recovery_files import NO_RECOVERY, committed_epoch_apart, compact_apart
 
 log = logging.getLogger(__name__)
 
 PENDING_KEY = "erasures:pending"  # hash: "<partition>/<entry id>" -> commit epoch when applied
+UNDATED = "applied"  # a note the finisher has not dated yet
 EPOCHS_PAST = 3  # the snapshot without the customer committed, and the older rows deleted
 POLL_S = 1.0
-NO_RECOVERY = -1  # the epoch noted without a recovery store: nothing to wait for
+
+
+UNDATED_BYTES = UNDATED.encode()
 
 
 def pending_field(partition: int, entry_id: str) -> str:
     return f"{partition}/{entry_id}"
-
-
-def committed_epoch(recovery_dir: Path | None) -> int:
-    """The epoch every recovery partition has committed (``NO_RECOVERY`` without a store)."""
-    if recovery_dir is None:
-        return NO_RECOVERY
-    epochs = []
-    for path in sorted(recovery_dir.glob("part-*.sqlite3")):
-        with contextlib.closing(
-            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-        ) as db:
-            row = db.execute("SELECT MIN(commit_epoch) FROM commits").fetchone()
-        epochs.append(int(row[0]) if row and row[0] is not None else 0)
-    return min(epochs, default=0)
-
-
-def compact_recovery(recovery_dir: Path) -> bool:
-    """Rewrite each recovery file without its free pages, and empty its write-ahead log, so
-    deleted snapshot rows leave the files; False when the log could not be emptied yet (the
-    dataflow was reading it), to be tried again."""
-    for path in sorted(recovery_dir.glob("part-*.sqlite3")):
-        with contextlib.closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as db:
-            db.execute("PRAGMA secure_delete = ON")
-            db.execute("VACUUM")
-            busy, *_ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
-            return False
-    return True
 
 
 class ErasureFinisher:
@@ -116,7 +95,11 @@ class ErasureFinisher:
             pending: Any = await client.hgetall(PENDING_KEY)
             if not pending:
                 return 0
-            epoch = committed_epoch(self._recovery_dir)
+            epoch = committed_epoch_apart(self._recovery_dir)
+            undated = {field: epoch for field, noted in pending.items() if noted == UNDATED_BYTES}
+            if undated:  # dated now: at least the epoch committed when the sink noted them
+                await client.hset(PENDING_KEY, mapping=undated)
+                pending.update(undated)
             due = [
                 field.decode()
                 for field, noted in pending.items()
@@ -126,7 +109,7 @@ class ErasureFinisher:
                 return 0
             for field in due:
                 await self._finish(client, field)
-            if self._recovery_dir is not None and not compact_recovery(self._recovery_dir):
+            if self._recovery_dir is not None and not compact_apart(self._recovery_dir):
                 return 0
             if await rewrite_aof(client) == AOF_BUSY:
                 return 0  # begun before these deletions: the next pass asks again

@@ -50,7 +50,7 @@ from app.streams import (
     stats_key,
     stream_key,
 )
-from pipelines.erasure import PENDING_KEY, ErasureFinisher, committed_epoch, pending_field
+from pipelines.erasure import PENDING_KEY, UNDATED, ErasureFinisher, pending_field
 from pipelines.records import (
     Correction,
     Erased,
@@ -62,6 +62,7 @@ from pipelines.records import (
     ShardProgress,
     Transition,
 )
+from pipelines.recovery_files import NO_RECOVERY
 
 RECENT_EVENTS = 20
 TRANSITIONS_KEPT = 1_000  # per customer, the newest
@@ -304,8 +305,9 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 self._write(batch)  # after the profile's deletion
                 batch = _Batch(accepted)
                 field = pending_field(item.partition, item.entry_id)
-                epoch = committed_epoch(self._recovery_dir)
-                self._redis.command("HSETNX", PENDING_KEY, field, epoch)
+                # the finisher dates it (this process never opens the recovery files)
+                noted = NO_RECOVERY if self._recovery_dir is None else UNDATED
+                self._redis.command("HSETNX", PENDING_KEY, field, noted)
         self._write(batch)
         now = time.monotonic()
         if accepted and now - self._measured_at >= MEASURE_EVERY_S:

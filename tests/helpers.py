@@ -35,7 +35,7 @@ def wait_for_epochs(recovery: Path, *, count: int = 2, timeout_s: float = 30.0) 
     """Wait for the running dataflow to commit ``count`` more recovery epochs: the epoch in
     flight now (at most the one after the last committed) is then committed too, with its
     output written and its snapshots holding what it applied."""
-    from pipelines.erasure import committed_epoch
+    from pipelines.recovery_files import committed_epoch
 
     target = committed_epoch(recovery) + count
     wait_for(

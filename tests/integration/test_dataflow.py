@@ -347,7 +347,8 @@ def test_erasure_forgets_the_customer_everywhere_and_for_good(
                 )
             )
         )
-        time.sleep(0.5)  # a state that survived the restart would have re-emitted by now
+        # a state that survived the restart would have re-emitted by the epoch after this one
+        wait_for_epochs(tmp_path / "recovery")
     finally:
         os.killpg(pipeline.pid, 9)
         pipeline.wait()
