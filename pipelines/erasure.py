@@ -14,17 +14,16 @@ So when the dataflow applies an ``erase`` entry, the sink notes it in ``PENDING_
 ``ErasureFinisher`` dates the note with the recovery store's commit epoch at its next pass (at
 least the epoch of the sink's write: a later one only waits longer). Once ``EPOCHS_PAST`` more
 epochs are committed (the shard's snapshot without the customer, and the deletion of the older
-rows), the finisher: deletes
-what still names the customer up to the entry (events and failed events a dataflow busy with
-them could not see go, the ``erase`` entry too), and their triggers, deliveries and segment
-moves again (ones the dataflow wrote from events it was applying when the erasure came, and
-moves their trimmed transitions list no longer named); compacts the recovery files
-(``VACUUM`` with ``secure_delete``, then a truncating WAL checkpoint); and has Redis rewrite
-its append-only file. A pass that cannot finish (a rewrite already under way, a busy
-WAL) is tried again; the notes are in Redis, so a restarted dataflow carries on. The finisher
-runs in the dataflow's process, so it reads and compacts the recovery files through a child
-process (``pipelines.recovery_files``: two copies of SQLite in one process break each other's
-locks).
+rows), the finisher: deletes what still names the customer up to the entry (events and failed
+events a dataflow busy with them could not see go, the ``erase`` entry too), and their
+triggers, deliveries and segment moves again (ones the dataflow wrote from events it was
+applying when the erasure came, and moves their trimmed transitions list no longer named);
+compacts the recovery files (``VACUUM`` with ``secure_delete``, then a truncating WAL
+checkpoint); and has Redis rewrite its append-only file. A pass that cannot finish (a rewrite
+already under way, a busy WAL) is tried again; the notes are in Redis, so a restarted dataflow
+carries on. The finisher runs in the dataflow's process, so it reads and compacts the recovery
+files through a child process (``pipelines.recovery_files``: two copies of SQLite in one
+process break each other's locks).
 """
 
 from __future__ import annotations
@@ -48,12 +47,10 @@ from pipelines.recovery_files import NO_RECOVERY, committed_epoch_apart, compact
 log = logging.getLogger(__name__)
 
 PENDING_KEY = "erasures:pending"  # hash: "<partition>/<entry id>" -> commit epoch when applied
-UNDATED = "applied"  # a note the finisher has not dated yet
+UNDATED = "applied"  # a note the sink made and the finisher has not dated yet
+_UNDATED_BYTES = UNDATED.encode()  # as the hash gives it back
 EPOCHS_PAST = 3  # the snapshot without the customer committed, and the older rows deleted
 POLL_S = 1.0
-
-
-UNDATED_BYTES = UNDATED.encode()
 
 
 def pending_field(partition: int, entry_id: str) -> str:
@@ -96,7 +93,7 @@ class ErasureFinisher:
             if not pending:
                 return 0
             epoch = committed_epoch_apart(self._recovery_dir)
-            undated = {field: epoch for field, noted in pending.items() if noted == UNDATED_BYTES}
+            undated = {field: epoch for field, noted in pending.items() if noted == _UNDATED_BYTES}
             if undated:  # dated now: at least the epoch committed when the sink noted them
                 await client.hset(PENDING_KEY, mapping=undated)
                 pending.update(undated)

@@ -68,9 +68,10 @@ def _apart(action: str, recovery_dir: Path) -> str:
         check=False,
     )
     if found.returncode != 0:
+        said = found.stderr.strip().splitlines()
         raise RuntimeError(
-            f"reading the recovery store {recovery_dir} ({action}) failed: "
-            f"{found.stderr.strip().splitlines()[-1:] or found.returncode}"
+            f"{action} of the recovery store {recovery_dir} failed: "
+            f"{said[-1] if said else f'exit code {found.returncode}'}"
         )
     return found.stdout.strip()
 

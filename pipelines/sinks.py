@@ -187,8 +187,8 @@ def _read_replies(connection: Any, count: int, buffer: bytearray) -> None:
     redis-py's ``read_response`` spends about 0.7 us of Python on each reply (checks for
     pushes, disconnects from other threads, timeouts), this loop about 0.2: it feeds what the
     socket holds (through ``buffer``) to the connection's own hiredis reader and takes the
-    replies out (the connection's ``_parser._reader`` and ``_sock``: redis-py's, pinned).
-    Without them (no hiredis), ``read_response`` as before."""
+    replies out (the connection's ``_parser._reader`` and ``_sock``: redis-py's internals, at
+    its pinned version). Should they change, ``read_response`` as before."""
     reader = getattr(connection._parser, "_reader", None)
     sock = connection._sock
     if not isinstance(reader, hiredis.Reader) or sock is None:

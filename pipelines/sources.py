@@ -253,10 +253,8 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
 
 
 # The flow's process collects its young objects between reads, once this many were allocated
-# (net); then every GC_OLDER_EVERY[0] young collections the middle generation too, and every
-# GC_OLDER_EVERY[1] of those everything, as Python's own collector escalates.
+# (net); the older generations as often as the collector's own thresholds say.
 YOUNG_COLLECTED = 50_000
-GC_OLDER_EVERY = (50, 100)
 
 
 def collect_between_reads() -> None:
@@ -268,9 +266,10 @@ def collect_between_reads() -> None:
     young, middle, old = gc.get_count()
     if young < YOUNG_COLLECTED:
         return
+    _, middle_every, old_every = gc.get_threshold()  # escalating as Python's collector does
     generation = 0
-    if middle >= GC_OLDER_EVERY[0]:
-        generation = 2 if old >= GC_OLDER_EVERY[1] else 1
+    if middle >= middle_every:
+        generation = 2 if old >= old_every else 1
     gc.collect(generation)
 
 
