@@ -1,6 +1,7 @@
 """The sink's packed pipeline against a real Redis: replies read a batch later, many more than
-one socket read holds; an error reply raised (at the next send or flush); a script Redis lost
-(a restart, ``SCRIPT FLUSH``) loaded again and its batch sent again."""
+one socket read holds; an error reply raised (at the next send or flush) and the pipeline
+usable after it; a script Redis lost (a restart, ``SCRIPT FLUSH``) loaded again and its batch
+sent again."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_a_batch_larger_than_a_socket_read_is_written_and_its_replies_read(
     assert redis_client.ping()
 
 
-def test_an_error_reply_is_raised_and_the_connection_not_reused(redis_client: redis.Redis):
+def test_an_error_reply_is_raised_and_the_next_batch_is_written(redis_client: redis.Redis):
     redis_client.set("packed:string", "x")
     pipeline = PackedPipeline(redis_client)
     pipeline.command("HSET", "packed:fine", "f", "1")
@@ -40,7 +41,7 @@ def test_an_error_reply_is_raised_and_the_connection_not_reused(redis_client: re
         pipeline.flush()
     assert redis_client.hget("packed:fine", "f") == b"1"
     assert redis_client.hget("packed:after", "f") == b"1"  # Redis ran the rest
-    pipeline.command("HSET", "packed:later", "f", "1")  # a fresh connection, replies in step
+    pipeline.command("HSET", "packed:later", "f", "1")  # the pipeline goes on after it
     pipeline.send()
     pipeline.flush()
     assert redis_client.hget("packed:later", "f") == b"1"
