@@ -1002,8 +1002,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             segments = frozenset(s for s in before if not s.startswith(CLUSTER_PREFIX))
         if member is not None:
             segments = self._with_cluster(segments, member)
-        elif kept:
-            segments = self._with_kept_cluster(segments, before)
+        elif kept:  # most evaluations: the same two sets as a recent one's (``_kept``)
+            segments = self._kept.get((segments, before)) or self._with_kept_cluster(
+                segments, before
+            )
         if segments is not before and segments != before:
             transitions = self._transitions(before, segments, now)
             customer.segments = segments

@@ -184,11 +184,11 @@ class ClusterModel:
         top = given[-1]
         arrays = self._arrays
         extra = arrays["by_category"].get(top) if isinstance(top, str) else None
-        distances = []
-        for center, d in zip(arrays["numeric"], extra or arrays["category_base"], strict=True):
-            for a, b in zip(row, center, strict=True):
-                d += (a - b) * (a - b)
-            distances.append(d)
+        dist = math.dist  # the numeric part's Euclidean distance, in C
+        distances = [
+            dist(row, center) ** 2 + d
+            for center, d in zip(arrays["numeric"], extra or arrays["category_base"], strict=True)
+        ]
         return self._closest(given, row, distances)
 
     def _moved(self, last: Assignment, given: tuple[Any, ...]) -> Assignment:
