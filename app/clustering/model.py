@@ -200,9 +200,8 @@ class ClusterModel:
         arrays = self._arrays
         plan, twice = self.prep.plan, arrays["twice_by_column"]
         before = last.inputs
-        for j in _COLUMNS:
-            value = given[j]
-            if value != before[j]:
+        for j, value, was in zip(_COLUMNS, given, before, strict=False):
+            if value != was:
                 new = scaled(plan[j], value)
                 step = new - row[j]
                 if step:

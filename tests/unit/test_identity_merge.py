@@ -5,21 +5,27 @@ known id from the start (DESIGN.md: "as if every event had carried the userId").
 from __future__ import annotations
 
 import pickle
+import random
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.clustering.fitting import fit
+from app.clustering.model import CLUSTER_PREFIX, ClusterModel, membership
+from app.clustering.watch import ModelWatcher
 from app.rules.active import shipped_compiled
 from app.streams import ABSORB, MERGE
 from pipelines.features import CustomerFeatures
 from pipelines.records import Merged, ProfileUpdate, Relay
 from pipelines.segmentation import FeatureShard, ShardState, catalogue_for
 from pipelines.sources import StreamEvent, Tick
+from tests.cluster_personas import population
 from tests.factories import stored_event
+from tests.unit.test_shard_clusters import Published
 
 RULES = shipped_compiled()
 CATALOGUE = catalogue_for(RULES, 5 * 60_000)
@@ -50,13 +56,16 @@ class Streams:
     """One shard per customer id, and the entries the shards relay fed back in order, through
     JSON like Redis carries them."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: ClusterModel | None = None) -> None:
         self.shards: dict[str, FeatureShard] = {}
         self.out: list[Any] = []
+        self.clusters = None if model is None else cast(ModelWatcher, Published(model))
 
     def shard(self, customer_id: str) -> FeatureShard:
         if customer_id not in self.shards:
-            self.shards[customer_id] = FeatureShard(CATALOGUE, RULES, None, partitions=4)
+            self.shards[customer_id] = FeatureShard(
+                CATALOGUE, RULES, None, partitions=4, clusters=self.clusters
+            )
         return self.shards[customer_id]
 
     def send(self, event: dict[str, Any]) -> None:
@@ -212,3 +221,42 @@ def test_the_tombstones_survive_a_snapshot():
     state = ShardState()
     state.merged["anon"] = "user"
     assert pickle.loads(pickle.dumps(state)).merged == {"anon": "user"}  # noqa: S301
+
+
+def test_a_merged_customer_is_in_the_one_cluster_their_merged_features_give():
+    """The known customer and the anonymous one may be in different clusters: after the merge
+    the customer is in exactly one, the one the merged features are assigned to (an
+    assignment kept from before the merge is not trusted: the other's cluster came along)."""
+    found = fit([c.features for c in population(800, seed=5)], families=["kmeans"], max_k=4)
+    model = found.chosen.model(found.prep, version=1)
+    rng = random.Random(3)
+    kinds = ["Product Viewed"] * 4 + ["Product Added", "Order Completed"]
+    seen = set()
+    for attempt in range(60):
+        streams = Streams(model)
+        for n in range(rng.randrange(2, 12)):
+            who = rng.choice(["user", "anon"])
+            properties = {
+                "product_id": f"p{rng.randrange(4)}",
+                "price": rng.choice([5, 400]),
+                "revenue": rng.choice([20, 900]),
+                "category": rng.choice("ab"),
+            }
+            streams.send(track(who, rng.choice(kinds), T0 + n * 7 * MINUTE, n, **properties))
+        apart = {
+            c: model.assign(features(streams.customer(c), T0 + 90 * MINUTE))[0]
+            for c in ("user", "anon")
+            if streams.customer(c) is not None
+        }
+        streams.send(identify("user", "anon", T0 + 90 * MINUTE, f"link{attempt}"))
+        record = [o for o in streams.out if isinstance(o, ProfileUpdate)][-1]
+        assert record.customer_id == "user"
+        expected, _ = model.assign(record.features)
+        assert expected is not None
+        clusters = sorted(s for s in record.segments if s.startswith(CLUSTER_PREFIX))
+        assert clusters == [membership(expected)], (apart, clusters)
+        customer = streams.customer("user")
+        assert customer is not None
+        assert customer.segments == record.segments
+        seen.add(len(set(apart.values())))
+    assert seen == {1, 2}  # merges of customers in one cluster and in two were tried
