@@ -178,29 +178,8 @@ class Preparation:
 
     def numeric_row(self, given: Sequence[Any]) -> list[float]:
         """The numeric columns' scaled values of a profile's ``inputs`` (the live path: the
-        same arithmetic as ``scaled``, inlined here, where a new customer's whole row is
-        computed: a call per column cost about as much as its arithmetic)."""
-        out: list[float] = []
-        log1p = math.log1p
-        for (divide, missing, cap, log, mean, scale), value in zip(self.plan, given, strict=False):
-            kind = value.__class__
-            if (
-                kind is float
-                or kind is int
-                or (kind is not bool and isinstance(value, int | float))
-            ):
-                number = float(value) / divide
-                if number != number:  # NaN: none
-                    number = missing
-                else:
-                    if number < 0.0:
-                        number = 0.0
-                    if cap is not None and number > cap:
-                        number = cap
-            else:
-                number = missing
-            out.append(((log1p(number) if log else number) - mean) / scale)
-        return out
+        same arithmetic as ``measured``, ``raw_value``, ``logged`` and the scaling, inlined)."""
+        return [scaled(step, value) for step, value in zip(self.plan, given, strict=False)]
 
     def original(self, scaled: Sequence[float]) -> dict[str, float]:
         """A scaled point (a centroid) back in the columns' own units; a category column is the

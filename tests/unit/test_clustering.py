@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
-from app.clustering.columns import NUMERIC, inputs, scaled
+from app.clustering.columns import NUMERIC
 from app.clustering.fitting import (
     MIN_PROFILES,
     Candidate,
@@ -42,21 +42,6 @@ def test_the_live_preparation_is_the_fitted_scikit_learn_pipeline() -> None:
         assert prep.row(features) == pytest.approx(list(expected), abs=1e-9)
     assert np.allclose(scaled[:50], [prep.row(f) for f in profiles[:50]])
     assert prep.names[: len(NUMERIC)] == tuple(c.name for c in NUMERIC)
-
-
-def test_the_whole_row_is_each_column_scaled_alone() -> None:
-    """A new customer's row is computed inline (``numeric_row``); each value is what the one
-    column's ``scaled`` (the path of a customer's changed columns) gives, whatever it holds."""
-    prep, _ = prepare([c.features for c in population(300, seed=5)])
-    odd: list[Any] = [None, True, False, 0, -3, 2.5, -0.5, float("nan"), float("inf"), 10**12]
-    odd += ["12", np.float64(7.25), np.int64(3), 1e300, 40.0, 5.5, 365.5 * 86_400_000]
-    rng = random.Random(6)
-    for _ in range(300):
-        given = (*(rng.choice(odd) for _ in NUMERIC), "shoes")
-        row = prep.numeric_row(given)
-        assert row == [scaled(step, value) for step, value in zip(prep.plan, given, strict=False)]
-    features = population(1, seed=7)[0].features
-    assert prep.numeric_row(inputs(features)) == prep.row(features)[: len(NUMERIC)]
 
 
 def test_the_chosen_model_recovers_well_separated_personas() -> None:
