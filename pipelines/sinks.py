@@ -294,6 +294,29 @@ class _SegmentMoves:
         pipeline.command("SADD", MOVES_INDEX_KEY, *{segment for segment, _ in self._changes})
 
 
+class _Members:
+    """A batch's changes of segment membership, one ``SADD`` and one ``SREM`` a segment (not
+    one a customer and segment: a read's customers mostly enter and leave the same few), and
+    the customers who moved between clusters in one ``ZADD`` (``MOVES_KEY``). A customer has
+    one record in a batch, so each customer is named once per set."""
+
+    def __init__(self) -> None:
+        self._sets: dict[tuple[str, str], list[str]] = {}  # (verb, segment) -> customers
+        self._moved: list[int | str] = []  # at, customer, at, customer, ...
+
+    def add(self, customer_id: str, segment: str, inside: bool) -> None:
+        self._sets.setdefault(("SADD" if inside else "SREM", segment), []).append(customer_id)
+
+    def moved(self, customer_id: str, at: int) -> None:
+        self._moved += (at, customer_id)
+
+    def write(self, pipeline: PackedPipeline) -> None:
+        for (verb, segment), customers in self._sets.items():
+            pipeline.command(verb, members_key(segment), *customers)
+        if self._moved:
+            pipeline.command("ZADD", MOVES_KEY, *self._moved)
+
+
 class _ProfilePartition(StatelessSinkPartition[Any]):
     def __init__(
         self,
@@ -354,7 +377,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
     def _write(self, batch: _Batch) -> None:
         erased = [customer_id for customer_id, update in batch.profiles.items() if update is None]
         listed = self._listed_transitions(erased) if erased else {}
-        segment_moves = _SegmentMoves()
+        segment_moves, members = _SegmentMoves(), _Members()
         for customer_id, update in batch.profiles.items():
             if update is None:
                 left = batch.left.get(customer_id, frozenset())
@@ -371,11 +394,9 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             self._write_profile(customer_id, update, events, retracted, added)
             if changed:
                 for segment in {t.segment for t, _ in changed.values()}:  # where they are now
-                    verb = "SADD" if segment in update.segments else "SREM"
-                    self._redis.command(verb, members_key(segment), customer_id)
-            if changed and _moved_cluster(added):
-                at = max(t.at for _, t in added)
-                self._redis.command("ZADD", MOVES_KEY, at, customer_id)
+                    members.add(customer_id, segment, segment in update.segments)
+                if _moved_cluster(added):
+                    members.moved(customer_id, max(t.at for _, t in added))
             for _, transition in added:
                 self._trigger(customer_id, transition)
             for _, transition in retracted:
@@ -388,6 +409,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                     orjson.dumps(correction.shown()),
                 )
                 self._trim(corrections_key(customer_id), CORRECTIONS_KEPT)
+        members.write(self._redis)
         segment_moves.write(self._redis)
         if self._cluster_snapshots:
             self._snapshots(batch)
