@@ -261,15 +261,17 @@ class _Batch:
 
 
 class _SegmentMoves:
-    """A batch's transitions by segment and kind, written to the segments' moves
-    (``app.profiles.moves``) with a few commands a segment: those retracted removed, the
-    others added, then each set trimmed to its bounds."""
+    """A batch's transitions of rule segments (``moves.kept``) by segment and kind, written to
+    the segments' moves (``app.profiles.moves``) with a few commands a segment: those
+    retracted removed, the others added, then each set trimmed to its bounds."""
 
     def __init__(self) -> None:
         # (segment, kind) -> (members removed, (at, member) added)
         self._changes: dict[tuple[str, str], tuple[list[str], list[tuple[int, str]]]] = {}
 
     def add(self, customer_id: str, transition: Transition, kept: bool) -> None:
+        if not moves.kept(transition.segment):
+            return  # a cluster's: counted by MOVES_KEY
         removed, added = self._changes.setdefault((transition.segment, transition.kind), ([], []))
         member = moves.member(customer_id, transition.at, transition.rule_version)
         if kept:

@@ -8,6 +8,11 @@ enters, exits) scored by the transition's instant in event time, each member
 output the dataflow replays after a crash writes nothing twice, and a late event's retraction
 removes exactly what was written. A count is one ZCOUNT, whatever the number of profiles.
 
+Rule segments only: a cluster's pseudo-segment (``cluster:<id>``) has no moves here. Nothing
+reads them per cluster (cluster turnover counts the customers who moved by
+``keys.CLUSTER_MOVES_KEY``), and with a cluster model they were most of the sink's writes of
+moves: every customer enters a cluster, and most move when their first visit ends.
+
 Bounds. Each set keeps the moves of the ``KEEP_MS`` (2 days) of event time before its newest,
 and at most ``KEPT`` (50,000) of them, the oldest going first, trimmed as they are written: a
 segment holds at most 2 x 50,000 moves (about 12 MB of Redis: 120 bytes a move with a short
@@ -31,7 +36,7 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from app.profiles.keys import MOVES_INDEX_KEY, moves_key
+from app.profiles.keys import CLUSTER_PREFIX, MOVES_INDEX_KEY, moves_key
 
 KINDS = ("enter", "exit")
 HOUR_MS = 3_600_000
@@ -54,12 +59,19 @@ def parse(found: bytes | str) -> tuple[int, int, str]:
     return int(at), int(version), customer_id
 
 
+def kept(segment: str) -> bool:
+    """Whether the segment's moves are kept here (a rule's segment, not a cluster's)."""
+    return not segment.startswith(CLUSTER_PREFIX)
+
+
 def moves_of(customer_id: str, listed: Iterable[bytes | str]) -> dict[str, list[str]]:
     """The members, by set, of the moves a customer's own transitions list names (its JSON
     members, ``TransitionOut``): what to remove when they are erased."""
     found: dict[str, list[str]] = {}
     for raw in listed:
         shown = orjson.loads(raw)
+        if not kept(shown["segment"]):
+            continue
         key = moves_key(shown["segment"], shown["kind"])
         found.setdefault(key, []).append(member(customer_id, shown["at"], shown["rule_version"]))
     return found

@@ -206,6 +206,41 @@ def test_the_sets_are_trimmed_as_written_to_two_days_and_a_count(
     assert kept == [f"{t + n}:2:c{n}".encode() for n in (3, 4, 5)]
 
 
+def test_a_clusters_moves_are_not_kept_with_the_segments(
+    settings: Settings, redis_client: redis.Redis
+):
+    """A customer entering a segment and moving between clusters in one record: the segment's
+    move is kept; the cluster pseudo-segments' are not (turnover counts the move), though the
+    customer's own list holds all three transitions."""
+    from app.clustering.model import membership
+    from app.clustering.store import MOVES_KEY
+    from app.profiles.keys import transitions_key
+
+    c1, c2 = membership("c1"), membership("c2")
+    record = ProfileUpdate(
+        customer_id="ada",
+        at=5_000,
+        features={},
+        traits={},
+        segments=frozenset({"loyal", c2}),
+        transitions=(
+            enter(4_000),
+            Transition(segment=c1, kind="exit", at=5_000, rule_version=1),
+            Transition(segment=c2, kind="enter", at=5_000, rule_version=1),
+        ),
+    )
+    write(settings, [record])
+    assert redis_client.zrange(moves_key("loyal", "enter"), 0, -1) == [b"4000:2:ada"]
+    assert redis_client.smembers(MOVES_INDEX_KEY) == {b"loyal"}
+    for cluster in (c1, c2):
+        for kind in moves.KINDS:
+            assert not redis_client.exists(moves_key(cluster, kind))
+    assert redis_client.zrange(MOVES_KEY, 0, -1, withscores=True) == [(b"ada", 5_000)]
+    assert redis_client.zcard(transitions_key("ada")) == 3
+    listed = cast(list[bytes], redis_client.zrange(transitions_key("ada"), 0, -1))
+    assert moves.moves_of("ada", listed) == {moves_key("loyal", "enter"): ["4000:2:ada"]}
+
+
 def test_a_retraction_and_an_erasure_remove_exactly_their_moves(
     settings: Settings, redis_client: redis.Redis
 ):
