@@ -632,19 +632,27 @@ def model_memory(model: ClusterModel) -> tuple[int, int]:
     return len(shown), held
 
 
-def assignment_memory(model: ClusterModel, profiles: list[dict[str, Any]]) -> float:
-    """Bytes a customer's live ``Assignment`` holds in the dataflow (not in its snapshots)."""
+def assignment_memory(model: ClusterModel, profiles: list[dict[str, Any]]) -> tuple[float, int]:
+    """Bytes a customer's live ``Assignment`` holds in the dataflow (not in its snapshots), and
+    the bytes of the first assignments the model remembered meanwhile (``FIRST_KEPT`` at most,
+    shared by a process's customers)."""
+    model = ClusterModel.from_shown(model.shown())  # nothing remembered yet
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     kept = [model.follow(features, None) for features in profiles]
+    full = tracemalloc.take_snapshot()
+    model.forget_first()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-    return held / max(len(kept), 1)
+    remembered = sum(stat.size_diff for stat in full.compare_to(after, "filename"))
+    return held / max(len(kept), 1), remembered
 
 
 def assignment_time(model: ClusterModel, profiles: list[dict[str, Any]]) -> tuple[float, float]:
-    """Microseconds per assignment of a profile: afresh, and again unchanged."""
+    """Microseconds per assignment of a profile: afresh (by a model that remembers none of
+    them yet), and again unchanged."""
+    model = ClusterModel.from_shown(model.shown())
     started = time.process_time()
     last = [model.follow(features, None) for features in profiles]
     fresh = (time.process_time() - started) / len(profiles) * 1e6
@@ -747,7 +755,7 @@ def memory_part(
     rows = []
     for model in models:
         json_bytes, python_bytes = model_memory(model)
-        per_customer = assignment_memory(model, profiles)
+        per_customer, remembered = assignment_memory(model, profiles)
         fresh, again = assignment_time(model, profiles)
         rows.append(
             [
@@ -756,6 +764,7 @@ def memory_part(
                 f"{json_bytes:,}",
                 f"{python_bytes:,}",
                 f"{per_customer:,.0f}",
+                f"{remembered:,} ({len(profiles):,} profiles)",
                 f"{fresh:.1f}",
                 f"{again:.1f}",
             ]
@@ -763,7 +772,8 @@ def memory_part(
     table(
         [
             "model", "JSON bytes (Redis, SQL)", "Python bytes (each dataflow process)",
-            "live assignment bytes per customer (not saved)", "us per assignment afresh",
+            "live assignment bytes per customer (not saved)",
+            "first assignments remembered, bytes", "us per assignment afresh",
             "us when the columns did not change",
         ],
         rows,

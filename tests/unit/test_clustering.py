@@ -195,3 +195,34 @@ def test_the_live_assignment_follows_a_customer_as_the_whole_row_would(family: s
     ]
     moved = {index for index, _ in follows}
     assert len(moved) >= 2  # the walk crossed clusters: the updates were put to the test
+
+
+def test_customers_alike_at_first_each_follow_their_own_way() -> None:
+    """New customers' first snapshots are mostly alike (one view of a category), so a first
+    assignment is remembered by its inputs; each customer still moves on from their own copy:
+    one's next snapshots leave the others, and later newcomers, where the whole row puts them."""
+    customers = population(600, seed=21)
+    found = fit([c.features for c in customers], families=["kmeans"])
+    model = found.chosen.model(found.prep)
+    first = dict(customers[0].features)
+
+    def whole_row(features: dict[str, Any]) -> tuple[int, bool]:
+        labels, outliers = model.assign_rows(np.asarray([model.prep.row(features)]))
+        return int(labels[0]), bool(outliers[0])
+
+    walks = []
+    for other in customers[1:40]:  # each starts alike, then becomes another of the population
+        last = model.follow(first, None)
+        assert (last.index, last.outlier) == whole_row(first)
+        walks.append((last, dict(other.features)))
+    for last, features in walks:
+        followed = model.follow(features, last)
+        assert (followed.index, followed.outlier) == whole_row(features)
+    for views in range(1, 40):  # later newcomers, alike at first too, then one column moves
+        newcomer = model.follow(first, None)
+        assert (newcomer.index, newcomer.outlier) == whole_row(first)
+        features = {**first, "last_session_products_viewed": views}
+        followed = model.follow(features, newcomer)
+        assert (followed.index, followed.outlier) == whole_row(features)
+        assert followed.distances == pytest.approx(model.follow(features, None).distances)
+    assert len({(last.index, last.outlier) for last, _ in walks}) >= 2  # they went apart
