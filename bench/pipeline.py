@@ -771,6 +771,13 @@ def main() -> None:
         help="Also run the flow with clustering off and on over the same events.",
     )
     parser.add_argument(
+        "--cluster-repeats",
+        type=int,
+        default=5,
+        help="Alternated pairs of runs, clustering off and on (--clusters): the share is their "
+        "medians' (runs on a shared machine spread by 10%%).",
+    )
+    parser.add_argument(
         "--scaling",
         action="store_true",
         help="Only the flow on 1 worker, -w 2 and 2 processes (alternated), and a sizing.",
@@ -800,7 +807,9 @@ def main() -> None:
         compute_s, evaluations, records, deadlines = compute_only(events)
         assert processed_entries(client) == args.events
         per_customer, customers = state_bytes_per_customer(recovery)
-        cost = clusters_on_off(url, client, events, work) if args.clusters else None
+        cost = None
+        if args.clusters:
+            cost = clusters_on_off(url, client, events, work, repeats=args.cluster_repeats)
         delays = {}
         for processes in (1, 2):
             client.flushdb()
