@@ -204,7 +204,13 @@ class ClusterModel:
             dist(row, center) ** 2 + d
             for center, d in zip(arrays["numeric"], extra or arrays["category_base"], strict=True)
         ]
-        return self._closest(given, row, distances)
+        best_d = min(distances)
+        best = distances.index(best_d)
+        outlier = best_d > arrays["limits"][best]
+        if len(self._first) >= FIRST_KEPT:
+            self._first.clear()
+        self._first[given] = (best, outlier, row.copy(), distances.copy())
+        return Assignment(self, given, best, outlier, row, distances)
 
     def _moved(self, last: Assignment, given: tuple[Any, ...]) -> Assignment:
         """``last`` (changed in place: it is the customer's own) with the columns whose
@@ -242,17 +248,6 @@ class ClusterModel:
         """Forget the first assignments remembered by their inputs (a benchmark measures the
         customers' own state apart from them)."""
         self._first.clear()
-
-    def _closest(
-        self, given: tuple[Any, ...], row: list[float], distances: list[float]
-    ) -> Assignment:
-        best_d = min(distances)
-        best = distances.index(best_d)
-        outlier = best_d > self._arrays["limits"][best]
-        if len(self._first) >= FIRST_KEPT:
-            self._first.clear()
-        self._first[given] = (best, outlier, row.copy(), distances.copy())
-        return Assignment(self, given, best, outlier, row, distances)
 
     def assign_row(self, row: Sequence[float]) -> tuple[int | None, bool]:
         if self.kind == "centroids":
