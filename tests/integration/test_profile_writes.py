@@ -52,9 +52,9 @@ def test_a_read_of_many_events_of_one_customer_lists_the_newest(
 def test_a_batchs_memberships_are_written_a_segment_at_a_time(
     settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ):
-    """30 customers enter loyal-customers and 10 of its members leave it in one batch, 12 of
-    them moving from cluster c1 to c2 as well: the sets end exactly as the records say, in one
-    SADD and one SREM a set, and the moves in one ZADD."""
+    """In one batch 30 customers enter loyal-customers (12 of them moving from cluster c1 to
+    c2 as well) and 10 of its members leave it: the sets end exactly as the records say, in
+    one SADD or SREM a set and direction, and the cluster moves in one ZADD."""
     loyal, c1, c2 = "loyal-customers", membership("c1"), membership("c2")
     leaving = [f"old{n}" for n in range(10)]
     redis_client.sadd(members_key(loyal), "stays", *leaving)

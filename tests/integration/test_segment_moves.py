@@ -11,8 +11,10 @@ import httpx
 import pytest
 import redis
 
+from app.clustering.model import membership
+from app.clustering.store import MOVES_KEY
 from app.profiles import moves
-from app.profiles.keys import MOVES_INDEX_KEY, moves_key
+from app.profiles.keys import MOVES_INDEX_KEY, moves_key, transitions_key
 from app.settings import Settings
 from pipelines.records import ProfileUpdate, Transition
 from pipelines.sinks import ProfileSink
@@ -212,10 +214,6 @@ def test_a_clusters_moves_are_not_kept_with_the_segments(
     """A customer entering a segment and moving between clusters in one record: the segment's
     move is kept; the cluster pseudo-segments' are not (turnover counts the move), though the
     customer's own list holds all three transitions."""
-    from app.clustering.model import membership
-    from app.clustering.store import MOVES_KEY
-    from app.profiles.keys import transitions_key
-
     c1, c2 = membership("c1"), membership("c2")
     record = ProfileUpdate(
         customer_id="ada",
