@@ -168,15 +168,24 @@ BUILTIN_INPUTS: dict[str, tuple[FeatureSpec, ...]] = {
     "browsing_depth": (),
     "last_session_duration_ms": (),
     "last_session_products_viewed": (),
+    "recent_visit_duration_ms": (),
+    "recent_visit_products_viewed": (),
     "first_seen": (),
     "last_seen": (),
     "events_total": (),
 }
 
 
-# The last session that has ended (not the current one): they change only as a session ends,
-# so the cluster columns that read them move a customer at most once a visit.
+# The last session that has ended (not the current one): they change only as a session ends.
 LAST_SESSION_BUILTINS = frozenset({"last_session_duration_ms", "last_session_products_viewed"})
+# The most of the latest visit (so far, while it goes on) and the one before it: they change
+# only at an event (a visit's values grow; a new visit's first event makes the one before it
+# the last ended), never as time passes, so no deadline of theirs is ever evaluated; the
+# cluster columns read them.
+RECENT_VISIT_BUILTINS = frozenset({"recent_visit_duration_ms", "recent_visit_products_viewed"})
+# Built-ins that change only at an event although their group has deadlines (for the others
+# in it): a watch on them watches no deadline (``pipelines.features.Watch``).
+EVENT_DRIVEN_BUILTINS = RECENT_VISIT_BUILTINS
 SESSION_BUILTINS = (
     frozenset(
         {
@@ -188,6 +197,7 @@ SESSION_BUILTINS = (
         }
     )
     | LAST_SESSION_BUILTINS
+    | RECENT_VISIT_BUILTINS
 )
 
 
@@ -204,6 +214,8 @@ PROFILE_BUILTINS = (
     "browsing_depth",
     "last_session_duration_ms",
     "last_session_products_viewed",
+    "recent_visit_duration_ms",
+    "recent_visit_products_viewed",
     "rfm_recency_ms",
     "rfm_frequency_30d",
     "rfm_frequency_90d",

@@ -56,10 +56,12 @@ from app.features import (
     BUILTIN_INPUTS,
     DEFAULT_LATENESS_MS,
     DEFAULT_SESSION_GAP_MS,
+    EVENT_DRIVEN_BUILTINS,
     LAST_SESSION_BUILTINS,
     ORDER,
     PAGE_EVENT,
     PROFILE_BUILTINS,
+    RECENT_VISIT_BUILTINS,
     SCREEN_EVENT,
     SESSION_BUILTINS,
     TOP_CATEGORY_WINDOW_MS,
@@ -964,7 +966,8 @@ _NEVER = math.inf
 class Watch:
     """The deadlines that can change what the dataflow decides (a segment, a cluster, so a
     trigger): the groups of the plan whose features a rule or a cluster column reads, each as
-    (group index, None, None) when every change of the group counts (the built-ins), or for a
+    (group index, None, None) when every change of the group counts (the built-ins, but for
+    those that change only at an event, ``EVENT_DRIVEN_BUILTINS``: no deadline), or for a
     log's windowed features (index, the log, (feature, window, class limits) per feature read):
     for a count compared with thresholds, only a crossing into another class among them counts;
     for any other feature read (limits None), every exit from its own window, not those of the
@@ -993,7 +996,9 @@ class Watch:
             if not any(name in wanted for name in names):
                 continue
             if index >= len(plan.specs):
-                groups.append((index, None, None))
+                # a built-in that changes only at an event has no deadline to watch
+                if any(name in wanted and name not in EVENT_DRIVEN_BUILTINS for name in names):
+                    groups.append((index, None, None))
                 continue
             counts: list[tuple[str, int, tuple[float, ...] | None]] = []
             for spec in plan.specs[index]:
@@ -1150,7 +1155,8 @@ def _session_group(catalogue: Catalogue) -> GroupFn:
     wanted = tuple(name for name in catalogue.builtins if name in SESSION_BUILTINS)
     gap = catalogue.session_gap_ms
     pages = (PAGE_EVENT, SCREEN_EVENT)
-    ended = bool(LAST_SESSION_BUILTINS & set(wanted))
+    # the visit before the latest one is walked only for the values that read it
+    earlier = bool((LAST_SESSION_BUILTINS | RECENT_VISIT_BUILTINS) & set(wanted))
     # where each wanted value is in ``found`` below (the views last: two names read them)
     order = (
         "session_events",
@@ -1158,24 +1164,24 @@ def _session_group(catalogue: Catalogue) -> GroupFn:
         "session_pages",
         "last_session_duration_ms",
         "last_session_products_viewed",
+        "recent_visit_duration_ms",
+        "recent_visit_products_viewed",
     )
     slots = tuple((name, order.index(name) if name in order else len(order)) for name in wanted)
 
     def compute(state: CustomerFeatures, now: int, values: dict[str, Any]) -> int | None:
-        # ``state.session(now)``, walked back from its end once, counting as it goes
+        # the latest visit (ongoing or not) walked back from its end, counting as it goes,
+        # then the one before it, where wanted
         log = state.session_log
         end = bisect.bisect_right(log, (now, "\uffff"))
         events = duration = paged = viewed = 0
-        deadline = None
-        before = end - 1  # the last event of the last ended session, -1: none
-        if end and now - log[end - 1][0] < gap:
+        before_ms = before_viewed = 0
+        if end:
             last = later = log[end - 1][0]
             start = end - 1
-            before = -1
             while True:
                 at, kind = log[start]
                 if later - at >= gap:
-                    before = start
                     break
                 events += 1
                 if kind == "Product Viewed":
@@ -1183,28 +1189,47 @@ def _session_group(catalogue: Catalogue) -> GroupFn:
                 elif kind in pages:
                     paged += 1
                 later = at
-                if start == 0:
-                    break
                 start -= 1
+                if start < 0:
+                    break
             duration = last - later
-            deadline = last + gap
-        ended_ms = ended_viewed = 0
-        if ended and before >= 0:
-            # the last session that has ended: its values change only as a session ends
-            last = later = log[before][0]
-            start = before
-            while True:
-                at, kind = log[start]
-                if later - at >= gap:
-                    break
-                if kind == "Product Viewed":
-                    ended_viewed += 1
-                later = at
-                if start == 0:
-                    break
-                start -= 1
-            ended_ms = last - later
-        found = (events, duration, paged, ended_ms, ended_viewed, viewed)
+            if earlier and start >= 0:  # log[start]: the last event of the visit before
+                last = later = log[start][0]
+                while True:
+                    at, kind = log[start]
+                    if later - at >= gap:
+                        break
+                    if kind == "Product Viewed":
+                        before_viewed += 1
+                    later = at
+                    start -= 1
+                    if start < 0:
+                        break
+                before_ms = last - later
+        if end and now - log[end - 1][0] < gap:  # the latest visit goes on: the current one
+            found = (
+                events,
+                duration,
+                paged,
+                before_ms,
+                before_viewed,
+                duration if duration > before_ms else before_ms,
+                viewed if viewed > before_viewed else before_viewed,
+                viewed,
+            )
+            deadline: int | None = log[end - 1][0] + gap
+        else:  # no current session: the latest visit is the last ended
+            found = (
+                0,
+                0,
+                0,
+                duration,
+                viewed,
+                duration if duration > before_ms else before_ms,
+                viewed if viewed > before_viewed else before_viewed,
+                0,
+            )
+            deadline = None
         for name, slot in slots:
             values[name] = found[slot]
         return deadline

@@ -84,8 +84,8 @@ def features_of(persona: str, rng: random.Random, *, grown: float = 1.0) -> dict
         "rfm_frequency_90d": 0 if orders is None else round(orders),
         "rfm_monetary_30d": None if revenue is None else round(revenue / 3, 2),
         "rfm_monetary_90d": None if revenue is None else round(revenue, 2),
-        "last_session_products_viewed": 0 if depth is None else round(depth),
-        "last_session_duration_ms": 0 if minutes is None else int(minutes * MINUTE_MS),
+        "recent_visit_products_viewed": 0 if depth is None else round(depth),
+        "recent_visit_duration_ms": 0 if minutes is None else int(minutes * MINUTE_MS),
         "interaction_rate_30d": None if rate is None else round(rate, 4),
         "cart_value": 0 if cart is None else round(cart, 2),
         "cart_items": 0 if cart is None else max(1, round(cart / 60)),
@@ -129,8 +129,8 @@ def outliers(count: int, *, seed: int = 2) -> list[Customer]:
     extremes: dict[str, Callable[[], float]] = {
         "rfm_frequency_90d": lambda: rng.randint(100, 1_000),
         "rfm_monetary_90d": lambda: round(rng.uniform(50_000, 500_000), 2),
-        "last_session_products_viewed": lambda: rng.randint(300, 3_000),
-        "last_session_duration_ms": lambda: int(rng.uniform(600, 3_000) * MINUTE_MS),
+        "recent_visit_products_viewed": lambda: rng.randint(300, 3_000),
+        "recent_visit_duration_ms": lambda: int(rng.uniform(600, 3_000) * MINUTE_MS),
         "cart_value": lambda: round(rng.uniform(20_000, 200_000), 2),
         "cart_items": lambda: rng.randint(100, 1_000),
     }

@@ -9,8 +9,8 @@ recency_days        ``rfm_recency_ms`` / 1 day             missing (never ordere
                                                            capped at 365, log1p
 frequency_90d       ``rfm_frequency_90d``                  log1p
 monetary_90d        ``rfm_monetary_90d``                   missing -> 0, log1p
-browsing_depth      ``last_session_products_viewed``       log1p
-session_minutes     ``last_session_duration_ms`` / 1 min   log1p
+browsing_depth      ``recent_visit_products_viewed``       log1p
+session_minutes     ``recent_visit_duration_ms`` / 1 min   log1p
 interaction_rate    ``interaction_rate_30d`` (adds/views)  missing (no views) -> 0, capped 5
 cart_value          ``cart_value``                         log1p
 cart_items          ``cart_items``                         log1p
@@ -19,9 +19,13 @@ top_category        ``top_category_30d``                   one-hot of the most c
                                                            each weighted 0.5
 ==================  =====================================  ==================================
 
-The two session columns read the last session that has ended, not the current one: those
-values change once a visit (as it ends), where the current session's grow at every event and
-fall to zero at its end, which moved customers between clusters at every visit's start and end.
+The two visit columns read the most of the latest visit (so far, while it goes on) and the one
+before it. The current session's values grow at every event and fall to zero at its end, which
+moved customers between clusters at every visit's start and end; the last ended session's
+change as a visit ends, with no event, so the dataflow had to evaluate every visit's end for
+the model alone. The most of the latest two changes only at an event, never falls to zero, and
+is not reset by a new visit's first event: a customer moves as they browse, not 30 minutes
+after they left.
 
 Counts, money and durations are heavy-tailed (a few customers buy a hundred times more than
 the median), so they are log-transformed before scaling; every numeric column is then
@@ -65,8 +69,8 @@ NUMERIC: tuple[Column, ...] = (
     Column("recency_days", "rfm_recency_ms", DAY_MS, RECENCY_CAP_DAYS, RECENCY_CAP_DAYS),
     Column("frequency_90d", "rfm_frequency_90d"),
     Column("monetary_90d", "rfm_monetary_90d"),
-    Column("browsing_depth", "last_session_products_viewed"),
-    Column("session_minutes", "last_session_duration_ms", 60_000.0),
+    Column("browsing_depth", "recent_visit_products_viewed"),
+    Column("session_minutes", "recent_visit_duration_ms", 60_000.0),
     Column("interaction_rate", "interaction_rate_30d", cap=RATE_CAP, log=False),
     Column("cart_value", "cart_value"),
     Column("cart_items", "cart_items"),

@@ -163,8 +163,8 @@ def test_the_live_assignment_follows_a_customer_as_the_whole_row_would(family: s
     model = found.chosen.model(found.prep)
     rng = random.Random(13)
     changes: list[tuple[str, Callable[[Any], Any]]] = [
-        ("last_session_products_viewed", lambda v: (v or 0) + rng.randint(1, 4)),
-        ("last_session_duration_ms", lambda v: (v or 0) + rng.randint(10_000, 600_000)),
+        ("recent_visit_products_viewed", lambda v: (v or 0) + rng.randint(1, 4)),
+        ("recent_visit_duration_ms", lambda v: (v or 0) + rng.randint(10_000, 600_000)),
         ("rfm_recency_ms", lambda v: None if rng.random() < 0.1 else (v or 0) + 3_600_000),
         ("cart_value", lambda v: 0 if rng.random() < 0.3 else (v or 0) + rng.uniform(5, 200)),
         ("interaction_rate_30d", lambda v: rng.choice([None, 0.0, rng.uniform(0, 2), 9.0])),
@@ -223,7 +223,7 @@ def test_customers_alike_at_first_each_follow_their_own_way() -> None:
     for views in range(1, 40):  # later newcomers, alike at first too, then one column moves
         newcomer = model.follow(first, None)
         assert (newcomer.index, newcomer.outlier) == whole_row(first)
-        features = {**first, "last_session_products_viewed": views}
+        features = {**first, "recent_visit_products_viewed": views}
         followed = model.follow(features, newcomer)
         assert (followed.index, followed.outlier) == whole_row(features)
         assert followed.distances == pytest.approx(model.follow(features, None).distances)

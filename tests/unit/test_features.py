@@ -51,6 +51,8 @@ BUILTINS = [
     "session_products_viewed",
     "last_session_duration_ms",
     "last_session_products_viewed",
+    "recent_visit_duration_ms",
+    "recent_visit_products_viewed",
     "first_seen",
     "last_seen",
     "events_total",
@@ -144,8 +146,8 @@ def oracle_session(history: Sequence[Arrived], t: int) -> list[Arrived]:
     return named[start:]
 
 
-def oracle_last_session(history: Sequence[Arrived], t: int) -> list[Arrived]:
-    """The events of the last session that has ended by ``t`` (no event for ``GAP`` after it)."""
+def oracle_visits(history: Sequence[Arrived], t: int) -> list[list[Arrived]]:
+    """The visits by ``t``, oldest first: events split where ``GAP`` passes between two."""
     named = sorted((e for e in history if e.at <= t), key=lambda e: e.at)
     sessions: list[list[Arrived]] = []
     for e in named:
@@ -153,7 +155,12 @@ def oracle_last_session(history: Sequence[Arrived], t: int) -> list[Arrived]:
             sessions[-1].append(e)
         else:
             sessions.append([e])
-    ended = [s for s in sessions if t - s[-1].at >= GAP]
+    return sessions
+
+
+def oracle_last_session(history: Sequence[Arrived], t: int) -> list[Arrived]:
+    """The events of the last session that has ended by ``t`` (no event for ``GAP`` after it)."""
+    ended = [s for s in oracle_visits(history, t) if t - s[-1].at >= GAP]
     return ended[-1] if ended else []
 
 
@@ -214,6 +221,11 @@ def oracle(history: Sequence[Arrived], t: int) -> dict[str, Any]:
     ended = oracle_last_session(history, t)
     values["last_session_duration_ms"] = ended[-1].at - ended[0].at if ended else 0
     values["last_session_products_viewed"] = sum(1 for e in ended if e.name == "Product Viewed")
+    recent = oracle_visits(history, t)[-2:]  # the latest visit, ongoing or not, and the one before
+    values["recent_visit_duration_ms"] = max((v[-1].at - v[0].at for v in recent), default=0)
+    values["recent_visit_products_viewed"] = max(
+        (sum(1 for e in v if e.name == "Product Viewed") for v in recent), default=0
+    )
     seen = [e.at for e in history if e.at <= t]
     values["first_seen"] = min(seen, default=None)
     values["last_seen"] = max(seen, default=None)
@@ -485,6 +497,7 @@ def sessions_walked(log: list[tuple[int, str]], now: int) -> dict[str, int]:
             visits[-1].append((at, kind))
         else:
             visits.append([(at, kind)])
+    recent = visits[-2:]  # the latest visit, ongoing or not, and the one before it
     current = visits.pop() if visits and now - visits[-1][-1][0] < GAP else []
     ended = visits[-1] if visits else []
     return {
@@ -494,6 +507,10 @@ def sessions_walked(log: list[tuple[int, str]], now: int) -> dict[str, int]:
         "session_products_viewed": sum(kind == "Product Viewed" for _, kind in current),
         "last_session_duration_ms": ended[-1][0] - ended[0][0] if ended else 0,
         "last_session_products_viewed": sum(kind == "Product Viewed" for _, kind in ended),
+        "recent_visit_duration_ms": max((v[-1][0] - v[0][0] for v in recent), default=0),
+        "recent_visit_products_viewed": max(
+            (sum(kind == "Product Viewed" for _, kind in v) for v in recent), default=0
+        ),
     }
 
 

@@ -183,15 +183,10 @@ def test_a_count_below_its_threshold_sets_no_deadline_for_each_exit():
     assert transitions(out) == [("ann", "busy", "exit", T0 + 10 * MINUTE)]
 
 
-def test_a_feature_read_whole_is_watched_at_its_own_windows_exits_not_its_logs_others():
-    """A cluster model reads the 30-day interaction rate (adds / views), so every change of
-    the 30-day view count matters; the 10-minute count on the same log does not. Views leave
-    10 minutes long before they leave 30 days: those exits were all evaluated (three times as
-    many deadlines with clustering on), though none can move a cluster or a segment."""
-    catalogue = catalogue_for(shipped_compiled(), 5 * MINUTE)  # browsing-enthusiasts: 10m
-    watch = Watch.of(catalogue.plan, {"interaction_rate_30d": None})
+def viewing(catalogue: Any, *, minutes: Iterable[int]) -> CustomerFeatures:
+    """A customer who viewed a product at each of ``minutes`` after ``T0``."""
     customer = CustomerFeatures(catalogue)
-    for n in range(3):
+    for n in minutes:
         customer.apply(
             stored_event(
                 message_id=f"m{n}",
@@ -201,11 +196,43 @@ def test_a_feature_read_whole_is_watched_at_its_own_windows_exits_not_its_logs_o
                 properties={"product_id": "p1"},
             )
         )
+    return customer
+
+
+def test_a_feature_read_whole_is_watched_at_its_own_windows_exits_not_its_logs_others():
+    """A cluster model reads the 30-day interaction rate (adds / views), so every change of
+    the 30-day view count matters; the 10-minute count on the same log does not. Views leave
+    10 minutes long before they leave 30 days: those exits were all evaluated (three times as
+    many deadlines with clustering on), though none can move a cluster or a segment."""
+    catalogue = catalogue_for(shipped_compiled(), 5 * MINUTE)  # browsing-enthusiasts: 10m
+    watch = Watch.of(catalogue.plan, {"interaction_rate_30d": None})
+    customer = viewing(catalogue, minutes=(0, 1, 2))
     now = T0 + 2 * MINUTE
     values, soonest = customer.read(now)
     assert values["count(Product Viewed, 10m)"] == 3
     assert soonest == T0 + 10 * MINUTE  # the record's next change: shown, not evaluated
     assert customer.watched_deadline(now, watch) == T0 + 30 * DAY  # the first 30-day exit
+
+
+def test_a_visits_end_is_watched_for_its_last_session_not_for_the_recent_visits():
+    """The most of the latest two visits changes only at an event, so a cluster model that
+    reads it watches no deadline for it; the last ended session changes as a visit ends,
+    with no event, and a watch on it evaluates that instant."""
+    catalogue = catalogue_for(shipped_compiled(), 5 * MINUTE)
+    customer = viewing(catalogue, minutes=(0, 1, 3))
+    now = T0 + 3 * MINUTE
+    values, _ = customer.read(now)
+    ends = T0 + 3 * MINUTE + 30 * MINUTE  # the session gap after the last view
+    recent = ("recent_visit_products_viewed", "recent_visit_duration_ms")
+    assert [values[name] for name in recent] == [3, 3 * MINUTE]
+    assert values["last_session_products_viewed"] == 0
+    ended = Watch.of(catalogue.plan, {"last_session_products_viewed": None})
+    assert customer.watched_deadline(now, ended) == ends
+    visits = Watch.of(catalogue.plan, dict.fromkeys(recent))
+    assert customer.watched_deadline(now, visits) is None
+    after, _ = customer.read(ends)  # as the visit ends: the last session moves, not these
+    assert after["last_session_products_viewed"] == 3
+    assert [after[name] for name in recent] == [3, 3 * MINUTE]
 
 
 def test_a_records_refresh_never_comes_before_events_waiting_for_their_instant():
