@@ -560,6 +560,9 @@ class CustomerFeatures:
     _observed: _Observed | None = field(default=None, repr=False, compare=False)
     _dirty: set[int] = field(default_factory=set, repr=False, compare=False)
     _expired_at: int | None = field(default=None, repr=False, compare=False)
+    # the latest two visits of the whole session log as the session group last found them,
+    # kept up to date as events are appended to the log (``_LatestVisits``): derived
+    _visits: _LatestVisits | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.adopt(self.catalogue)
@@ -578,6 +581,7 @@ class CustomerFeatures:
         for name in wanted:
             self.sequences.setdefault(name, SequenceLog())
         self._observed = None
+        self._visits = None  # its session gap may be another
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Customers are pickled one by one, often (see pipelines.segmentation.ShardState): as
@@ -658,9 +662,20 @@ class CustomerFeatures:
             sequence.add(chain, when, name, properties)
             sequence.expire(newest, chain, self.catalogue.allowed_lateness_ms)
         self.cart.add(when, name, properties)
-        bisect.insort(self.session_log, (when, name))
-        if len(self.session_log) > SESSION_LOG_CAP:
-            del self.session_log[: len(self.session_log) - SESSION_LOG_CAP]
+        session = self.session_log
+        at = bisect.bisect_right(session, (when, name))
+        session.insert(at, (when, name))
+        visits = self._visits
+        if visits is not None:
+            if at == visits.count:  # after every entry it covers: the visits go on from it
+                visits.add(when, name, self.catalogue.session_gap_ms)
+            else:  # a late event among them: walked again when read
+                self._visits = visits = None
+        if len(session) > SESSION_LOG_CAP:
+            cut = len(session) - SESSION_LOG_CAP
+            del session[:cut]
+            if visits is not None and not visits.shift(cut):
+                self._visits = None
         if name == "Product Viewed" and self.catalogue.top_category:
             category = properties.get("category")
             if isinstance(category, str):
@@ -881,6 +896,7 @@ class CustomerFeatures:
             self.sequences[chain.name].merge(chain, other.sequences[chain.name])
         self.cart.merge(other.cart)
         self.session_log = sorted(self.session_log + other.session_log)[-SESSION_LOG_CAP:]
+        self._visits = None
         for category, times in other.category_views.items():
             self.category_views[category] = sorted(self.category_views.get(category, []) + times)
         self.traits = {**other.traits, **self.traits}
@@ -945,6 +961,7 @@ def _rebuilt(
     customer._observed = None
     customer._dirty = set()
     customer._expired_at = None
+    customer._visits = None
     return customer
 
 
@@ -1154,7 +1171,6 @@ def _last_values_group(catalogue: Catalogue) -> GroupFn:
 def _session_group(catalogue: Catalogue) -> GroupFn:
     wanted = tuple(name for name in catalogue.builtins if name in SESSION_BUILTINS)
     gap = catalogue.session_gap_ms
-    pages = (PAGE_EVENT, SCREEN_EVENT)
     # the visit before the latest one is walked only for the values that read it
     earlier = bool((LAST_SESSION_BUILTINS | RECENT_VISIT_BUILTINS) & set(wanted))
     # where each wanted value is in ``found`` below (the views last: two names read them)
@@ -1170,71 +1186,137 @@ def _session_group(catalogue: Catalogue) -> GroupFn:
     slots = tuple((name, order.index(name) if name in order else len(order)) for name in wanted)
 
     def compute(state: CustomerFeatures, now: int, values: dict[str, Any]) -> int | None:
-        # the latest visit (ongoing or not) walked back from its end, counting as it goes,
-        # then the one before it, where wanted
         log = state.session_log
-        end = bisect.bisect_right(log, (now, "\uffff"))
-        events = duration = paged = viewed = 0
-        before_ms = before_viewed = 0
-        if end:
-            last = later = log[end - 1][0]
-            start = end - 1
-            while True:
-                at, kind = log[start]
-                if later - at >= gap:
-                    break
-                events += 1
-                if kind == "Product Viewed":
-                    viewed += 1
-                elif kind in pages:
-                    paged += 1
-                later = at
-                start -= 1
-                if start < 0:
-                    break
-            duration = last - later
-            if earlier and start >= 0:  # log[start]: the last event of the visit before
-                last = later = log[start][0]
-                while True:
-                    at, kind = log[start]
-                    if later - at >= gap:
-                        break
-                    if kind == "Product Viewed":
-                        before_viewed += 1
-                    later = at
-                    start -= 1
-                    if start < 0:
-                        break
-                before_ms = last - later
-        if end and now - log[end - 1][0] < gap:  # the latest visit goes on: the current one
+        size = len(log)
+        end = size if not size or log[-1][0] <= now else bisect.bisect_right(log, (now, "\uffff"))
+        visits = state._visits
+        if visits is None or end != size:
+            visits = _LatestVisits.walked(log, end, gap, earlier)
+            if end == size:  # of the whole log: kept up to date as events are appended
+                state._visits = visits
+        duration = visits.last_at - visits.first_at
+        viewed, before_ms, before_viewed = visits.viewed, visits.before_ms, visits.before_viewed
+        recent_ms = duration if duration > before_ms else before_ms
+        recent_viewed = viewed if viewed > before_viewed else before_viewed
+        if end and now - visits.last_at < gap:  # the latest visit goes on: the current one
             found = (
-                events,
+                visits.events,
                 duration,
-                paged,
+                visits.paged,
                 before_ms,
                 before_viewed,
-                duration if duration > before_ms else before_ms,
-                viewed if viewed > before_viewed else before_viewed,
+                recent_ms,
+                recent_viewed,
                 viewed,
             )
-            deadline: int | None = log[end - 1][0] + gap
+            deadline: int | None = visits.last_at + gap
         else:  # no current session: the latest visit is the last ended
-            found = (
-                0,
-                0,
-                0,
-                duration,
-                viewed,
-                duration if duration > before_ms else before_ms,
-                viewed if viewed > before_viewed else before_viewed,
-                0,
-            )
+            found = (0, 0, 0, duration, viewed, recent_ms, recent_viewed, 0)
             deadline = None
         for name, slot in slots:
             values[name] = found[slot]
         return deadline
 
     return compute
+
+
+class _LatestVisits:
+    """A customer's latest visit (ongoing or not) and the one before it, of the first
+    ``count`` entries of their session log: the session group's walk back from the end,
+    carried forward event by event while events are appended after them (``add``)."""
+
+    __slots__ = (
+        "before_first",
+        "before_ms",
+        "before_viewed",
+        "count",
+        "events",
+        "first",
+        "first_at",
+        "last_at",
+        "paged",
+        "viewed",
+    )
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.first = -1  # the latest visit's first entry (-1: no visit)
+        self.first_at = self.last_at = 0
+        self.events = self.paged = self.viewed = 0
+        self.before_first = -1  # the visit before's first entry (-1: none, or not walked)
+        self.before_ms = self.before_viewed = 0
+
+    @classmethod
+    def walked(cls, log: list[tuple[int, str]], end: int, gap: int, earlier: bool) -> _LatestVisits:
+        """The visits of ``log[:end]``, walked back from its end (the one before the latest
+        only when ``earlier``)."""
+        found = cls(end)
+        if not end:
+            return found
+        later = found.last_at = log[end - 1][0]
+        start = end - 1
+        events = paged = viewed = 0
+        while start >= 0:
+            at, kind = log[start]
+            if later - at >= gap:
+                break
+            events += 1
+            if kind == "Product Viewed":
+                viewed += 1
+            elif kind in _PAGES:
+                paged += 1
+            later = at
+            start -= 1
+        found.first, found.first_at = start + 1, later
+        found.events, found.paged, found.viewed = events, paged, viewed
+        if earlier and start >= 0:  # log[start]: the last event of the visit before
+            last = later = log[start][0]
+            viewed = 0
+            while start >= 0:
+                at, kind = log[start]
+                if later - at >= gap:
+                    break
+                if kind == "Product Viewed":
+                    viewed += 1
+                later = at
+                start -= 1
+            found.before_first, found.before_ms, found.before_viewed = (
+                start + 1,
+                last - later,
+                viewed,
+            )
+        return found
+
+    def add(self, when: int, kind: str, gap: int) -> None:
+        """An entry appended after the ``count`` covered (no earlier than the last of them)."""
+        if self.first < 0 or when - self.last_at >= gap:  # a new visit: the latest one before
+            if self.first >= 0:
+                self.before_first = self.first
+                self.before_ms = self.last_at - self.first_at
+                self.before_viewed = self.viewed
+            self.first, self.first_at = self.count, when
+            self.events = self.paged = self.viewed = 0
+        self.last_at = when
+        self.events += 1
+        if kind == "Product Viewed":
+            self.viewed += 1
+        elif kind in _PAGES:
+            self.paged += 1
+        self.count += 1
+
+    def shift(self, cut: int) -> bool:
+        """The log's first ``cut`` entries dropped; False when they held part of a visit
+        kept here (a walk of what is left would see less of it)."""
+        self.count -= cut
+        self.first -= cut
+        if self.before_first >= 0:
+            self.before_first -= cut
+            if self.before_first < 0:
+                return False
+        return self.first >= 0
+
+
+_PAGES = (PAGE_EVENT, SCREEN_EVENT)
 
 
 def _cart_group(catalogue: Catalogue) -> GroupFn:
