@@ -1,0 +1,179 @@
+"""The dataflow's own work per event counted in instructions (valgrind's callgrind), which a
+shared machine's load does not move as it moves time: changes of a few per cent show.
+
+``bench/pipeline.py``'s shop history (``--events``) goes through the feature shards as the
+source hands them (a partition's reads, each closed by its tick) and through the profile
+sink's building of its Redis commands (built, not sent), with no Bytewax and no Redis work:
+first with clustering off (the floor), then on, assigned by a model fitted as a refit fits
+(k-means, k by silhouette) on the profiles the off run computed. Each is counted in a
+process of its own under callgrind, less a process that only sets up (imports, the history,
+the model), with ``PYTHONHASHSEED=0``; repeated runs agreed within about 10 M instructions.
+
+    .venv/bin/python bench/instructions.py [--events 20000]
+
+Needs valgrind (Debian: ``apt install valgrind``). Slow: callgrind runs about 50 times slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.redis_server import EmbeddedRedis  # noqa: E402
+
+END_MS = 1_780_000_000_000  # the history's last instant: fixed, so every run reads the same
+
+
+def _reads(count: int) -> list[Any]:
+    """The history as the source hands it to the shards: per read, per shard, its items."""
+    from app.events import StreamEntry
+    from app.streams import partition_of
+    from bench.pipeline import LANE, PARTITIONS, history
+    from pipelines.segmentation import route_read
+    from pipelines.sources import BATCH, StreamEvent, Tick
+
+    by_partition: dict[int, list[StreamEvent]] = {}
+    for n, item in enumerate(history(count, END_MS)):
+        partition = partition_of(item["customer_id"], PARTITIONS)
+        entry: StreamEntry = {**item, "replay": LANE}  # type: ignore[typeddict-item]
+        by_partition.setdefault(partition, []).append(StreamEvent(partition, str(n), entry))
+    reads: list[tuple[int, list[StreamEvent | Tick]]] = []
+    for partition, read in by_partition.items():
+        for start in range(0, len(read), BATCH):
+            chunk: list[StreamEvent | Tick] = [*read[start : start + BATCH]]
+            at = int(read[min(start + BATCH, len(read)) - 1].event["timestamp"])
+            reads.append((at, [*chunk, Tick(partition, at, False, LANE)]))
+    reads.sort(key=lambda pair: pair[0])
+    return [route_read(batch, PARTITIONS) for _, batch in reads]
+
+
+class _Published:
+    """The model watcher's part the shards read: a fixed model."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def current(self) -> Any:
+        return self.model
+
+
+def run(mode: str, count: int, url: str, model_path: Path) -> None:
+    """One measured process: ``setup`` (everything but the work), ``off``, ``on``, or ``fit``
+    (off, natively, then the model fitted on its profiles, written to ``model_path``)."""
+    import gc
+
+    from app.clustering.model import ClusterModel
+    from app.rules.active import shipped_compiled
+    from pipelines.records import ProfileUpdate
+    from pipelines.segmentation import FLOW_GC_THRESHOLD, FeatureShard, catalogue_for
+    from pipelines.sinks import _ProfilePartition
+
+    routed = _reads(count)
+    rules = shipped_compiled()
+    catalogue = catalogue_for(rules, 300_000)
+    model = None
+    if mode in ("setup", "on"):
+        model = ClusterModel.from_shown(orjson.loads(model_path.read_bytes()))
+    sink = _ProfilePartition(url, None, None)
+    sink._redis.send = sink._redis._queued.clear  # type: ignore[method-assign]  # built only
+    if mode == "setup":
+        return
+    gc.set_threshold(*FLOW_GC_THRESHOLD)  # as the flow's process runs
+    shards: dict[str, FeatureShard] = {}
+    last: dict[str, dict[str, Any]] = {}
+    watcher = _Published(model) if mode == "on" else None
+    for per_shard in routed:
+        for shard, values in per_shard:
+            logic = shards.get(shard)
+            if logic is None:
+                logic = shards[shard] = FeatureShard(
+                    catalogue,
+                    rules,
+                    None,
+                    None,
+                    4,
+                    watcher,  # type: ignore[arg-type]
+                )
+            out, _ = logic.on_batch([values])
+            sink.write_batch(list(out))
+            if mode == "fit":
+                last.update(
+                    (r.customer_id, r.features) for r in out if isinstance(r, ProfileUpdate)
+                )
+    if mode == "fit":
+        from app.clustering.fitting import fit
+
+        found = fit(list(last.values()), families=["kmeans"])
+        fitted = found.chosen.model(found.prep, version=1, fitted_at=1)
+        model_path.write_bytes(orjson.dumps(fitted.shown()))
+
+
+def counted(mode: str, count: int, url: str, model_path: Path, work: Path) -> int:
+    """Instructions of one ``run`` in a process of its own under callgrind."""
+    out = work / f"callgrind.{mode}"
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+    argv += [__file__, "--run", mode, "--events", str(count), "--url", url]
+    argv += ["--model", str(model_path)]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    subprocess.run(argv, env=env, cwd=ROOT, check=True, capture_output=True)
+    found = re.search(rb"^summary: (\d+)", out.read_bytes(), re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"no instruction count in {out}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        run(args.run, args.events, args.url, args.model)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt install valgrind)")
+    work = Path(tempfile.mkdtemp(prefix="segflow-bench-instructions-"))
+    server = EmbeddedRedis.ensure(work) if not os.environ.get("REDIS_URL") else None
+    url = os.environ.get("REDIS_URL") or (server.url if server else "")
+    model_path = work / "model.json"
+    try:
+        run("fit", args.events, url, model_path)
+        model = orjson.loads(model_path.read_bytes())
+        setup = counted("setup", args.events, url, model_path, work)
+        off = counted("off", args.events, url, model_path, work) - setup
+        on = counted("on", args.events, url, model_path, work) - setup
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    clusters = len(model["clusters"])
+    print(
+        f"\ninstructions of the shards and the sink's command building, {args.events:,} of "
+        f"bench/pipeline.py's events (setup, {setup / 1e6:,.0f} M, taken off)"
+    )
+    print("| path | instructions (M) | per event | ratio to off |")
+    print("|---|---|---|---|")
+    for label, value in (
+        ("floor: clustering off", off),
+        (f"clustering on (k-means, {clusters} clusters)", on),
+    ):
+        print(f"| {label} | {value / 1e6:,.0f} | {value / args.events:,.0f} | {value / off:.3f} |")
+    print(f"clustering's share of the flow's instructions with it on: {1 - off / on:.1%}")
+
+
+if __name__ == "__main__":
+    main()
