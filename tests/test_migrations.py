@@ -91,3 +91,29 @@ def test_the_migrations_downgrade_to_nothing_and_upgrade_again(fresh_settings):
 
     migrate.upgrade(fresh_settings)
     assert table_names(fresh_settings) == set(SQLModel.metadata.tables)
+
+
+def test_a_migration_stopped_midway_leaves_nothing_and_runs_again(tmp_path, monkeypatch):
+    """A process killed during its first start's migration must restart: the tables it had
+    created are rolled back with Alembic's record of them (SQLite ran each CREATE TABLE on
+    its own, and the restart failed with "table ... already exists")."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # SQLite's DDL is what is at stake
+    settings = Settings(SEGFLOW_DATA_DIR=tmp_path)
+    assert settings.effective_database_url.startswith("sqlite")
+    migrate_all = command.upgrade
+
+    def killed_after_the_tables(config: Any, revision: str) -> None:
+        migrate_all(config, revision)
+        raise KeyboardInterrupt  # as a kill before the transaction commits
+
+    monkeypatch.setattr(command, "upgrade", killed_after_the_tables)
+    with pytest.raises(KeyboardInterrupt):
+        migrate.upgrade(settings)
+    engine = make_engine(settings)
+    try:
+        assert inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+    monkeypatch.setattr(command, "upgrade", migrate_all)
+    migrate.upgrade(settings)
+    assert differences(settings) == []
