@@ -57,11 +57,9 @@ from app.features import (
     DEFAULT_LATENESS_MS,
     DEFAULT_SESSION_GAP_MS,
     EVENT_DRIVEN_BUILTINS,
-    LAST_SESSION_BUILTINS,
     ORDER,
     PAGE_EVENT,
     PROFILE_BUILTINS,
-    RECENT_VISIT_BUILTINS,
     SCREEN_EVENT,
     SESSION_BUILTINS,
     TOP_CATEGORY_WINDOW_MS,
@@ -662,9 +660,9 @@ class CustomerFeatures:
             sequence.add(chain, when, name, properties)
             sequence.expire(newest, chain, self.catalogue.allowed_lateness_ms)
         self.cart.add(when, name, properties)
-        session = self.session_log
-        at = bisect.bisect_right(session, (when, name))
-        session.insert(at, (when, name))
+        session, entry = self.session_log, (when, name)
+        at = bisect.bisect_right(session, entry)
+        session.insert(at, entry)
         visits = self._visits
         if visits is not None:
             if at == visits.count:  # after every entry it covers: the visits go on from it
@@ -699,17 +697,6 @@ class CustomerFeatures:
             del times[: bisect.bisect_right(times, horizon)]
             if not times:
                 del self.category_views[category]
-
-    def session(self, now: int) -> list[tuple[int, str]]:
-        """The current session's events at ``now`` (empty once the gap has passed)."""
-        gap = self.catalogue.session_gap_ms
-        log = self.session_log[: bisect.bisect_right(self.session_log, (now, "\uffff"))]
-        if not log or now - log[-1][0] >= gap:
-            return []
-        start = len(log) - 1
-        while start > 0 and log[start][0] - log[start - 1][0] < gap:
-            start -= 1
-        return log[start:]
 
     def snapshot(self, now: int) -> dict[str, Any]:
         """Every catalogued feature's value at ``now``."""
@@ -1171,8 +1158,6 @@ def _last_values_group(catalogue: Catalogue) -> GroupFn:
 def _session_group(catalogue: Catalogue) -> GroupFn:
     wanted = tuple(name for name in catalogue.builtins if name in SESSION_BUILTINS)
     gap = catalogue.session_gap_ms
-    # the visit before the latest one is walked only for the values that read it
-    earlier = bool((LAST_SESSION_BUILTINS | RECENT_VISIT_BUILTINS) & set(wanted))
     # where each wanted value is in ``found`` below (the views last: two names read them)
     order = (
         "session_events",
@@ -1191,7 +1176,7 @@ def _session_group(catalogue: Catalogue) -> GroupFn:
         end = size if not size or log[-1][0] <= now else bisect.bisect_right(log, (now, "\uffff"))
         visits = state._visits
         if visits is None or end != size:
-            visits = _LatestVisits.walked(log, end, gap, earlier)
+            visits = _LatestVisits.walked(log, end, gap)
             if end == size:  # of the whole log: kept up to date as events are appended
                 state._visits = visits
         duration = visits.last_at - visits.first_at
@@ -1243,13 +1228,12 @@ class _LatestVisits:
         self.first = -1  # the latest visit's first entry (-1: no visit)
         self.first_at = self.last_at = 0
         self.events = self.paged = self.viewed = 0
-        self.before_first = -1  # the visit before's first entry (-1: none, or not walked)
+        self.before_first = -1  # the visit before's first entry (-1: none)
         self.before_ms = self.before_viewed = 0
 
     @classmethod
-    def walked(cls, log: list[tuple[int, str]], end: int, gap: int, earlier: bool) -> _LatestVisits:
-        """The visits of ``log[:end]``, walked back from its end (the one before the latest
-        only when ``earlier``)."""
+    def walked(cls, log: list[tuple[int, str]], end: int, gap: int) -> _LatestVisits:
+        """The visits of ``log[:end]``, walked back from its end."""
         found = cls(end)
         if not end:
             return found
@@ -1269,7 +1253,7 @@ class _LatestVisits:
             start -= 1
         found.first, found.first_at = start + 1, later
         found.events, found.paged, found.viewed = events, paged, viewed
-        if earlier and start >= 0:  # log[start]: the last event of the visit before
+        if start >= 0:  # log[start]: the last event of the visit before
             last = later = log[start][0]
             viewed = 0
             while start >= 0:
