@@ -1003,9 +1003,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         if member is not None:
             segments = self._with_cluster(segments, member)
         elif kept:  # most evaluations: the same two sets as a recent one's (``_kept``)
-            segments = self._kept.get((segments, before)) or self._with_kept_cluster(
-                segments, before
-            )
+            joined = self._kept.get((segments, before))  # (empty for most: not ``or``)
+            segments = self._with_kept_cluster(segments, before) if joined is None else joined
         if segments is not before and segments != before:
             transitions = self._transitions(before, segments, now)
             customer.segments = segments
