@@ -31,42 +31,12 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.features import DEFAULT_LATENESS_MS  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
+from bench.pipeline import history, shard_reads  # noqa: E402
+from tests.factories import PublishedModel  # noqa: E402
 
 END_MS = 1_780_000_000_000  # the history's last instant: fixed, so every run reads the same
-
-
-def _reads(count: int) -> list[Any]:
-    """The history as the source hands it to the shards: per read, per shard, its items."""
-    from app.events import StreamEntry
-    from app.streams import partition_of
-    from bench.pipeline import LANE, PARTITIONS, history
-    from pipelines.segmentation import route_read
-    from pipelines.sources import BATCH, StreamEvent, Tick
-
-    by_partition: dict[int, list[StreamEvent]] = {}
-    for n, item in enumerate(history(count, END_MS)):
-        partition = partition_of(item["customer_id"], PARTITIONS)
-        entry: StreamEntry = {**item, "replay": LANE}  # type: ignore[typeddict-item]
-        by_partition.setdefault(partition, []).append(StreamEvent(partition, str(n), entry))
-    reads: list[tuple[int, list[StreamEvent | Tick]]] = []
-    for partition, read in by_partition.items():
-        for start in range(0, len(read), BATCH):
-            chunk: list[StreamEvent | Tick] = [*read[start : start + BATCH]]
-            at = int(read[min(start + BATCH, len(read)) - 1].event["timestamp"])
-            reads.append((at, [*chunk, Tick(partition, at, False, LANE)]))
-    reads.sort(key=lambda pair: pair[0])
-    return [route_read(batch, PARTITIONS) for _, batch in reads]
-
-
-class _Published:
-    """The model watcher's part the shards read: a fixed model."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def current(self) -> Any:
-        return self.model
 
 
 def run(mode: str, count: int, url: str, model_path: Path) -> None:
@@ -80,9 +50,9 @@ def run(mode: str, count: int, url: str, model_path: Path) -> None:
     from pipelines.segmentation import FLOW_GC_THRESHOLD, FeatureShard, catalogue_for
     from pipelines.sinks import _ProfilePartition
 
-    routed = _reads(count)
+    routed = shard_reads(history(count, END_MS))
     rules = shipped_compiled()
-    catalogue = catalogue_for(rules, 300_000)
+    catalogue = catalogue_for(rules, DEFAULT_LATENESS_MS)
     model = None
     if mode in ("setup", "on"):
         model = ClusterModel.from_shown(orjson.loads(model_path.read_bytes()))
@@ -93,7 +63,7 @@ def run(mode: str, count: int, url: str, model_path: Path) -> None:
     gc.set_threshold(*FLOW_GC_THRESHOLD)  # as the flow's process runs
     shards: dict[str, FeatureShard] = {}
     last: dict[str, dict[str, Any]] = {}
-    watcher = _Published(model) if mode == "on" else None
+    watcher = PublishedModel(model) if mode == "on" else None
     for per_shard in routed:
         for shard, values in per_shard:
             logic = shards.get(shard)

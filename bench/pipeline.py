@@ -61,7 +61,9 @@ from app.profiles.keys import profile_key  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.streams import EVENT_FIELD, partition_of, stream_key  # noqa: E402
-from pipelines.segmentation import prepare_rules  # noqa: E402
+from pipelines.segmentation import prepare_rules, route_read  # noqa: E402
+from pipelines.sources import BATCH as READ_BATCH  # noqa: E402
+from pipelines.sources import SourceItem, StreamEvent, Tick  # noqa: E402
 from tests.factories import append_replay, processed_entries, stored_event  # noqa: E402
 
 PARTITIONS = 4
@@ -414,6 +416,24 @@ def floor_flow() -> Any:
     return flow
 
 
+def shard_reads(events: list[dict[str, Any]]) -> list[list[tuple[str, list[SourceItem]]]]:
+    """``events`` as the source hands them to the shards, in the order it does: each
+    partition's reads of ``READ_BATCH`` entries closed by their tick, routed to their shards."""
+    by_partition: dict[int, list[StreamEvent]] = {}
+    for n, item in enumerate(events):
+        partition = partition_of(item["customer_id"], PARTITIONS)
+        entry = cast(StreamEntry, {**item, "replay": LANE})
+        by_partition.setdefault(partition, []).append(StreamEvent(partition, str(n), entry))
+    reads: list[tuple[int, list[SourceItem]]] = []  # (its tick's time, the read)
+    for partition, read in by_partition.items():
+        for start in range(0, len(read), READ_BATCH):
+            chunk = read[start : start + READ_BATCH]
+            at = int(chunk[-1].event["timestamp"])
+            reads.append((at, [*chunk, Tick(partition, at, False, LANE)]))
+    reads.sort(key=lambda read: read[0])
+    return [route_read(batch, PARTITIONS) for _, batch in reads]
+
+
 def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int, int]:
     """Seconds the flow's feature shards take over ``events`` in this process, with the active
     rules and no Bytewax, Redis or sink (read in the source's batches per partition, each
@@ -422,31 +442,13 @@ def compute_only(events: list[dict[str, Any]]) -> tuple[float, int, int, int]:
     deadlines among the evaluations."""
     from app.settings import get_settings
     from pipelines.records import ProfileUpdate
-    from pipelines.segmentation import (
-        FLOW_GC_THRESHOLD,
-        FeatureShard,
-        active_rules,
-        catalogue_for,
-        route_read,
-    )
-    from pipelines.sources import BATCH, SourceItem, StreamEvent, Tick, collect_between_reads
+    from pipelines.segmentation import FLOW_GC_THRESHOLD, FeatureShard, active_rules, catalogue_for
+    from pipelines.sources import collect_between_reads
 
     settings = get_settings()
     rules = active_rules(settings).current().compiled
     catalogue = catalogue_for(rules, settings.allowed_lateness_ms)
-    by_partition: dict[int, list[StreamEvent]] = {}
-    for n, item in enumerate(events):
-        partition = partition_of(item["customer_id"], PARTITIONS)
-        entry = cast(StreamEntry, {**item, "replay": LANE})
-        by_partition.setdefault(partition, []).append(StreamEvent(partition, str(n), entry))
-    reads: list[tuple[int, list[SourceItem]]] = []  # (its tick's time, the read)
-    for partition, read in by_partition.items():
-        for start in range(0, len(read), BATCH):
-            chunk = read[start : start + BATCH]
-            at = int(chunk[-1].event["timestamp"])
-            reads.append((at, [*chunk, Tick(partition, at, False, LANE)]))
-    reads.sort(key=lambda read: read[0])
-    routed = [route_read(batch, PARTITIONS) for _, batch in reads]
+    routed = shard_reads(events)
     evaluations = deadlines = 0
 
     class Counting(FeatureShard):

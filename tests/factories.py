@@ -174,3 +174,13 @@ def _append_with(
 def processed_entries(client: redis.Redis) -> int:
     """Stream entries the dataflow has applied, summed over its shards (as /api/status does)."""
     return sum(orjson.loads(value)[0] for value in client.hvals(PROGRESS_KEY))
+
+
+class PublishedModel:
+    """What a ``ModelWatcher`` hands a shard: here always ``model``."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def current(self) -> Any:
+        return self.model

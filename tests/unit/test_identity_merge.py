@@ -24,8 +24,7 @@ from pipelines.records import Merged, ProfileUpdate, Relay
 from pipelines.segmentation import FeatureShard, ShardState, catalogue_for
 from pipelines.sources import StreamEvent, Tick
 from tests.cluster_personas import population
-from tests.factories import stored_event
-from tests.unit.test_shard_clusters import Published
+from tests.factories import PublishedModel, stored_event
 
 RULES = shipped_compiled()
 CATALOGUE = catalogue_for(RULES, 5 * 60_000)
@@ -59,7 +58,7 @@ class Streams:
     def __init__(self, model: ClusterModel | None = None) -> None:
         self.shards: dict[str, FeatureShard] = {}
         self.out: list[Any] = []
-        self.clusters = None if model is None else cast(ModelWatcher, Published(model))
+        self.clusters = None if model is None else cast(ModelWatcher, PublishedModel(model))
 
     def shard(self, customer_id: str) -> FeatureShard:
         if customer_id not in self.shards:

@@ -17,21 +17,11 @@ from pipelines.records import ProfileUpdate
 from pipelines.segmentation import FeatureShard, catalogue_for, reads_clusters
 from pipelines.sources import StreamEvent, Tick
 from tests.cluster_personas import population
-from tests.factories import stored_event
+from tests.factories import PublishedModel, stored_event
 
 T0 = 1_767_225_600_000
 MINUTE = 60_000
 ON_A_CLUSTER = "id: in-first\nname: In the first cluster\nwhen:\n  cluster: c0\n"
-
-
-class Published:
-    """The model a ``ModelWatcher`` would hand the shard."""
-
-    def __init__(self, model: ClusterModel) -> None:
-        self.model = model
-
-    def current(self) -> ClusterModel:
-        return self.model
 
 
 def _model() -> ClusterModel:
@@ -81,7 +71,7 @@ def _reads(seed: int) -> list[list[Any]]:
 
 
 def _shard(rules: CompiledRules, model: ClusterModel) -> FeatureShard:
-    published = cast(ModelWatcher, Published(model))
+    published = cast(ModelWatcher, PublishedModel(model))
     return FeatureShard(catalogue_for(rules, 0), rules, None, None, 1, published)
 
 
