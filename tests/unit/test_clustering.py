@@ -153,7 +153,7 @@ def test_matching_pairs_clusters_by_their_members() -> None:
     assert apart.pairs in ({0: "c1", 1: "c2"}, {1: "c1", 0: "c2"})  # Jaccard 1/3 >= 0.3
 
 
-@pytest.mark.parametrize("family", ["kmeans", "gaussian_mixture", "dbscan"])
+@pytest.mark.parametrize("family", ["kmeans", "gaussian_mixture", "dbscan", "hdbscan"])
 def test_the_live_assignment_follows_a_customer_as_the_whole_row_would(family: str) -> None:
     """A customer's snapshots change a few columns at a time (the last session's views and minutes,
     the time since an order, the cart, the top category); assigned one after another from the
