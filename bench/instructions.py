@@ -5,11 +5,12 @@ shared machine's load does not move as it moves time: changes of a few per cent 
 source hands them (a partition's reads, each closed by its tick) and through the profile
 sink's building of its Redis commands (built, not sent), with no Bytewax and no Redis work:
 first with clustering off (the floor), then on, assigned by a model fitted as a refit fits
-(k-means, k by silhouette) on the profiles the off run computed. Each is counted in a
-process of its own under callgrind, less a process that only sets up (imports, the history,
-the model), with ``PYTHONHASHSEED=0``; repeated runs agreed within about 10 M instructions.
+(k-means, k by silhouette, or ``--family``'s algorithm) on the profiles the off run computed.
+Each is counted in a process of its own under callgrind, less a process that only sets up
+(imports, the history, the model), with ``PYTHONHASHSEED=0``; repeated runs agreed within
+about 10 M instructions.
 
-    .venv/bin/python bench/instructions.py [--events 20000]
+    .venv/bin/python bench/instructions.py [--events 20000] [--family kmeans|dbscan|...]
 
 Needs valgrind (Debian: ``apt install valgrind``). Slow: callgrind runs about 50 times slower.
 """
@@ -31,6 +32,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.clustering.choices import FAMILIES  # noqa: E402
 from app.features import DEFAULT_LATENESS_MS  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
 from bench.pipeline import history, shard_reads  # noqa: E402
@@ -39,7 +41,7 @@ from tests.factories import PublishedModel  # noqa: E402
 END_MS = 1_780_000_000_000  # the history's last instant: fixed, so every run reads the same
 
 
-def run(mode: str, count: int, url: str, model_path: Path) -> None:
+def run(mode: str, count: int, url: str, model_path: Path, family: str = "kmeans") -> None:
     """One measured process: ``setup`` (everything but the work), ``off``, ``on``, or ``fit``
     (off, natively, then the model fitted on its profiles, written to ``model_path``)."""
     import gc
@@ -85,7 +87,7 @@ def run(mode: str, count: int, url: str, model_path: Path) -> None:
     if mode == "fit":
         from app.clustering.fitting import fit
 
-        found = fit(list(last.values()), families=["kmeans"])
+        found = fit(list(last.values()), families=[family])
         fitted = found.chosen.model(found.prep, version=1, fitted_at=1)
         model_path.write_bytes(orjson.dumps(fitted.shown()))
 
@@ -107,6 +109,12 @@ def counted(mode: str, count: int, url: str, model_path: Path, work: Path) -> in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument(
+        "--family",
+        default="kmeans",
+        choices=FAMILIES,
+        help="The clustering algorithm the model is fitted with (default: kmeans).",
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -121,7 +129,7 @@ def main() -> None:
     url = os.environ.get("REDIS_URL") or (server.url if server else "")
     model_path = work / "model.json"
     try:
-        run("fit", args.events, url, model_path)
+        run("fit", args.events, url, model_path, args.family)
         model = orjson.loads(model_path.read_bytes())
         setup = counted("setup", args.events, url, model_path, work)
         off = counted("off", args.events, url, model_path, work) - setup
@@ -139,7 +147,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for label, value in (
         ("floor: clustering off", off),
-        (f"clustering on (k-means, {clusters} clusters)", on),
+        (f"clustering on ({model['algorithm']}, {clusters} clusters)", on),
     ):
         print(f"| {label} | {value / 1e6:,.0f} | {value / args.events:,.0f} | {value / off:.3f} |")
     print(f"clustering's share of the flow's instructions with it on: {1 - off / on:.1%}")
