@@ -10,7 +10,13 @@ Each is counted in a process of its own under callgrind, less a process that onl
 (imports, the history, the model), with ``PYTHONHASHSEED=0``; repeated runs agreed within
 about 10 M instructions.
 
-    .venv/bin/python bench/instructions.py [--events 20000] [--family kmeans|dbscan|...]
+``--whole`` counts the whole flow's process instead (``bytewax.run``, 1 worker, against
+Redis: Bytewax, the source and the Redis client count too), over the same history ending at
+the run's start: clustering off and on run side by side (the URL's Redis database and the
+next one), so a replay's end brings both clocks to the same wall-clock time, each less its own
+run over empty streams.
+
+    .venv/bin/python bench/instructions.py [--events 20000] [--family kmeans|dbscan|...] [--whole]
 
 Needs valgrind (Debian: ``apt install valgrind``). Slow: callgrind runs about 50 times slower.
 """
@@ -24,8 +30,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -39,6 +47,9 @@ from bench.pipeline import history, shard_reads  # noqa: E402
 from tests.factories import PublishedModel  # noqa: E402
 
 END_MS = 1_780_000_000_000  # the history's last instant: fixed, so every run reads the same
+# ``--whole``: the flow's recovery snapshot interval (seconds): its ``-s 2`` at callgrind's
+# slowdown, so a counted run takes about as many snapshots per event as a real one
+WHOLE_SNAPSHOT_S = 100
 
 
 def run(mode: str, count: int, url: str, model_path: Path, family: str = "kmeans") -> None:
@@ -100,6 +111,78 @@ def counted(mode: str, count: int, url: str, model_path: Path, work: Path) -> in
     argv += ["--model", str(model_path)]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     subprocess.run(argv, env=env, cwd=ROOT, check=True, capture_output=True)
+    return _summary(out)
+
+
+def _next_database(url: str) -> str:
+    """``url`` with the Redis database after its own."""
+    parts = urlsplit(url)
+    database = int(parts.path.lstrip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{database + 1}"))
+
+
+def whole_flow(url: str, count: int, family: str, work: Path) -> tuple[int, int, Any]:
+    """Instructions of the whole flow's process over ``count`` events (``--whole``), clustering
+    off and on, each less its own run over empty streams; and the model of the "on" runs."""
+    import redis
+    from bytewax.recovery import init_db_dir
+
+    from app.clustering import store
+    from app.settings import Settings
+    from bench.pipeline import BATCH, FLOW, LANE, OFF, PARTITIONS, fitted_on_flow, timed_cpu
+    from pipelines.segmentation import prepare_rules
+    from tests.factories import append_replay
+
+    events = history(count, time.time_ns() // 1_000_000)
+    urls = {"off": url, "on": _next_database(url)}
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    timed_cpu(url, client, events, FLOW, work / "fit", env=OFF)
+    model, _, _ = fitted_on_flow(client, families=(family,))
+
+    def start(label: str, with_events: bool) -> tuple[subprocess.Popen[bytes], Path]:
+        mode = label.split("-")[-1]
+        target = redis.Redis.from_url(urls[mode])
+        target.flushdb()
+        if with_events:
+            append_replay(target, events, PARTITIONS, lane=LANE)
+        if mode == "on":
+            store.publish(target, model)
+        data = work / f"{label}-data"
+        prepare_rules(Settings(REDIS_URL=urls[mode], SEGFLOW_DATA_DIR=data))
+        recovery = work / label
+        recovery.mkdir()
+        init_db_dir(recovery, 1)  # type: ignore[no-untyped-call]
+        env = {
+            **os.environ,
+            **(OFF if mode == "off" else BATCH),
+            "REDIS_URL": urls[mode],
+            "SEGFLOW_PARTITIONS": str(PARTITIONS),
+            "SEGFLOW_STOP_AT_END": "1",
+            "SEGFLOW_DATA_DIR": str(data),
+            "PYTHONHASHSEED": "0",
+        }
+        out = work / f"callgrind.{label}"
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+        argv += ["-m", "bytewax.run", FLOW, "-w", "1", "-r", str(recovery)]
+        argv += ["-s", str(WHOLE_SNAPSHOT_S), "-b", "0"]
+        running = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        return running, out
+
+    found: dict[str, int] = {}
+    for labels, with_events in ((("empty-off", "empty-on"), False), (("off", "on"), True)):
+        started = [(label, *start(label, with_events)) for label in labels]
+        for label, running, out in started:
+            if running.wait() != 0:
+                raise SystemExit(f"the flow's {label} run failed under callgrind")
+            found[label] = _summary(out)
+    client.close()
+    return found["off"] - found["empty-off"], found["on"] - found["empty-on"], model
+
+
+def _summary(out: Path) -> int:
     found = re.search(rb"^summary: (\d+)", out.read_bytes(), re.MULTILINE)
     if found is None:
         raise SystemExit(f"no instruction count in {out}")
@@ -115,6 +198,12 @@ def main() -> None:
         choices=FAMILIES,
         help="The clustering algorithm the model is fitted with (default: kmeans).",
     )
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="Count the whole flow's process (bytewax.run against Redis), not only the shards "
+        "and the sink's command building.",
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -128,6 +217,21 @@ def main() -> None:
     server = EmbeddedRedis.ensure(work) if not os.environ.get("REDIS_URL") else None
     url = os.environ.get("REDIS_URL") or (server.url if server else "")
     model_path = work / "model.json"
+    if args.whole:
+        try:
+            off, on, fitted = whole_flow(url, args.events, args.family, work)
+        finally:
+            if server is not None:
+                server.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        print(
+            f"\ninstructions of the whole flow's process (bytewax.run, 1 worker), {args.events:,}"
+            " of bench/pipeline.py's events ending at the run's start, each less its run over "
+            "empty streams"
+        )
+        label = f"clustering on ({fitted.algorithm}, {len(fitted.clusters)} clusters)"
+        print_counts(off, on, label, args.events)
+        return
     try:
         run("fit", args.events, url, model_path, args.family)
         model = orjson.loads(model_path.read_bytes())
@@ -143,13 +247,14 @@ def main() -> None:
         f"\ninstructions of the shards and the sink's command building, {args.events:,} of "
         f"bench/pipeline.py's events (setup, {setup / 1e6:,.0f} M, taken off)"
     )
+    print_counts(off, on, f"clustering on ({model['algorithm']}, {clusters} clusters)", args.events)
+
+
+def print_counts(off: int, on: int, label: str, events: int) -> None:
     print("| path | instructions (M) | per event | ratio to off |")
     print("|---|---|---|---|")
-    for label, value in (
-        ("floor: clustering off", off),
-        (f"clustering on ({model['algorithm']}, {clusters} clusters)", on),
-    ):
-        print(f"| {label} | {value / 1e6:,.0f} | {value / args.events:,.0f} | {value / off:.3f} |")
+    for name, value in (("floor: clustering off", off), (label, on)):
+        print(f"| {name} | {value / 1e6:,.0f} | {value / events:,.0f} | {value / off:.3f} |")
     print(f"clustering's share of the flow's instructions with it on: {1 - off / on:.1%}")
 
 
