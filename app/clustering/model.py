@@ -186,13 +186,13 @@ class ClusterModel:
         }
 
     def _prepare_neighbours(self) -> None:
-        """The live path's constants (``_nearest_member``): the kept members' numeric columns,
-        a row per column (the product with a profile's numeric part runs along rows as long as
-        the members are many), and per top category (and for none) each member's ``|p|^2``
-        less its category column's part of ``2 p.x``."""
+        """The live path's constants (``_nearest_member``): the kept members' numeric columns
+        times -2, a row per column (the product with a profile's numeric part runs along rows as
+        long as the members are many), and per top category (and for none) each member's
+        ``|p|^2`` less its category column's part of ``2 p.x``."""
         width = len(NUMERIC)
         points, norms = self._arrays["points"], self._arrays["norms"]
-        self._arrays["numeric_by_column"] = np.ascontiguousarray(points[:, :width].T)
+        self._arrays["minus_twice_by_column"] = np.ascontiguousarray(-2.0 * points[:, :width].T)
         self._arrays["norms_by_category"] = {
             name: norms - 2 * CATEGORY_WEIGHT * points[:, width + j]
             for j, name in enumerate(self.prep.categories)
@@ -252,16 +252,16 @@ class ClusterModel:
         + |x|^2``, with the one-hot category's part of ``p.x`` precomputed per category: one
         product of the numeric part with the members' numeric columns (2-3x fewer operations
         than with whole rows, and along rows the length of the members)."""
-        numeric = self.prep.numeric_row(given)
+        numeric = np.array(self.prep.numeric_row(given))
         top = given[-1]
         arrays = self._arrays
         norms = arrays["norms_by_category"].get(top) if isinstance(top, str) else None
-        squared = math.fsum(v * v for v in numeric)
+        squared = float(numeric @ numeric)
         if norms is None:
             norms = arrays["norms"]
         else:
             squared += CATEGORY_WEIGHT * CATEGORY_WEIGHT
-        distances = norms - np.array([v + v for v in numeric]) @ arrays["numeric_by_column"]
+        distances = norms + numeric @ arrays["minus_twice_by_column"]
         nearest = int(distances.argmin())
         if float(distances[nearest]) + squared > arrays["eps2"]:
             return Assignment(self, given, None, True)
