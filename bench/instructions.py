@@ -11,10 +11,10 @@ Each is counted in a process of its own under callgrind, less a process that onl
 about 10 M instructions.
 
 ``--whole`` counts the whole flow's process instead (``bytewax.run``, 1 worker, against
-Redis: Bytewax, the source and the Redis client count too), over the same history ending at
-the run's start: clustering off and on run side by side (the URL's Redis database and the
-next one), so a replay's end brings both clocks to the same wall-clock time, each less its own
-run over empty streams.
+Redis: Bytewax, the source and the Redis client count too), over the same shop's history but
+ending at the run's start: clustering off and on run side by side (the URL's Redis database
+and the next one), so a replay's end brings both clocks to the same wall-clock time, each less
+its own run over empty streams.
 
     .venv/bin/python bench/instructions.py [--events 20000] [--family kmeans|dbscan|...] [--whole]
 
