@@ -1237,38 +1237,14 @@ class _LatestVisits:
         found = cls(end)
         if not end:
             return found
-        later = found.last_at = log[end - 1][0]
-        start = end - 1
-        events = paged = viewed = 0
-        while start >= 0:
-            at, kind = log[start]
-            if later - at >= gap:
-                break
-            events += 1
-            if kind == "Product Viewed":
-                viewed += 1
-            elif kind in _PAGES:
-                paged += 1
-            later = at
-            start -= 1
-        found.first, found.first_at = start + 1, later
-        found.events, found.paged, found.viewed = events, paged, viewed
+        found.last_at = log[end - 1][0]
+        start, found.first_at, found.events, found.paged, found.viewed = _visit_back(
+            log, end - 1, gap
+        )
+        found.first = start + 1
         if start >= 0:  # log[start]: the last event of the visit before
-            last = later = log[start][0]
-            viewed = 0
-            while start >= 0:
-                at, kind = log[start]
-                if later - at >= gap:
-                    break
-                if kind == "Product Viewed":
-                    viewed += 1
-                later = at
-                start -= 1
-            found.before_first, found.before_ms, found.before_viewed = (
-                start + 1,
-                last - later,
-                viewed,
-            )
+            before, first_at, _, _, found.before_viewed = _visit_back(log, start, gap)
+            found.before_first, found.before_ms = before + 1, log[start][0] - first_at
         return found
 
     def add(self, when: int, kind: str, gap: int) -> None:
@@ -1301,6 +1277,26 @@ class _LatestVisits:
 
 
 _PAGES = (PAGE_EVENT, SCREEN_EVENT)
+
+
+def _visit_back(log: list[tuple[int, str]], last: int, gap: int) -> tuple[int, int, int, int, int]:
+    """The visit whose last entry is ``log[last]``, walked back: the index of the entry
+    before its first (-1: none), its first entry's time, its events, pages and views."""
+    later = log[last][0]
+    start = last
+    events = paged = viewed = 0
+    while start >= 0:
+        at, kind = log[start]
+        if later - at >= gap:
+            break
+        events += 1
+        if kind == "Product Viewed":
+            viewed += 1
+        elif kind in _PAGES:
+            paged += 1
+        later = at
+        start -= 1
+    return start, later, events, paged, viewed
 
 
 def _cart_group(catalogue: Catalogue) -> GroupFn:
