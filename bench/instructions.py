@@ -125,12 +125,18 @@ def whole_flow(url: str, count: int, family: str, work: Path) -> tuple[int, int,
     """Instructions of the whole flow's process over ``count`` events (``--whole``), clustering
     off and on, each less its own run over empty streams; and the model of the "on" runs."""
     import redis
-    from bytewax.recovery import init_db_dir
 
     from app.clustering import store
-    from app.settings import Settings
-    from bench.pipeline import BATCH, FLOW, LANE, OFF, PARTITIONS, fitted_on_flow, timed_cpu
-    from pipelines.segmentation import prepare_rules
+    from bench.pipeline import (
+        BATCH,
+        FLOW,
+        LANE,
+        OFF,
+        PARTITIONS,
+        fitted_on_flow,
+        flow_command,
+        timed_cpu,
+    )
     from tests.factories import append_replay
 
     events = history(count, time.time_ns() // 1_000_000)
@@ -148,24 +154,10 @@ def whole_flow(url: str, count: int, family: str, work: Path) -> tuple[int, int,
             append_replay(target, events, PARTITIONS, lane=LANE)
         if mode == "on":
             store.publish(target, model)
-        data = work / f"{label}-data"
-        prepare_rules(Settings(REDIS_URL=urls[mode], SEGFLOW_DATA_DIR=data))
-        recovery = work / label
-        recovery.mkdir()
-        init_db_dir(recovery, 1)  # type: ignore[no-untyped-call]
-        env = {
-            **os.environ,
-            **(OFF if mode == "off" else BATCH),
-            "REDIS_URL": urls[mode],
-            "SEGFLOW_PARTITIONS": str(PARTITIONS),
-            "SEGFLOW_STOP_AT_END": "1",
-            "SEGFLOW_DATA_DIR": str(data),
-            "PYTHONHASHSEED": "0",
-        }
+        more = {**(OFF if mode == "off" else BATCH), "PYTHONHASHSEED": "0"}
+        argv, env = flow_command(urls[mode], work / label, env=more, snapshot_s=WHOLE_SNAPSHOT_S)
         out = work / f"callgrind.{label}"
-        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
-        argv += ["-m", "bytewax.run", FLOW, "-w", "1", "-r", str(recovery)]
-        argv += ["-s", str(WHOLE_SNAPSHOT_S), "-b", "0"]
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
         running = subprocess.Popen(
             argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

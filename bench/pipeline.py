@@ -651,18 +651,19 @@ PEAK_TO_MEAN = 10
 CORE_BUSY = 0.6  # the share of a core a sizing plans to keep busy at peak (headroom)
 
 
-def run_layout(
+def flow_command(
     url: str,
     recovery: Path,
-    processes: int,
-    workers: int,
+    workers: int = 1,
     *,
     flow: str = FLOW,
     env: dict[str, str] | None = None,
-) -> tuple[float, float, float]:
-    """``flow`` over the streams until caught up as ``processes`` processes of ``workers``
-    worker threads each, recovery on: wall time, CPU of all its processes, Redis's CPU
-    meanwhile (seconds; ``env``: more environment for it)."""
+    snapshot_s: int = 2,
+) -> tuple[list[str], dict[str, str]]:
+    """The ``bytewax.run`` of ``flow`` over the streams at ``url`` until caught up, with
+    ``workers`` worker threads, recovery on in ``recovery`` (made here, snapshots every
+    ``snapshot_s`` seconds), its data directory beside it, the rules seeded as `segflow
+    pipeline` seeds them: its argv and environment (``env``: more of it)."""
     from bytewax.recovery import init_db_dir
 
     env = {
@@ -676,13 +677,29 @@ def run_layout(
     recovery.mkdir()
     init_db_dir(recovery, 1)  # type: ignore[no-untyped-call]
     argv = [sys.executable, "-m", "bytewax.run", flow, "-w", str(workers)]
-    argv += ["-r", str(recovery), "-s", "2", "-b", "0"]
-    # as `segflow pipeline` does: the rules seeded once, the processes run as one cluster
+    argv += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
     prepare_rules(Settings(REDIS_URL=url, SEGFLOW_DATA_DIR=env["SEGFLOW_DATA_DIR"]))
+    return argv, env
+
+
+def run_layout(
+    url: str,
+    recovery: Path,
+    processes: int,
+    workers: int,
+    *,
+    flow: str = FLOW,
+    env: dict[str, str] | None = None,
+) -> tuple[float, float, float]:
+    """``flow`` over the streams until caught up as ``processes`` processes of ``workers``
+    worker threads each, recovery on: wall time, CPU of all its processes, Redis's CPU
+    meanwhile (seconds; ``env``: more environment for it)."""
+    argv, env = flow_command(url, recovery, workers, flow=flow, env=env)
     client = redis.Redis.from_url(url)
     try:
         cpu, served = _children_cpu(), redis_cpu(client)
         started = time.perf_counter()
+        # as `segflow pipeline` does: the processes run as one cluster
         if run_cluster(argv, processes, env, cwd=ROOT) != 0:
             raise SystemExit(f"the flow {flow} ({processes} x -w {workers}) failed")
         elapsed = time.perf_counter() - started
