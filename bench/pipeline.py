@@ -568,13 +568,13 @@ def delay_run(
     try:
         for tick, packed in enumerate(planned):
             sent_at = time.perf_counter()
+            for k in range(tick * per_tick, (tick + 1) * per_tick):
+                if k % 100 == 0:  # known to the watcher before they can be seen
+                    sent[f"probe-{k}"] = sent_at
+                    probes += 1
             connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
             for _ in range(per_tick):
                 connection.read_response()
-            for k in range(tick * per_tick, (tick + 1) * per_tick):
-                if k % 100 == 0:
-                    sent[f"probe-{k}"] = sent_at
-                    probes += 1
             time.sleep(max(0.0, started + (tick + 1) / 100 - time.perf_counter()))
     finally:
         client.connection_pool.release(connection)
