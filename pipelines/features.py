@@ -822,7 +822,14 @@ class CustomerFeatures:
         last = self._observed
         assert last is not None, "read the customer at now first"
         assert last.at == now, "read the customer at now first"
-        deadlines, values = last.deadlines, last.values
+        best = self._watched_after(now, watch, last.deadlines, last.values)
+        return None if best == _NEVER else int(best)
+
+    def _watched_after(
+        self, now: int, watch: Watch, deadlines: list[float], values: dict[str, Any]
+    ) -> float:
+        """``watched_deadline`` given the groups' ``deadlines`` and the ``values`` at ``now``
+        (every deadline after ``now``); ``_NEVER`` for none."""
         best = _NEVER
         for index, key, counts in watch.groups:
             deadline = deadlines[index]
@@ -861,7 +868,47 @@ class CustomerFeatures:
                 crossing = times[end - below - 1] + window
                 if crossing < best:
                     best = crossing
-        return None if best == _NEVER else int(best)
+        return best
+
+    def first_change(
+        self,
+        now: int,
+        watch: Watch,
+        until: float,
+        most: int,
+        changed: Callable[[int, dict[str, Any]], bool],
+    ) -> int | None:
+        """The first instant after ``now`` and before ``until`` at which ``changed(instant,
+        values)`` holds, ``values`` being the features then with no new event, walked through
+        the instants at which a feature ``watch`` watches can change (``watched_deadline``,
+        each time from the instant before); after ``most`` of them without, the next one (to
+        walk on from there); None when none comes before ``until``. As of the last read, which
+        was at ``now``: the customer's state and their last read are left as they were
+        (``values`` is a copy, changed as it walks)."""
+        last = self._observed
+        assert last is not None, "read the customer at now first"
+        assert last.at == now, "read the customer at now first"
+        instant = self._watched_after(now, watch, last.deadlines, last.values)
+        if instant >= until:
+            return None
+        computed = self.catalogue.plan.groups
+        always = computed[-1]
+        indices = [index for index, _, _ in watch.groups]
+        deadlines = list(last.deadlines)
+        values = dict(last.values)
+        for _ in range(most):
+            at = int(instant)
+            for index in indices:  # those due by then, each from scratch at ``at``
+                if deadlines[index] <= instant:
+                    found = computed[index](self, at, values)
+                    deadlines[index] = _NEVER if found is None else found
+            always(self, at, values)
+            if changed(at, values):
+                return at
+            instant = self._watched_after(at, watch, deadlines, values)
+            if instant >= until:
+                return None
+        return int(instant)
 
     def observe_after(self, now: int, name: str | None) -> tuple[dict[str, Any], int | None]:
         """``observe(now)`` after applying an event named ``name`` (``apply`` marked what it

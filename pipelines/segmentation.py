@@ -55,7 +55,8 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from app.clustering.columns import INPUTS as CLUSTER_INPUTS
-from app.clustering.model import CLUSTER_PREFIX, ClusterModel, membership
+from app.clustering.columns import steady_inputs
+from app.clustering.model import CLUSTER_PREFIX, Assignment, ClusterModel, membership
 from app.clustering.watch import ModelWatcher
 from app.db import make_engine
 from app.events import StreamEntry
@@ -66,7 +67,13 @@ from app.rules.compiler import CompiledRules
 from app.rules.engine import Rulesets
 from app.settings import Settings, get_settings
 from app.streams import ABSORB, ERASE, LIVE, MERGE, partition_of
-from pipelines.features import Catalogue, CustomerFeatures, Watch, default_catalogue
+from pipelines.features import (
+    Catalogue,
+    CustomerFeatures,
+    FeaturePlan,
+    Watch,
+    default_catalogue,
+)
 from pipelines.placement import SHARDS_PER_PARTITION, shard_keys
 from pipelines.records import (
     Correction,
@@ -264,6 +271,13 @@ REEVALUATED_PER_BATCH = 2_000
 # still quiet then, instead of being worked out in every record.
 CHANGE_INSTANTS_KEPT = 16
 CHANGES_AHEAD_MS = 60 * 60_000
+# A cluster model's next move is looked for through at most this many instants at which a
+# column's input can change (a 30-day window's exits), each a few microseconds where an
+# evaluation, its record and its writes cost tens (``FeatureShard._next_move``).
+MOVE_LOOKAHEAD = 32
+# ... once the customer has been quiet this long (a rule's 10 minutes or a cart's 30 are not
+# a month's exits, and a walk is lost when the customer comes back before its end)
+QUIET_BEFORE_LOOKING_MS = 24 * 60 * 60_000
 # A live customer's history is kept to correct late events from while the live clock is within
 # this much (at least; the allowed lateness if longer) of their last event, and saved states
 # are taken at most this often per customer's activity (``pipelines.rewind``).
@@ -393,8 +407,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         self.state.catalogue = catalogue
         # per customer changed in the batch, what its one record carries (``_settle``)
         self._drafts: dict[str, _Draft] = {}
-        # the deadlines that can change a segment or a cluster, for (rules, model) (``_watch``)
-        self._watching: tuple[CompiledRules | None, bool, Watch] | None = None
+        # (the rules, their watch, theirs and the cluster model's columns': ``_watch``)
+        self._watching: tuple[CompiledRules | None, Watch, Watch] | None = None
+        # the changes of what the cluster model's columns read, for the catalogue's plan
+        self._model_watch: tuple[FeaturePlan, Watch] | None = None
 
     def on_batch(
         self, values: Sequence[SourceItem | list[SourceItem]]
@@ -732,7 +748,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         customer = self.state.customer(customer_id)
         assert customer is not None, "a deadline outlived its customer"
         customer.expire(customer.newest or deadline)
-        self._changed(customer_id, deadline, customer.read(deadline))
+        self._changed(customer_id, deadline, customer.read(deadline), look_ahead=True)
 
     @staticmethod
     def _on_late(event: StreamEntry, newest: int) -> LateEvent:
@@ -886,6 +902,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         observed: tuple[dict[str, Any], int | None],
         *,
         quiet: bool = False,
+        look_ahead: bool = False,
     ) -> _Draft | None:
         """The customer evaluated at ``now``: the segments they are in then, their next
         deadline put on the heap, and the transitions into their record of the batch (which
@@ -893,9 +910,11 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
 
         Every applied event and every deadline changes a value (a deadline is, by
         construction, an instant at which a value the rules or the cluster model read can
-        move them: ``_watch``; a rule's time-since threshold turning)."""
+        move them: ``_watch``; a rule's time-since threshold turning; the model's next move,
+        or the end of a look for it: ``_next_move``). ``look_ahead``: a deadline's
+        evaluation (the customer quiet since), which looks for the model's next move."""
         customer = self.state.live[customer_id]
-        _, deadline, transitions = self._segment(customer, now, observed)
+        _, deadline, transitions = self._segment(customer, now, observed, look_ahead=look_ahead)
         if transitions:
             rewind = self.state.rewinds.get(customer_id)
             if rewind is not None:
@@ -979,7 +998,12 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         return self._segment(customer, now, customer.read(now))
 
     def _segment(
-        self, customer: CustomerFeatures, now: int, observed: tuple[dict[str, Any], int | None]
+        self,
+        customer: CustomerFeatures,
+        now: int,
+        observed: tuple[dict[str, Any], int | None],
+        *,
+        look_ahead: bool = False,
     ) -> tuple[dict[str, Any], int | None, tuple[Transition, ...]]:
         """The segments the customer is in at ``now`` (changed in place, with the transitions),
         and the next instant anything can change: a feature's deadline or a rule's flip."""
@@ -1008,32 +1032,87 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         if segments is not before and segments != before:
             transitions = self._transitions(before, segments, now)
             customer.segments = segments
-        watch = self._watch()
+        # an active customer's next event likely comes before the model would move them:
+        # every change of its columns is watched, as the rules' are; at the deadline of one
+        # quiet for a while the model's next move is looked for ahead
+        walk = (
+            look_ahead
+            and self.model is not None
+            and (customer.newest is None or now - customer.newest >= QUIET_BEFORE_LOOKING_MS)
+        )
+        watch = self._watch(with_model=self.model is not None and not walk)
         if watch is not None:  # the other deadlines only change what records carry
             deadline = customer.watched_deadline(now, watch)
         if self.rules is not None:
             flip = self.rules.next_flip(now, features)
             if flip is not None and (deadline is None or flip < deadline):
                 deadline = flip
+        if walk and watch is not None:
+            move = self._next_move(customer, now, features, deadline)
+            if move is not None:
+                deadline = move
         if customer.evaluated is None or now > customer.evaluated:
             customer.evaluated = now
         return features, deadline, transitions
 
-    def _watch(self) -> Watch | None:
-        """The deadlines that can change a segment, a cluster or a trigger: of the windowed
-        and session features the rules compare (a count only where it crosses a threshold)
-        and, with a cluster model, those its columns read (``Watch``)."""
+    def _watch(self, *, with_model: bool) -> Watch | None:
+        """The deadlines that can change a segment or a trigger: of the windowed and session
+        features the rules compare (a count only where it crosses a threshold, ``Watch``);
+        ``with_model``: and every change of what the cluster model's columns read (a move of
+        the model is otherwise found by looking ahead: ``_next_move``)."""
         if self.every_deadline:
             return None
-        clustered = self.model is not None
         found = self._watching
-        if found is None or found[0] is not self.rules or found[1] != clustered:
+        if found is None or found[0] is not self.rules:
             watched = {} if self.rules is None else self.rules.watched()
-            if clustered:
-                watched.update(dict.fromkeys(CLUSTER_INPUTS))
-            watch = Watch.of(self.catalogue.plan, watched)
-            found = self._watching = (self.rules, clustered, watch)
-        return found[2]
+            plan = self.catalogue.plan
+            both = {**watched, **dict.fromkeys(CLUSTER_INPUTS)}
+            found = self._watching = (self.rules, Watch.of(plan, watched), Watch.of(plan, both))
+        return found[2] if with_model else found[1]
+
+    def _next_move(
+        self,
+        customer: CustomerFeatures,
+        now: int,
+        features: dict[str, Any],
+        before: int | None,
+    ) -> int | None:
+        """The first instant after ``now`` (and before ``before``, the customer's next
+        evaluation) at which the model would assign them otherwise than at ``now`` (another
+        cluster, or the outlier flag turned) with no new event: their values walked through
+        the instants at which a column's input can change (its own window's exits, not those
+        of the other windows of its log: ``CustomerFeatures.first_change``), assigned where
+        one but recency did. After ``MOVE_LOOKAHEAD`` instants without a move, the next one,
+        to walk on from: a quiet customer is evaluated once in that many changes, not at each
+        (only a deadline of a customer quiet for ``QUIET_BEFORE_LOOKING_MS`` looks ahead:
+        ``_segment``). Recency is read as of each instant assigned (it grows with the clock,
+        and is not watched between them)."""
+        model = self.model
+        assert model is not None
+        plan = self.catalogue.plan
+        found = self._model_watch
+        if found is None or found[0] is not plan:
+            found = self._model_watch = (plan, Watch.of(plan, dict.fromkeys(CLUSTER_INPUTS)))
+        walking: Assignment | None = None
+        at_now: tuple[int | None, bool] = (None, False)
+        inputs_before: tuple[Any, ...] = ()
+
+        def moved(_at: int, values: dict[str, Any]) -> bool:
+            nonlocal walking, at_now, inputs_before
+            if walking is None:  # the assignment at now: the customer's own, brought up to now
+                here = customer.assignment = model.follow(features, customer.assignment)
+                at_now = (here.index, here.outlier)
+                inputs_before = steady_inputs(features)
+                walking = model.scratch(here)
+            given = steady_inputs(values)  # (recency moves at every instant)
+            if given == inputs_before:
+                return False
+            inputs_before = given
+            walking = model.follow(values, walking)
+            return (walking.index, walking.outlier) != at_now
+
+        until = math.inf if before is None else before
+        return customer.first_change(now, found[1], until, MOVE_LOOKAHEAD, moved)
 
     def _with_cluster(self, segments: frozenset[str], member: str) -> frozenset[str]:
         key = (segments, member)

@@ -48,6 +48,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.features import grows_with_clock
+
 DAY_MS = 86_400_000
 RECENCY_CAP_DAYS = 365.0
 RATE_CAP = 5.0
@@ -81,6 +83,9 @@ INPUTS: tuple[str, ...] = (*(column.source for column in NUMERIC), CATEGORY_SOUR
 
 
 _INPUTS_OF = operator.itemgetter(*INPUTS)
+# the inputs that change only at an event or a window's exit: all but recency, which grows
+# with the clock (``pipelines.segmentation.FeatureShard._next_move`` walks the others)
+_STEADY_OF = operator.itemgetter(*(name for name in INPUTS if not grows_with_clock(name)))
 
 
 def inputs(features: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -90,6 +95,13 @@ def inputs(features: Mapping[str, Any]) -> tuple[Any, ...]:
         found: tuple[Any, ...] = _INPUTS_OF(features)  # every profile carries them: fast
     except KeyError:
         return tuple(map(features.get, INPUTS))
+    return found
+
+
+def steady_inputs(features: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``inputs`` but those that grow with the clock (recency): a customer's change only at
+    their events and their windows' exits. Every profile carries them."""
+    found: tuple[Any, ...] = _STEADY_OF(features)
     return found
 
 

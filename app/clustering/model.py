@@ -315,6 +315,13 @@ class ClusterModel:
         last.outlier = best_d > arrays["limits"][best]
         return last
 
+    def scratch(self, last: Assignment) -> Assignment:
+        """A copy of ``last`` (an assignment by this model) to follow a customer's future
+        values with, leaving their own as it is (``_moved`` changes it in place)."""
+        row = None if last.row is None else last.row.copy()
+        distances = None if last.distances is None else last.distances.copy()
+        return Assignment(self, last.inputs, last.index, last.outlier, row, distances)
+
     def forget_first(self) -> None:
         """Forget the first assignments remembered by their inputs (a benchmark measures the
         customers' own state apart from them)."""

@@ -1,11 +1,15 @@
 """A feature shard's cluster assignment: at every snapshot when a rule reads clusters, at each
-record otherwise, and the two agree on every record (cluster and outlier flag)."""
+record otherwise, and the two agree on every record (cluster and outlier flag); and a shard
+that evaluates a customer only where the model's look-ahead finds a move gives the clusters,
+at the same instants, of one evaluating at every instant a feature changes."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterable
 from typing import Any, cast
+
+import pytest
 
 from app.clustering.fitting import fit
 from app.clustering.model import CLUSTER_PREFIX, ClusterModel
@@ -21,11 +25,13 @@ from tests.factories import PublishedModel, stored_event
 
 T0 = 1_767_225_600_000
 MINUTE = 60_000
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
 ON_A_CLUSTER = "id: in-first\nname: In the first cluster\nwhen:\n  cluster: c0\n"
 
 
-def _model() -> ClusterModel:
-    found = fit([c.features for c in population(800, seed=5)], families=["kmeans"], max_k=4)
+def _model(family: str = "kmeans") -> ClusterModel:
+    found = fit([c.features for c in population(800, seed=5)], families=[family], max_k=4)
     model = found.chosen.model(found.prep, version=1)
     for i, cluster in enumerate(model.clusters):
         cluster.id = cluster.name = f"c{i}"
@@ -37,14 +43,18 @@ def _rules(*extra: str) -> CompiledRules:
     return compile_rules([ActiveRule(rule, 1) for rule in rules])
 
 
-def _reads(seed: int) -> list[list[Any]]:
+def _reads(seed: int, *, month: bool = False) -> list[list[Any]]:
     """Reads of a shop's stream: 30 customers viewing, adding, ordering and coming back over a
-    few hours (sessions end between visits), each read closed by its tick."""
+    few hours (sessions end between visits), each read closed by its tick; with ``month``,
+    then 40 days of ticks every 6 hours with a few customers back now and then, so the views,
+    adds and categories leave their 30-day windows and the orders their 90 days' counts."""
     rng = random.Random(seed)
     events = []
     for n in range(900):
         customer = f"u{rng.randrange(30)}"
         at = T0 + n * 20_000 + rng.randrange(5_000)
+        if month and n >= 800:  # back days later, one every few hours of event time
+            at = T0 + 5 * HOUR + (n - 800) * 9 * HOUR + rng.randrange(HOUR)
         kind = rng.choice(["Product Viewed"] * 5 + ["Product Added", "Order Completed"])
         properties: dict[str, Any] = {
             "product_id": f"p{rng.randrange(9)}",
@@ -64,15 +74,37 @@ def _reads(seed: int) -> list[list[Any]]:
             )
         )
     reads: list[list[Any]] = []
-    for start in range(0, len(events), 25):
-        chunk = events[start : start + 25]
+    late = [e for e in events if int(e.event["timestamp"]) > T0 + 5 * HOUR]
+    for start in range(0, len(events) - len(late), 25):
+        chunk = events[start : min(start + 25, len(events) - len(late))]
         reads.append([*chunk, Tick(0, int(chunk[-1].event["timestamp"]), True)])
+    clock = T0 + 5 * HOUR
+    while late or clock < T0 + 45 * DAY:
+        clock += 6 * HOUR
+        due = [e for e in late if int(e.event["timestamp"]) <= clock]
+        late = late[len(due) :]
+        reads.append([*due, Tick(0, clock, True)])
     return reads
 
 
-def _shard(rules: CompiledRules, model: ClusterModel) -> FeatureShard:
+def _shard(rules: CompiledRules, model: ClusterModel, *, every: bool = False) -> FeatureShard:
     published = cast(ModelWatcher, PublishedModel(model))
-    return FeatureShard(catalogue_for(rules, 0), rules, None, None, 1, published)
+    catalogue = catalogue_for(rules, 0)
+    return FeatureShard(catalogue, rules, None, None, 1, published, every_deadline=every)
+
+
+def _without_recency(model: ClusterModel) -> ClusterModel:
+    """``model`` with its recency column made to weigh nothing: recency grows with the clock
+    and is read only as of each instant assigned, not watched between them, so a model that
+    reads it may move at any evaluation; without it, only where a column's input changes."""
+    shown = model.shown()
+    shown["prep"]["means"][0], shown["prep"]["scales"][0] = 0.0, 1e30
+    for cluster in shown["clusters"]:
+        cluster["center"][0] = 0.0
+    for points in ("means", "points"):  # a mixture's components, a density model's members
+        for point in shown["assign"].get(points, ()):
+            point[0] = 0.0
+    return ClusterModel.from_shown(shown)
 
 
 def _records(shard: FeatureShard, reads: Iterable[list[Any]]) -> list[ProfileUpdate]:
@@ -105,3 +137,48 @@ def test_without_a_cluster_rule_each_record_is_assigned_as_every_snapshot_would_
                 assert transition.at == ours.at  # a move is dated at its record
                 moves += transition.kind == "exit"
     assert moves > 0  # customers did move: the comparison compared something
+
+
+@pytest.mark.parametrize("family", ["kmeans", "gaussian_mixture", "dbscan"])
+def test_the_models_look_ahead_moves_customers_when_evaluating_every_change_would(
+    family: str,
+) -> None:
+    model = _without_recency(_model(family))
+    assert model.algorithm.replace("minibatch_", "") == family
+    rules = _rules(ON_A_CLUSTER)  # so every snapshot is assigned, and a move is a transition
+    reads = _reads(seed=4, month=True)
+    quiet = T0 + 5 * HOUR + DAY  # a day after the first hours' visits
+    found = {}
+    for every in (True, False):
+        shard = _shard(rules, model, every=every)
+        fired: list[int] = []
+        fire = shard._fire_deadline
+
+        def counted(customer_id: str, deadline: int, fire: Any = fire, fired: Any = fired) -> None:
+            fired.append(deadline)
+            fire(customer_id, deadline)
+
+        shard._fire_deadline = counted  # type: ignore[method-assign]
+        records = _records(shard, reads)
+        moves = sorted(
+            (r.customer_id, t.at, t.segment, t.kind)
+            for r in records
+            for t in r.transitions
+            if t.segment.startswith(CLUSTER_PREFIX)
+        )
+        found[every] = moves, len([at for at in fired if at > quiet])
+    assert found[False][0] == found[True][0]
+    # customers moved as their windows emptied, with no event of theirs: the comparison
+    # compared the look-ahead's moves, and it evaluated far fewer instants
+    assert len([move for move in found[False][0] if move[1] > quiet]) >= 2
+    assert found[False][1] < found[True][1] / 4
+
+
+def test_with_a_month_of_quiet_each_record_is_still_assigned_as_every_snapshot_would_be() -> None:
+    model = _model()
+    reads = _reads(seed=6, month=True)
+    eager = _records(_shard(_rules(ON_A_CLUSTER), model), reads)
+    lazy = _records(_shard(_rules(), model), reads)
+    assert [(r.customer_id, r.at) for r in lazy] == [(r.customer_id, r.at) for r in eager]
+    for ours, theirs in zip(lazy, eager, strict=True):
+        assert (_cluster(ours), ours.outlier) == (_cluster(theirs), theirs.outlier)
