@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -12,6 +13,8 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import Session, create_engine
 
 from app.settings import Settings
+
+T = TypeVar("T")
 
 
 def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
@@ -51,3 +54,18 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+async def to_the_end(work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` in a thread, as ``asyncio.to_thread``; but when the awaiting task is
+    cancelled (a process shutting down), the thread is waited for before the cancellation goes
+    on: a thread cannot be stopped, and one holding a connection of an engine disposed under it
+    gives it back to a pool nobody closes (psycopg then warns, at some later collection)."""
+    running = asyncio.ensure_future(asyncio.to_thread(work, *args))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait([running])
+        with suppress(Exception):
+            running.result()
+        raise

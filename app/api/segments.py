@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from app.api.deps import AppState, Limit, StateDep, StoredRules, admin_router
 from app.clock import now_ms
+from app.db import to_the_end
 from app.profiles import history, moves, segments
 from app.profiles.moves import MovePage
 from app.profiles.segments import MemberPage
@@ -156,7 +157,7 @@ async def record_history(state: AppState) -> None:
     interval_ms = state.settings.segment_history_interval_s * 1000
     while True:
         try:
-            ids = await asyncio.to_thread(_segment_ids, state.engine)
+            ids = await to_the_end(_segment_ids, state.engine)  # before the engine goes
             await history.record(state.redis, ids, now_ms=now_ms(), interval_ms=interval_ms)
         except (RedisError, OSError, SQLAlchemyError) as error:
             log.warning("segment history: nothing recorded this interval (%s)", error)

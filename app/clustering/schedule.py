@@ -11,7 +11,6 @@ first (a thread cannot be stopped).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -24,6 +23,7 @@ from app.clustering import store
 from app.clustering.fitting import TooFewProfiles
 from app.clustering.service import RefitBusy
 from app.clustering.stream import STREAM_ALGORITHM
+from app.db import to_the_end
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,10 @@ async def refit_in_interval(
             "scheduled cluster refit skipped: model %d was fitted in this interval", model.version
         )
         return False
-    running = asyncio.ensure_future(asyncio.to_thread(refit))
     try:
-        await asyncio.shield(running)
-    except asyncio.CancelledError:
-        # A thread cannot be stopped: the refit ends before the process lets go of what it
-        # uses (the SQL engine, the refit lock); the process could not exit before it anyway.
-        await asyncio.wait([running])
-        with contextlib.suppress(Exception):
-            running.result()
-        raise
+        # cancelled, the refit still ends before the process lets go of what it uses (the SQL
+        # engine, the refit lock); the process could not exit before it anyway
+        await to_the_end(refit)
     except TooFewProfiles as error:
         log.info("scheduled cluster refit skipped: %s", error)
         return False
