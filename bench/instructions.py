@@ -49,7 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from app.clustering.choices import FAMILIES  # noqa: E402
 from app.clustering.columns import DAY_MS  # noqa: E402
-from app.features import DEFAULT_LATENESS_MS  # noqa: E402
+from app.clustering.columns import INPUTS as CLUSTER_INPUTS  # noqa: E402
+from app.features import BUILTIN_INPUTS, DEFAULT_LATENESS_MS, Windowed  # noqa: E402
 from app.redis_server import EmbeddedRedis  # noqa: E402
 from bench.pipeline import LANE, PARTITIONS, history, shard_reads  # noqa: E402
 from tests.factories import PublishedModel  # noqa: E402
@@ -58,8 +59,16 @@ END_MS = 1_780_000_000_000  # the history's last instant: fixed, so every run re
 # ``--whole``: the flow's recovery snapshot interval (seconds): its ``-s 2`` at callgrind's
 # slowdown, so a counted run takes about as many snapshots per event as a real one
 WHOLE_SNAPSHOT_S = 100
-# ``--quiet-days``: the windows whose exits the clock's ticks follow once the events are over
-QUIET_WINDOWS_MS = (30 * DAY_MS, 90 * DAY_MS)
+# ``--quiet-days``: the windows whose exits the clock's ticks follow once the events are over,
+# those of the built-ins the cluster model's columns read (30 and 90 days)
+QUIET_WINDOWS_MS = sorted(
+    {
+        spec.window_ms
+        for name in CLUSTER_INPUTS
+        for spec in BUILTIN_INPUTS[name]
+        if isinstance(spec, Windowed) and spec.window_ms is not None
+    }
+)
 
 
 def run(
@@ -181,16 +190,7 @@ def whole_flow(
     import redis
 
     from app.clustering import store
-    from bench.pipeline import (
-        BATCH,
-        FLOW,
-        LANE,
-        OFF,
-        PARTITIONS,
-        fitted_on_flow,
-        flow_command,
-        timed_cpu,
-    )
+    from bench.pipeline import BATCH, FLOW, OFF, fitted_on_flow, flow_command, timed_cpu
     from tests.factories import append_replay
 
     events = history(count, time.time_ns() // 1_000_000 - int(ended_days * DAY_MS))
@@ -267,6 +267,10 @@ def main() -> None:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.whole and args.quiet_days:
+        parser.error("--quiet-days counts the shards alone: not with --whole")
+    if args.ended_days and not args.whole:
+        parser.error("--ended-days ends the history of --whole's run: use it with --whole")
     if args.run:
         run(args.run, args.events, args.url, args.model, quiet_days=args.quiet_days)
         return

@@ -814,22 +814,24 @@ class CustomerFeatures:
         instant = min(deadlines)
         return changes, None if instant == _NEVER else int(instant)
 
-    def watched_deadline(self, now: int, watch: Watch) -> int | None:
+    def watched_deadline(
+        self,
+        now: int,
+        watch: Watch,
+        deadlines: list[float] | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> int | None:
         """The next instant after ``now`` at which a watched feature can change what the
-        dataflow decides (``Watch``), as of the last read, which was at ``now``: a watched
-        group's next deadline, or for a count compared with thresholds, the exit that moves it
-        into another class among them (for ``gte 5``: the one from 5 to 4, not every exit)."""
-        last = self._observed
-        assert last is not None, "read the customer at now first"
-        assert last.at == now, "read the customer at now first"
-        best = self._watched_after(now, watch, last.deadlines, last.values)
-        return None if best == _NEVER else int(best)
-
-    def _watched_after(
-        self, now: int, watch: Watch, deadlines: list[float], values: dict[str, Any]
-    ) -> float:
-        """``watched_deadline`` given the groups' ``deadlines`` and the ``values`` at ``now``
-        (every deadline after ``now``); ``_NEVER`` for none."""
+        dataflow decides (``Watch``), as of the last read, which was at ``now`` (or given the
+        groups' ``deadlines`` and the ``values`` at ``now``, every deadline after it): a
+        watched group's next deadline, or for a count compared with thresholds, the exit that
+        moves it into another class among them (for ``gte 5``: the one from 5 to 4, not every
+        exit)."""
+        if deadlines is None or values is None:
+            last = self._observed
+            assert last is not None, "read the customer at now first"
+            assert last.at == now, "read the customer at now first"
+            deadlines, values = last.deadlines, last.values
         best = _NEVER
         for index, key, counts in watch.groups:
             deadline = deadlines[index]
@@ -868,7 +870,7 @@ class CustomerFeatures:
                 crossing = times[end - below - 1] + window
                 if crossing < best:
                     best = crossing
-        return best
+        return None if best == _NEVER else int(best)
 
     def first_change(
         self,
@@ -880,16 +882,16 @@ class CustomerFeatures:
     ) -> int | None:
         """The first instant after ``now`` and before ``until`` at which ``changed(instant,
         values)`` holds, ``values`` being the features then with no new event, walked through
-        the instants at which a feature ``watch`` watches can change (``watched_deadline``,
-        each time from the instant before); after ``most`` of them without, the next one (to
-        walk on from there); None when none comes before ``until``. As of the last read, which
-        was at ``now``: the customer's state and their last read are left as they were
-        (``values`` is a copy, changed as it walks)."""
+        the instants at which a feature ``watch`` watches can change (``watched_deadline``
+        from the instant before, on the walk's own copies); after ``most`` of them without,
+        the next one (to walk on from there); None when none comes before ``until``. As of
+        the last read, which was at ``now``: the customer's state and their last read are
+        left as they were (``values`` is a copy, changed as it walks)."""
         last = self._observed
         assert last is not None, "read the customer at now first"
         assert last.at == now, "read the customer at now first"
-        instant = self._watched_after(now, watch, last.deadlines, last.values)
-        if instant >= until:
+        instant = self.watched_deadline(now, watch)
+        if instant is None or instant >= until:
             return None
         computed = self.catalogue.plan.groups
         always = computed[-1]
@@ -897,7 +899,7 @@ class CustomerFeatures:
         deadlines = list(last.deadlines)
         values = dict(last.values)
         for _ in range(most):
-            at = int(instant)
+            at = instant
             for index in indices:  # those due by then, each from scratch at ``at``
                 if deadlines[index] <= instant:
                     found = computed[index](self, at, values)
@@ -905,10 +907,10 @@ class CustomerFeatures:
             always(self, at, values)
             if changed(at, values):
                 return at
-            instant = self._watched_after(at, watch, deadlines, values)
-            if instant >= until:
+            instant = self.watched_deadline(at, watch, deadlines, values)
+            if instant is None or instant >= until:
                 return None
-        return int(instant)
+        return instant
 
     def observe_after(self, now: int, name: str | None) -> tuple[dict[str, Any], int | None]:
         """``observe(now)`` after applying an event named ``name`` (``apply`` marked what it

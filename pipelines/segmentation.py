@@ -67,13 +67,7 @@ from app.rules.compiler import CompiledRules
 from app.rules.engine import Rulesets
 from app.settings import Settings, get_settings
 from app.streams import ABSORB, ERASE, LIVE, MERGE, partition_of
-from pipelines.features import (
-    Catalogue,
-    CustomerFeatures,
-    FeaturePlan,
-    Watch,
-    default_catalogue,
-)
+from pipelines.features import Catalogue, CustomerFeatures, Watch, default_catalogue
 from pipelines.placement import SHARDS_PER_PARTITION, shard_keys
 from pipelines.records import (
     Correction,
@@ -407,10 +401,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         self.state.catalogue = catalogue
         # per customer changed in the batch, what its one record carries (``_settle``)
         self._drafts: dict[str, _Draft] = {}
-        # (the rules, their watch, theirs and the cluster model's columns': ``_watch``)
-        self._watching: tuple[CompiledRules | None, Watch, Watch] | None = None
-        # the changes of what the cluster model's columns read, for the catalogue's plan
-        self._model_watch: tuple[FeaturePlan, Watch] | None = None
+        # the rules they are for, and the watches of the rules, of the rules and the cluster
+        # model's columns, and of the columns alone (``_watch``, ``_next_move``)
+        self._watching: tuple[CompiledRules | None, Watch, Watch, Watch] | None = None
 
     def on_batch(
         self, values: Sequence[SourceItem | list[SourceItem]]
@@ -1064,11 +1057,24 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             return None
         found = self._watching
         if found is None or found[0] is not self.rules:
-            watched = {} if self.rules is None else self.rules.watched()
-            plan = self.catalogue.plan
-            both = {**watched, **dict.fromkeys(CLUSTER_INPUTS)}
-            found = self._watching = (self.rules, Watch.of(plan, watched), Watch.of(plan, both))
+            found = self._watches()
         return found[2] if with_model else found[1]
+
+    def _watches(self) -> tuple[CompiledRules | None, Watch, Watch, Watch]:
+        """The watches for the current rules (and so the catalogue's plan): the rules', the
+        rules' and the cluster model's columns', the columns' alone."""
+        found = self._watching
+        if found is None or found[0] is not self.rules:
+            watched = {} if self.rules is None else self.rules.watched()
+            columns = dict.fromkeys(CLUSTER_INPUTS)
+            plan = self.catalogue.plan
+            found = self._watching = (
+                self.rules,
+                Watch.of(plan, watched),
+                Watch.of(plan, {**watched, **columns}),
+                Watch.of(plan, columns),
+            )
+        return found
 
     def _next_move(
         self,
@@ -1089,10 +1095,6 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         and is not watched between them)."""
         model = self.model
         assert model is not None
-        plan = self.catalogue.plan
-        found = self._model_watch
-        if found is None or found[0] is not plan:
-            found = self._model_watch = (plan, Watch.of(plan, dict.fromkeys(CLUSTER_INPUTS)))
         walking: Assignment | None = None
         at_now: tuple[int | None, bool] = (None, False)
         inputs_before: tuple[Any, ...] = ()
@@ -1112,7 +1114,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             return (walking.index, walking.outlier) != at_now
 
         until = math.inf if before is None else before
-        return customer.first_change(now, found[1], until, MOVE_LOOKAHEAD, moved)
+        return customer.first_change(now, self._watches()[3], until, MOVE_LOOKAHEAD, moved)
 
     def _with_cluster(self, segments: frozenset[str], member: str) -> frozenset[str]:
         key = (segments, member)
