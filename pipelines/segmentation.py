@@ -414,7 +414,9 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         if self.watcher is not None:
             self._follow(self.watcher.current())
         if self.clusters is not None:
-            self._follow_model(self.clusters.current())
+            model = self.clusters.current()
+            if model is not self.model:  # (checked here: a shard takes thousands of reads a
+                self._follow_model(model)  # second, most of them ticks)
         if self._assign_each_of is not self.rules:
             self._assign_each_of = self.rules
             self._assign_each = self.rules is not None and reads_clusters(self.rules)
