@@ -877,6 +877,7 @@ BENCHMARKS = (
     "rule_saves",
     "admin_pages",
     "clustering",
+    "instructions",
 )  # bench/NAME.py
 
 
@@ -964,6 +965,8 @@ def replay(file: Path, file_format: str | None, rate: float | None) -> None:
     click.echo(
         f"accepted={summary.accepted} duplicates={summary.duplicates} failed={summary.failed}"
     )
+    if summary.failed and not summary.accepted and not summary.duplicates:
+        raise click.ClickException(f"{file}: no row could be replayed (failed events keep them)")
 
 
 if __name__ == "__main__":

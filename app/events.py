@@ -94,7 +94,7 @@ class Event(BaseModel):
     properties: dict[str, Any] = Field(default_factory=dict)
     traits: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
-    source: str = ""  # the write key's name, or "replay:<file>"
+    source: str = ""  # the write key's name, or "replay:<format>"
     # the timestamp the sender gave, when it was more than FUTURE_TOLERANCE_MS ahead of
     # received_at (``timestamp`` is then received_at)
     future_timestamp: int | None = None

@@ -37,14 +37,25 @@ def _unreachable(error: Exception) -> HTTPException:
 
 
 @router.get("", response_model=SegmentPage)
-async def read_segments(state: StateDep, rules: StoredRules) -> SegmentPage:
+async def read_segments(
+    state: StateDep,
+    rules: StoredRules,
+    limit: Limit = 100,
+    cursor: Annotated[str | None, Query(description="The page's last segment id.")] = None,
+) -> SegmentPage:
     """Every segment (a rule's id) with its name, current size, and how many customers
     entered and left it in the last hour and the last 24 hours (of wall-clock time; a count
-    of 50,000 means at least that many)."""
+    of 50,000 means at least that many), by id, a page at a time."""
+    after = sorted(
+        (stored.rule for stored in rules if cursor is None or stored.id > cursor),
+        key=lambda rule: rule.id,
+    )
     try:
-        return await list_segments(state.redis, rules=[stored.rule for stored in rules])
+        page = await list_segments(state.redis, rules=after[:limit])
     except (RedisError, OSError) as error:
         raise _unreachable(error) from error
+    page.next_cursor = page.items[-1].id if len(after) > limit else None
+    return page
 
 
 @router.get(

@@ -27,6 +27,7 @@ from app.dispatch.errors import (
     DestinationURLError,
     NameTaken,
     TemplateNotFound,
+    UnresolvableDestinationURL,
 )
 from app.dispatch.schema import DestinationIn, DestinationUpdate, TemplateIn, TemplateSources
 from app.dispatch.secret_box import SecretBox, generate_signing_secret, signing_secret_problem
@@ -180,6 +181,10 @@ def _check_destination(name: str, spec: DestinationUpdate, *, allow_private: boo
             problems.append(DestinationProblem(name, "secret", problem))
     try:
         check_destination_url(spec.url, allow_private=allow_private)
+    except UnresolvableDestinationURL:
+        # kept: what a name resolves to is checked again before every send, where a name that
+        # does not resolve (yet, or from this host) is a network failure, retried
+        pass
     except DestinationURLError as error:
         problems.append(DestinationProblem(name, "url", str(error)))
     if problems:

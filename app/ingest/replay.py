@@ -325,7 +325,10 @@ def replay_file(
     if not path.is_file():
         raise ReplayError(f"{path}: no such file")
     file_format = file_format or detect_format(path)
-    source = f"replay:{path.name}"
+    # messageIds are deduplicated per source: one per format, not per file name, so the same
+    # rows from a renamed or decompressed copy are stored once; failed rows name the file
+    source = f"replay:{file_format}"
+    failed_source = f"replay:{path.name}"
     lane = replay_lane(path)
     received_at = now_ms()
     summary = ReplaySummary()
@@ -335,7 +338,7 @@ def replay_file(
     def fail(reason: str, raw: str) -> None:
         summary.failed += 1
         summary.reasons[reason.split(": ", 1)[-1][:120]] += 1
-        failed.append(FailedEvent(received_at, reason, source, raw))
+        failed.append(FailedEvent(received_at, reason, failed_source, raw))
         if len(failed) >= APPEND_BATCH:
             _flush_failed(client, failed)
 
@@ -361,17 +364,19 @@ def replay_file(
 
         batch: list[SerializedEvent] = []
         appended = 0  # batches appended: each is followed by the lane's progress marker
+        sent = 0  # events appended
+        # at ``rate``, batches of a tenth of a second's events, each sent when it is due
+        size = APPEND_BATCH if rate is None else max(1, min(APPEND_BATCH, int(rate / 10)))
         started = time.monotonic()
         for at, event in spill:
+            if rate is not None and not batch:  # the next one's first event: wait till due
+                time.sleep(max(0.0, started + sent / rate - time.monotonic()))
             batch.append(event)
-            if len(batch) >= APPEND_BATCH:
+            if len(batch) >= size:
                 appended += 1
+                sent += len(batch)
                 markers = lane_markers(lane, at, partitions=partitions, seq=appended)
                 _append(client, script, batch, markers, partitions, dedup_ttl_s, summary)
-                if rate is not None:  # the time these events may take at ``rate``
-                    time.sleep(
-                        max(0.0, started + appended * APPEND_BATCH / rate - time.monotonic())
-                    )
         # the end: the lane's customers go over to the wall clock, and their due timers fire
         end = lane_markers(lane, received_at, partitions=partitions, seq=appended + 1, end=True)
         _append(client, script, batch, end, partitions, dedup_ttl_s, summary)

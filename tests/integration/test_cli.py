@@ -108,13 +108,18 @@ def test_replay_segment_jsonl_in_event_time_order_and_idempotent(services, redis
         times = [json.loads(f[b"e"])["timestamp"] for _, f in redis_client.xrange(key)]
         by_partition[len(by_partition)] = times
     assert all(times == sorted(times) for times in by_partition.values())
-    assert {e.source for e in events} == {"replay:history.jsonl"}
+    assert {e.source for e in events} == {"replay:segment"}
     failed = redis_client.xrange("failed-events")
     assert len(failed) == 2
     assert b"not JSON" in failed[0][1][b"reason"]
+    assert failed[0][1][b"source"] == b"replay:history.jsonl"  # the file they came from
 
     again = run(services, "replay", str(path))
     assert "accepted=0 duplicates=60 failed=2" in again.stdout
+    renamed = tmp_path / "history-copy.jsonl"  # the same rows under another name
+    renamed.write_bytes(path.read_bytes())
+    copied = run(services, "replay", str(renamed))
+    assert "accepted=0 duplicates=60 failed=2" in copied.stdout
     assert len(stored_events(redis_client)) == 60
 
 
@@ -164,6 +169,43 @@ def test_replay_rees46_gzipped_csv(services, redis_client, tmp_path):
     assert added.properties["category"] == "appliances.environment.water_heater"
     assert events["Order Completed"].properties["revenue"] == 33.2
     assert events["Product Viewed"].context["session_id"].startswith("72d76fde")
+
+    plain = tmp_path / "2019-Oct.csv"  # decompressed: the same rows, stored once
+    plain.write_text(rows)
+    again = run(services, "replay", str(plain))
+    assert again.returncode == 0, again.stderr
+    assert "accepted=0 duplicates=4 failed=0" in again.stdout
+
+
+def test_a_replay_whose_every_row_fails_exits_non_zero(services, redis_client, tmp_path):
+    messages: list[dict[str, object]] = [  # event time as epoch ms: the spec's is ISO-8601
+        {"type": "track", "userId": "u1", "event": "Product Viewed", "timestamp": 1714557600000}
+    ]
+    done = run(services, "replay", str(write_jsonl(tmp_path / "ms.jsonl", messages)))
+    assert done.returncode != 0
+    assert "accepted=0 duplicates=0 failed=1" in done.stdout
+    assert "timestamp must be an ISO-8601 date-time string" in done.stdout
+    assert "no row could be replayed" in done.stderr
+    assert stored_events(redis_client) == []
+
+
+def test_replay_rate_spreads_a_small_file_over_its_seconds(services, redis_client, tmp_path):
+    messages: list[dict[str, object]] = [
+        {
+            "type": "track",
+            "userId": f"u{i}",
+            "event": "Product Viewed",
+            "timestamp": f"2024-05-01T10:00:{i:02d}Z",
+        }
+        for i in range(30)
+    ]
+    path = write_jsonl(tmp_path / "paced.jsonl", messages)
+    started = time.monotonic()
+    done = run(services, "replay", str(path), "--rate", "10")
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert "accepted=30" in done.stdout
+    assert took >= 2.9  # 30 events at 10 a second: the last one sent 2.9 s after the first
 
 
 def test_replay_of_a_missing_file_fails_with_a_message(services, redis_client, tmp_path):
@@ -606,3 +648,14 @@ def test_the_command_line_and_the_dataflow_load_no_model_fitting(tmp_path: Path)
     )
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split() == []
+
+
+def test_segflow_bench_runs_every_benchmark_under_bench():
+    shipped = sorted(path.stem for path in (Path(__file__).parents[2] / "bench").glob("*.py"))
+    done = subprocess.run(
+        [*SEGFLOW, "bench", "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    listed = re.search(r"\[([a-z_|\s]+)\]", done.stdout)  # (the usage line wraps)
+    assert listed is not None, done.stdout
+    assert sorted(re.sub(r"\s", "", listed.group(1)).split("|")) == shipped

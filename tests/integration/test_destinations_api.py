@@ -347,6 +347,22 @@ def test_private_addresses_are_refused_at_save_time_and_again_at_send_time(
     )
 
 
+def test_a_name_that_does_not_resolve_is_kept_and_its_sends_fail_as_network(admin: Admin):
+    # what a name resolves to is checked before every send: one that resolves to nothing
+    # when saved (a DNS outage, a name not published yet) is not refused, its sends fail
+    url = "https://hooks.segflow.invalid/segflow"  # .invalid never resolves (RFC 2606)
+    created = admin.call(
+        "POST",
+        "/api/destinations",
+        json={"name": "email", "kind": "email", "url": url},
+        status=201,
+    )
+    assert created["url"] == url
+    result = admin.call("POST", "/api/destinations/email/test")
+    assert (result["ok"], result["outcome"], result["status_code"]) == (False, "network", None)
+    assert "'hooks.segflow.invalid' does not resolve" in result["error"]
+
+
 def test_bad_settings_are_refused_naming_the_field(private_admin: Admin, receiver: Receiver):
     def refused(body: dict[str, Any]) -> Any:
         return private_admin.call("POST", "/api/destinations", json=body, status=422)["detail"]

@@ -78,6 +78,15 @@ def test_replayed_history_gives_the_contract_transitions(
     members = get(api, token, "/api/segments/cart-abandoners/members")
     assert members["items"] == ["ada"]
 
+    pages, cursor = [], ""  # the list is paged by id, as the other lists are
+    while cursor is not None:
+        page = get(api, token, f"/api/segments?limit=2{cursor and f'&cursor={cursor}'}")
+        pages.append([(s["id"], s["size"]) for s in page["items"]])
+        cursor = page["next_cursor"]
+    assert [len(page) for page in pages] == [2, 2, 1]
+    assert dict(pair for page in pages for pair in page) == sizes
+    assert [pair[0] for page in pages for pair in page] == sorted(sizes)
+
     def triggers() -> list[dict[bytes, bytes]]:
         return [fields for _, fields in cast(StreamEntries, redis_client.xrange(TRIGGERS_KEY))]
 
