@@ -45,8 +45,10 @@ import bisect
 import io
 import math
 import pickle
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import cached_property
 from typing import Any
 
@@ -282,8 +284,34 @@ def _fold_values(values: list[Any]) -> Folded:
             if value is not None:
                 seen.add(_hashable(value))
     return Folded(
-        math.fsum(totals), min(lows, default=None), max(highs, default=None), frozenset(seen)
+        bounded_sum(totals), min(lows, default=None), max(highs, default=None), frozenset(seen)
     )
+
+
+FLOAT_MOST = sys.float_info.max
+
+
+def bounded_sum(numbers: Iterable[float]) -> float:
+    """The numbers' sum, exactly rounded (the same in any order of arrival); one beyond the
+    largest float is that float, signed. Events may carry any finite number (up to about
+    1.8e308), and two of them must not stop the flow: ``math.fsum`` raises on an overflow,
+    even of an intermediate sum whose end is finite, which is then worked out exactly."""
+    numbers = list(numbers)
+    try:
+        total = math.fsum(numbers)
+    except OverflowError:
+        exact = sum(map(Fraction, numbers), Fraction(0))
+        try:
+            total = float(exact)
+        except OverflowError:
+            return FLOAT_MOST if exact > 0 else -FLOAT_MOST
+    return total
+
+
+def bounded(number: float) -> float:
+    """``number``, or the largest float of its sign where it overflowed (a product, a sum of two
+    of the numbers events carry)."""
+    return math.copysign(FLOAT_MOST, number) if math.isinf(number) else number
 
 
 @dataclass(frozen=True)
@@ -317,10 +345,10 @@ def _aggregate(spec: Windowed, log: EventLog, start: int, end: int) -> float | i
         elif isinstance(value, int | float) and not isinstance(value, bool):
             numbers.append(value)
     if spec.aggregate == "sum":
-        return math.fsum(numbers)  # exactly rounded: the same in any order of arrival
+        return bounded_sum(numbers)  # exactly rounded: the same in any order of arrival
     if not numbers:
         return None
-    return float(min(numbers) if spec.aggregate == "min" else max(numbers))
+    return _number(min(numbers) if spec.aggregate == "min" else max(numbers))
 
 
 def _hashable(value: Any) -> Any:
@@ -487,7 +515,7 @@ class Cart:
             self.add(other.last_order, ORDER, {})
         for product, (quantity, price) in other.base.items():
             held, _ = self.base.get(product, (0.0, 0.0))
-            self.base[product] = (held + quantity, price)
+            self.base[product] = (bounded(held + quantity), price)
         for when, _, name, properties in other.events:
             self.add(when, name, properties)
 
@@ -510,10 +538,10 @@ def _apply_cart(
     if name == "Product Added":
         held, _ = lines.get(product, (0.0, 0.0))
         price = _number(properties.get("price")) or 0.0
-        lines[product] = (held + (quantity if quantity is not None else 1.0), price)
+        lines[product] = (bounded(held + (quantity if quantity is not None else 1.0)), price)
     elif name == "Product Removed" and product in lines:
         held, price = lines[product]
-        left = 0.0 if quantity is None else held - quantity
+        left = 0.0 if quantity is None else bounded(held - quantity)
         if left > 0:
             lines[product] = (left, price)
         else:
@@ -523,7 +551,11 @@ def _apply_cart(
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond every float
+        return FLOAT_MOST if value > 0 else -FLOAT_MOST
+    return None if number != number else bounded(number)  # (NaN: not a number)
 
 
 @dataclass
@@ -1355,9 +1387,10 @@ def _cart_group(catalogue: Catalogue) -> GroupFn:
         lines = state.cart.lines(now).values()
         for name in wanted:
             if name == "cart_value":
-                values[name] = round(sum(quantity * price for quantity, price in lines), 6)
+                value = bounded_sum(bounded(quantity * price) for quantity, price in lines)
+                values[name] = round(value, 6)
             else:
-                values[name] = sum(quantity for quantity, _ in lines)
+                values[name] = bounded_sum(quantity for quantity, _ in lines)
 
     return compute
 

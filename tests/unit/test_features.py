@@ -473,6 +473,29 @@ def test_an_event_leaves_the_window_exactly_at_its_time_plus_the_window():
     assert state.next_change(1_000) == 1_000 + 10 * MINUTE
 
 
+def test_sums_beyond_the_largest_float_hold_it_and_exact_ones_stay_exact():
+    # any finite number an event may carry: two of them must not stop the flow
+    most = 1.7976931348623157e308
+    state = CustomerFeatures(CATALOGUE)
+
+    def track(at: int, name: str, **properties: Any) -> None:
+        state.apply({"type": "track", "event": name, "timestamp": at, "properties": properties})
+
+    track(1_000, "Order Completed", revenue=1e308)
+    track(2_000, "Order Completed", revenue=1e308)
+    revenue = "sum(Order Completed.revenue, 90d)"
+    assert state.snapshot(2_000)[revenue] == most
+    track(3_000, "Order Completed", revenue=-1e308)  # an intermediate overflow, a finite end
+    assert state.snapshot(3_000)[revenue] == 1e308
+    track(4_000, "Product Added", product_id="p", price=1e308, quantity=2)
+    track(5_000, "Product Added", product_id="q", price=1e308)
+    values = state.snapshot(5_000)
+    assert (values["cart_value"], values["cart_items"]) == (most, 3)
+    assert values["max(Product Added.price, 1h)"] == 1e308
+    track(6_000, "Product Removed", product_id="p", quantity=-1e308)
+    assert state.snapshot(6_000)["cart_items"] == 1e308 + 1
+
+
 def test_lateness_is_measured_from_the_newest_event():
     state = CustomerFeatures(CATALOGUE)
     state.apply(
