@@ -63,6 +63,7 @@ StreamEntry = TypedDict(
         "into": str,
         "from": str,
         "state": str,
+        "path": list[str],  # an absorb's ids passed on its way (``FeatureShard._on_merged_away``)
     },
     total=False,
 )

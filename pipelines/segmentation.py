@@ -759,10 +759,29 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         out.append(Erased(customer_id, self._erase(customer_id)))
 
     def _on_merged_away(self, entry: StreamEntry, into: str, out: list[ShardOutput]) -> None:
-        """An entry for a customer merged away: it is the other's now, forwarded there."""
-        if entry["type"] != MERGE:
-            forwarded: StreamEntry = {**entry, "customer_id": into}
-            out.append(self._relay(forwarded, f"forward:{entry['message_id']}"))
+        """An entry for a customer merged away: it is the other's now, forwarded there.
+
+        A state moving to its owner (an absorb) carries the ids it passed (``path``). Two
+        identities that name each other before either merge is done (``alias x -> y`` and
+        ``alias y -> x`` in one batch) are each merged into the other: their states would go
+        round for ever, with no one left to take them. A state that comes to a customer whose
+        own merge points back along its path has found such a cycle: its member with the
+        least id takes every state of the cycle (each member finds the same cycle and the same
+        owner, whatever the order), and what the others' keys hold moves to it."""
+        if entry["type"] == MERGE:
+            return
+        customer_id = entry["customer_id"]
+        forwarded: StreamEntry = {**entry, "customer_id": into}
+        marker = f"forward:{entry['message_id']}"
+        if entry["type"] == ABSORB:
+            path = [*entry.get("path", [entry["from"]]), customer_id]
+            if into in path and min(path[path.index(into) :]) == customer_id:  # its owner
+                del self.state.merged[customer_id]
+                self._on_absorb(customer_id, entry, out)
+                return
+            forwarded["path"] = path
+            marker = f"forward:{len(path)}:{entry['message_id']}"  # one per hop
+        out.append(self._relay(forwarded, marker))
 
     def _relay(self, entry: StreamEntry, marker: str) -> Relay:
         partition = partition_of(entry["customer_id"], self.partitions)
@@ -801,6 +820,12 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         if customer_id in self.state.pending:
             self._flush(customer_id)
         other = CustomerFeatures.restore(base64.b64decode(entry["state"]), self.catalogue)
+        path = entry.get("path")
+        if path and len(path) > 1 and path[1] != customer_id:
+            # the state came through customers merged away (a chain, or a cycle): the sink
+            # moved what the other had (events, transitions, memberships) to the first of
+            # them; from there it is this customer's
+            out.append(Merged(path[1], customer_id, other.segments))
         self.state.rewinds.drop(customer_id)  # their history is two histories now
         customer = self.state.customer(customer_id)
         if customer is None:

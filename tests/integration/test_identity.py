@@ -222,3 +222,73 @@ def naming(client: redis.Redis, customer_id: str, partitions: int = 4) -> list[s
             if customer_id in (entry.get(name) for name in ID_FIELDS):
                 found.append(entry["type"])
     return found
+
+
+def test_two_ids_aliased_to_each_other_in_one_batch_become_one_customer(
+    settings: Settings,
+    redis_client: redis.Redis,
+    api: ServerThread,
+    credentials: dict[str, str],
+):
+    env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
+    env.pop("DATABASE_URL", None)
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
+    pipeline = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "pipeline", "--no-recovery"],
+        env=env,
+        start_new_session=True,
+    )
+    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    try:
+        start = time.time_ns() // 1_000_000 - 60_000
+        batch = [
+            *shop({"userId": "cy-x"}, start, "x"),
+            message(
+                "track",
+                start + 500,
+                "y-v",
+                event="Product Viewed",
+                userId="cy-y",
+                properties={"product_id": "q"},
+            ),  # fmt: skip
+            message("alias", start + 6000, "xy", userId="cy-y", previousId="cy-x"),
+            message("alias", start + 6000, "yx", userId="cy-x", previousId="cy-y"),
+        ]
+        answer = httpx.post(
+            f"{api.url}/v1/batch", json={"batch": batch}, auth=(credentials["write_key"], "")
+        )
+        assert answer.json()["accepted"] == len(batch), answer.text
+
+        def profile(customer: str) -> dict[str, Any] | None:
+            found = httpx.get(f"{api.url}/api/customers/{customer}", headers=admin)
+            return found.json() if found.status_code == 200 else None
+
+        def status() -> dict[str, Any]:
+            return cast(dict[str, Any], httpx.get(f"{api.url}/api/status", headers=admin).json())
+
+        wait_for(lambda: status()["lag"] == 0, what="every entry, relayed ones too, processed")
+        found = {c: profile(c) for c in ("cy-x", "cy-y")}
+        kept = [c for c, p in found.items() if p is not None]
+        assert kept == ["cy-x"]  # the cycle's least id holds both histories, none is lost
+        owner = found["cy-x"]
+        assert owner is not None
+        assert owner["features"]["events_total"] == 7
+        assert len(owner["events"]) == 7  # both ids' recent events, in one list
+        members = httpx.get(f"{api.url}/api/segments/browsing-enthusiasts/members", headers=admin)
+        assert members.json()["items"] == ["cy-x"]
+        later = message("track", start + 9000, "y-later", event="Product Viewed", userId="cy-y",
+                        properties={"product_id": "r"})  # fmt: skip
+        httpx.post(
+            f"{api.url}/v1/batch", json={"batch": [later]}, auth=(credentials["write_key"], "")
+        )
+
+        def counted() -> bool:
+            found = profile("cy-x")
+            return bool(found and found["features"]["events_total"] == 8)
+
+        wait_for(counted, what="a later event for cy-y counted at cy-x")
+        wait_for(lambda: status()["lag"] == 0, what="the forwarded event processed")
+    finally:
+        os.killpg(pipeline.pid, 9)
+        pipeline.wait()

@@ -82,6 +82,21 @@ class Streams:
                 if isinstance(item, Relay):
                     queue.append(item.entry)
 
+    def send_together(self, events: list[dict[str, Any]], most: int = 200) -> None:
+        """``events`` read in one batch: each shard takes its event before any entry they
+        relay comes back (the streams carry those after), and so on, breadth first."""
+        queue: list[Mapping[str, Any]] = list(events)
+        for _ in range(most):
+            if not queue:
+                return
+            entry = orjson.loads(orjson.dumps(queue.pop(0)))
+            out, _ = self.shard(entry["customer_id"]).on_batch(
+                [StreamEvent(0, "0-0", entry), Tick(0, entry["timestamp"] + 1, inclusive=True)]
+            )
+            self.out += out
+            queue += [item.entry for item in out if isinstance(item, Relay)]
+        raise AssertionError(f"entries still relayed after {most}: {queue[:3]}")
+
     def customer(self, customer_id: str) -> CustomerFeatures | None:
         shard = self.shards.get(customer_id)
         return None if shard is None else shard.state.customer(customer_id)
@@ -259,3 +274,48 @@ def test_a_merged_customer_is_in_the_one_cluster_their_merged_features_give():
         assert customer.segments == record.segments
         seen.add(len(set(apart.values())))
     assert seen == {1, 2}  # merges of customers in one cluster and in two were tried
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        [("y", "x"), ("x", "y")],  # alias x -> y and y -> x in one batch
+        [("x", "y"), ("y", "x")],
+        [("y", "x"), ("z", "y"), ("x", "z")],  # x -> y -> z -> x
+        [("z", "x"), ("x", "y"), ("y", "z")],
+        [("y", "x"), ("z", "y"), ("x", "z"), ("z", "w")],  # w joins the cycle's way in
+    ],
+)
+@pytest.mark.parametrize("by_alias", [True, False])
+def test_identities_naming_each_other_in_one_batch_end_as_one_customer(
+    links: list[tuple[str, str]], by_alias: bool
+):
+    streams = Streams()
+    ids = sorted({name for link in links for name in link})
+    for n, customer in enumerate(ids):  # a history of their own each, before the links
+        streams.send(track(customer, "Product Added", T0 + n * 1000, n, product_id=customer,
+                           price=10))  # fmt: skip
+    at = T0 + MINUTE
+    streams.send_together(
+        [
+            alias(user, previous, at, f"link-{n}")
+            if by_alias
+            else identify(user, previous, at, f"link-{n}")
+            for n, (user, previous) in enumerate(links)
+        ]
+    )
+    kept = [c for c in ids if streams.customer(c) is not None]
+    assert len(kept) == 1  # one customer holds the lot, none is lost
+    owner = kept[0]
+    held = features(streams.customer(owner), at + 1)
+    assert (held["events_total"], held["cart_items"]) == (len(ids), len(ids))
+    later = [track(c, "Product Viewed", at + 2000 + n, 100 + n) for n, c in enumerate(ids)]
+    streams.send_together(later)  # whichever id they come for, they come to the owner
+    assert features(streams.customer(owner), at + 9000)["events_total"] == 2 * len(ids)
+    # what each id's keys held (events, transitions) ends at the owner's, the sink's moves
+    # done in their order: each takes what one id holds then into another
+    held_by = {customer: {customer} for customer in ids}
+    for move in (m for m in streams.out if isinstance(m, Merged)):
+        held_by[move.into] |= held_by[move.customer_id]
+        held_by[move.customer_id] = set()
+    assert held_by == {c: set(ids) if c == owner else set() for c in ids}
