@@ -251,7 +251,7 @@ def test_two_ids_aliased_to_each_other_in_one_batch_become_one_customer(
                 event="Product Viewed",
                 userId="cy-y",
                 properties={"product_id": "q"},
-            ),  # fmt: skip
+            ),
             message("alias", start + 6000, "xy", userId="cy-y", previousId="cy-x"),
             message("alias", start + 6000, "yx", userId="cy-x", previousId="cy-y"),
         ]
