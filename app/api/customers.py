@@ -30,47 +30,7 @@ def _unreachable(what: str, error: Exception) -> HTTPException:
     return HTTPException(503, detail=f"{what}: Redis unreachable ({error})")
 
 
-@router.get(
-    "/{customer_id}",
-    response_model=CustomerProfile,
-    responses={404: {"description": "No events from this customer yet."}},
-)
-async def read_customer(customer_id: str, state: StateDep) -> CustomerProfile:
-    """A customer's traits, features (as of their last change), and recent events."""
-    try:
-        found = await profiles.get_profile(state.redis, customer_id)
-    except (RedisError, OSError) as error:
-        raise _unreachable("profiles", error) from error
-    if found is None:
-        raise HTTPException(404, detail=f"customer {customer_id!r}: no profile")
-    return found
-
-
-@router.delete(
-    "/{customer_id}",
-    response_model=ErasureReport,
-    responses={404: {"description": "Segflow holds nothing about this customer."}},
-)
-async def erase_customer(customer_id: str, state: StateDep) -> ErasureReport:
-    """GDPR erasure: the profile, the dataflow's state, every stored and failed event, trigger
-    and delivery of the customer; answers the profile as it was and what went (the README's
-    erasure section says what is erased later)."""
-    try:
-        report = await erasure.erase_customer(
-            state.redis,
-            customer_id,
-            partitions=state.settings.partitions,
-            now=now_ms(),
-            forget_elsewhere=dispatch_erasure.forget_customers,
-        )
-    except (RedisError, OSError) as error:
-        raise _unreachable("erasure", error) from error
-    if report is None:
-        raise HTTPException(404, detail=f"customer {customer_id!r}: nothing to erase")
-    return report
-
-
-@router.get("/{customer_id}/transitions", response_model=TransitionPage)
+@router.get("/{customer_id:customer}/transitions", response_model=TransitionPage)
 async def list_transitions(
     customer_id: str, state: StateDep, limit: Limit = 100, cursor: Cursor = None
 ) -> TransitionPage:
@@ -81,7 +41,7 @@ async def list_transitions(
         raise _unreachable("segments", error) from error
 
 
-@router.get("/{customer_id}/corrections", response_model=CorrectionPage)
+@router.get("/{customer_id:customer}/corrections", response_model=CorrectionPage)
 async def list_corrections(
     customer_id: str, state: StateDep, limit: Limit = 100, cursor: Cursor = None
 ) -> CorrectionPage:
@@ -94,7 +54,7 @@ async def list_corrections(
 
 
 @router.get(
-    "/{customer_id}/explain",
+    "/{customer_id:customer}/explain",
     response_model=Explanation,
     responses={404: {"description": "No such customer or segment."}},
 )
@@ -116,3 +76,45 @@ async def explain_membership(
     if explained is None:
         raise HTTPException(404, detail=f"customer {customer_id!r}: no profile")
     return explained
+
+
+# Last: an id may hold "/" (``deps.CustomerIdConvertor``), so the routes
+# above take ".../transitions", ".../corrections" and ".../explain" first.
+@router.get(
+    "/{customer_id:customer}",
+    response_model=CustomerProfile,
+    responses={404: {"description": "No events from this customer yet."}},
+)
+async def read_customer(customer_id: str, state: StateDep) -> CustomerProfile:
+    """A customer's traits, features (as of their last change), and recent events."""
+    try:
+        found = await profiles.get_profile(state.redis, customer_id)
+    except (RedisError, OSError) as error:
+        raise _unreachable("profiles", error) from error
+    if found is None:
+        raise HTTPException(404, detail=f"customer {customer_id!r}: no profile")
+    return found
+
+
+@router.delete(
+    "/{customer_id:customer}",
+    response_model=ErasureReport,
+    responses={404: {"description": "Segflow holds nothing about this customer."}},
+)
+async def erase_customer(customer_id: str, state: StateDep) -> ErasureReport:
+    """GDPR erasure: the profile, the dataflow's state, every stored and failed event, trigger
+    and delivery of the customer; answers the profile as it was and what went (the README's
+    erasure section says what is erased later)."""
+    try:
+        report = await erasure.erase_customer(
+            state.redis,
+            customer_id,
+            partitions=state.settings.partitions,
+            now=now_ms(),
+            forget_elsewhere=dispatch_erasure.forget_customers,
+        )
+    except (RedisError, OSError) as error:
+        raise _unreachable("erasure", error) from error
+    if report is None:
+        raise HTTPException(404, detail=f"customer {customer_id!r}: nothing to erase")
+    return report

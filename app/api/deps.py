@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from app.credentials import admin_token_name, credentials_revision, hash_secret
 from app.dispatch.rendering import TemplateRenderer
@@ -148,3 +149,14 @@ def admin_router(*, prefix: str, tags: list[str], responses: Responses | None = 
         dependencies=[Depends(require_admin)],
         responses={**UNAUTHORIZED, **(responses or {})},
     )
+
+
+class CustomerIdConvertor(PathConvertor):
+    """A customer id in a path (``{customer_id:customer}``): anything the collector took,
+    ``/`` (sent as it is or as ``%2F``, decoded before routing) and line breaks too, which
+    Starlette's ``path`` (``.*``) does not match."""
+
+    regex = r"[\s\S]+"
+
+
+register_url_convertor("customer", CustomerIdConvertor())

@@ -253,7 +253,7 @@ async def customer_lookup(
     )
 
 
-@router.get("/customers/{customer_id}", response_class=HTMLResponse)
+@router.get("/customers/{customer_id:customer}", response_class=HTMLResponse)
 async def customerpage(
     request: Request,
     customer_id: str,
@@ -295,7 +295,7 @@ async def customerpage(
     )
 
 
-@router.post("/customers/{customer_id}/erase", response_class=HTMLResponse)
+@router.post("/customers/{customer_id:customer}/erase", response_class=HTMLResponse)
 async def erase_customer(
     request: Request,
     customer_id: str,

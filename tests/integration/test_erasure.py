@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -216,3 +217,41 @@ def test_the_recovery_store_forgets_the_customer_after_its_next_snapshots(
     finally:
         os.killpg(pipeline.pid, 9)
         pipeline.wait()
+
+
+def test_a_customer_whose_id_holds_a_slash_is_read_and_erased(
+    settings: Settings, redis_client: redis.Redis, api: Any, credentials: dict[str, str]
+):
+    now = time.time_ns() // 1_000_000
+    ids = ["shop/42", "a/b/transitions"]
+    send(
+        api,
+        credentials,
+        [
+            message(
+                "track",
+                customer,
+                now - MINUTE,
+                event="Product Viewed",
+                properties={"product_id": "p1"},
+            )
+            for customer in ids
+        ],
+    )
+    run_dataflow(settings)
+    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    for path in ("shop%2F42", "shop/42"):  # escaped or not: "%2F" is decoded before routing
+        found = httpx.get(f"{api.url}/api/customers/{path}", headers=admin)
+        assert found.status_code == 200, found.text
+        assert found.json()["customer_id"] == "shop/42"
+        listed = httpx.get(f"{api.url}/api/customers/{path}/transitions", headers=admin)
+        assert listed.status_code == 200, listed.text
+    # an id ending like a sub-resource reads as that sub-resource of the id before it
+    sub = httpx.get(f"{api.url}/api/customers/a%2Fb%2Ftransitions", headers=admin)
+    assert (sub.status_code, sub.json()) == (200, {"items": [], "next_cursor": None})
+    for customer in ids:  # (and erasing has no sub-resource: any id is erased)
+        erased = httpx.delete(f"{api.url}/api/customers/{quote(customer, safe='')}", headers=admin)
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["customer_id"] == customer
+    gone = httpx.get(f"{api.url}/api/customers/shop%2F42", headers=admin)
+    assert (gone.status_code, gone.json()["detail"]) == (404, "customer 'shop/42': no profile")
