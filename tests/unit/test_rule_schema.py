@@ -902,3 +902,12 @@ def test_a_send_keeps_its_max_age_and_triggers_carry_it_as_written() -> None:
     (action,) = parse_rule(text).on_enter
     assert action.send.max_age == 6 * 3_600_000
     assert action.model_dump(mode="json")["send"]["max_age"] == "6h"  # what triggers carry
+
+
+def test_an_example_instant_past_100_years_is_refused_where_it_is_written():
+    problem = only_problem(
+        "id: x\nname: X\nwhen: {count: {event: X, within: 400d}, gte: 1}\nexamples:\n"
+        "  - given: [{at: 99999999999999999999d, event: X}]\n    expect: []\n"
+    )
+    assert (problem.field, problem.line) == ("examples[0].given[0].at", 5)
+    assert "longer than the longest duration, 36500d (100 years)" in problem.message
