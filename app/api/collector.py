@@ -27,6 +27,7 @@ from app.ingest.service import (
     StoreFull,
     StoreUnavailable,
     ValidatedBatch,
+    raw_text,
     validate_batch,
 )
 from app.metrics import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_FAILED, REQUEST_LATENCY
@@ -144,7 +145,7 @@ async def _parse(request: Request, state: StateDep) -> tuple[dict[str, Any], str
                     received_at,
                     f"body is not JSON: {error}",
                     source,
-                    body.decode("utf-8", "replace"),
+                    raw_text(body.decode("utf-8", "replace")),
                 ),
             )
         raise CollectorError(400, "invalid_json", f"body is not valid JSON: {error}") from None

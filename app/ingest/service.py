@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,10 +88,18 @@ class FailedEvent:
         }
 
 
+# a write key a body carries (``"writeKey": "..."``): failed events keep the rest of it
+_WRITE_KEY_IN_TEXT = re.compile(r'("writeKey"\s*:\s*")(?:[^"\\]|\\.)*(")')
+HIDDEN = "(hidden)"
+
+
 def raw_text(raw: Any) -> str:
-    """The message as JSON text for the failed-events store, whatever it was."""
+    """The message as JSON text for the failed-events store, whatever it was, without the
+    write key it may carry (a secret: failed events are shown in the admin API and UI)."""
     if isinstance(raw, str):
-        return raw
+        return _WRITE_KEY_IN_TEXT.sub(rf"\g<1>{HIDDEN}\g<2>", raw)
+    if isinstance(raw, dict) and "writeKey" in raw:
+        raw = {**raw, "writeKey": HIDDEN}
     try:
         return orjson.dumps(raw).decode()
     except (TypeError, orjson.JSONEncodeError):

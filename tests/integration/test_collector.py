@@ -346,6 +346,21 @@ def test_failed_events_are_paged_newest_first(api, credentials, redis_client):
     assert seen == [f"bad-{i}" for i in reversed(range(5))]
 
 
+def test_failed_events_keep_no_write_key(api, credentials, redis_client):
+    key = credentials["write_key"]
+    bad = {"type": "track", "userId": "wk", "writeKey": key}  # a track needs an event
+    assert post(api, "/v1/batch", {"writeKey": key, "batch": [bad]}, None).status_code == 200
+    text = b'{"userId": "wk", "writeKey": "' + key.encode() + b'", not json'
+    assert post(api, "/v1/track", text, key).status_code == 400
+    headers = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    items = httpx.get(f"{api.url}/api/failed-events", headers=headers).json()["items"]
+    assert len(items) == 2
+    assert all(key not in item["raw"] for item in items)
+    assert all('"writeKey":"(hidden)"' in item["raw"].replace(" ", "") for item in items)
+    assert not [entry for entry in redis_client.xrange("failed-events") if key.encode() in
+                b"".join(entry[1].values())]  # fmt: skip
+
+
 def test_health_readiness_and_metrics(api, credentials, redis_client, settings):
     assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok"}
     waiting = httpx.get(f"{api.url}/readyz")
