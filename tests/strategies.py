@@ -300,8 +300,15 @@ def condition_leaves(
             comparisons(kind.value_kind),
         )
 
+    def feature_leaf(name: str) -> st.SearchStrategy[Any]:  # a numeric built-in: numbers
+        numeric = name in rules.BUILTIN_FEATURES and name not in rules.TEXT_BUILTINS
+        return st.builds(
+            lambda found: rules.FeatureCondition(feature=name, **found),
+            comparisons("number" if numeric else "any"),
+        )
+
     return st.one_of(
-        compared(rules.FeatureCondition, feature=st.sampled_from(list(feature_names))),
+        st.sampled_from(list(feature_names)).flatmap(feature_leaf),
         compared(rules.CountCondition, count=_event_windows(prop=False)),
         compared(rules.SumCondition, sum=_event_windows(prop=True)),
         compared(rules.MinCondition, min=_event_windows(prop=True)),

@@ -75,6 +75,7 @@ MAX_PATTERN_LENGTH = 200
 PATTERN_MEMORY_BYTES = 1 << 20  # RE2's budget per compiled pattern (its default is 8 MB)
 DEFAULT_EXAMPLE_CUSTOMER = "customer-1"
 BUILTIN_FEATURES = frozenset(BUILTIN_INPUTS)
+TEXT_BUILTINS = frozenset({"top_category_30d"})  # every other built-in is a number
 
 # --- problems ------------------------------------------------------------------------------------
 
@@ -465,6 +466,16 @@ class FeatureCondition(_Compared):
         if known is not None and name not in known:
             raise ValueError(_unknown_feature(name, known))
         return name
+
+    @model_validator(mode="after")
+    def _text_only_for_text(self) -> FeatureCondition:
+        if self.feature in BUILTIN_FEATURES and self.feature not in TEXT_BUILTINS:
+            for word in ("contains", "matches"):
+                if getattr(self, word) is not None:
+                    raise ValueError(
+                        f"{self.feature!r} is a number: '{word}' compares text or lists"
+                    )
+        return self
 
     def spec(self, declared: Mapping[str, FeatureSpec] | None = None) -> FeatureSpec | str:
         return (declared or {}).get(self.feature, self.feature)

@@ -911,3 +911,13 @@ def test_an_example_instant_past_100_years_is_refused_where_it_is_written():
     )
     assert (problem.field, problem.line) == ("examples[0].given[0].at", 5)
     assert "longer than the longest duration, 36500d (100 years)" in problem.message
+
+
+@pytest.mark.parametrize("word", ["contains: 5", "matches: '5'"])
+def test_text_comparisons_on_a_numeric_built_in_are_refused(word: str):
+    problem = only_problem(rule_text(f"  feature: cart_value\n  {word}\n"))
+    assert (
+        problem.message
+        == f"'cart_value' is a number: '{word.split(':')[0]}' compares text or lists"
+    )
+    assert parse_rule(rule_text("  feature: top_category_30d\n  contains: sho\n")).id == "x"
