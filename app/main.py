@@ -134,11 +134,20 @@ async def _collector_error(_request: Request, error: CollectorError) -> Response
     return _collector_body(error.status_code, error.code, error.message, headers)
 
 
+SHOWN_INPUT_BYTES = 512  # a refused input longer than this is described, not echoed
+
+
 async def _validation_error(_request: Request, error: RequestValidationError) -> Response:
     """FastAPI's 422 (``{"detail": [...]}``), with the inputs JSON cannot hold (a body's
     ``NaN`` or ``Infinity``, which Python's JSON reader takes, and integers past 64 bits)
-    shown as text: written as they are, they made the answer itself fail, a 500."""
+    shown as text: written as they are, they made the answer itself fail, a 500. A long
+    input is described by its size: echoed, a megabyte's body made an answer of several."""
     detail = _json_safe(jsonable_encoder(error.errors()))
+    for item in detail if isinstance(detail, list) else ():
+        if isinstance(item, dict) and "input" in item:
+            size = len(orjson.dumps(item["input"]))
+            if size > SHOWN_INPUT_BYTES:
+                item["input"] = f"(not shown: {size:,} bytes of JSON)"
     return Response(orjson.dumps({"detail": detail}), 422, media_type="application/json")
 
 

@@ -687,3 +687,36 @@ def test_preview_renders_a_real_profile_the_dataflow_wrote(
         json={"template": "no-such-template", "customer_id": "ada"},
         status=404,
     )
+
+
+def test_a_body_past_a_megabyte_is_refused_and_a_long_input_is_not_echoed(admin: Admin):
+    huge = {"name": "big", "kind": "email", "url": "https://example.org/" + "x" * (2 << 20)}
+    refused = admin.call("POST", "/api/destinations", json=huge, status=413)
+    assert refused == {"detail": "the request body is larger than 1,024 KB"}
+
+    def trickled() -> Iterator[bytes]:  # no Content-Length: counted as it comes
+        yield b'{"name": "big", "kind": "email", "url": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    answer = httpx.post(
+        f"{admin.url}/api/destinations",
+        content=trickled(),
+        headers={**admin.headers, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert answer.status_code == 413, answer.text
+    assert answer.json() == {"detail": "the request body is larger than 1,024 KB"}
+    # refused for its shape, not its size: named, and not echoed back
+    long_name = {"name": "n" * 600_000, "kind": "email", "url": "https://example.org/x"}
+    answer = httpx.post(
+        f"{admin.url}/api/destinations", json=long_name, headers=admin.headers, timeout=30
+    )
+    assert answer.status_code == 422
+    assert len(answer.content) < 2_000
+    (problem,) = answer.json()["detail"]
+    assert (problem["loc"], problem["input"]) == (
+        ["body", "name"],
+        "(not shown: 600,002 bytes of JSON)",
+    )
