@@ -128,6 +128,18 @@ async def _authenticate(request: Request, state: StateDep, body_key: Any) -> str
     return source
 
 
+async def _keep_refused(
+    request: Request, state: StateDep, received_at: int, reason: str, body: bytes
+) -> None:
+    """Keep a refused body a known source sent (its basic-auth key: the body's cannot be
+    read), so nothing it meant to send is lost without trace."""
+    key = write_key_from_authorization(request.headers.get("authorization"))
+    source = await state.write_keys.source_for(key) if key else None
+    if source is not None:
+        text = raw_text(body.decode("utf-8", "replace"))
+        await _record(state, FailedEvent(received_at, reason, source, text))
+
+
 async def _parse(request: Request, state: StateDep) -> tuple[dict[str, Any], str, int]:
     """Read, unzip, parse and authenticate: the body, its source and the receive time."""
     received_at = now_ms()
@@ -135,21 +147,10 @@ async def _parse(request: Request, state: StateDep) -> tuple[dict[str, Any], str
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as error:
-        # Keep what a known source sent, so nothing it meant to send is lost without trace.
-        key = write_key_from_authorization(request.headers.get("authorization"))
-        source = await state.write_keys.source_for(key) if key else None
-        if source is not None:
-            await _record(
-                state,
-                FailedEvent(
-                    received_at,
-                    f"body is not JSON: {error}",
-                    source,
-                    raw_text(body.decode("utf-8", "replace")),
-                ),
-            )
+        await _keep_refused(request, state, received_at, f"body is not JSON: {error}", body)
         raise CollectorError(400, "invalid_json", f"body is not valid JSON: {error}") from None
     if not isinstance(payload, dict):
+        await _keep_refused(request, state, received_at, "body is not a JSON object", body)
         raise CollectorError(400, "invalid_json", "body must be a JSON object")
     body_key = payload.get("writeKey")
     if body_key is not None and not isinstance(body_key, str):

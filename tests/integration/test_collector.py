@@ -222,6 +222,16 @@ def test_bad_input_gets_a_4xx_in_segments_error_shape(
     assert stored_events(redis_client) == []
 
 
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"42", b"null"])
+def test_a_refused_body_from_a_known_source_is_kept(api, credentials, redis_client, body):
+    response = post(api, "/v1/batch", body, credentials["write_key"])
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_json")
+    headers = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    (kept,) = httpx.get(f"{api.url}/api/failed-events", headers=headers).json()["items"]
+    assert kept["raw"] == body.decode()
+    assert kept["reason"].startswith(("body is not JSON", "body is not a JSON object"))
+
+
 def test_a_message_nested_too_deeply_is_refused_alone(api, credentials, redis_client):
     """orjson reads 1,024 levels and writes 254: a message between the two was a 500 that
     lost its whole batch (and SDKs retry a 5xx for ever)."""
