@@ -45,7 +45,9 @@ async def web_session(request: Request, state: StateDep) -> WebSession:
         raise LoginRequired(request.url.path)
     session = dataclasses.replace(session, name=name)
     if request.method not in SAFE_METHODS and not csrf_matches(session, await _sent_csrf(request)):
-        raise HTTPException(403, detail="the page is stale (CSRF token missing): reload it")
+        raise HTTPException(
+            403, detail="the page is stale (CSRF token missing or wrong): reload it"
+        )
     return session
 
 
