@@ -61,6 +61,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or unknown write key.",
         408: "The body did not arrive in time: nothing was stored, retry.",
         413: "Message over 32 KB or request over 500 KB.",
+        415: "A Content-Encoding other than gzip.",
         503: "The event store is unreachable: nothing was stored, retry.",
     }.items()
 }
@@ -82,8 +83,15 @@ async def _read_body(request: Request) -> bytes:
             raise CollectorError(413, "request_too_large", "request body is larger than 500 KB")
         chunks.append(chunk)
     body = b"".join(chunks)
-    if "gzip" in request.headers.get("content-encoding", "").lower():
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("gzip", "x-gzip"):
         body = _gunzip(body)
+    elif encoding not in ("", "identity"):
+        raise CollectorError(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {encoding!r} is not read: send the body as it is, or gzip",
+        )
     return body
 
 
@@ -147,8 +155,14 @@ async def _parse(request: Request, state: StateDep) -> tuple[dict[str, Any], str
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as error:
-        await _keep_refused(request, state, received_at, f"body is not JSON: {error}", body)
-        raise CollectorError(400, "invalid_json", f"body is not valid JSON: {error}") from None
+        try:
+            body.decode()
+        except UnicodeDecodeError as bad:  # (orjson names it a surrogate at char 0)
+            kept = answer = f"body is not UTF-8 text: byte {bad.start} is {body[bad.start]:#04x}"
+        else:
+            kept, answer = f"body is not JSON: {error}", f"body is not valid JSON: {error}"
+        await _keep_refused(request, state, received_at, kept, body)
+        raise CollectorError(400, "invalid_json", answer) from None
     if not isinstance(payload, dict):
         await _keep_refused(request, state, received_at, "body is not a JSON object", body)
         raise CollectorError(400, "invalid_json", "body must be a JSON object")

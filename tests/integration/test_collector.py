@@ -208,6 +208,13 @@ def test_every_gzip_member_is_read_and_trailing_garbage_refused(api, credentials
             "invalid_message",
         ),
         ("/v1/track", b"\xff\xfe\x00", {}, 400, "invalid_json"),
+        (
+            "/v1/track",
+            b'{"userId": "u"}',
+            {"Content-Encoding": "deflate"},
+            415,
+            "unsupported_encoding",
+        ),
     ],
 )
 def test_bad_input_gets_a_4xx_in_segments_error_shape(
@@ -219,6 +226,8 @@ def test_bad_input_gets_a_4xx_in_segments_error_shape(
     assert payload["success"] is False
     assert payload["code"] == code
     assert payload["message"]
+    if body.startswith(b"\xff"):  # said as it is, not as orjson's surrogate at char 0
+        assert payload["message"] == "body is not UTF-8 text: byte 0 is 0xff"
     assert stored_events(redis_client) == []
 
 
