@@ -4,12 +4,14 @@ profile equals a twin's that carried the user id all along."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,14 +59,9 @@ def timeless(features: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in features.items() if not grows_with_clock(name)}
 
 
-@pytest.mark.backend_independent
-def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
-    settings: Settings,
-    redis_client: redis.Redis,
-    tmp_path: Path,
-    api: ServerThread,
-    credentials: dict[str, str],
-):
+@contextlib.contextmanager
+def running_pipeline(settings: Settings) -> Iterator[None]:
+    """``segflow pipeline`` running live (no recovery) on the test's Redis and SQL."""
     env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
     env.pop("DATABASE_URL", None)
     if settings.database_url:
@@ -74,8 +71,23 @@ def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
         env=env,
         start_new_session=True,
     )
-    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
     try:
+        yield
+    finally:
+        os.killpg(pipeline.pid, 9)
+        pipeline.wait()
+
+
+@pytest.mark.backend_independent
+def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
+    settings: Settings,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    api: ServerThread,
+    credentials: dict[str, str],
+):
+    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    with running_pipeline(settings):
         start = time.time_ns() // 1_000_000 - 60_000
         batch = [
             # ann browses anonymously, identifies, then views once more as herself
@@ -208,9 +220,6 @@ def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
         wait_for(lambda: profile("anon-ann") is not None, what="anon-ann on its own again")
         assert profile("anon-ann")["features"]["events_total"] == 1  # type: ignore[index]
         assert profile("ann") is None
-    finally:
-        os.killpg(pipeline.pid, 9)
-        pipeline.wait()
 
 
 def naming(client: redis.Redis, customer_id: str, partitions: int = 4) -> list[str]:
@@ -230,17 +239,8 @@ def test_two_ids_aliased_to_each_other_in_one_batch_become_one_customer(
     api: ServerThread,
     credentials: dict[str, str],
 ):
-    env = pipeline_env(settings.redis_url or "", settings.data_dir, settings.partitions)
-    env.pop("DATABASE_URL", None)
-    if settings.database_url:
-        env["DATABASE_URL"] = settings.database_url
-    pipeline = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "pipeline", "--no-recovery"],
-        env=env,
-        start_new_session=True,
-    )
     admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
-    try:
+    with running_pipeline(settings):
         start = time.time_ns() // 1_000_000 - 60_000
         batch = [
             *shop({"userId": "cy-x"}, start, "x"),
@@ -289,6 +289,3 @@ def test_two_ids_aliased_to_each_other_in_one_batch_become_one_customer(
 
         wait_for(counted, what="a later event for cy-y counted at cy-x")
         wait_for(lambda: status()["lag"] == 0, what="the forwarded event processed")
-    finally:
-        os.killpg(pipeline.pid, 9)
-        pipeline.wait()
