@@ -385,12 +385,18 @@ def _write(
 def _diff(rule_id: str, before: int, old: str, after: int | None, new: str) -> str:
     return "".join(
         difflib.unified_diff(
-            old.splitlines(keepends=True),
-            new.splitlines(keepends=True),
+            _lines(old),
+            _lines(new),
             fromfile=f"{rule_id}@v{before}" if old else "/dev/null",
             tofile=f"{rule_id}@v{after}" if after is not None else "/dev/null",
         )
     )
+
+
+def _lines(text: str) -> list[str]:
+    """The text's lines, each ended (a last line without one ran into the next line of the
+    diff: a JSON document sent on one line showed its change as one line, '-old+new')."""
+    return [line if line.endswith("\n") else line + "\n" for line in text.splitlines(True)]
 
 
 _ENABLED_LINE = re.compile(r"^enabled[ \t]*:.*$", re.MULTILINE)
@@ -399,9 +405,11 @@ _ID_LINE = re.compile(r"^id[ \t]*:.*$", re.MULTILINE)
 
 def _with_enabled(source: str, media_type: str, enabled: bool) -> str:
     word = "true" if enabled else "false"
-    if media_type == JSON:
+    if media_type == JSON:  # written again in its own layout: one line, or indented
         document = json.loads(source)
         document["enabled"] = enabled
+        if "\n" not in source.strip():
+            return json.dumps(document, ensure_ascii=False) + source[len(source.rstrip()) :]
         return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     if _ENABLED_LINE.search(source):
         text = _ENABLED_LINE.sub(f"enabled: {word}", source, count=1)

@@ -172,6 +172,10 @@ def test_a_rule_can_be_sent_as_json(admin: Admin):
     assert created["features"] == ["sum(Order Completed.revenue, 30d)"]
     disabled = admin.call("POST", "/api/rules/big-spenders/disable")
     assert json.loads(disabled["source"])["enabled"] is False
+    # a document sent on one line stays on one line: the change shows as that line's
+    (change, *_) = admin.call("GET", "/api/rules/big-spenders/changes")["items"]
+    assert "\n" not in disabled["source"].strip()
+    assert sum(line.startswith("+") for line in change["diff"].splitlines()[2:]) == 1
 
 
 def test_validate_answers_every_problem_without_saving(admin: Admin):
