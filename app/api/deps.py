@@ -141,13 +141,16 @@ Responses = dict[int | str, dict[str, Any]]
 UNAUTHORIZED: Responses = {401: {"description": "Missing or wrong bearer token."}}
 
 
+TOO_LARGE: Responses = {413: {"description": "The request body is larger than 1 MB."}}
+
+
 def admin_router(*, prefix: str, tags: list[str], responses: Responses | None = None) -> APIRouter:
     """A router of the admin API: every route answers 401 without a valid admin token."""
     return APIRouter(
         prefix=prefix,
         tags=list(tags),
         dependencies=[Depends(require_admin)],
-        responses={**UNAUTHORIZED, **(responses or {})},
+        responses={**UNAUTHORIZED, **TOO_LARGE, **(responses or {})},
     )
 
 
