@@ -46,7 +46,7 @@ import io
 import math
 import pickle
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
@@ -291,12 +291,11 @@ def _fold_values(values: list[Any]) -> Folded:
 FLOAT_MOST = sys.float_info.max
 
 
-def bounded_sum(numbers: Iterable[float]) -> float:
+def bounded_sum(numbers: list[float]) -> float:
     """The numbers' sum, exactly rounded (the same in any order of arrival); one beyond the
     largest float is that float, signed. Events may carry any finite number (up to about
     1.8e308), and two of them must not stop the flow: ``math.fsum`` raises on an overflow,
     even of an intermediate sum whose end is finite, which is then worked out exactly."""
-    numbers = list(numbers)
     try:
         total = math.fsum(numbers)
     except OverflowError:
@@ -1387,10 +1386,15 @@ def _cart_group(catalogue: Catalogue) -> GroupFn:
         lines = state.cart.lines(now).values()
         for name in wanted:
             if name == "cart_value":
-                value = bounded_sum(bounded(quantity * price) for quantity, price in lines)
+                value = sum(quantity * price for quantity, price in lines)
+                if not math.isfinite(value):  # past the largest float (events may say 1e308)
+                    value = bounded_sum([bounded(q * price) for q, price in lines])
                 values[name] = round(value, 6)
             else:
-                values[name] = bounded_sum(quantity for quantity, _ in lines)
+                value = sum(quantity for quantity, _ in lines)
+                if not math.isfinite(value):
+                    value = bounded_sum([quantity for quantity, _ in lines])
+                values[name] = value
 
     return compute
 

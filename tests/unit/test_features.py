@@ -494,6 +494,8 @@ def test_sums_beyond_the_largest_float_hold_it_and_exact_ones_stay_exact():
     assert values["max(Product Added.price, 1h)"] == 1e308
     track(6_000, "Product Removed", product_id="p", quantity=-1e308)
     assert state.snapshot(6_000)["cart_items"] == 1e308 + 1
+    track(7_000, "Product Added", product_id="q", price=1, quantity=1e308)  # two held past
+    assert state.snapshot(7_000)["cart_items"] == most  # the largest float between them
 
 
 def test_lateness_is_measured_from_the_newest_event():
