@@ -57,6 +57,17 @@ def test_pages_need_a_session_and_a_forged_cookie_is_no_session(api, credentials
     )
 
 
+def test_a_wrong_token_of_any_length_gets_the_login_page_again(api):
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        for token in ("sfa_wrong", "x" * 600):
+            form = client.get("/admin/login").text
+            (nonce,) = re.findall(r'name="nonce" value="([^"]+)"', form)
+            answer = client.post("/admin/login", data={"token": token, "nonce": nonce})
+            assert answer.status_code == 401
+            assert "That is not a valid admin token." in answer.text
+            assert token not in answer.text  # not echoed
+
+
 def test_a_change_without_the_sessions_csrf_token_is_refused(
     api, credentials, redis_client: redis.Redis
 ):
