@@ -29,7 +29,8 @@ CONTROL_TYPES = frozenset({ERASE, MERGE, ABSORB, PROGRESS, REPLAY_END})
 LIVE = ""  # the lane of events from the collector; a replay's lane is its id
 ALIVE_KEY = "dataflow-alive"  # set by the running dataflow's source, expiring: /readyz reads it
 ALIVE_TTL_S = 10
-PROGRESS_KEY = "dataflow-progress"  # hash: shard -> [entries processed, newest event time]
+# hash: shard -> [entries processed, newest event time, partition, last entry applied]
+PROGRESS_KEY = "dataflow-progress"
 EVENT_FIELD = "e"
 # Accept-to-membership delay (``app.ingest.status``), measured by the dataflow's sink: its
 # newest samples ("<done ms>:<delay ms>", newest first), and per shard the newest accept time

@@ -123,3 +123,7 @@ class ShardProgress:
     shard: str
     processed: int
     newest: int | None
+    # the stream entry last applied, and its partition: an erasure that deletes entries past it
+    # knows the flow will never count them (``app.profiles.erasure``)
+    partition: int = -1
+    last_entry: str | None = None

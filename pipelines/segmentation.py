@@ -82,7 +82,7 @@ from pipelines.records import (
 )
 from pipelines.rewind import Anchor, Rewind, RewindBook, differences
 from pipelines.sinks import ProfileSink
-from pipelines.sources import IDLE_TICK_MS, RedisStreamSource, SourceItem, Tick
+from pipelines.sources import IDLE_TICK_MS, RedisStreamSource, SourceItem, StreamEvent, Tick
 
 _NO_CLUSTERS: frozenset[str] = frozenset()
 _NOT_YET = object()
@@ -424,6 +424,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             self._reevaluate(REEVALUATED_PER_BATCH)
         events = 0
         newest = self.state.newest
+        last: StreamEvent | None = None
         for value in values:
             for item in value if isinstance(value, list) else (value,):
                 if isinstance(item, Tick):
@@ -431,6 +432,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
                     continue
                 entry = item.event
                 events += 1
+                last = item
                 when = int(entry["timestamp"])
                 newest = when if newest is None else max(newest, when)
                 customer_id = entry["customer_id"]
@@ -450,7 +452,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         if events:
             self.state.processed += events
             self.state.newest = newest
-            out.append(ShardProgress("", self.state.processed, newest))
+            assert last is not None
+            out.append(
+                ShardProgress("", self.state.processed, newest, last.partition, last.entry_id)
+            )
         return out, StatefulBatchLogic.RETAIN
 
     # Events at the same instant apply together: a customer's events are evaluated once their

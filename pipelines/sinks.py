@@ -357,7 +357,9 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 batch = _Batch(accepted)
                 self._move(item)
             elif isinstance(item, ShardProgress):
-                batch.progress[item.shard] = orjson.dumps([item.processed, item.newest])
+                batch.progress[item.shard] = orjson.dumps(
+                    [item.processed, item.newest, item.partition, item.last_entry]
+                )
             elif isinstance(item, ErasureSeen):  # finished once recovery is past it
                 self._write(batch)  # after the profile's deletion
                 batch = _Batch(accepted)

@@ -49,8 +49,8 @@ async def pipeline_status(client: aioredis.Redis, *, partitions: int) -> Pipelin
     *accepted, progress, (seconds, micros), samples = await pipe.execute()
     shards = [orjson.loads(value) for value in progress]
     events_accepted = sum(int(value or 0) for value in accepted)
-    processed = sum(count for count, _ in shards)
-    newest = [time for _, time in shards if time is not None]
+    processed = sum(shard[0] for shard in shards)
+    newest = [shard[1] for shard in shards if shard[1] is not None]
     return PipelineStatus(
         events_accepted=events_accepted,
         events_processed=processed,

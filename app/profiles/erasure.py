@@ -52,6 +52,7 @@ from app.streams import (
     ERASE,
     EVENT_FIELD,
     FAILED_EVENTS_KEY,
+    PROGRESS_KEY,
     partition_of,
     stats_key,
     stream_key,
@@ -110,10 +111,12 @@ async def erase_customer(
     """Erase ``customer_id``; None when Segflow holds nothing about them."""
     profile = await get_profile(client, customer_id)
     linked: set[str] = set()  # anonymous ids merged into the customer
-    deleted = await delete_naming(client, {customer_id}, partitions, linked)
+    gone: dict[int, list[bytes]] = {}  # the entries deleted, by partition
+    deleted = await delete_naming(client, {customer_id}, partitions, linked, gone=gone)
     linked.discard(customer_id)
     if linked:
-        deleted += await delete_naming(client, linked, partitions, set())
+        deleted += await delete_naming(client, linked, partitions, set(), gone=gone)
+    await _uncount_unread(client, gone)
     everyone = {customer_id, *linked}
     failed = await delete_failed_events(client, everyone)
     removed = 0
@@ -182,10 +185,11 @@ async def delete_naming(
     *,
     upto: str = "+",
     erase_entries: bool = False,
+    gone: dict[int, list[bytes]] | None = None,
 ) -> int:
     """Delete the stream entries naming any of ``ids`` (up to the entry id ``upto``; the
     ``erase`` entries too with ``erase_entries``); add the other ids they name (merged
-    identities) to ``linked``."""
+    identities) to ``linked``, and the ids of the entries deleted to ``gone`` (by partition)."""
 
     def names(fields: dict[bytes, bytes]) -> bool:
         event = orjson.loads(fields[EVENT_FIELD.encode()])
@@ -199,8 +203,36 @@ async def delete_naming(
 
     deleted = 0
     for partition in range(partitions):
-        deleted += await _delete_matching(client, stream_key(partition), names, upto)
+        found = None if gone is None else gone.setdefault(partition, [])
+        deleted += await _delete_matching(client, stream_key(partition), names, upto, found)
     return deleted
+
+
+async def _uncount_unread(client: aioredis.Redis, gone: dict[int, list[bytes]]) -> None:
+    """The entries deleted that the dataflow had not applied yet (past the last entry it
+    reported, ``PROGRESS_KEY``) will never be: they are taken off the partition's accepted
+    count, so its ``lag`` returns to 0. (An entry the flow read but had not yet reported is
+    counted both ways: the lag then shows one less, never one more for ever.)"""
+    if not any(gone.values()):
+        return
+    applied: dict[int, tuple[int, int]] = {}
+    for value in await client.hvals(PROGRESS_KEY):
+        progress = orjson.loads(value)
+        if len(progress) >= 4 and progress[3] is not None:
+            at = _entry_order(progress[3].encode())
+            applied[progress[2]] = max(applied.get(progress[2], (-1, -1)), at)
+    pipe = client.pipeline(transaction=False)
+    for partition, entries in gone.items():
+        last = applied.get(partition, (-1, -1))
+        unread = sum(_entry_order(entry) > last for entry in entries)
+        if unread:
+            pipe.hincrby(stats_key(partition), "accepted", -unread)
+    await pipe.execute()
+
+
+def _entry_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 async def delete_failed_events(client: aioredis.Redis, ids: set[str], *, upto: str = "+") -> int:
@@ -243,7 +275,13 @@ def _identity_pattern(customer_id: str) -> re.Pattern[bytes]:
     return re.compile(rb'"(?:' + names + rb')"\s*:\s*(?:' + alternatives + rb")(?![\w.])")
 
 
-async def _delete_matching(client: aioredis.Redis, key: str, matches: Any, upto: str = "+") -> int:
+async def _delete_matching(
+    client: aioredis.Redis,
+    key: str,
+    matches: Any,
+    upto: str = "+",
+    found: list[bytes] | None = None,
+) -> int:
     deleted, start = 0, "-"
     while True:
         rows: Any = await client.xrange(key, min=start, max=upto, count=SCAN_CHUNK)
@@ -252,6 +290,8 @@ async def _delete_matching(client: aioredis.Redis, key: str, matches: Any, upto:
         doomed = [entry_id for entry_id, fields in rows if matches(fields)]
         if doomed:
             deleted += await client.xdel(key, *doomed)
+            if found is not None:
+                found += doomed
         if len(rows) < SCAN_CHUNK:
             return deleted
         start = "(" + rows[-1][0].decode()

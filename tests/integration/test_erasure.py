@@ -15,13 +15,14 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import orjson
 import pytest
 import redis
 
 from app.dispatch.deliveries import DEAD_KEY, index_key
 from app.profiles.keys import TRIGGERS_KEY, profile_key
 from app.settings import Settings
-from app.streams import FAILED_EVENTS_KEY
+from app.streams import FAILED_EVENTS_KEY, PROGRESS_KEY, partition_of, stream_key
 from tests.factories import iso
 from tests.helpers import pipeline_env, run_dataflow, wait_for
 from tests.integration.test_dispatcher import LoopbackOutbox, Receiver, dispatch_until
@@ -255,3 +256,37 @@ def test_a_customer_whose_id_holds_a_slash_is_read_and_erased(
         assert erased.json()["customer_id"] == customer
     gone = httpx.get(f"{api.url}/api/customers/shop%2F42", headers=admin)
     assert (gone.status_code, gone.json()["detail"]) == (404, "customer 'shop/42': no profile")
+
+
+def test_erasing_events_the_dataflow_has_not_read_leaves_no_lag_behind(
+    settings: Settings, redis_client: redis.Redis, api: Any, credentials: dict[str, str]
+):
+    now = time.time_ns() // 1_000_000
+    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+
+    def lag() -> int:
+        found: int = httpx.get(f"{api.url}/api/status", headers=admin).json()["lag"]
+        return found
+
+    def viewed(customer: str, at: int) -> dict[str, Any]:
+        return message("track", customer, at, event="Product Viewed")
+
+    send(api, credentials, [viewed("zz-late", now - 3 * MINUTE)])
+    run_dataflow(settings)  # read and counted
+    assert lag() == 0
+    # the flow says which entry it applied last in the partition
+    partition = partition_of("zz-late", settings.partitions)
+    entries: Any = redis_client.xrange(stream_key(partition))
+    ((first, _),) = entries
+    values: Any = redis_client.hvals(PROGRESS_KEY)
+    progress = [orjson.loads(value) for value in values]
+    assert [p[2:] for p in progress if p[0]] == [[partition, first.decode()]]
+    # the flow is behind: two more of theirs and one of someone else's wait unread
+    later = [viewed("zz-late", now - 2 * MINUTE), viewed("zz-late", now - MINUTE)]
+    send(api, credentials, [*later, viewed("bystander", now - MINUTE)])
+    assert lag() == 3
+    erased = httpx.delete(f"{api.url}/api/customers/zz-late", headers=admin)
+    assert erased.json()["events_deleted"] == 3
+    # the flow will read the bystander's event and the erasure's own entry, never the two
+    # deleted unread (it counted the first): once it has read those two, the lag is 0
+    assert lag() == 2
