@@ -54,6 +54,13 @@ def dedup_key(source: str, message_id: str) -> str:
     return f"dedup:{len(source)}:{source}:{message_id}"
 
 
+def entry_order(entry_id: str | bytes) -> tuple[int, int]:
+    """A stream entry id (``<ms>-<seq>``) as what orders it: (ms, seq)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    millis, _, seq = text.partition("-")
+    return int(millis), int(seq or 0)
+
+
 def partition_of(customer_id: str, partitions: int) -> int:
     """Stable across processes and machines (``hash()`` is not): crc32 of the customer id."""
     return zlib.crc32(customer_id.encode("utf-8", "surrogatepass")) % partitions

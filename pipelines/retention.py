@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from app.streams import FAILED_EVENTS_KEY, stream_key
+from app.streams import FAILED_EVENTS_KEY, entry_order, stream_key
 
 SOURCE_STEP = "segmentation.events"  # the flow's input step (``get_flow``)
 TRIM_EVERY_S = 5.0
@@ -63,11 +63,6 @@ def _recovery_rows(recovery: Path) -> Iterator[tuple[str, bytes | None]]:
             )
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    millis, _, seq = entry_id.partition("-")
-    return int(millis), int(seq or 0)
-
-
 def oldest_resume_positions(recovery: Path) -> dict[str, str]:
     """Per stream key, the oldest entry id any snapshot in ``recovery`` resumes after. A key
     that is missing, or whose snapshot cannot be read, may resume from its start."""
@@ -77,7 +72,7 @@ def oldest_resume_positions(recovery: Path) -> dict[str, str]:
         position = _resume_state(blob)
         if position is None:
             unreadable.add(key)
-        elif key not in oldest or _id_key(position) < _id_key(oldest[key]):
+        elif key not in oldest or entry_order(position) < entry_order(oldest[key]):
             oldest[key] = position
     return {key: position for key, position in oldest.items() if key not in unreadable}
 
@@ -86,7 +81,7 @@ def trim_floor(resume_after: str, now_ms: int, retention_ms: int) -> str:
     """The id below which a partition's entries may go: read by every snapshot that could be
     resumed from, and older than the retention window (``now_ms``: Redis's clock)."""
     window = f"{max(now_ms - retention_ms, 0)}-0"
-    return min(resume_after, window, key=_id_key)
+    return min(resume_after, window, key=entry_order)
 
 
 @dataclass

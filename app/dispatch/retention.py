@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 from app.clock import now_ms
 from app.dispatch.deliveries import DEAD_KEY, LOG_KEY
 from app.profiles.keys import TRIGGERS_KEY
+from app.streams import entry_order
 
 PRUNE_BATCH = 500
 
@@ -53,11 +54,6 @@ return removed
 """
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    millis, _, seq = entry_id.partition("-")
-    return int(millis), int(seq or 0)
-
-
 async def trim_triggers(client: aioredis.Redis, *, group: str, retention_ms: int) -> int:
     """Trim ``triggers`` below what ``group`` has acknowledged and the retention window;
     return how many entries went (none while the group does not exist)."""
@@ -69,14 +65,14 @@ async def trim_triggers(client: aioredis.Redis, *, group: str, retention_ms: int
     if not found:
         return 0
     last = _text(found[0]["last-delivered-id"])
-    millis, seq = _id_key(last)
+    millis, seq = entry_order(last)
     floor = f"{millis}-{seq + 1}"  # everything up to the last one read ...
     pending: dict[str, Any] = await client.xpending(TRIGGERS_KEY, group)
     if pending["pending"]:  # ... unless read and not acknowledged
-        floor = min(floor, _text(pending["min"]), key=_id_key)
+        floor = min(floor, _text(pending["min"]), key=entry_order)
     seconds, micros = await client.time()
     window = f"{max(int(seconds) * 1_000 + int(micros) // 1_000 - retention_ms, 0)}-0"
-    floor = min(floor, window, key=_id_key)
+    floor = min(floor, window, key=entry_order)
     return int(await client.xtrim(TRIGGERS_KEY, minid=floor, approximate=False))
 
 

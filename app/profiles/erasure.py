@@ -53,6 +53,7 @@ from app.streams import (
     EVENT_FIELD,
     FAILED_EVENTS_KEY,
     PROGRESS_KEY,
+    entry_order,
     partition_of,
     stats_key,
     stream_key,
@@ -219,20 +220,15 @@ async def _uncount_unread(client: aioredis.Redis, gone: dict[int, list[bytes]]) 
     for value in await client.hvals(PROGRESS_KEY):
         progress = orjson.loads(value)
         if len(progress) >= 4 and progress[3] is not None:
-            at = _entry_order(progress[3].encode())
+            at = entry_order(progress[3])
             applied[progress[2]] = max(applied.get(progress[2], (-1, -1)), at)
     pipe = client.pipeline(transaction=False)
     for partition, entries in gone.items():
         last = applied.get(partition, (-1, -1))
-        unread = sum(_entry_order(entry) > last for entry in entries)
+        unread = sum(entry_order(entry) > last for entry in entries)
         if unread:
             pipe.hincrby(stats_key(partition), "accepted", -unread)
     await pipe.execute()
-
-
-def _entry_order(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
 
 
 async def delete_failed_events(client: aioredis.Redis, ids: set[str], *, upto: str = "+") -> int:

@@ -30,8 +30,8 @@ from app.main import create_app
 from app.profiles.keys import TRIGGERS_KEY
 from app.redis_server import EmbeddedRedis
 from app.settings import Settings
-from app.streams import EVENT_FIELD, FAILED_EVENTS_KEY, partition_of, stream_key
-from pipelines.retention import _id_key, oldest_resume_positions
+from app.streams import EVENT_FIELD, FAILED_EVENTS_KEY, entry_order, partition_of, stream_key
+from pipelines.retention import oldest_resume_positions
 from tests.conftest import Services
 from tests.factories import append_events, processed_entries, shop_events, stored_events, track
 from tests.helpers import ServerThread, customer_profiles, pipeline_env, wait_for
@@ -121,7 +121,9 @@ def test_streams_are_trimmed_behind_recovery_and_kept_within_retention(
     for partition in range(partitions):  # and nothing a snapshot would resume before is gone
         first: Any = redis_client.xrange(stream_key(partition), count=1)
         if first:
-            assert _id_key(first[0][0].decode()) <= _id_key(positions[stream_key(partition)])
+            assert entry_order(first[0][0].decode()) <= entry_order(
+                positions[stream_key(partition)]
+            )
     assert total_events(redis_client) == 2_000
 
 
