@@ -59,6 +59,12 @@ def timeless(features: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in features.items() if not grows_with_clock(name)}
 
 
+def profile_of(api: ServerThread, admin: dict[str, str], customer: str) -> dict[str, Any] | None:
+    """The customer's profile through the admin API, None while there is none."""
+    found = httpx.get(f"{api.url}/api/customers/{customer}", headers=admin)
+    return cast(dict[str, Any], found.json()) if found.status_code == 200 else None
+
+
 @contextlib.contextmanager
 def running_pipeline(settings: Settings) -> Iterator[None]:
     """``segflow pipeline`` running live (no recovery) on the test's Redis and SQL."""
@@ -139,9 +145,7 @@ def test_identify_and_alias_merge_the_anonymous_visitor_into_the_known_customer(
         )
         assert answer.json()["accepted"] == len(batch), answer.text
 
-        def profile(customer: str) -> dict[str, Any] | None:
-            found = httpx.get(f"{api.url}/api/customers/{customer}", headers=admin)
-            return found.json() if found.status_code == 200 else None
+        profile = functools.partial(profile_of, api, admin)
 
         def merged(customer: str) -> bool:
             found = profile(customer)
@@ -260,9 +264,7 @@ def test_two_ids_aliased_to_each_other_in_one_batch_become_one_customer(
         )
         assert answer.json()["accepted"] == len(batch), answer.text
 
-        def profile(customer: str) -> dict[str, Any] | None:
-            found = httpx.get(f"{api.url}/api/customers/{customer}", headers=admin)
-            return found.json() if found.status_code == 200 else None
+        profile = functools.partial(profile_of, api, admin)
 
         def status() -> dict[str, Any]:
             return cast(dict[str, Any], httpx.get(f"{api.url}/api/status", headers=admin).json())
