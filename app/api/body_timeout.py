@@ -41,16 +41,16 @@ class BodyTimeout:
         complete = False
         most = None if scope["path"].startswith(COLLECTOR_PREFIX) else self._most_bytes
         taken = 0
-        if most is not None:
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > most:
-                    taken = int(value)  # refused at the first read, before any of it
+        declared_too_large = most is not None and any(  # refused at the first read
+            name == b"content-length" and value.isdigit() and int(value) > most
+            for name, value in scope["headers"]
+        )
 
         async def timed_receive() -> Message:
             nonlocal complete, taken
             if complete:
                 return await receive()
-            if most is not None and taken > most:
+            if declared_too_large:
                 raise self._too_large()
             # asyncio.timeout, not wait_for: no task per body part on the collector's path
             try:
