@@ -909,15 +909,17 @@ class CustomerFeatures:
         watch: Watch,
         until: float,
         most: int,
-        changed: Callable[[int, dict[str, Any]], bool],
+        changed: Callable[[int, dict[str, Any], float], int | None],
     ) -> int | None:
-        """The first instant after ``now`` and before ``until`` at which ``changed(instant,
-        values)`` holds, ``values`` being the features then with no new event, walked through
-        the instants at which a feature ``watch`` watches can change (``watched_deadline``
-        from the instant before, on the walk's own copies); after ``most`` of them without,
-        the next one (to walk on from there); None when none comes before ``until``. As of
-        the last read, which was at ``now``: the customer's state and their last read are
-        left as they were (``values`` is a copy, changed as it walks)."""
+        """The first instant after ``now`` and before ``until`` that ``changed(instant, values,
+        before)`` finds: ``values`` are the features at ``instant`` with no new event, walked
+        through the instants at which a feature ``watch`` watches can change
+        (``watched_deadline`` from the instant before, on the walk's own copies), and
+        ``changed`` answers the first instant from ``instant`` and before ``before`` (the next
+        walked instant, or ``until``) at which what it follows changes, or None. After ``most``
+        instants without, the next one (to walk on from there); None when none comes before
+        ``until``. As of the last read, which was at ``now``: the customer's state and their
+        last read are left as they were (``values`` is a copy, changed as it walks)."""
         last = self._observed
         assert last is not None, "read the customer at now first"
         assert last.at == now, "read the customer at now first"
@@ -936,11 +938,14 @@ class CustomerFeatures:
                     found = computed[index](self, at, values)
                     deadlines[index] = _NEVER if found is None else found
             always(self, at, values)
-            if changed(at, values):
-                return at
-            instant = self.watched_deadline(at, watch, deadlines, values)
-            if instant is None or instant >= until:
+            following = self.watched_deadline(at, watch, deadlines, values)
+            before = until if following is None else min(following, until)
+            found_at = changed(at, values, before)
+            if found_at is not None:
+                return found_at
+            if following is None or following >= until:
                 return None
+            instant = following
         return instant
 
     def observe_after(self, now: int, name: str | None) -> tuple[dict[str, Any], int | None]:

@@ -56,7 +56,7 @@ from bytewax.outputs import Sink
 
 from app.clustering.columns import INPUTS as CLUSTER_INPUTS
 from app.clustering.columns import steady_inputs
-from app.clustering.model import CLUSTER_PREFIX, Assignment, ClusterModel, membership
+from app.clustering.model import CLUSTER_PREFIX, ClusterModel, membership
 from app.clustering.watch import ModelWatcher
 from app.db import make_engine
 from app.events import StreamEntry
@@ -897,6 +897,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
                 moved = self._assign(customer, at, observed[0])
                 if moved:
                     self._draft(customer_id, at).transitions += moved
+                elif customer_id not in self.state.pending:  # (a record would schedule it)
+                    self._schedule_move(customer_id, customer, at)
             if customer.outlier != outlier and self.model is not None:
                 self._draft(customer_id, at)
 
@@ -1001,6 +1003,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
                 self._schedule(customer_id, left_out)
             if at_record:
                 draft.transitions += self._assign(customer, draft.at, features)
+                if waiting is None:
+                    self._schedule_move(customer_id, customer, draft.at)
             out.append(
                 ProfileUpdate(
                     customer_id,
@@ -1076,6 +1080,12 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             move = self._next_move(customer, now, features, deadline)
             if move is not None:
                 deadline = move
+        elif self._assign_each and self.model is not None:
+            # recency grows with the clock, unwatched: the model's move by it alone is solved
+            until = math.inf if deadline is None else deadline
+            move = self.model.recency_move(customer.assignment, now, until)
+            if move is not None:
+                deadline = move
         if customer.evaluated is None or now > customer.evaluated:
             customer.evaluated = now
         return features, deadline, transitions
@@ -1120,33 +1130,35 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         cluster, or the outlier flag turned) with no new event: their values walked through
         the instants at which a column's input can change (its own window's exits, not those
         of the other windows of its log: ``CustomerFeatures.first_change``), assigned where
-        one but recency did. After ``MOVE_LOOKAHEAD`` instants without a move, the next one,
-        to walk on from: a quiet customer is evaluated once in that many changes, not at each
-        (only a deadline of a customer quiet for ``QUIET_BEFORE_LOOKING_MS`` looks ahead:
-        ``_segment``). Recency is read as of each instant assigned (it grows with the clock,
-        and is not watched between them)."""
+        one but recency did, and between them recency's own move solved
+        (``ClusterModel.recency_move``). After ``MOVE_LOOKAHEAD`` instants without a move, the
+        next one, to walk on from: a quiet customer is evaluated once in that many changes,
+        not at each (only a deadline of a customer quiet for ``QUIET_BEFORE_LOOKING_MS`` looks
+        ahead: ``_segment``)."""
         model = self.model
         assert model is not None
-        walking: Assignment | None = None
-        at_now: tuple[int | None, bool] = (None, False)
-        inputs_before: tuple[Any, ...] = ()
-
-        def moved(_at: int, values: dict[str, Any]) -> bool:
-            nonlocal walking, at_now, inputs_before
-            if walking is None:  # the assignment at now: the customer's own, brought up to now
-                here = customer.assignment = model.follow(features, customer.assignment)
-                at_now = (here.index, here.outlier)
-                inputs_before = steady_inputs(features)
-                walking = model.scratch(here)
-            given = steady_inputs(values)  # (recency moves at every instant)
-            if given == inputs_before:
-                return False
-            inputs_before = given
-            walking = model.follow(values, walking)
-            return (walking.index, walking.outlier) != at_now
-
         until = math.inf if before is None else before
-        return customer.first_change(now, self._watches()[3], until, MOVE_LOOKAHEAD, moved)
+        here = customer.assignment = model.follow(features, customer.assignment)
+        at_now = (here.index, here.outlier)
+        inputs_before = steady_inputs(features)
+        walking = model.scratch(here)
+        read_at = now  # the instant ``walking``'s inputs were read at
+
+        def moved(at: int, values: dict[str, Any], bound: float) -> int | None:
+            nonlocal walking, inputs_before, read_at
+            given = steady_inputs(values)  # (recency moves at every instant)
+            if given != inputs_before:
+                inputs_before, read_at = given, at
+                walking = model.follow(values, walking)
+                if (walking.index, walking.outlier) != at_now:
+                    return at
+            return model.recency_move(walking, read_at, bound)
+
+        by_recency = model.recency_move(here, now, until)
+        if by_recency is not None:
+            until = by_recency  # the walk looks for an earlier move
+        found = customer.first_change(now, self._watches()[3], until, MOVE_LOOKAHEAD, moved)
+        return by_recency if found is None else found
 
     def _with_cluster(self, segments: frozenset[str], member: str) -> frozenset[str]:
         key = (segments, member)
@@ -1192,6 +1204,16 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             segments = self._with_cluster(segments, member)
         customer.segments = segments
         return self._transitions(before, segments, now)
+
+    def _schedule_move(self, customer_id: str, customer: CustomerFeatures, at: int) -> None:
+        """The customer's move by recency alone (assigned at ``at``, at a record: ``_assign``)
+        is their next evaluation when it comes before the one queued."""
+        assert self.model is not None
+        queued = self.state.scheduled.get(customer_id)
+        until = math.inf if queued is None or queued <= at else queued
+        move = self.model.recency_move(customer.assignment, at, until)
+        if move is not None:
+            self._schedule(customer_id, move)
 
     def _schedule(self, customer_id: str, deadline: int | None) -> None:
         """The customer's next deadline is ``deadline``, whatever was queued."""

@@ -315,6 +315,102 @@ class ClusterModel:
         last.outlier = best_d > arrays["limits"][best]
         return last
 
+    def recency_move(self, last: Assignment, at: int, until: float) -> int | None:
+        """The first instant after ``at`` and before ``until`` at which the customer assigned
+        ``last`` (by this model, of inputs read at ``at``) is assigned otherwise (another
+        cluster, or the outlier flag turned) with no input changing but recency, which grows
+        1 ms per ms until its cap; None when none comes before ``until``.
+
+        Centroid models only (None for the others, whose customers a recency moves at their
+        next evaluation): along the recency column, the other columns fixed, the difference
+        of two centres' squared distances is linear and the nearest centre's distance
+        quadratic, so the first crossing is solved; mapped back to an instant, it is checked
+        at whole milliseconds with the live path's arithmetic (``_moved``), so the move comes
+        at the first millisecond that arithmetic assigns otherwise."""
+        distances, row, index = last.distances, last.row, last.index
+        since = last.inputs[0]  # ``rfm_recency_ms`` (the first of ``NUMERIC``)
+        if distances is None or row is None or index is None or last.model is not self:
+            return None
+        if since is None or since.__class__ is bool or not isinstance(since, int | float):
+            return None  # never ordered: the column holds its missing value, for good
+        divide, _, cap, log, mean, scale = self.prep.plan[0]
+        if since != since or (cap is not None and since / divide >= cap):
+            return None  # at its cap: recency no longer moves the row
+        x, best_d = row[0], distances[index]
+        twice = self._arrays["twice_by_column"][0]
+        toward = twice[index]
+        first = math.inf
+        for d, centre in zip(distances, twice, strict=True):
+            if centre > toward:  # a centre further along recency draws nearer than ours
+                crossing = x + (d - best_d) / (centre - toward)
+                if crossing < first:
+                    first = crossing
+        # the fence: best_d + u (u + 2x - 2c) = limit, u the step along the column
+        p, q = 2 * x - toward, best_d - self._arrays["limits"][index]
+        discriminant = p * p - 4 * q
+        if discriminant >= 0:
+            root = math.sqrt(discriminant)
+            for u in ((-p - root) / 2, (-p + root) / 2):
+                if u > 0:
+                    first = min(first, x + u)
+                    break
+        if first == math.inf:
+            return None
+        if cap is not None:
+            top = ((math.log1p(cap) if log else cap) - mean) / scale
+            if first > top:
+                return None
+        unit = first * scale + mean
+        try:
+            ms = (math.expm1(unit) if log else unit) * divide
+        except OverflowError:
+            return None
+        guess = at + (ms - since)
+        if not guess < until:
+            return None
+        return self._first_moved(last, at, max(at + 1, math.ceil(guess)), until)
+
+    def _first_moved(self, last: Assignment, at: int, guess: int, until: float) -> int | None:
+        """The first instant in (``at``, ``until``) at which ``last``, with recency grown by the
+        time passed, is assigned otherwise by ``_moved``'s arithmetic, searched from ``guess``
+        (the solved crossing: a millisecond or two off at most)."""
+        distances, row = last.distances, last.row
+        assert distances is not None
+        assert row is not None
+        plan, since = self.prep.plan[0], last.inputs[0]
+        x, twice, limits = row[0], self._arrays["twice_by_column"][0], self._arrays["limits"]
+        was = (last.index, last.outlier)
+
+        def moved(instant: int) -> bool:
+            new = scaled(plan, since + (instant - at))
+            step, total = new - x, new + x
+            then = [d + step * (total - c) for d, c in zip(distances, twice, strict=True)]
+            best_d = min(then)
+            best = then.index(best_d)
+            return (best, best_d > limits[best]) != was
+
+        if moved(guess):  # the first such instant is at it or before
+            high, stride = guess, 1
+            low = max(at, guess - 1)
+            while low > at and moved(low):
+                high, stride = low, stride * 2
+                low = max(at, high - stride)
+        else:  # after it
+            low, stride = guess, 1
+            high = guess + 1
+            while not moved(high):
+                if high >= until:
+                    return None
+                low, stride = high, stride * 2
+                high = low + stride
+        while high - low > 1:  # ``low`` keeps the assignment, ``high`` moves it
+            middle = (low + high) // 2
+            if moved(middle):
+                high = middle
+            else:
+                low = middle
+        return high if high < until else None
+
     def scratch(self, last: Assignment) -> Assignment:
         """A copy of ``last`` (an assignment by this model) to follow a customer's future
         values with, leaving their own as it is (``_moved`` changes it in place)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -228,3 +229,47 @@ def test_customers_alike_at_first_each_follow_their_own_way() -> None:
         assert (followed.index, followed.outlier) == whole_row(features)
         assert followed.distances == pytest.approx(model.follow(features, None).distances)
     assert len(went) >= 2  # they went apart: the copies were put to the test
+
+
+@pytest.mark.parametrize("family", ["kmeans", "gaussian_mixture"])
+def test_a_move_by_recency_alone_is_solved_to_the_millisecond(family: str) -> None:
+    """Recency grows 1 ms per ms: under a centroid model the first instant a customer's
+    assignment changes by it alone is solved (``ClusterModel.recency_move``), and is the
+    first millisecond the whole row is assigned otherwise (found here by a scan every six
+    hours and a bisection of the step that changed it). Other kinds answer None."""
+    found = fit([c.features for c in population(800, seed=5)], families=[family], max_k=4)
+    model = found.chosen.model(found.prep, version=1)
+    day, at = 86_400_000, 1_767_225_600_000
+    moves = solved = 0
+    for customer in population(300, seed=9):
+        features = customer.features
+        if features.get("rfm_recency_ms") is None:
+            continue
+
+        def assigned(instant: int, features: dict[str, Any] = features) -> tuple[Any, ...]:
+            grown = {**features, "rfm_recency_ms": features["rfm_recency_ms"] + instant - at}
+            return model.assign(grown)
+
+        move = model.recency_move(model.follow(features, None), at, math.inf)
+        if model.kind != "centroids":
+            assert move is None
+            continue
+        first: int | None = None
+        for step in range(1, 4 * 400):  # recency stops at 365 days
+            if assigned(at + step * day // 4) != assigned(at):
+                low, high = at + (step - 1) * day // 4, at + step * day // 4
+                while high - low > 1:
+                    middle = (low + high) // 2
+                    low, high = (
+                        (low, middle) if assigned(middle) != assigned(at) else (middle, high)
+                    )
+                first = high
+                break
+        assert move == first
+        moves += first is not None
+        solved += 1
+        if first is not None:  # and not when the search must stop before it
+            assert model.recency_move(model.follow(features, None), at, first) is None
+    if model.kind == "centroids":
+        assert solved >= 100
+        assert moves >= 20  # customers did move

@@ -17,6 +17,7 @@ from app.clustering.watch import ModelWatcher
 from app.rules.active import shipped_rules
 from app.rules.compiler import ActiveRule, CompiledRules, compile_rules
 from app.rules.schema import parse_rule
+from pipelines.features import CustomerFeatures
 from pipelines.records import ProfileUpdate
 from pipelines.segmentation import FeatureShard, catalogue_for, reads_clusters
 from pipelines.sources import StreamEvent, Tick
@@ -94,9 +95,10 @@ def _shard(rules: CompiledRules, model: ClusterModel, *, every: bool = False) ->
 
 
 def _without_recency(model: ClusterModel) -> ClusterModel:
-    """``model`` with its recency column made to weigh nothing: recency grows with the clock
-    and is read only as of each instant assigned, not watched between them, so a model that
-    reads it may move at any evaluation; without it, only where a column's input changes."""
+    """``model`` with its recency column made to weigh nothing: recency grows with the clock;
+    a mixture or a density model reads it as of each instant assigned, not between them, so
+    one that reads it may move at any evaluation; without it, only where a column's input
+    changes."""
     shown = model.shown()
     shown["prep"]["means"][0], shown["prep"]["scales"][0] = 0.0, 1e30
     for cluster in shown["clusters"]:
@@ -139,11 +141,17 @@ def test_without_a_cluster_rule_each_record_is_assigned_as_every_snapshot_would_
     assert moves > 0  # customers did move: the comparison compared something
 
 
-@pytest.mark.parametrize("family", ["kmeans", "gaussian_mixture", "dbscan"])
+@pytest.mark.parametrize(
+    ("family", "recency"),
+    [("kmeans", False), ("gaussian_mixture", False), ("dbscan", False), ("kmeans", True)],
+)
 def test_the_models_look_ahead_moves_customers_when_evaluating_every_change_would(
-    family: str,
+    family: str, recency: bool
 ) -> None:
-    model = _without_recency(_model(family))
+    """(A centroid model's moves by recency are solved, in the look-ahead as at every
+    evaluation; the other kinds' are read at their next evaluation: their models here have
+    the column weigh nothing.)"""
+    model = _model(family) if recency else _without_recency(_model(family))
     assert model.algorithm.replace("minibatch_", "") == family
     rules = _rules(ON_A_CLUSTER)  # so every snapshot is assigned, and a move is a transition
     reads = _reads(seed=4, month=True)
@@ -182,3 +190,49 @@ def test_with_a_month_of_quiet_each_record_is_still_assigned_as_every_snapshot_w
     assert [(r.customer_id, r.at) for r in lazy] == [(r.customer_id, r.at) for r in eager]
     for ours, theirs in zip(lazy, eager, strict=True):
         assert (_cluster(ours), ours.outlier) == (_cluster(theirs), theirs.outlier)
+
+
+def test_a_quiet_customer_moves_by_recency_at_the_millisecond_the_model_says() -> None:
+    """Recency grows with the clock and no deadline watches it: a centroid model's move by it
+    is solved (``ClusterModel.recency_move``). Every customer's cluster, read every hour of
+    the run from their own features then, is the one the shard's transitions put them in;
+    and each move with no event of theirs at its instant comes at the first millisecond the
+    model assigns them otherwise."""
+    model = _model()
+    assert model.kind == "centroids"
+    rules = _rules(ON_A_CLUSTER)
+    reads = _reads(seed=7, month=True)
+    records = _records(_shard(rules, model), reads)
+    events: dict[str, list[StreamEvent]] = {}
+    for read in reads:
+        for item in read:
+            if isinstance(item, StreamEvent):
+                events.setdefault(item.event["customer_id"], []).append(item)
+    catalogue = catalogue_for(rules, 0)
+    quiet_moves = checked = 0
+    for customer_id, theirs in events.items():
+        entered = [  # (instant, cluster) of each move, in time order
+            (t.at, t.segment)
+            for r in records
+            if r.customer_id == customer_id
+            for t in r.transitions
+            if t.segment.startswith(CLUSTER_PREFIX) and t.kind == "enter"
+        ]
+        instants = {int(e.event["timestamp"]) for e in theirs}
+        quiet = [at for at, _ in entered if at not in instants]
+        quiet_moves += len(quiet)
+        checkpoints = sorted(
+            {*range(min(instants) + HOUR, T0 + 45 * DAY, HOUR), *quiet, *(at - 1 for at in quiet)}
+        )
+        state, applied = CustomerFeatures(catalogue), 0
+        for at in checkpoints:
+            while applied < len(theirs) and int(theirs[applied].event["timestamp"]) <= at:
+                state.apply(theirs[applied].event)
+                applied += 1
+            state.expire(state.newest or at)
+            expected, _ = model.assign(state.read(at)[0])
+            said = [cluster for when, cluster in entered if when <= at][-1]
+            assert said == CLUSTER_PREFIX + str(expected), (customer_id, at)
+            checked += 1
+    assert quiet_moves >= 3  # customers did move with no event of theirs
+    assert checked > 10_000
