@@ -29,6 +29,10 @@ refit) computes the row and every distance; most first snapshots are alike (a ne
 first view of a category: over the 100,000 events of ``bench/pipeline.py``'s shop, 8,891
 first assignments had 1,532 distinct inputs), so the last ``FIRST_KEPT`` distinct inputs'
 rows and distances are kept per model and copied.
+
+Recency grows with the clock, so a customer may move with no event and no window's exit:
+under a centroid model the instant is solved from the kept row and distances
+(``ClusterModel.recency_move``), and the dataflow evaluates the customer then.
 """
 
 from __future__ import annotations
