@@ -5,6 +5,7 @@ clusters and a rule on a cluster entering and exiting."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections import Counter
@@ -15,8 +16,9 @@ import orjson
 import pytest
 import redis
 
-from app.clustering import service
-from app.clustering.model import CLUSTER_PREFIX
+from app.clustering import service, store
+from app.clustering.columns import NUMERIC
+from app.clustering.model import CLUSTER_PREFIX, ClusterModel
 from app.db import make_engine
 from app.profiles.keys import members_key, profile_key, transitions_key
 from tests.factories import iso
@@ -222,3 +224,81 @@ def test_clusters_are_assigned_live_swapped_without_restart_and_usable_in_rules(
     assert profile["outlier"] in ("0", "1")
     assert profile["features"]["events_total"] == 9  # nothing lost across the swaps
     engine.dispose()
+
+
+def _recency_model(version: int) -> ClusterModel:
+    """Two clusters alike in every column but recency (days since the last order, logged):
+    "Just ordered", at the order, and "Ordered a while ago", 30 s on; nobody an outlier. With
+    the other columns fixed, a customer moves from one to the other once recency alone passes
+    halfway between the two centres (about 15 s after their order)."""
+    width = len(NUMERIC)
+
+    def centre(seconds: float) -> list[float]:
+        return [math.log1p(seconds / 86_400), *([0.0] * (width - 1))]
+
+    return ClusterModel.from_shown(
+        {
+            "version": version,
+            "fitted_at": 0,
+            "algorithm": "kmeans",
+            "params": {"n_clusters": 2},
+            "prep": {"means": [0.0] * width, "scales": [1.0] * width, "categories": []},
+            "kind": "centroids",
+            "clusters": [
+                {"id": "c0", "name": "Just ordered", "size": 1, "center": centre(0)},
+                {"id": "c1", "name": "Ordered a while ago", "size": 1, "center": centre(30)},
+            ],
+            "assign": {"limits": [1e9, 1e9]},
+        }
+    )
+
+
+@pytest.mark.backend_independent
+def test_a_buyer_gone_quiet_moves_cluster_by_recency_at_the_millisecond_it_comes(
+    settings, redis_client, api, credentials, pipeline
+):
+    """No event and no window's exit moves them: recency grows with the clock, and the live
+    dataflow evaluates the customer at the instant the model's solved crossing says."""
+    model = _recency_model(store.next_version(redis_client))
+    store.publish(redis_client, model)
+    key = credentials["write_key"]
+    now = time.time_ns() // 1_000_000
+    _send(api, key, [_event("first-viewer", "Product Viewed", now, product_id="p1")])
+    wait_for(  # the running dataflow assigns by the model now
+        lambda: _cluster(_profile(redis_client, "first-viewer")) is not None,
+        timeout_s=120,
+        what="a first customer assigned by the model",
+    )
+    buyer = "quiet-buyer"
+    ordered_at = time.time_ns() // 1_000_000
+    _send(api, key, [_event(buyer, "Order Completed", ordered_at, revenue=80, order_id="q1")])
+    headers = {"Authorization": f"Bearer {credentials['admin_token']}"}
+
+    def moves() -> list[tuple[str, str, int]]:
+        reply = httpx.get(f"{api.url}/api/customers/{buyer}/transitions", headers=headers)
+        if reply.status_code == 404:
+            return []
+        assert reply.status_code == 200, reply.text
+        return [
+            (t["segment"], t["kind"], t["at"])
+            for t in reply.json()["items"]
+            if t["segment"].startswith(CLUSTER_PREFIX)
+        ]
+
+    wait_for(lambda: len(moves()) >= 3, timeout_s=180, what="the buyer entering and leaving")
+    features = _profile(redis_client, buyer)["features"]
+
+    def assigned(at: int) -> str | None:  # the model on their features, recency as of ``at``
+        return model.assign({**features, "rfm_recency_ms": at - ordered_at})[0]
+
+    low, high = ordered_at, ordered_at + MINUTE  # the first millisecond it assigns otherwise
+    assert (assigned(low), assigned(high)) == ("c0", "c1")
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if assigned(middle) == "c0" else (low, middle)
+    assert 14_000 < high - ordered_at < 16_000
+    assert moves() == [
+        ("cluster:c0", "enter", ordered_at),
+        ("cluster:c0", "exit", high),
+        ("cluster:c1", "enter", high),
+    ]
