@@ -75,6 +75,16 @@ class LateEvent:
 
 
 @dataclass
+class Unprocessable:
+    """Applying ``event`` (or evaluating its customer then) raised ``error``: the event is kept
+    in failed events and the customer set aside (``FeatureShard._quarantine``), not the flow
+    stopped for everyone."""
+
+    event: StreamEntry
+    error: str
+
+
+@dataclass
 class Erased:
     """The customer was erased (GDPR): the sinks delete what they wrote about them."""
 

@@ -36,9 +36,11 @@ the read that brought them, a replay's once its lane's clock passes the instant)
 from __future__ import annotations
 
 import base64
+import collections
 import gc
 import heapq
 import itertools
+import logging
 import math
 import os
 import pickle
@@ -79,6 +81,7 @@ from pipelines.records import (
     Relay,
     ShardProgress,
     Transition,
+    Unprocessable,
 )
 from pipelines.rewind import Anchor, Rewind, RewindBook, differences
 from pipelines.sinks import ProfileSink
@@ -90,7 +93,17 @@ JOINED_KEPT = 10_000  # memberships with a cluster remembered per shard (``_with
 # What a shard emits: the sink writes each kind (``pipelines.records``).
 # set by `segflow pipeline` for the flow it runs: the recovery store (`bytewax.run -r`)
 RECOVERY_DIR_ENV = "SEGFLOW_RECOVERY_DIR"
-ShardOutput = ProfileUpdate | LateEvent | Erased | ErasureSeen | Merged | Relay | ShardProgress
+ShardOutput = (
+    ProfileUpdate
+    | LateEvent
+    | Unprocessable
+    | Erased
+    | ErasureSeen
+    | Merged
+    | Relay
+    | ShardProgress
+)
+log = logging.getLogger(__name__)
 
 
 class ShardState:
@@ -272,6 +285,12 @@ MOVE_LOOKAHEAD = 32
 # ... once the customer has been quiet this long (a rule's 10 minutes or a cart's 30 are not
 # a month's exits, and a walk is lost when the customer comes back before its end)
 QUIET_BEFORE_LOOKING_MS = 24 * 60 * 60_000
+# A customer whose event or evaluation makes the shard raise is set aside (``_quarantine``),
+# not the flow stopped for everyone (restarted, it would fail on the same entry again); more
+# than this many in a shard within this long is no one customer's doing (a bug that every
+# customer meets, a rule set the engine refuses): the shard raises, as any error stops a flow.
+QUARANTINED_MOST = 20
+QUARANTINE_WINDOW_S = 60.0
 # A live customer's history is kept to correct late events from while the live clock is within
 # this much (at least; the allowed lateness if longer) of their last event, and saved states
 # are taken at most this often per customer's activity (``pipelines.rewind``).
@@ -404,6 +423,11 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         # the rules they are for, and the watches of the rules, of the rules and the cluster
         # model's columns, and of the columns alone (``_watch``, ``_next_move``)
         self._watching: tuple[CompiledRules | None, Watch, Watch, Watch] | None = None
+        # customers set aside (``_quarantine``): when (``time.monotonic``), and the events
+        # kept aside in this batch; those set aside since their last snapshot, by id
+        self._quarantined_at: collections.deque[float] = collections.deque()
+        self._set_aside: list[Unprocessable] = []
+        self._quarantined: set[str] = set()
 
     def on_batch(
         self, values: Sequence[SourceItem | list[SourceItem]]
@@ -440,15 +464,22 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
                 if kind == ERASE:
                     self._on_erase(customer_id, out)
                     out.append(ErasureSeen(item.partition, item.entry_id))
-                elif customer_id in self.state.merged:
-                    self._on_merged_away(entry, self.state.merged[customer_id], out)
-                elif kind == MERGE:
-                    self._on_merge(customer_id, entry, out)
-                elif kind == ABSORB:
-                    self._on_absorb(customer_id, entry, out)
-                else:
-                    self._on_event(customer_id, entry, when, out)
+                    continue
+                try:
+                    if customer_id in self.state.merged:
+                        self._on_merged_away(entry, self.state.merged[customer_id], out)
+                    elif kind == MERGE:
+                        self._on_merge(customer_id, entry, out)
+                    elif kind == ABSORB:
+                        self._on_absorb(customer_id, entry, out)
+                    else:
+                        self._on_event(customer_id, entry, when, out)
+                except Exception as error:
+                    self._quarantine(customer_id, error, entry)
         self._settle(out)
+        if self._set_aside:
+            out += self._set_aside
+            self._set_aside.clear()
         if events:
             self.state.processed += events
             self.state.newest = newest
@@ -475,7 +506,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         lane_of = self.state.lane_of
         for customer_id, waiting in list(self.state.pending.items()):
             if lane_of.get(customer_id, LIVE) == tick.lane and (live or lane.passed(waiting.at)):
-                self._flush(customer_id)
+                try:
+                    self._flush(customer_id)
+                except Exception as error:
+                    self._quarantine(customer_id, error)
         self.fire(tick.lane, tick.at, inclusive=tick.inclusive)
         if live:
             self._end_stalled_lanes(tick.at, out)
@@ -490,7 +524,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         live = self.state.lanes[LIVE]
         for customer_id in [c for c, lane in self.state.lane_of.items() if lane == name]:
             if customer_id in self.state.pending:
-                self._flush(customer_id)
+                try:
+                    self._flush(customer_id)
+                except Exception as error:
+                    self._quarantine(customer_id, error)
             del self.state.lane_of[customer_id]
             deadline = self.state.scheduled.get(customer_id)
             if deadline is not None:
@@ -886,30 +923,87 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         segments or outlier flag changed."""
         chunk, self.state.stale = self.state.stale[:most], self.state.stale[most:]
         for customer_id in chunk:
-            customer = self.state.customer(customer_id)
-            if customer is None:
-                continue  # erased since
-            at = max(self.state.clock_of(customer_id).at or 0, customer.newest or 0)
-            outlier = customer.outlier
-            observed = customer.read(at)
-            self._changed(customer_id, at, observed, quiet=True)
-            if self.model is not None and not self._assign_each:
-                moved = self._assign(customer, at, observed[0])
-                if moved:
-                    self._draft(customer_id, at).transitions += moved
-                elif customer_id not in self.state.pending:  # (a record would schedule it)
-                    self._schedule_move(customer_id, customer, at)
-            if customer.outlier != outlier and self.model is not None:
-                self._draft(customer_id, at)
+            try:
+                self._reevaluate_one(customer_id)
+            except Exception as error:
+                self._quarantine(customer_id, error)
+
+    def _reevaluate_one(self, customer_id: str) -> None:
+        customer = self.state.customer(customer_id)
+        if customer is None:
+            return  # erased since
+        at = max(self.state.clock_of(customer_id).at or 0, customer.newest or 0)
+        outlier = customer.outlier
+        observed = customer.read(at)
+        self._changed(customer_id, at, observed, quiet=True)
+        if self.model is not None and not self._assign_each:
+            moved = self._assign(customer, at, observed[0])
+            if moved:
+                self._draft(customer_id, at).transitions += moved
+            elif customer_id not in self.state.pending:  # (a record would schedule it)
+                self._schedule_move(customer_id, customer, at)
+        if customer.outlier != outlier and self.model is not None:
+            self._draft(customer_id, at)
 
     def _flush(self, customer_id: str) -> None:
         """Evaluate a customer's events applied at one instant, recomputing what they feed."""
-        pending = self.state.pending.pop(customer_id)
+        pending = self.state.pending[customer_id]
         customer = self.state.customer(customer_id)
         assert customer is not None, "pending events outlived their customer"
         draft = self._changed(customer_id, pending.at, customer.read(pending.at))
         assert draft is not None
+        del self.state.pending[customer_id]  # (after: an error keeps them, ``_quarantine``)
         draft.events += pending.events
+
+    def _quarantine(
+        self, customer_id: str, error: Exception, entry: StreamEntry | None = None
+    ) -> None:
+        """Applying ``entry`` to the customer, or evaluating them, raised ``error``: the rest
+        of the shard goes on. Their state goes back to their last snapshot's (what they did
+        since is left out of their features) and is evaluated again as a stale customer's is;
+        a customer set aside twice since their last snapshot starts afresh. The entry is kept
+        in failed events (``Unprocessable``). Too many within ``QUARANTINE_WINDOW_S`` in the
+        shard, or memory running out, is no one customer's doing: raised on. An evaluation's
+        error keeps the events that waited for it (applied, not yet evaluated) instead."""
+        if isinstance(error, MemoryError):
+            raise error
+        now = time.monotonic()
+        times = self._quarantined_at
+        while times and now - times[0] > QUARANTINE_WINDOW_S:
+            times.popleft()
+        times.append(now)
+        if len(times) > QUARANTINED_MOST:
+            raise RuntimeError(
+                f"{len(times)} customers set aside within {QUARANTINE_WINDOW_S:.0f} s: "
+                "not one customer's events"
+            ) from error
+        again = customer_id in self._quarantined
+        log.error(
+            "customer %r set aside: %s while %s; their state goes back to %s",
+            customer_id,
+            type(error).__name__,
+            "applying their event" if entry is not None else "evaluating them",
+            "nothing (set aside before)" if again else "their last snapshot's",
+            exc_info=error,
+        )
+        state = self.state
+        state.live.pop(customer_id, None)
+        state.changed.discard(customer_id)
+        state.idle.pop(customer_id, None)
+        waiting = state.pending.pop(customer_id, None)
+        state.scheduled.pop(customer_id, None)
+        state.rewinds.drop(customer_id)
+        self._drafts.pop(customer_id, None)
+        if again:
+            state.frozen.pop(customer_id, None)
+        elif customer_id in state.frozen:
+            self._quarantined.add(customer_id)
+            state.stale.append(customer_id)  # their deadlines and segments from that state
+        said = f"{type(error).__name__}: {error}"[:500]
+        if entry is not None:
+            self._set_aside.append(Unprocessable(entry, said))
+        elif waiting is not None:  # applied, not yet evaluated: one of them likely did it
+            self._set_aside += [Unprocessable(event, said) for event in waiting.events]
 
     def _erase(self, customer_id: str) -> frozenset[str]:
         """Forget the customer: state and pending deadlines; return the segments they left."""
@@ -979,47 +1073,50 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         live, with_model = self.state.live, self.model is not None
         at_record = with_model and not self._assign_each
         scheduled, pending = self.state.scheduled, self.state.pending
-        for customer_id, draft in self._drafts.items():
+        drafts, self._drafts = self._drafts, {}
+        for customer_id, draft in drafts.items():
             customer = live.get(customer_id)
             if customer is None:
                 continue  # merged away, its records before were settled
-            # the changes until the customer's next evaluation (events waiting for their
-            # instant are evaluated at it); at the first one left out, an evaluation refreshes
-            next_evaluation = scheduled.get(customer_id)
-            until: float = math.inf if next_evaluation is None else next_evaluation
-            waiting = pending.get(customer_id)
-            if waiting is not None:  # their evaluation comes at its instant, with a record:
-                until = min(until, waiting.at - 1)  # no refresh may come before it (its
-                # events are applied already, and a deadline of theirs fires before them)
-            features, changes, left_out = customer.record_at(
-                draft.at, min(until, draft.at + CHANGES_AHEAD_MS), CHANGE_INSTANTS_KEPT
-            )
-            if (
-                waiting is None
-                and left_out is not None
-                and left_out <= until
-                and left_out != next_evaluation
-            ):
-                self._schedule(customer_id, left_out)
-            if at_record:
-                draft.transitions += self._assign(customer, draft.at, features)
-                if waiting is None:
-                    self._schedule_move(customer_id, customer, draft.at)
-            out.append(
-                ProfileUpdate(
-                    customer_id,
-                    draft.at,
-                    features,
-                    dict(customer.traits),
-                    events=tuple(draft.events),
-                    segments=customer.segments,
-                    transitions=tuple(draft.transitions),
-                    outlier=customer.outlier if with_model else None,
-                    corrections=tuple(draft.corrections),
-                    changes=tuple(changes),
+            try:
+                # the changes until the customer's next evaluation (events waiting for their
+                # instant are evaluated at it); at the first one left out, an evaluation refreshes
+                next_evaluation = scheduled.get(customer_id)
+                until: float = math.inf if next_evaluation is None else next_evaluation
+                waiting = pending.get(customer_id)
+                if waiting is not None:  # their evaluation comes at its instant, with a record:
+                    until = min(until, waiting.at - 1)  # no refresh may come before it (its
+                    # events are applied already, and a deadline of theirs fires before them)
+                features, changes, left_out = customer.record_at(
+                    draft.at, min(until, draft.at + CHANGES_AHEAD_MS), CHANGE_INSTANTS_KEPT
                 )
-            )
-        self._drafts.clear()
+                if (
+                    waiting is None
+                    and left_out is not None
+                    and left_out <= until
+                    and left_out != next_evaluation
+                ):
+                    self._schedule(customer_id, left_out)
+                if at_record:
+                    draft.transitions += self._assign(customer, draft.at, features)
+                    if waiting is None:
+                        self._schedule_move(customer_id, customer, draft.at)
+                out.append(
+                    ProfileUpdate(
+                        customer_id,
+                        draft.at,
+                        features,
+                        dict(customer.traits),
+                        events=tuple(draft.events),
+                        segments=customer.segments,
+                        transitions=tuple(draft.transitions),
+                        outlier=customer.outlier if with_model else None,
+                        corrections=tuple(draft.corrections),
+                        changes=tuple(changes),
+                    )
+                )
+            except Exception as error:
+                self._quarantine(customer_id, error)
 
     def _evaluate(
         self, customer: CustomerFeatures, now: int
@@ -1250,16 +1347,20 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             deadline, customer_id = heapq.heappop(heap)
             if lane_of.get(customer_id, LIVE) != lane:
                 continue  # gone over to another lane (its entry is in that lane's heap)
-            if customer_id in self.state.pending:  # its changes come first, and may move it
-                self._flush(customer_id)
-            if scheduled.get(customer_id) != deadline:
-                continue  # erased, or an instant already fired
-            self._fire_deadline(customer_id, deadline)
+            try:
+                if customer_id in self.state.pending:  # its changes come first, may move it
+                    self._flush(customer_id)
+                if scheduled.get(customer_id) != deadline:
+                    continue  # erased, or an instant already fired
+                self._fire_deadline(customer_id, deadline)
+            except Exception as error:
+                self._quarantine(customer_id, error)
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
         return [], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ShardState:
+        self._quarantined.clear()  # set aside since this snapshot: none yet
         return self.state
 
 

@@ -62,6 +62,7 @@ from pipelines.records import (
     Relay,
     ShardProgress,
     Transition,
+    Unprocessable,
 )
 from pipelines.recovery_files import NO_RECOVERY
 
@@ -69,7 +70,7 @@ RECENT_EVENTS = 20
 TRANSITIONS_KEPT = 1_000  # per customer, the newest
 CORRECTIONS_KEPT = 100  # per customer, the newest
 TRIGGER_MARKER_TTL_S = 7 * 86_400
-LATE_MARKER_TTL_S = 86_400
+FAILED_MARKER_TTL_S = 86_400
 RELAY_MARKER_TTL_S = 7 * 86_400
 
 # One entry appended to a stream once (replayed output finds the marker); with a third key,
@@ -209,8 +210,10 @@ def _read_replies(connection: Any, count: int, buffer: bytearray) -> None:
             raise reply
 
 
-def late_marker_key(message_id: str) -> str:
-    return f"{{{FAILED_EVENTS_KEY}}}:late:{message_id}"
+def failed_marker_key(reason: str, message_id: str) -> str:
+    """The marker that keeps one event in failed events once for ``reason`` (``late``, as
+    the dataflow's markers always were, or ``unprocessable``)."""
+    return f"{{{FAILED_EVENTS_KEY}}}:{reason}:{message_id}"
 
 
 class _Batch:
@@ -342,6 +345,8 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
                 batch.add(item)
             elif isinstance(item, LateEvent):
                 self._keep_late(item)
+            elif isinstance(item, Unprocessable):
+                self._keep_unprocessable(item)
             elif isinstance(item, Relay):
                 self._redis.script(
                     _APPEND_ONCE,
@@ -587,18 +592,31 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
             self._redis.command("SET", retracted_key(trigger), "1", "EX", TRIGGER_MARKER_TTL_S)
 
     def _keep_late(self, item: LateEvent) -> None:
+        detail = (
+            f"more than the allowed lateness behind the customer's newest event ({item.newest})"
+        )
+        self._keep_failed(item.event, "late", detail)
+
+    def _keep_unprocessable(self, item: Unprocessable) -> None:
+        detail = (
+            f"the dataflow could not apply it ({item.error}); the customer's state went back "
+            "to their last snapshot's"
+        )
+        self._keep_failed(item.event, "unprocessable", detail)
+
+    def _keep_failed(self, event: StreamEntry, reason: str, detail: str) -> None:
+        """``event`` into failed events, once (a replay after a restart emits it again)."""
         fields = {
-            "received_at": item.event.get("received_at", 0),
-            "reason": "late",
-            "detail": "more than the allowed lateness behind the customer's newest event "
-            f"({item.newest})",
-            "source": item.event.get("source", ""),
-            "raw": orjson.dumps(item.event).decode(),
+            "received_at": event.get("received_at", 0),
+            "reason": reason,
+            "detail": detail,
+            "source": event.get("source", ""),
+            "raw": orjson.dumps(event).decode(),
         }
         self._redis.script(
             _APPEND_ONCE,
-            [FAILED_EVENTS_KEY, late_marker_key(item.event["message_id"])],
-            [LATE_MARKER_TTL_S, *(x for pair in fields.items() for x in pair)],
+            [FAILED_EVENTS_KEY, failed_marker_key(reason, event["message_id"])],
+            [FAILED_MARKER_TTL_S, *(x for pair in fields.items() for x in pair)],
         )
 
     def close(self) -> None:

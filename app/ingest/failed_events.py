@@ -23,7 +23,7 @@ class BadCursor(ValueError):
 class FailedEventOut(BaseModel):
     id: str
     received_at: int
-    reason: str  # what went wrong; a late event's is exactly "late"
+    reason: str  # what went wrong; exactly "late" or "unprocessable" when the dataflow set it
     detail: str | None = None  # more on the reason, where there is more to say
     source: str
     raw: str

@@ -19,12 +19,14 @@ import redis.asyncio as aioredis
 from bytewax.testing import TestingSink
 
 from app.cli import run_cluster
+from app.events import StreamEntry
 from app.profiles.keys import profile_key, recent_events_key, transitions_key
 from app.profiles.service import CustomerProfile, get_profile
 from app.settings import Settings
 from app.streams import stream_key
-from pipelines.records import ProfileUpdate
-from tests.factories import StreamEntries, iso, track_at
+from pipelines.records import ProfileUpdate, Unprocessable
+from pipelines.sinks import _ProfilePartition
+from tests.factories import StreamEntries, iso, stored_event, track_at
 from tests.helpers import (
     pipeline_env,
     read_profile,
@@ -95,6 +97,29 @@ def test_late_events_are_kept_as_failed_with_reason_late(
     assert failed[0][1][b"reason"] == b"late"
     assert failed[0][1][b"detail"].startswith(b"more than the allowed lateness")
     assert read_profile(redis_client, "cy")["features"]["count(Product Viewed, 10m)"] == 1
+
+
+def test_an_event_the_flow_could_not_apply_is_kept_once_as_unprocessable(
+    settings: Settings, redis_client: redis.Redis
+):
+    """The shard sets such an event aside (``tests/unit/test_shard_quarantine.py``); its sink
+    keeps it in failed events, once though a restart's replay emits it again."""
+    entry = stored_event(
+        message_id="m-odd", customer="dee", name="Product Viewed", at=1_000, properties={}
+    )
+    assert settings.redis_url is not None
+    sink = _ProfilePartition(settings.redis_url, None, None)
+    try:
+        for _ in range(2):
+            odd = Unprocessable(cast(StreamEntry, entry), "ValueError: cannot apply this one")
+            sink.write_batch([odd])
+    finally:
+        sink.close()
+    failed = cast(StreamEntries, redis_client.xrange("failed-events"))
+    assert len(failed) == 1
+    assert failed[0][1][b"reason"] == b"unprocessable"
+    assert b"ValueError: cannot apply this one" in failed[0][1][b"detail"]
+    assert orjson.loads(failed[0][1][b"raw"])["message_id"] == "m-odd"
 
 
 @pytest.mark.backend_independent

@@ -20,7 +20,7 @@ from app.clustering.watch import ModelWatcher
 from app.rules.active import shipped_compiled
 from app.streams import ABSORB, MERGE
 from pipelines.features import CustomerFeatures
-from pipelines.records import Merged, ProfileUpdate, Relay
+from pipelines.records import Merged, ProfileUpdate, Relay, Unprocessable
 from pipelines.segmentation import FeatureShard, ShardState, catalogue_for
 from pipelines.sources import StreamEvent, Tick
 from tests.cluster_personas import population
@@ -212,7 +212,10 @@ def test_a_repeated_identify_merges_once_and_merging_into_oneself_is_nothing():
     assert features(streams.customer("user"), T0 + 4)["events_total"] == 1
 
 
-def test_state_moved_through_the_streams_cannot_run_code():
+def test_state_moved_through_the_streams_cannot_run_code(capsys: pytest.CaptureFixture[str]):
+    """Whoever can write a stream cannot run code in the dataflow: the state's unpickler
+    refuses what a customer's state does not hold, and the entry is set aside."""
+
     class Evil:
         def __reduce__(self) -> tuple[Any, ...]:
             return (print, ("pwned",))
@@ -227,8 +230,12 @@ def test_state_moved_through_the_streams_cannot_run_code():
         "message_id": "evil",
         "state": __import__("base64").b64encode(pickle.dumps(Evil())).decode(),
     }
-    with pytest.raises(pickle.UnpicklingError, match=r"builtins\.print"):
-        streams.send(entry)
+    streams.send(entry)
+    assert "pwned" not in capsys.readouterr().out
+    refused = [item for item in streams.out if isinstance(item, Unprocessable)]
+    assert [item.event["message_id"] for item in refused] == ["evil"]
+    assert refused[0].error.startswith("UnpicklingError: ")
+    assert "builtins.print" in refused[0].error
 
 
 def test_the_tombstones_survive_a_snapshot():
