@@ -4,10 +4,12 @@ profile equals a twin's that carried the user id all along."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ import redis
 from app.features import grows_with_clock
 from app.profiles.erasure import ID_FIELDS
 from app.settings import Settings
-from app.streams import ERASE, EVENT_FIELD, stream_key
+from app.streams import ABSORB, ERASE, EVENT_FIELD, partition_of, stream_key
 from tests.factories import StreamEntries, iso
 from tests.helpers import ServerThread, pipeline_env, wait_for
 
@@ -291,3 +293,56 @@ def test_two_ids_aliased_to_each_other_in_one_batch_become_one_customer(
 
         wait_for(counted, what="a later event for cy-y counted at cy-x")
         wait_for(lambda: status()["lag"] == 0, what="the forwarded event processed")
+
+
+@pytest.mark.backend_independent
+def test_an_entry_the_flow_cannot_apply_is_set_aside_and_the_flow_goes_on(
+    settings: Settings,
+    redis_client: redis.Redis,
+    api: ServerThread,
+    credentials: dict[str, str],
+    pipeline: subprocess.Popen[bytes],
+):
+    """Whoever can write the streams cannot run code in the dataflow (an absorb entry's state
+    is unpickled only as a customer's state), nor stop it: the entry that raised goes to failed
+    events as ``unprocessable`` and the flow goes on with the entries after it (before, it
+    stopped, and stopped again on the same entry when restarted)."""
+
+    class Evil:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (print, ("pwned",))
+
+    partition = partition_of("victim", settings.partitions)
+    bystander = next(  # after it in the same partition, so read after it
+        f"bystander-{n}"
+        for n in range(1000)
+        if partition_of(f"bystander-{n}", settings.partitions) == partition
+    )
+    now = time.time_ns() // 1_000_000
+    evil = {
+        "type": ABSORB,
+        "customer_id": "victim",
+        "from": "anon-victim",
+        "timestamp": now,
+        "message_id": "evil",
+        "state": base64.b64encode(pickle.dumps(Evil())).decode(),
+    }
+    redis_client.xadd(stream_key(partition), {EVENT_FIELD: json.dumps(evil)})
+    view = message("track", now, "b-v", event="Product Viewed", userId=bystander,
+                   properties={"product_id": "p1"})  # fmt: skip
+    answer = httpx.post(
+        f"{api.url}/v1/batch", json={"batch": [view]}, auth=(credentials["write_key"], "")
+    )
+    assert answer.json()["accepted"] == 1, answer.text
+    admin = {"Authorization": f"Bearer {credentials['admin_token']}"}
+    wait_for(
+        lambda: profile_of(api, admin, bystander) is not None,
+        timeout_s=120,
+        what="the event after the bad entry applied",
+    )
+    assert pipeline.poll() is None  # the flow did not stop
+    failed = httpx.get(f"{api.url}/api/failed-events", headers=admin).json()["items"]
+    refused = [item for item in failed if item["reason"] == "unprocessable"]
+    assert [json.loads(item["raw"])["message_id"] for item in refused] == ["evil"]
+    assert "UnpicklingError" in refused[0]["detail"]
+    assert "builtins.print" in refused[0]["detail"]
