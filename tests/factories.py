@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis
@@ -19,6 +19,9 @@ from app.streams import (
     partition_of,
     stream_key,
 )
+
+if TYPE_CHECKING:
+    from app.clustering.model import ClusterModel
 
 _ids = itertools.count(1)
 
@@ -184,3 +187,35 @@ class PublishedModel:
 
     def current(self) -> Any:
         return self.model
+
+
+def recency_model(version: int, *days: float) -> ClusterModel:
+    """A k-means model by hand: one cluster per entry of ``days``, centred that many days after
+    a customer's last order (logged, unscaled) and alike in every other column, so a
+    customer's cluster depends on their recency alone; nobody is an outlier."""
+    import math
+
+    from app.clustering.columns import NUMERIC
+    from app.clustering.model import ClusterModel
+
+    width = len(NUMERIC)
+    return ClusterModel.from_shown(
+        {
+            "version": version,
+            "fitted_at": 0,
+            "algorithm": "kmeans",
+            "params": {"n_clusters": len(days)},
+            "prep": {"means": [0.0] * width, "scales": [1.0] * width, "categories": []},
+            "kind": "centroids",
+            "clusters": [
+                {
+                    "id": f"c{i}",
+                    "name": f"About {day:g} days on",
+                    "size": 1,
+                    "center": [math.log1p(day), *([0.0] * (width - 1))],
+                }
+                for i, day in enumerate(days)
+            ],
+            "assign": {"limits": [1e9] * len(days)},
+        }
+    )

@@ -369,6 +369,8 @@ class ClusterModel:
             ms = (math.expm1(unit) if log else unit) * divide
         except OverflowError:
             return None
+        if cap is not None:  # past the cap the row stands still: nothing to look for
+            until = min(until, at + (cap * divide - since) + 1)
         guess = at + (ms - since)
         if not guess < until:
             return None
@@ -403,7 +405,7 @@ class ClusterModel:
             low, stride = guess, 1
             high = guess + 1
             while not moved(high):
-                if high >= until:
+                if high >= until or stride > 2**62:  # (a column without a cap: give up)
                     return None
                 low, stride = high, stride * 2
                 high = low + stride

@@ -5,7 +5,6 @@ clusters and a rule on a cluster entering and exiting."""
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections import Counter
@@ -17,11 +16,10 @@ import pytest
 import redis
 
 from app.clustering import service, store
-from app.clustering.columns import NUMERIC
-from app.clustering.model import CLUSTER_PREFIX, ClusterModel
+from app.clustering.model import CLUSTER_PREFIX
 from app.db import make_engine
 from app.profiles.keys import members_key, profile_key, transitions_key
-from tests.factories import iso
+from tests.factories import iso, recency_model
 from tests.helpers import wait_for
 
 MINUTE = 60_000
@@ -226,40 +224,15 @@ def test_clusters_are_assigned_live_swapped_without_restart_and_usable_in_rules(
     engine.dispose()
 
 
-def _recency_model(version: int) -> ClusterModel:
-    """Two clusters alike in every column but recency (days since the last order, logged):
-    "Just ordered", at the order, and "Ordered a while ago", 30 s on; nobody an outlier. With
-    the other columns fixed, a customer moves from one to the other once recency alone passes
-    halfway between the two centres (about 15 s after their order)."""
-    width = len(NUMERIC)
-
-    def centre(seconds: float) -> list[float]:
-        return [math.log1p(seconds / 86_400), *([0.0] * (width - 1))]
-
-    return ClusterModel.from_shown(
-        {
-            "version": version,
-            "fitted_at": 0,
-            "algorithm": "kmeans",
-            "params": {"n_clusters": 2},
-            "prep": {"means": [0.0] * width, "scales": [1.0] * width, "categories": []},
-            "kind": "centroids",
-            "clusters": [
-                {"id": "c0", "name": "Just ordered", "size": 1, "center": centre(0)},
-                {"id": "c1", "name": "Ordered a while ago", "size": 1, "center": centre(30)},
-            ],
-            "assign": {"limits": [1e9, 1e9]},
-        }
-    )
-
-
 @pytest.mark.backend_independent
 def test_a_buyer_gone_quiet_moves_cluster_by_recency_at_the_millisecond_it_comes(
     settings, redis_client, api, credentials, pipeline
 ):
     """No event and no window's exit moves them: recency grows with the clock, and the live
     dataflow evaluates the customer at the instant the model's solved crossing says."""
-    model = _recency_model(store.next_version(redis_client))
+    # about 15 s after their order, the customer is nearer the second centre (30 s) than the
+    # first (at the order): with the other columns fixed, recency alone moves them
+    model = recency_model(store.next_version(redis_client), 0.0, 30 / 86_400)
     store.publish(redis_client, model)
     key = credentials["write_key"]
     now = time.time_ns() // 1_000_000

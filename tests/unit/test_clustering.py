@@ -25,6 +25,7 @@ from app.clustering.fitting import (
 )
 from app.clustering.identity import distinct_names, match, name_for
 from tests.cluster_personas import PERSONAS, features_of, outliers, population
+from tests.factories import recency_model
 
 
 def test_the_live_preparation_is_the_fitted_scikit_learn_pipeline() -> None:
@@ -273,3 +274,20 @@ def test_a_move_by_recency_alone_is_solved_to_the_millisecond(family: str) -> No
     if model.kind == "centroids":
         assert solved >= 100
         assert moves >= 20  # customers did move
+
+
+def test_recency_stops_at_its_cap_and_so_does_the_search_for_its_move() -> None:
+    """Recency is capped at 365 days: a crossing the solution puts beyond it never comes (and
+    is not searched for), one before it comes at its millisecond."""
+    day, at = 86_400_000, 1_767_225_600_000
+    ordered = {"rfm_recency_ms": 0, "rfm_frequency_90d": 1, "rfm_monetary_90d": 50.0}
+    far = recency_model(1, 300.0, 2_000.0)  # halfway (in log1p) is about 773 days on
+    assert far.recency_move(far.follow(ordered, None), at, math.inf) is None
+    near = recency_model(1, 0.0, 100.0)  # about 9 days on
+    move = near.recency_move(near.follow(ordered, None), at, math.inf)
+    assert move is not None
+    assert near.assign({**ordered, "rfm_recency_ms": move - at - 1})[0] == "c0"
+    assert near.assign({**ordered, "rfm_recency_ms": move - at})[0] == "c1"
+    assert math.expm1(math.log1p(100.0) / 2) * day == pytest.approx(move - at, abs=1)
+    capped = {**ordered, "rfm_recency_ms": 400 * day}  # at the cap already: no move by it
+    assert near.recency_move(near.follow(capped, None), at, math.inf) is None
