@@ -48,7 +48,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bytewax.operators as op
 import redis
@@ -85,7 +85,14 @@ from pipelines.records import (
 )
 from pipelines.rewind import Anchor, Rewind, RewindBook, differences
 from pipelines.sinks import ProfileSink
-from pipelines.sources import IDLE_TICK_MS, RedisStreamSource, SourceItem, StreamEvent, Tick
+from pipelines.sources import (
+    IDLE_TICK_MS,
+    MALFORMED,
+    RedisStreamSource,
+    SourceItem,
+    StreamEvent,
+    Tick,
+)
 
 _NO_CLUSTERS: frozenset[str] = frozenset()
 _NOT_YET = object()
@@ -461,6 +468,10 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
                 newest = when if newest is None else max(newest, when)
                 customer_id = entry["customer_id"]
                 kind = entry["type"]
+                if kind == MALFORMED:  # (the source could not read it: ``sources.malformed``)
+                    said = cast(dict[str, Any], entry)["error"]
+                    self._set_aside.append(Unprocessable(entry, said))
+                    continue
                 if kind == ERASE:
                     self._on_erase(customer_id, out)
                     out.append(ErasureSeen(item.partition, item.entry_id))

@@ -28,7 +28,7 @@ import select
 import threading
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 import redis
@@ -59,6 +59,8 @@ HEARTBEAT_MS = 1_000  # how often a partition says the dataflow runs (ALIVE_KEY)
 # behind it. One that is, is a late event: it corrects what it changes.
 LIVE_MARGIN_MS = 250
 _MARKERS = frozenset({PROGRESS, REPLAY_END})
+MALFORMED = "malformed"  # an entry the source could not read (``malformed``): never in a stream
+MALFORMED_SHOWN = 4_096  # characters of it kept in failed events
 
 
 class StreamEvent(NamedTuple):  # tuples: made for every event, they cost least
@@ -158,13 +160,20 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, str]):
         items: list[SourceItem] = []
         partition, field = self._partition, EVENT_FIELD.encode()
         for entry_id, fields in entries:
-            entry = orjson.loads(fields[1] if fields[0] == field else _field(fields, field))
-            kind = entry["type"]
-            if kind in _MARKERS:  # a replay's progress, or its end
-                end = kind == REPLAY_END
-                items.append(Tick(partition, int(entry["timestamp"]), end, entry["replay"], end))
-            else:
-                items.append(StreamEvent(partition, entry_id.decode(), entry))
+            try:
+                entry = orjson.loads(fields[1] if fields[0] == field else _field(fields, field))
+                kind = entry["type"]
+                if kind in _MARKERS:  # a replay's progress, or its end
+                    end = kind == REPLAY_END
+                    at = int(entry["timestamp"])
+                    items.append(Tick(partition, at, end, entry["replay"], end))
+                    continue
+                if entry["customer_id"].__class__ is not str:
+                    raise TypeError("its customer_id is not text")
+                int(entry["timestamp"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                entry = malformed(partition, entry_id, fields, error)
+            items.append(StreamEvent(partition, entry_id.decode(), entry))
         # Behind (a full read): what Redis had appended by the last entry read; else now.
         appended = now if len(entries) < BATCH else min(now, _id_ms(entries[-1][0]))
         self._live = max(self._live, appended - LIVE_MARGIN_MS)
@@ -276,6 +285,25 @@ def collect_between_reads() -> None:
 def _id_ms(entry_id: bytes) -> int:
     """The time (ms, Redis's clock) a stream entry was appended: the first part of its id."""
     return int(entry_id.split(b"-", 1)[0])
+
+
+def malformed(
+    partition: int, entry_id: bytes, fields: list[bytes], error: Exception
+) -> StreamEntry:
+    """A stream entry the flow cannot read as one of its own (not JSON, no type, a customer id
+    that is not text: nothing Segflow writes, but whoever can write Redis can): handed on as
+    a ``MALFORMED`` entry, which the shard keeps in failed events (``Unprocessable``) instead of
+    the flow stopping on it, and stopping on it again when restarted."""
+    shown = b" ".join(fields).decode("utf-8", "replace")
+    entry: dict[str, Any] = {
+        "type": MALFORMED,
+        "customer_id": "",
+        "timestamp": 0,
+        "message_id": f"entry:{partition}:{entry_id.decode()}",
+        "raw": shown[:MALFORMED_SHOWN],
+        "error": f"not an entry the dataflow can read: {type(error).__name__}: {error}"[:500],
+    }
+    return cast(StreamEntry, entry)
 
 
 def _field(fields: list[bytes], name: bytes) -> bytes:

@@ -23,7 +23,7 @@ from app.events import StreamEntry
 from app.profiles.keys import profile_key, recent_events_key, transitions_key
 from app.profiles.service import CustomerProfile, get_profile
 from app.settings import Settings
-from app.streams import stream_key
+from app.streams import EVENT_FIELD, partition_of, stream_key
 from pipelines.records import ProfileUpdate, Unprocessable
 from pipelines.sinks import _ProfilePartition
 from tests.factories import StreamEntries, iso, stored_event, track_at
@@ -120,6 +120,32 @@ def test_an_event_the_flow_could_not_apply_is_kept_once_as_unprocessable(
     assert failed[0][1][b"reason"] == b"unprocessable"
     assert b"ValueError: cannot apply this one" in failed[0][1][b"detail"]
     assert orjson.loads(failed[0][1][b"raw"])["message_id"] == "m-odd"
+
+
+def test_stream_entries_the_flow_cannot_read_are_kept_and_the_rest_flows(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+):
+    """Nothing Segflow writes, but whoever can write Redis can: before, the source raised on
+    each of these and the flow stopped, and stopped on it again when restarted."""
+    partition = partition_of("dee", settings.partitions)
+    odd: list[dict[str, bytes]] = [
+        {EVENT_FIELD: b"not json"},
+        {EVENT_FIELD: b'{"no": "type"}'},
+        {EVENT_FIELD: b'{"type": "track", "customer_id": 7, "timestamp": 1}'},
+        {EVENT_FIELD: b'{"type": "track", "customer_id": "dee", "timestamp": "soon"}'},
+        {"other": b"field"},
+    ]
+    for fields in odd:
+        redis_client.xadd(stream_key(partition), fields)  # type: ignore[arg-type]
+    now = time.time_ns() // 1_000_000 - 1_000
+    replay_messages(redis_client, settings, tmp_path, [track_at("dee", "Product Viewed", now)])
+    run_dataflow(settings)
+    failed = cast(StreamEntries, redis_client.xrange("failed-events"))
+    assert [kept[b"reason"] for _, kept in failed] == [b"unprocessable"] * len(odd)
+    for _, kept in failed:
+        assert b"not an entry the dataflow can read" in kept[b"detail"]
+    assert b"not json" in failed[0][1][b"raw"]
+    assert read_profile(redis_client, "dee")["features"]["count(Product Viewed, 10m)"] == 1
 
 
 @pytest.mark.backend_independent
