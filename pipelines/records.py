@@ -76,12 +76,13 @@ class LateEvent:
 
 @dataclass
 class Unprocessable:
-    """Applying ``event`` (or evaluating its customer then) raised ``error``: the event is kept
-    in failed events and the customer set aside (``FeatureShard._quarantine``), not the flow
-    stopped for everyone."""
+    """Applying ``event`` (or evaluating its customer then) raised, or the source could not
+    read it: the event is kept in failed events and the customer set aside
+    (``FeatureShard._quarantine``), not the flow stopped for everyone. ``detail``: the error,
+    and what became of the customer's state."""
 
     event: StreamEntry
-    error: str
+    detail: str
 
 
 @dataclass

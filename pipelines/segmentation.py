@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import gc
 import heapq
 import itertools
@@ -971,11 +972,13 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
     ) -> None:
         """Applying ``entry`` to the customer, or evaluating them, raised ``error``: the rest
         of the shard goes on. Their state goes back to their last snapshot's (what they did
-        since is left out of their features) and is evaluated again as a stale customer's is;
-        a customer set aside twice since their last snapshot starts afresh. The entry is kept
-        in failed events (``Unprocessable``). Too many within ``QUARANTINE_WINDOW_S`` in the
-        shard, or memory running out, is no one customer's doing: raised on. An evaluation's
-        error keeps the events that waited for it (applied, not yet evaluated) instead."""
+        since is left out of their features), or starts afresh when they were set aside
+        before since that snapshot or have none; it keeps the segments the sink last wrote
+        for them, and is evaluated again as a stale customer's is, so what it changes comes
+        out as transitions (no exit is lost, no enter doubled). The entry, and the events
+        applied but not yet evaluated, are kept in failed events (``Unprocessable``). Too many
+        within ``QUARANTINE_WINDOW_S`` in the shard, or memory running out, is no one
+        customer's doing: raised on."""
         if isinstance(error, MemoryError):
             raise error
         now = time.monotonic()
@@ -988,33 +991,41 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
                 f"{len(times)} customers set aside within {QUARANTINE_WINDOW_S:.0f} s: "
                 "not one customer's events"
             ) from error
-        again = customer_id in self._quarantined
-        log.error(
-            "customer %r set aside: %s while %s; their state goes back to %s",
-            customer_id,
-            type(error).__name__,
-            "applying their event" if entry is not None else "evaluating them",
-            "nothing (set aside before)" if again else "their last snapshot's",
-            exc_info=error,
-        )
         state = self.state
-        state.live.pop(customer_id, None)
+        was = state.live.pop(customer_id, None)
+        draft = self._drafts.pop(customer_id, None)
+        written = None if was is None else _undone(was.segments, draft)
         state.changed.discard(customer_id)
         state.idle.pop(customer_id, None)
         waiting = state.pending.pop(customer_id, None)
         state.scheduled.pop(customer_id, None)
         state.rewinds.drop(customer_id)
-        self._drafts.pop(customer_id, None)
-        if again:
-            state.frozen.pop(customer_id, None)
-        elif customer_id in state.frozen:
-            self._quarantined.add(customer_id)
-            state.stale.append(customer_id)  # their deadlines and segments from that state
-        said = f"{type(error).__name__}: {error}"[:500]
+        blob = None if customer_id in self._quarantined else state.frozen.get(customer_id)
+        restored = None
+        if blob is not None:
+            with contextlib.suppress(Exception):  # (the snapshot itself may be what fails)
+                restored = CustomerFeatures.restore(blob, self.catalogue)
+        outcome = "went back to their last snapshot's"
+        if restored is None:
+            restored, outcome = CustomerFeatures(self.catalogue), "starts afresh"
+        if written is not None:
+            restored.segments = written
+        state.add(customer_id, restored)
+        self._quarantined.add(customer_id)
+        state.stale.append(customer_id)  # evaluated again: deadlines, segments
+        log.error(
+            "customer %r set aside: %s while %s; their state %s",
+            customer_id,
+            type(error).__name__,
+            "applying their event" if entry is not None else "evaluating them",
+            outcome,
+            exc_info=error,
+        )
+        said = f"{f'{type(error).__name__}: {error}'[:500]}; the customer's state {outcome}"
+        kept = [] if waiting is None else [e for e in waiting.events if e is not entry]
         if entry is not None:
-            self._set_aside.append(Unprocessable(entry, said))
-        elif waiting is not None:  # applied, not yet evaluated: one of them likely did it
-            self._set_aside += [Unprocessable(event, said) for event in waiting.events]
+            kept.insert(0, entry)
+        self._set_aside += [Unprocessable(event, said) for event in kept]
 
     def _erase(self, customer_id: str) -> frozenset[str]:
         """Forget the customer: state and pending deadlines; return the segments they left."""
@@ -1395,6 +1406,20 @@ class _Pending:
     def __init__(self, at: int) -> None:
         self.at = at
         self.events: list[StreamEntry] = []
+
+
+def _undone(segments: frozenset[str], draft: _Draft | None) -> frozenset[str]:
+    """``segments`` with the transitions of ``draft`` (not written yet) taken back: what the
+    sink last wrote."""
+    if draft is None:
+        return segments
+    found = set(segments)
+    for transition in reversed(draft.transitions):
+        if transition.kind == "enter":
+            found.discard(transition.segment)
+        else:
+            found.add(transition.segment)
+    return frozenset(found)
 
 
 def _behind(customer: CustomerFeatures, when: int) -> bool:

@@ -598,11 +598,7 @@ class _ProfilePartition(StatelessSinkPartition[Any]):
         self._keep_failed(item.event, "late", detail)
 
     def _keep_unprocessable(self, item: Unprocessable) -> None:
-        detail = (
-            f"the dataflow could not apply it ({item.error}); the customer's state went back "
-            "to their last snapshot's"
-        )
-        self._keep_failed(item.event, "unprocessable", detail)
+        self._keep_failed(item.event, "unprocessable", item.detail)
 
     def _keep_failed(self, event: StreamEntry, reason: str, detail: str) -> None:
         """``event`` into failed events, once (a replay after a restart emits it again)."""

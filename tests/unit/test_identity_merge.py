@@ -234,8 +234,8 @@ def test_state_moved_through_the_streams_cannot_run_code(capsys: pytest.CaptureF
     assert "pwned" not in capsys.readouterr().out
     refused = [item for item in streams.out if isinstance(item, Unprocessable)]
     assert [item.event["message_id"] for item in refused] == ["evil"]
-    assert refused[0].error.startswith("UnpicklingError: ")
-    assert "builtins.print" in refused[0].error
+    assert refused[0].detail.startswith("UnpicklingError: ")
+    assert "builtins.print" in refused[0].detail
 
 
 def test_the_tombstones_survive_a_snapshot():

@@ -75,7 +75,9 @@ def test_an_event_that_cannot_be_applied_sets_its_customer_aside_and_the_shard_g
     )
     kept = [item for item in out if isinstance(item, Unprocessable)]
     assert [item.event["message_id"] for item in kept] == ["m4"]
-    assert kept[0].error == "ValueError: cannot apply this one"
+    assert kept[0].detail == (
+        "ValueError: cannot apply this one; the customer's state went back to their last snapshot's"
+    )
     assert records(out)["bob"].features["count(Product Viewed, 10m)"] == 2
     # ann is back to her snapshot's state (her view before the poison is left out) and goes
     # on from there
@@ -102,7 +104,9 @@ def test_a_customer_new_since_the_snapshot_starts_afresh() -> None:
     shard = FeatureShard(CATALOGUE, RULES, None)
     shard.on_batch([view("ann", T0, 1), Tick(0, T0 + SECOND, True)])
     shard._quarantine("ann", ValueError("as if"))
-    assert shard.state.customer("ann") is None
+    fresh = shard.state.customer("ann")
+    assert fresh is not None
+    assert fresh.events_total == 0
     out, _ = shard.on_batch([view("ann", T0 + 2 * SECOND, 2), Tick(0, T0 + 3 * SECOND, True)])
     assert records(out)["ann"].features["count(Product Viewed, 10m)"] == 1
 
@@ -120,3 +124,32 @@ def test_memory_running_out_is_raised_on() -> None:
     shard = FeatureShard(CATALOGUE, RULES, None)
     with pytest.raises(MemoryError):
         shard._quarantine("ann", MemoryError())
+
+
+def test_a_customer_set_aside_keeps_the_segments_the_sink_wrote_so_none_is_left_or_entered_twice(
+    poisoned: None,
+) -> None:
+    """Their state goes back to before they entered browsing-enthusiasts, which the sink
+    wrote: the re-evaluation from it exits them (before, the exit was never written and a
+    later enter came twice)."""
+    shard = FeatureShard(CATALOGUE, RULES, None)
+    found: list[tuple[str, str]] = []
+
+    def read(*items: Any) -> None:
+        out, _ = shard.on_batch(list(items))
+        found.extend(
+            (t.segment, t.kind)
+            for r in out
+            if isinstance(r, ProfileUpdate) and r.customer_id == "ann"
+            for t in r.transitions
+        )
+
+    read(view("ann", T0, 1), Tick(0, T0 + SECOND, True))
+    pickle.dumps(shard.snapshot())  # one view: in no segment
+    read(*(view("ann", T0 + n * SECOND, n) for n in range(2, 6)), Tick(0, T0 + 6 * SECOND, True))
+    assert found == [("browsing-enthusiasts", "enter")]
+    read(view("ann", T0 + 7 * SECOND, 7, poison=True), Tick(0, T0 + 8 * SECOND, True))
+    read(Tick(0, T0 + 9 * SECOND, True))  # re-evaluated from the snapshot's single view
+    assert found == [("browsing-enthusiasts", "enter"), ("browsing-enthusiasts", "exit")]
+    read(*(view("ann", T0 + n * SECOND, n) for n in range(10, 15)), Tick(0, T0 + 15 * SECOND, True))
+    assert found[2:] == [("browsing-enthusiasts", "enter")]
