@@ -952,10 +952,15 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             moved = self._assign(customer, at, observed[0])
             if moved:
                 self._draft(customer_id, at).transitions += moved
-            elif customer_id not in self.state.pending:  # (a record would schedule it)
-                self._schedule_move(customer_id, customer, at)
         if customer.outlier != outlier and self.model is not None:
             self._draft(customer_id, at)
+        if (
+            self.model is not None
+            and not self._assign_each
+            and customer_id not in self._drafts  # (its record schedules it: ``_settle``)
+            and customer_id not in self.state.pending
+        ):
+            self._schedule_move(customer_id, customer, at)
 
     def _flush(self, customer_id: str) -> None:
         """Evaluate a customer's events applied at one instant, recomputing what they feed."""
@@ -1260,7 +1265,7 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
         here = customer.assignment = model.follow(features, customer.assignment)
         at_now = (here.index, here.outlier)
         inputs_before = steady_inputs(features)
-        walking = model.scratch(here)
+        walking = here  # copied (``scratch``) before the walk first changes it
         read_at = now  # the instant ``walking``'s inputs were read at
 
         def moved(at: int, values: dict[str, Any], bound: float) -> int | None:
@@ -1268,7 +1273,8 @@ class FeatureShard(StatefulBatchLogic[SourceItem | list[SourceItem], Any, ShardS
             given = steady_inputs(values)  # (recency moves at every instant)
             if given != inputs_before:
                 inputs_before, read_at = given, at
-                walking = model.follow(values, walking)
+                own = walking is here
+                walking = model.follow(values, model.scratch(here) if own else walking)
                 if (walking.index, walking.outlier) != at_now:
                     return at
             return model.recency_move(walking, read_at, bound)
