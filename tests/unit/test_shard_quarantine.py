@@ -36,6 +36,17 @@ def records(out: Iterable[Any]) -> dict[str, ProfileUpdate]:
     return {r.customer_id: r for r in out if isinstance(r, ProfileUpdate)}
 
 
+def one_view_each(*customers: str, snapshot: bool = True) -> FeatureShard:
+    """A shard that read one view of each customer at ``T0``; with ``snapshot``, then took a
+    recovery snapshot (what a customer set aside goes back to)."""
+    shard = FeatureShard(CATALOGUE, RULES, None)
+    views = [view(customer, T0, n) for n, customer in enumerate(customers, 1)]
+    shard.on_batch([*views, Tick(0, T0 + SECOND, True)])
+    if snapshot:
+        pickle.dumps(shard.snapshot())
+    return shard
+
+
 @pytest.fixture
 def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
     """A view with ``poison`` in its properties makes applying it raise; a customer whose
@@ -62,9 +73,7 @@ def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_event_that_cannot_be_applied_sets_its_customer_aside_and_the_shard_goes_on(
     poisoned: None,
 ) -> None:
-    shard = FeatureShard(CATALOGUE, RULES, None)
-    shard.on_batch([view("ann", T0, 1), view("bob", T0, 2), Tick(0, T0 + SECOND, True)])
-    pickle.dumps(shard.snapshot())  # a recovery snapshot: ann as of one view
+    shard = one_view_each("ann", "bob")  # the snapshot: ann as of one view
     out, _ = shard.on_batch(
         [
             view("ann", T0 + 2 * SECOND, 3),
@@ -88,9 +97,7 @@ def test_an_event_that_cannot_be_applied_sets_its_customer_aside_and_the_shard_g
 def test_a_customer_that_cannot_be_evaluated_keeps_the_events_that_waited_for_it(
     poisoned: None,
 ) -> None:
-    shard = FeatureShard(CATALOGUE, RULES, None)
-    shard.on_batch([view("ann", T0, 1), Tick(0, T0 + SECOND, True)])
-    pickle.dumps(shard.snapshot())
+    shard = one_view_each("ann")
     bomb = view("ann", T0 + 2 * SECOND, 2, bomb=True)
     out, _ = shard.on_batch([bomb, view("bob", T0 + 2 * SECOND, 3), Tick(0, T0 + 3 * SECOND, True)])
     assert [item.event["message_id"] for item in out if isinstance(item, Unprocessable)] == ["m2"]
@@ -101,8 +108,7 @@ def test_a_customer_that_cannot_be_evaluated_keeps_the_events_that_waited_for_it
 
 
 def test_a_customer_new_since_the_snapshot_starts_afresh() -> None:
-    shard = FeatureShard(CATALOGUE, RULES, None)
-    shard.on_batch([view("ann", T0, 1), Tick(0, T0 + SECOND, True)])
+    shard = one_view_each("ann", snapshot=False)
     shard._quarantine("ann", ValueError("as if"))
     fresh = shard.state.customer("ann")
     assert fresh is not None
@@ -132,7 +138,7 @@ def test_a_customer_set_aside_keeps_the_segments_the_sink_wrote_so_none_is_left_
     """Their state goes back to before they entered browsing-enthusiasts, which the sink
     wrote: the re-evaluation from it exits them (before, the exit was never written and a
     later enter came twice)."""
-    shard = FeatureShard(CATALOGUE, RULES, None)
+    shard = one_view_each("ann")  # the snapshot: one view, in no segment
     found: list[tuple[str, str]] = []
 
     def read(*items: Any) -> None:
@@ -144,8 +150,6 @@ def test_a_customer_set_aside_keeps_the_segments_the_sink_wrote_so_none_is_left_
             for t in r.transitions
         )
 
-    read(view("ann", T0, 1), Tick(0, T0 + SECOND, True))
-    pickle.dumps(shard.snapshot())  # one view: in no segment
     read(*(view("ann", T0 + n * SECOND, n) for n in range(2, 6)), Tick(0, T0 + 6 * SECOND, True))
     assert found == [("browsing-enthusiasts", "enter")]
     read(view("ann", T0 + 7 * SECOND, 7, poison=True), Tick(0, T0 + 8 * SECOND, True))
